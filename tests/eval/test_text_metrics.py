@@ -13,7 +13,26 @@ from lmforge.errors import LMForgeError
 from lmforge.eval.bootstrap import bootstrap_ci
 from lmforge.eval.metrics import text
 
-WORDS = "the a cat dog sat on mat house red blue quickly ran jumped over , . running houses".split()
+WORDS = [
+    "the",
+    "a",
+    "cat",
+    "dog",
+    "sat",
+    "on",
+    "mat",
+    "house",
+    "red",
+    "blue",
+    "quickly",
+    "ran",
+    "jumped",
+    "over",
+    ",",
+    ".",
+    "running",
+    "houses",
+]
 
 
 def random_corpus(n: int, seed: int) -> tuple[list[str], list[str], list[str]]:
