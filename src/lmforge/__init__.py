@@ -1,7 +1,9 @@
 """lmforge: a hackable, end-to-end language-model toolkit."""
 
+from lmforge.config import ModelConfig
 from lmforge.errors import LMForgeError
+from lmforge.lm import LM, load
 
 __version__ = "0.1.0"
 
-__all__ = ["LMForgeError", "__version__"]
+__all__ = ["LM", "LMForgeError", "ModelConfig", "__version__", "load"]

@@ -1,0 +1,308 @@
+"""`lmforge.load(...) -> LM`: a model with its tokenizer, generation defaults and embedding recipe.
+
+Sources: an asset name (`smollm2`, `minilm`), an lmforge or Hugging Face checkpoint directory, or a
+`.gguf` file. Nothing is ever downloaded: a hub name gives an error that names the local-path form.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmforge.assets import ASSETS, asset_path
+from lmforge.config import ModelConfig
+from lmforge.errors import LMForgeError
+from lmforge.io import checkpoint
+from lmforge.model import Transformer
+
+
+@dataclass
+class EmbeddingSpec:
+    """How an encoder turns token states into one vector (sentence-transformers' Pooling/Normalize)."""
+
+    pooling: str = "mean"  # mean | cls | max | last
+    normalize: bool = False
+    max_len: int | None = None
+    do_lower_case: bool = False
+
+    @classmethod
+    def from_dir(cls, path: Path) -> EmbeddingSpec | None:
+        modules_file = path / "modules.json"
+        if not modules_file.is_file():
+            return None
+        spec = cls()
+        for module in json.loads(modules_file.read_text()):
+            kind = module.get("type", "")
+            if kind.endswith("Pooling"):
+                pooling = json.loads((path / module["path"] / "config.json").read_text())
+                for mode in ("cls_token", "mean_tokens", "max_tokens", "lasttoken"):
+                    if pooling.get(f"pooling_mode_{mode}"):
+                        spec.pooling = {
+                            "cls_token": "cls",
+                            "mean_tokens": "mean",
+                            "max_tokens": "max",
+                            "lasttoken": "last",
+                        }[mode]
+                        break
+            elif kind.endswith("Normalize"):
+                spec.normalize = True
+        st_config = path / "sentence_bert_config.json"
+        if st_config.is_file():
+            data = json.loads(st_config.read_text())
+            spec.max_len = data.get("max_seq_length")
+            spec.do_lower_case = data.get("do_lower_case", False)
+        return spec
+
+    def files(self, dim: int) -> dict[str, str]:
+        """The sentence-transformers files that describe this recipe (written by `LM.save`)."""
+        modules = [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        ]
+        if self.normalize:
+            modules.append(
+                {
+                    "idx": 2,
+                    "name": "2",
+                    "path": "2_Normalize",
+                    "type": "sentence_transformers.models.Normalize",
+                }
+            )
+        modes = {"cls": "cls_token", "mean": "mean_tokens", "max": "max_tokens", "last": "lasttoken"}
+        pooling = {"word_embedding_dimension": dim}
+        pooling.update({f"pooling_mode_{m}": m == modes[self.pooling] for m in modes.values()})
+        files = {
+            "modules.json": json.dumps(modules, indent=2),
+            "1_Pooling/config.json": json.dumps(pooling, indent=2),
+            "sentence_bert_config.json": json.dumps(
+                {"max_seq_length": self.max_len, "do_lower_case": self.do_lower_case}, indent=2
+            ),
+        }
+        return files
+
+
+class LM:
+    """A loaded model: `.model` (pure nn.Module), `.tokenizer`, `.config`, generation defaults."""
+
+    def __init__(
+        self,
+        model: Transformer,
+        tokenizer=None,
+        generation_config: dict[str, Any] | None = None,
+        embedding: EmbeddingSpec | None = None,
+        source: str | None = None,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.generation_config = generation_config or {}
+        self.embedding = embedding
+        self.source = source
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def __repr__(self) -> str:
+        return (
+            f"LM(source={self.source!r}, family={self.config.family}, params={self.model.num_parameters():,})"
+        )
+
+    def _require_tokenizer(self):
+        if self.tokenizer is None:
+            raise LMForgeError(f"{self.source}: this checkpoint has no tokenizer; pass token ids instead")
+        return self.tokenizer
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self._require_tokenizer().encode(text, add_special_tokens=add_special_tokens)
+
+    @torch.inference_mode()
+    def logits(self, text_or_ids: str | list[int] | torch.Tensor) -> torch.Tensor:
+        """Logits (T, V) of one sequence given as text or token ids (hidden states for encoders)."""
+        if isinstance(text_or_ids, str):
+            ids = torch.tensor([self.encode(text_or_ids)], device=self.device)
+        else:
+            ids = torch.as_tensor(text_or_ids, device=self.device).reshape(1, -1)
+        if ids.shape[1] == 0:
+            raise LMForgeError("empty input: nothing to compute logits for")
+        if ids.shape[1] > self.config.max_seq_len:
+            raise LMForgeError(
+                f"input of {ids.shape[1]} tokens exceeds the model's context of {self.config.max_seq_len}"
+            )
+        return self.model(ids)[0].float()
+
+    @torch.inference_mode()
+    def embed(
+        self, texts: str | list[str], batch_size: int = 32, normalize: bool | None = None
+    ) -> torch.Tensor:
+        """Sentence embeddings (N, d) pooled as the checkpoint's sentence-transformers config says."""
+        if self.config.causal and self.embedding is None:
+            raise LMForgeError(
+                "embed() needs an encoder or a checkpoint with a pooling config (modules.json)"
+            )
+        spec = self.embedding or EmbeddingSpec()
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        if not texts:
+            raise LMForgeError("embed() got no texts")
+        tok = self._require_tokenizer()
+        max_len = min(spec.max_len or self.config.max_seq_len, self.config.max_seq_len)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        out = []
+        for i in range(0, len(texts), batch_size):
+            batch = [t.lower() if spec.do_lower_case else t for t in texts[i : i + batch_size]]
+            ids = [tok.encode(t, add_special_tokens=True, max_length=max_len) for t in batch]
+            width = max(len(x) for x in ids)
+            input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=self.device)
+            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=self.device)
+            h = self.model.hidden_states(input_ids, attention_mask=mask).float()  # (B, T, C)
+            out.append(pool(h, mask, spec.pooling))
+        emb = torch.cat(out)
+        if spec.normalize if normalize is None else normalize:
+            emb = torch.nn.functional.normalize(emb, dim=-1)
+        return emb[0] if single else emb
+
+    def save(self, path: str | Path) -> Path:
+        """Write our checkpoint directory (loads in transformers for standard families)."""
+        extra = self.embedding.files(self.config.d_model) if self.embedding else None
+        return checkpoint.write_checkpoint(path, self.model, self.tokenizer, self.generation_config, extra)
+
+    def info(self) -> dict[str, Any]:
+        c = self.config
+        n = self.model.num_parameters()
+        return {
+            "source": self.source,
+            "family": c.family,
+            "kind": "decoder" if c.causal else "encoder",
+            "parameters": n,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "memory_mb": round(sum(p.numel() * p.element_size() for p in self.model.parameters()) / 2**20, 1),
+            "context_length": c.max_seq_len,
+            "layers": c.n_layer,
+            "heads": f"{c.n_head} query / {c.n_kv_head} kv",
+            "d_model": c.d_model,
+            "vocab_size": c.vocab_size,
+            "position": c.position,
+            "tokenizer": type(self.tokenizer).__name__ if self.tokenizer is not None else None,
+            "chat_template": bool(getattr(self.tokenizer, "chat_template", None)),
+        }
+
+
+def pool(h: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """Pool token states (B, T, C) over real tokens (mask 1) into (B, C)."""
+    m = mask[..., None].to(h.dtype)
+    if how == "mean":
+        return (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    if how == "max":
+        return h.masked_fill(m == 0, float("-inf")).max(1).values
+    if how == "cls":
+        return h[:, 0]
+    if how == "last":
+        return h[torch.arange(h.shape[0]), mask.sum(1) - 1]
+    raise LMForgeError(f"unknown pooling '{how}'; use mean, max, cls or last")
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """fp32 on CPU (bf16 matmuls are ~10x slower there); bf16 on a GPU that supports it."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def resolve_source(source: str | Path) -> Path:
+    """Map an asset name or a path to a local path; explain hub names instead of downloading."""
+    if isinstance(source, str) and source in ASSETS:
+        return asset_path(source)
+    path = Path(source).expanduser()
+    if path.exists():
+        return path
+    text = str(source)
+    looks_like_hub = not text.startswith((".", "/", "~")) and text.count("/") <= 1 and not path.suffix
+    if looks_like_hub:
+        raise LMForgeError(
+            f"'{text}' is not a local path, and lmforge never downloads models. Fetch the checkpoint "
+            f"elsewhere and pass its directory, e.g. lmforge.load('/path/to/{text.split('/')[-1]}'); "
+            f"shipped assets: {', '.join(n for n in ASSETS if n != 'shakespeare')}"
+        )
+    raise LMForgeError(f"no such file or directory: {text}")
+
+
+def load(
+    source: str | Path,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
+) -> LM:
+    """Load a model from an asset name, a checkpoint directory or a GGUF file."""
+    device = torch.device(device) if device is not None else default_device()
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise LMForgeError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}")
+        dtype = DTYPES[dtype]
+    dtype = dtype or default_dtype(device)
+    path = resolve_source(source)
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise LMForgeError(
+                f"{path}: unknown model file type; expected a .gguf file or a checkpoint directory"
+            )
+        from lmforge.io.gguf import read_gguf
+
+        config, get, names, meta = read_gguf(path)
+        from lmforge.io.hf import state_from_hf
+
+        state = state_from_hf(config, names, get, str(path))
+        from lmforge.tokenizer import Tokenizer
+
+        tokenizer = Tokenizer.from_gguf_metadata(meta)
+        generation_config = {
+            k: meta[f"tokenizer.ggml.{g}"]
+            for k, g in [
+                ("bos_token_id", "bos_token_id"),
+                ("eos_token_id", "eos_token_id"),
+                ("pad_token_id", "padding_token_id"),
+            ]
+            if f"tokenizer.ggml.{g}" in meta
+        }
+        embedding = None
+    else:
+        config, naming = checkpoint.read_config(path)
+        state = checkpoint.read_state(path, config, naming)
+        has_tokenizer = (path / "tokenizer.json").is_file() or (path / "vocab.txt").is_file()
+        tokenizer = None
+        if has_tokenizer:
+            from lmforge.tokenizer import Tokenizer
+
+            tokenizer = Tokenizer.from_dir(path)
+        gen_path = path / "generation_config.json"
+        generation_config = json.loads(gen_path.read_text()) if gen_path.is_file() else {}
+        embedding = EmbeddingSpec.from_dir(path)
+    with torch.device("meta"):
+        model = Transformer(config)
+    checkpoint.load_into(model, state, str(path), dtype, device)
+    model.eval()
+    return LM(model, tokenizer, generation_config, embedding, source=str(source))

@@ -1,0 +1,122 @@
+"""Multi-head attention with grouped K/V heads, RoPE, an optional KV cache and two backends.
+
+`math` is the readable reference (explicit softmax); `sdpa` calls PyTorch's fused
+scaled_dot_product_attention. Both take the same boolean mask (True = may attend) built once per
+forward by `build_attention_mask`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmforge.config import ModelConfig
+from lmforge.model.position import apply_rope
+
+
+def build_attention_mask(
+    config: ModelConfig,
+    q_len: int,
+    kv_len: int,
+    start: int,
+    attention_mask: torch.Tensor | None,
+    device: torch.device,
+) -> torch.Tensor | None:
+    """Boolean (B|1, 1, T, S) mask over key slots, or None when no mask is needed.
+
+    Queries sit at slots start..start+T-1 and keys at 0..S-1. Causal models see keys at or before the
+    query's slot, inside the sliding window; padding keys (attention_mask == 0) are hidden. A query
+    always sees its own slot so padding rows never get an empty softmax.
+    """
+    if not config.causal:
+        if attention_mask is None:
+            return None
+        return attention_mask[:, None, None, :].bool()
+    if attention_mask is None and config.sliding_window is None and (start == 0 or q_len == 1):
+        return None  # plain causal (is_causal) or one new token seeing the whole cache
+    q_pos = torch.arange(start, start + q_len, device=device)[:, None]
+    k_pos = torch.arange(kv_len, device=device)[None, :]
+    allowed = k_pos <= q_pos
+    if config.sliding_window is not None:
+        allowed = allowed & (q_pos - k_pos < config.sliding_window)
+    allowed = allowed[None, None]  # (1, 1, T, S)
+    if attention_mask is not None:
+        allowed = allowed & attention_mask[:, None, None, :].bool()
+        allowed = allowed | (k_pos == q_pos)[None, None]
+    return allowed
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        qkv_out = (config.n_head + 2 * config.n_kv_head) * config.head_dim
+        self.qkv = nn.Linear(config.d_model, qkv_out, bias=config.qkv_bias)
+        self.proj = nn.Linear(config.n_head * config.head_dim, config.d_model, bias=config.attn_out_bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        mask: torch.Tensor | None,
+        cache=None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).split(
+            [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim],
+            dim=-1,
+        )
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        start = 0
+        if cache is not None:
+            start = cache.length
+            k, v = cache.update(layer, k, v)  # (B, nkv, S, hd)
+        is_causal = self.config.causal and mask is None and start == 0 and T > 1
+        dropout = self.config.attn_dropout if self.training else 0.0
+        if self.config.attn_backend == "sdpa":
+            y = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                dropout_p=dropout,
+                is_causal=is_causal,
+                enable_gqa=self.n_kv_head != self.n_head,
+            )
+        else:
+            y = math_attention(q, k, v, mask, is_causal, dropout)
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, nh*hd)
+        return self.proj(y)
+
+
+def math_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    is_causal: bool,
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    """Reference attention: softmax(q kᵀ / √d + mask) v, with K/V heads repeated for GQA."""
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(q.shape[-1])  # (B, nh, T, S)
+    if is_causal:
+        T, S = scores.shape[-2:]
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = scores.softmax(dim=-1).to(v.dtype)
+    if dropout:
+        probs = F.dropout(probs, dropout)
+    return probs @ v
