@@ -1,0 +1,281 @@
+"""The inference engine: prefill and decode steps over a preallocated KV cache, for a batch of prompts.
+
+The model is pure (`forward(input_ids, positions, cache, attention_mask) -> logits`); the engine owns
+everything that changes while generating, in one `Batch`:
+- one `KVCache` shared by every row, filled to the same slot count (`cache.length`);
+- prompts of different lengths are **left-padded** so every row's next token lands in the same slot;
+- each row keeps its own positions (0 at its first real token), so padding never shifts RoPE or learned
+  positions, and a 0/1 mask over cache slots hides the padding keys;
+- the token id of every slot, which the logits processors read as the sequence so far.
+When no row is padded the engine passes `attention_mask=None`, letting attention use its plain causal path.
+
+`StopChecker` decides per row when to stop: stop token ids (EOS and friends), stop strings (checked on the
+text decoded so far) and `max_new_tokens`; finished rows keep stepping with padding until all are done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from lmforge.errors import LMForgeError
+from lmforge.generate.cache import KVCache
+
+
+@dataclass
+class Batch:
+    """Generation state of B rows sharing one KV cache (slots 0..cache.length-1 are filled)."""
+
+    cache: KVCache
+    tokens: torch.Tensor  # (B, capacity) token id in every slot; pad id in padding slots
+    slot_mask: torch.Tensor  # (B, capacity) 1 where the slot holds a real token
+    next_position: torch.Tensor  # (B,) position of each row's next token
+    prompt_slots: int  # slots taken by the left-padded prompts
+    padded: bool  # some row has padding: attention needs the mask
+
+    @property
+    def length(self) -> int:
+        return self.cache.length
+
+    @property
+    def size(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def capacity(self) -> int:
+        return self.tokens.shape[1]
+
+    def sequences(self) -> torch.Tensor:
+        """(B, length) every slot so far, prompt padding included (what processors see)."""
+        return self.tokens[:, : self.length]
+
+    def generated(self) -> torch.Tensor:
+        """(B, length - prompt_slots) the tokens generated so far."""
+        return self.tokens[:, self.prompt_slots : self.length]
+
+    @torch.inference_mode()
+    def reorder(self, index: torch.Tensor) -> None:
+        """Select/reorder rows (beam search, candidate expansion); `index` may repeat rows."""
+        self.cache.reorder(index)
+        self.tokens = self.tokens.index_select(0, index)
+        self.slot_mask = self.slot_mask.index_select(0, index)
+        self.next_position = self.next_position.index_select(0, index)
+
+    @torch.inference_mode()
+    def crop(self, length: int) -> None:
+        """Forget slots from `length` on (rejected speculative tokens)."""
+        removed = self.length - length
+        self.cache.crop(length)
+        self.next_position = self.next_position - self.slot_mask[:, length : length + removed].sum(dim=1)
+        self.slot_mask[:, length:] = 0
+
+
+class Engine:
+    """Prefill and decode for one model: allocates the cache, builds positions and masks, steps.
+
+    Args:
+        model: a decoder `Transformer` (or anything with the same `forward` and a `config`).
+        max_seq_len: context length to enforce; defaults to `model.config.max_seq_len`.
+    """
+
+    def __init__(self, model: nn.Module, max_seq_len: int | None = None):
+        self.model = model
+        self.config = model.config
+        if getattr(self.config, "head", "lm") != "lm" or not getattr(self.config, "causal", True):
+            raise LMForgeError("generation needs a causal decoder with an LM head (this model is an encoder)")
+        self.max_seq_len = max_seq_len or self.config.max_seq_len
+        param = next(model.parameters())
+        self.dtype, self.device = param.dtype, param.device
+
+    def check_context(
+        self, prompts: list[list[int]], max_new_tokens: int, truncate: bool = False
+    ) -> list[list[int]]:
+        """Refuse (or, with `truncate`, left-truncate) prompts that leave no room for the new tokens."""
+        if max_new_tokens >= self.max_seq_len:
+            raise LMForgeError(
+                f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's context of "
+                f"{self.max_seq_len} tokens; lower max_new_tokens"
+            )
+        room = self.max_seq_len - max_new_tokens
+        out = []
+        for i, ids in enumerate(prompts):
+            if not ids:
+                raise LMForgeError(f"prompt {i} is empty: give at least one token (e.g. the BOS token)")
+            if len(ids) > room:
+                if not truncate:
+                    raise LMForgeError(
+                        f"prompt {i} has {len(ids)} tokens but the context is {self.max_seq_len} and "
+                        f"max_new_tokens={max_new_tokens} leaves room for {room}; shorten it, lower "
+                        "max_new_tokens, or pass truncate_prompt=True to keep its last tokens"
+                    )
+                ids = ids[-room:]
+            out.append(list(ids))
+        return out
+
+    @torch.inference_mode()
+    def new_batch(self, prompts: list[list[int]], capacity: int, pad_token_id: int = 0) -> Batch:
+        """Allocate the cache for `capacity` slots and lay the prompts out left-padded (not run yet)."""
+        B, width = len(prompts), max(len(p) for p in prompts)
+        if capacity < width:
+            raise ValueError(f"capacity {capacity} is smaller than the longest prompt ({width})")
+        capacity = min(capacity, self.max_seq_len)
+        tokens = torch.full((B, capacity), pad_token_id, dtype=torch.long, device=self.device)
+        slot_mask = torch.zeros((B, capacity), dtype=torch.long, device=self.device)
+        for i, ids in enumerate(prompts):
+            tokens[i, width - len(ids) : width] = torch.tensor(ids, dtype=torch.long)
+            slot_mask[i, width - len(ids) : width] = 1
+        cache = KVCache.allocate(self.config, B, capacity, dtype=self.dtype, device=self.device)
+        return Batch(
+            cache=cache,
+            tokens=tokens,
+            slot_mask=slot_mask,
+            next_position=torch.zeros(B, dtype=torch.long, device=self.device),
+            prompt_slots=width,
+            padded=any(len(p) != width for p in prompts),
+        )
+
+    @torch.inference_mode()
+    def prefill(self, batch: Batch) -> torch.Tensor:
+        """Run the prompts through the model; return the next-token logits (B, V) of each row."""
+        width = batch.prompt_slots
+        real = batch.slot_mask[:, :width]
+        positions = (real.cumsum(dim=1) - 1).clamp(min=0)  # 0 at each row's first real token
+        mask = batch.slot_mask[:, :width] if batch.padded else None
+        logits = self.model(batch.tokens[:, :width], positions=positions, cache=batch.cache, attention_mask=mask)
+        batch.cache.advance(width)
+        batch.next_position = real.sum(dim=1)
+        return logits[:, -1].float()
+
+    @torch.inference_mode()
+    def step(self, batch: Batch, tokens: torch.Tensor) -> torch.Tensor:
+        """Append `tokens` (B,) or (B, T) to every row; return their logits (B, V) or (B, T, V)."""
+        single = tokens.dim() == 1
+        if single:
+            tokens = tokens[:, None]
+        T = tokens.shape[1]
+        start, end = batch.length, batch.length + T
+        if end > batch.capacity:
+            raise LMForgeError(f"generation ran past the allocated {batch.capacity} slots")
+        batch.tokens[:, start:end] = tokens
+        batch.slot_mask[:, start:end] = 1
+        positions = batch.next_position[:, None] + torch.arange(T, device=tokens.device)
+        mask = batch.slot_mask[:, :end] if batch.padded else None
+        logits = self.model(tokens, positions=positions, cache=batch.cache, attention_mask=mask)
+        batch.cache.advance(T)
+        batch.next_position = batch.next_position + T
+        logits = logits.float()
+        return logits[:, 0] if single else logits
+
+    @torch.inference_mode()
+    def step_hidden(self, batch: Batch, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like `step` for (B,) tokens, but also return the final hidden states (B, C) (contrastive search)."""
+        start, end = batch.length, batch.length + 1
+        batch.tokens[:, start] = tokens
+        batch.slot_mask[:, start] = 1
+        mask = batch.slot_mask[:, :end] if batch.padded else None
+        h = self.model.hidden_states(
+            tokens[:, None], positions=batch.next_position[:, None], cache=batch.cache, attention_mask=mask
+        )
+        logits = self.model.lm_head(h)
+        batch.cache.advance(1)
+        batch.next_position = batch.next_position + 1
+        return logits[:, 0].float(), h[:, 0].float()
+
+    @torch.inference_mode()
+    def prefill_hidden(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like `prefill`, but also return the hidden states (B, prompt_slots, C) of the prompt."""
+        width = batch.prompt_slots
+        real = batch.slot_mask[:, :width]
+        positions = (real.cumsum(dim=1) - 1).clamp(min=0)
+        mask = real if batch.padded else None
+        h = self.model.hidden_states(
+            batch.tokens[:, :width], positions=positions, cache=batch.cache, attention_mask=mask
+        )
+        logits = self.model.lm_head(h[:, -1])
+        batch.cache.advance(width)
+        batch.next_position = real.sum(dim=1)
+        return logits.float(), h.float()
+
+
+@dataclass
+class StopChecker:
+    """Per-row stopping rules, fed one token per row per step.
+
+    A row stops on a stop token id (kept in its tokens, not in its text), on a stop string (the text is
+    cut where the string starts; the string itself is not returned), or after `max_new_tokens`.
+    """
+
+    batch_size: int
+    max_new_tokens: int
+    stop_token_ids: frozenset[int] = frozenset()
+    stop_strings: tuple[str, ...] = ()
+    tokenizer: Any = None  # needed for stop strings and text
+    finished: list[bool] = field(init=False)
+    reasons: list[str | None] = field(init=False)
+    counts: list[int] = field(init=False)
+    texts: list[str] = field(init=False)  # text decoded so far (stop strings cut off)
+    _decoders: list[Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.stop_strings and self.tokenizer is None:
+            raise LMForgeError("stop strings need a tokenizer to decode the generated text")
+        self.finished = [False] * self.batch_size
+        self.reasons = [None] * self.batch_size
+        self.counts = [0] * self.batch_size
+        self.texts = [""] * self.batch_size
+        self._decoders = (
+            [self.tokenizer.incremental_decoder() for _ in range(self.batch_size)] if self.tokenizer else []
+        )
+
+    @property
+    def all_finished(self) -> bool:
+        return all(self.finished)
+
+    @property
+    def hold_back(self) -> int:
+        """Characters a stream must hold back: they may be the start of a stop string."""
+        return max((len(s) for s in self.stop_strings), default=1) - 1
+
+    def update(self, tokens: Sequence[int] | Iterable[int]) -> None:
+        """Record one token per row (ignored for rows already finished)."""
+        for i, token in enumerate(tokens):
+            if self.finished[i]:
+                continue
+            token = int(token)
+            self.counts[i] += 1
+            if token in self.stop_token_ids:
+                self._finish(i, "stop")
+            elif self._decoders:
+                self._append(i, self._decoders[i].add(token))
+            if not self.finished[i] and self.counts[i] >= self.max_new_tokens:
+                self._finish(i, "length")
+                if self._decoders:
+                    self._append(i, self._decoders[i].flush())
+            elif self.reasons[i] == "stop" and self._decoders:
+                self._append(i, self._decoders[i].flush(), force=True)
+
+    def _append(self, i: int, delta: str, force: bool = False) -> None:
+        """Add text to row i; on a stop string, cut the text where it starts and finish the row."""
+        if not delta or (self.finished[i] and not force):
+            return
+        before = self.texts[i]
+        text = before + delta
+        start = max(0, len(before) - self.hold_back)
+        cuts = [c for c in (text.find(s, start) for s in self.stop_strings) if c >= 0]
+        if cuts:
+            text = text[: min(cuts)]
+            if not self.finished[i]:
+                self._finish(i, "stop_string")
+        self.texts[i] = text
+
+    def _finish(self, i: int, reason: str) -> None:
+        self.finished[i] = True
+        self.reasons[i] = reason
+
+    def finish_reason(self, i: int) -> str:
+        """OpenAI-style: "stop" (stop token or string) or "length"."""
+        return "length" if self.reasons[i] == "length" else "stop"

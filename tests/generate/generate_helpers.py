@@ -1,0 +1,69 @@
+"""Helpers for the generation tests: tiny random decoders and a byte-level tokenizer (nanochat-style),
+so the engine is tested without training or downloading anything."""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+
+import torch
+
+from lmforge.config import ModelConfig
+from lmforge.model import Transformer
+
+
+class ByteTokenizer:
+    """256 byte tokens + BOS (256) + EOS (257) + PAD (258); decoding is UTF-8 with replacement."""
+
+    vocab_size = 259
+    bos_token_id, eos_token_id, pad_token_id = 256, 257, 258
+    chat_template = None
+
+    def __init__(self, tag: str = "bytes"):
+        self.fingerprint = hashlib.sha256(tag.encode()).hexdigest()[:16]
+
+    def encode(self, text: str, add_special_tokens: bool = False, **_) -> list[int]:
+        ids = list(text.encode("utf-8"))
+        return [self.bos_token_id, *ids] if add_special_tokens else ids
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        data = bytes(i for i in ids if i < 256)
+        return data.decode("utf-8", errors="replace")
+
+    def incremental_decoder(self):
+        return _ByteDecoder()
+
+    def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> str:
+        text = "".join(f"<{m['role']}>{m['content']}\n" for m in messages)
+        return text + ("<assistant>" if add_generation_prompt else "")
+
+
+class _ByteDecoder:
+    def __init__(self):
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def add(self, token_id: int) -> str:
+        return self._utf8.decode(bytes([token_id])) if token_id < 256 else ""
+
+    def flush(self) -> str:
+        return self._utf8.decode(b"", final=True)
+
+
+def tiny_config(family: str = "llama", vocab_size: int = 259, **overrides) -> ModelConfig:
+    if family == "llama":
+        base = dict(n_layer=2, n_head=4, n_kv_head=2, d_model=32, d_mlp=64, max_seq_len=128,
+                    norm="rmsnorm", mlp="swiglu", position="rope", family="llama")
+    else:
+        base = dict(n_layer=2, n_head=4, d_model=32, max_seq_len=128, mlp="gelu_tanh", family="gpt2",
+                    qkv_bias=True, attn_out_bias=True, mlp_bias=True)
+    return ModelConfig(vocab_size=vocab_size, **{**base, **overrides})
+
+
+def tiny_model(family: str = "llama", seed: int = 0, scale: float = 1.0, **overrides) -> Transformer:
+    """A random decoder; `scale` > 1 sharpens its next-token distributions (less uniform text)."""
+    model = Transformer(tiny_config(family, **{"tie_embeddings": False, **overrides}))
+    model.init_weights(seed=seed)
+    if scale != 1.0:
+        with torch.no_grad():
+            model.lm_head.weight.mul_(scale)
+    return model.eval()
