@@ -7,6 +7,7 @@ Sources: an asset name (`smollm2`, `minilm`), an lmforge or Hugging Face checkpo
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -242,7 +243,12 @@ def resolve_source(source: str | Path) -> Path:
     if path.exists():
         return path
     text = str(source)
-    looks_like_hub = not text.startswith((".", "/", "~")) and text.count("/") <= 1 and not path.suffix
+    looks_like_hub = re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", text) is not None and path.suffix not in (
+        ".gguf",
+        ".safetensors",
+        ".bin",
+        ".json",
+    )
     if looks_like_hub:
         raise LMForgeError(
             f"'{text}' is not a local path, and lmforge never downloads models. Fetch the checkpoint "
