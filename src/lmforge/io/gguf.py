@@ -8,35 +8,146 @@ fit the rotate-half layout of our attention (as Hugging Face's GGUF loader does)
 
 from __future__ import annotations
 
+import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf.quants import dequantize
 
 from lmforge.config import ModelConfig
 from lmforge.errors import LMForgeError
 
+_SCALARS = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
+_STRING, _ARRAY = 8, 9
 
-def open_reader(path: str | Path):
-    from gguf import GGUFReader
 
-    try:
-        return GGUFReader(str(path))
-    except Exception as exc:  # the reader raises ValueError/struct.error/... on damaged files
-        raise LMForgeError(f"{path}: not a readable GGUF file ({type(exc).__name__}: {exc})") from None
+@dataclass
+class GGUFTensor:
+    name: str
+    shape: tuple[int, ...]  # numpy order (rows first), as Hugging Face expects
+    qtype: int
+    data: np.ndarray  # raw bytes (uint8) or float view, memory-mapped
 
 
-def read_metadata(reader_or_path) -> dict[str, Any]:
-    """All key/value metadata as plain Python values (str, int, float, bool, lists)."""
-    reader = open_reader(reader_or_path) if isinstance(reader_or_path, (str, Path)) else reader_or_path
-    meta = {}
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        value = field.contents()
-        meta[key] = value.tolist() if isinstance(value, np.ndarray) else value
-    return meta
+class GGUFFile:
+    """A minimal GGUF (v2/v3, little-endian) parser: metadata and memory-mapped tensor data.
+
+    The `gguf` package's reader builds a numpy view per metadata item and takes seconds on a 49k-token
+    vocabulary; reading the header with `struct` takes a fraction of that. Dequantization still uses
+    the `gguf` package.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self.buf = np.memmap(self.path, dtype=np.uint8, mode="r")
+            self._parse()
+        except LMForgeError:
+            raise
+        except (struct.error, IndexError, ValueError, UnicodeDecodeError, OSError) as exc:
+            raise LMForgeError(
+                f"{self.path}: not a readable GGUF file (truncated or corrupt: {type(exc).__name__}: {exc})"
+            ) from None
+
+    def _parse(self) -> None:
+        raw = memoryview(self.buf)
+        if bytes(raw[:4]) != b"GGUF":
+            raise LMForgeError(f"{self.path}: not a readable GGUF file (bad magic bytes)")
+        version, n_tensors, n_kv = struct.unpack_from("<IQQ", raw, 4)
+        if version not in (2, 3):
+            raise LMForgeError(f"{self.path}: unsupported GGUF version {version} (2 and 3 are supported)")
+        self.pos = 24
+        self.metadata: dict[str, Any] = {}
+        for _ in range(n_kv):
+            key = self._string(raw)
+            (vtype,) = self._unpack(raw, "<I")
+            self.metadata[key] = self._value(raw, vtype)
+        infos = []
+        for _ in range(n_tensors):
+            name = self._string(raw)
+            (n_dims,) = self._unpack(raw, "<I")
+            dims = self._unpack(raw, f"<{n_dims}Q")
+            qtype, offset = self._unpack(raw, "<IQ")
+            infos.append((name, dims, qtype, offset))
+        align = self.metadata.get("general.alignment", 32)
+        start = -(-self.pos // align) * align
+        self.tensors: dict[str, GGUFTensor] = {}
+        for name, dims, qtype, offset in infos:
+            block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
+            shape = tuple(reversed(dims))
+            row_bytes = dims[0] // block * type_size
+            nbytes = row_bytes * int(np.prod(dims[1:], dtype=np.int64))
+            begin = start + offset
+            if begin + nbytes > len(self.buf):
+                raise LMForgeError(f"{self.path}: truncated GGUF file (tensor '{name}' runs past the end)")
+            data = self.buf[begin : begin + nbytes].reshape(*shape[:-1], row_bytes)
+            self.tensors[name] = GGUFTensor(name, shape, qtype, data)
+
+    def _unpack(self, raw: memoryview, fmt: str) -> tuple:
+        values = struct.unpack_from(fmt, raw, self.pos)
+        self.pos += struct.calcsize(fmt)
+        return values
+
+    def _string(self, raw: memoryview) -> str:
+        (n,) = struct.unpack_from("<Q", raw, self.pos)
+        self.pos += 8 + n
+        if self.pos > len(raw):
+            raise IndexError("string runs past the end of the file")
+        return bytes(raw[self.pos - n : self.pos]).decode("utf-8")
+
+    def _value(self, raw: memoryview, vtype: int) -> Any:
+        if vtype == _STRING:
+            return self._string(raw)
+        if vtype == _ARRAY:
+            item_type, count = self._unpack(raw, "<IQ")
+            if item_type == _STRING:
+                return [self._string(raw) for _ in range(count)]
+            if item_type == _ARRAY:
+                return [self._value(raw, _ARRAY) for _ in range(count)]
+            fmt = _SCALARS[item_type]
+            values = list(struct.unpack_from(f"<{count}{fmt[1]}", raw, self.pos))
+            self.pos += struct.calcsize(fmt) * count
+            return values
+        if vtype not in _SCALARS:
+            raise ValueError(f"unknown GGUF value type {vtype}")
+        return self._unpack(raw, _SCALARS[vtype])[0]
+
+    def dequantize(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        t = self.tensors[name]
+        qtype = GGMLQuantizationType(t.qtype)
+        if qtype == GGMLQuantizationType.F32:
+            array = t.data.view(np.float32)
+        elif qtype == GGMLQuantizationType.F16:
+            array = t.data.view(np.float16)
+        else:
+            try:
+                array = dequantize(t.data, qtype)
+            except NotImplementedError:
+                raise LMForgeError(
+                    f"{self.path}: tensor '{name}' has type {qtype.name}, which the gguf package cannot dequantize"
+                ) from None
+        return torch.from_numpy(np.array(array, dtype=np.float32, copy=True)).to(dtype)
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """All key/value metadata of a GGUF file as plain Python values."""
+    return GGUFFile(path).metadata
 
 
 # architecture -> (HF family, q/k rows permuted by llama.cpp's converter)
@@ -120,15 +231,12 @@ def unpermute(w: torch.Tensor, n_head: int) -> torch.Tensor:
 
 def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
     """(config, HF-named tensor getter, tensor names, metadata) for a GGUF file."""
-    from gguf.quants import dequantize
-
-    reader = open_reader(path)
-    meta = read_metadata(reader)
-    tensors = {t.name: t for t in reader.tensors}
-    config = config_from_metadata(meta, set(tensors), path)
+    gguf_file = GGUFFile(path)
+    meta = gguf_file.metadata
+    config = config_from_metadata(meta, set(gguf_file.tensors), path)
     _, permuted = ARCHITECTURES[meta["general.architecture"]]
     names = {}
-    for name in tensors:
+    for name in gguf_file.tensors:
         target = hf_name(name)
         if target is None:
             if name.startswith("rope_freqs"):
@@ -137,15 +245,7 @@ def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
         names[target] = name
 
     def get(target: str) -> torch.Tensor:
-        t = tensors[names[target]]
-        try:
-            array = dequantize(t.data, t.tensor_type)
-        except NotImplementedError:
-            raise LMForgeError(
-                f"{path}: tensor '{t.name}' has type {t.tensor_type.name}, "
-                "which the gguf package cannot dequantize"
-            ) from None
-        w = torch.from_numpy(np.ascontiguousarray(array)).to(dtype)
+        w = gguf_file.dequantize(names[target], dtype)
         if permuted and target.endswith(("q_proj.weight", "q_proj.bias")):
             w = unpermute(w, config.n_head)
         elif permuted and target.endswith(("k_proj.weight", "k_proj.bias")):
