@@ -161,3 +161,34 @@ def test_left_padded_decoder_matches_unpadded(tmp_path):
         plain = lm.model(ids)
         got = lm.model(padded, positions=positions, attention_mask=mask)
     torch.testing.assert_close(got[:, 3:], plain, atol=1e-5, rtol=1e-5)
+
+
+def test_sharded_safetensors_load(tmp_path):
+    ref = randomize(tiny("llama"))
+    ref.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    lm = lmforge.load(tmp_path, device="cpu")
+    ids = torch.randint(0, VOCAB, (1, 9))
+    torch.testing.assert_close(lm.model(ids), reference_output(ref, ids), atol=1e-4, rtol=1e-4)
+
+
+def test_pytorch_bin_loads_weights_only(tmp_path):
+    ref = randomize(tiny("gpt2"))
+    ref.config.save_pretrained(tmp_path)
+    torch.save(ref.state_dict(), tmp_path / "pytorch_model.bin")
+    lm = lmforge.load(tmp_path, device="cpu")
+    ids = torch.randint(0, VOCAB, (1, 9))
+    torch.testing.assert_close(lm.model(ids), reference_output(ref, ids), atol=1e-4, rtol=1e-4)
+
+
+def test_pickled_code_in_bin_is_refused(tmp_path):
+    ref = tiny("gpt2")
+    ref.config.save_pretrained(tmp_path)
+    torch.save({"weights": ref.state_dict(), "evil": Exploit()}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(lmforge.LMForgeError, match="cannot load safely as weights only"):
+        lmforge.load(tmp_path, device="cpu")
+
+
+class Exploit:
+    def __reduce__(self):
+        return (print, ("this must never run",))
