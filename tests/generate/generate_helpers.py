@@ -51,11 +51,30 @@ class _ByteDecoder:
 
 def tiny_config(family: str = "llama", vocab_size: int = 259, **overrides) -> ModelConfig:
     if family == "llama":
-        base = dict(n_layer=2, n_head=4, n_kv_head=2, d_model=32, d_mlp=64, max_seq_len=128,
-                    norm="rmsnorm", mlp="swiglu", position="rope", family="llama")
+        base = dict(
+            n_layer=2,
+            n_head=4,
+            n_kv_head=2,
+            d_model=32,
+            d_mlp=64,
+            max_seq_len=128,
+            norm="rmsnorm",
+            mlp="swiglu",
+            position="rope",
+            family="llama",
+        )
     else:
-        base = dict(n_layer=2, n_head=4, d_model=32, max_seq_len=128, mlp="gelu_tanh", family="gpt2",
-                    qkv_bias=True, attn_out_bias=True, mlp_bias=True)
+        base = dict(
+            n_layer=2,
+            n_head=4,
+            d_model=32,
+            max_seq_len=128,
+            mlp="gelu_tanh",
+            family="gpt2",
+            qkv_bias=True,
+            attn_out_bias=True,
+            mlp_bias=True,
+        )
     return ModelConfig(vocab_size=vocab_size, **{**base, **overrides})
 
 

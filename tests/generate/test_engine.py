@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from generate_helpers import ByteTokenizer, tiny_model
 
 from lmforge.errors import LMForgeError
 from lmforge.generate.engine import Engine, StopChecker
 from lmforge.generate.search import decode_steps
-
-from generate_helpers import ByteTokenizer, tiny_model
 
 
 def argmax_loop(model, prompt: list[int], n: int) -> list[int]:

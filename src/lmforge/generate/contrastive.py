@@ -128,7 +128,9 @@ def contrastive_decoding_steps(
         amateur_logits = amateur.step(amateur_batch, tokens)
 
 
-def contrastive_scores(expert_logits: torch.Tensor, amateur_logits: torch.Tensor, log_alpha: float) -> torch.Tensor:
+def contrastive_scores(
+    expert_logits: torch.Tensor, amateur_logits: torch.Tensor, log_alpha: float
+) -> torch.Tensor:
     """log p_e - log p_a on the plausible set {log p_e >= log alpha + max log p_e}, -inf elsewhere."""
     lp_e = F.log_softmax(expert_logits.float(), dim=-1)
     lp_a = F.log_softmax(amateur_logits.float(), dim=-1)

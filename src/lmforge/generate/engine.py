@@ -145,7 +145,9 @@ class Engine:
         real = batch.slot_mask[:, :width]
         positions = (real.cumsum(dim=1) - 1).clamp(min=0)  # 0 at each row's first real token
         mask = batch.slot_mask[:, :width] if batch.padded else None
-        logits = self.model(batch.tokens[:, :width], positions=positions, cache=batch.cache, attention_mask=mask)
+        logits = self.model(
+            batch.tokens[:, :width], positions=positions, cache=batch.cache, attention_mask=mask
+        )
         batch.cache.advance(width)
         batch.next_position = real.sum(dim=1)
         return logits[:, -1].float()

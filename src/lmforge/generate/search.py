@@ -42,9 +42,7 @@ def sample_token(scores: torch.Tensor, generator: torch.Generator | None) -> tor
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
-def choose(
-    scores: torch.Tensor, do_sample: bool, generator: torch.Generator | None
-) -> torch.Tensor:
+def choose(scores: torch.Tensor, do_sample: bool, generator: torch.Generator | None) -> torch.Tensor:
     """Greedy (argmax) or sampled choice from processed scores (B, V) -> (B,)."""
     return sample_token(scores, generator) if do_sample else scores.argmax(dim=-1)
 
@@ -177,7 +175,11 @@ def beam_search(
         cand = running.gather(1, origin[:, :, None].expand(B, K, max_new_tokens)).clone()
         cand[:, :, t] = cand_tokens
 
-        hits = torch.isin(cand_tokens, stop_ids) if len(stop_ids) else torch.zeros_like(cand_tokens, dtype=torch.bool)
+        hits = (
+            torch.isin(cand_tokens, stop_ids)
+            if len(stop_ids)
+            else torch.zeros_like(cand_tokens, dtype=torch.bool)
+        )
         if t + 1 >= max_new_tokens:
             hits = torch.ones_like(hits)
         elif stop_strings:
@@ -198,7 +200,9 @@ def beam_search(
         fin_scores = fin_scores + (~just_finished).float() * -1e9
         merged_scores = torch.cat([finished_scores, fin_scores], dim=1)
         best = merged_scores.topk(nb, dim=-1).indices
-        finished = torch.cat([finished, cand], dim=1).gather(1, best[:, :, None].expand(B, nb, max_new_tokens))
+        finished = torch.cat([finished, cand], dim=1).gather(
+            1, best[:, :, None].expand(B, nb, max_new_tokens)
+        )
         finished_scores = merged_scores.gather(1, best)
         cand_len = torch.full((B, K), t + 1, dtype=torch.long, device=device)
         finished_lengths = torch.cat([finished_lengths, cand_len], dim=1).gather(1, best)

@@ -147,7 +147,13 @@ def speculative_steps(
             if i == len(proposal):  # every draft accepted: bonus token from p
                 token = int(choose(scores, do_sample, generator)[0])
             else:
-                token, ok = _verify(scores[0], proposal[i], q_dists[i] if do_sample and q_dists else None, do_sample, generator)
+                token, ok = _verify(
+                    scores[0],
+                    proposal[i],
+                    q_dists[i] if do_sample and q_dists else None,
+                    do_sample,
+                    generator,
+                )
                 if ok:
                     n_ok += 1
             yield emit(token, target_logits[i])
