@@ -174,6 +174,24 @@ class LM:
             emb = torch.nn.functional.normalize(emb, dim=-1)
         return emb[0] if single else emb
 
+    def generate(self, prompt, **options):
+        """Generate text; see `lmforge.generate.generate` for prompts, options and strategies."""
+        from lmforge.generate import generate
+
+        return generate(self, prompt, **options)
+
+    def stream(self, prompt, **options):
+        """Yield text deltas as they are generated; see `lmforge.generate.stream`."""
+        from lmforge.generate import stream
+
+        return stream(self, prompt, **options)
+
+    def chat(self, messages, **options):
+        """Answer a conversation through the chat template; see `lmforge.generate.chat`."""
+        from lmforge.generate import chat
+
+        return chat(self, messages, **options)
+
     def save(self, path: str | Path) -> Path:
         """Write our checkpoint directory (loads in transformers for standard families)."""
         extra = self.embedding.files(self.config.d_model) if self.embedding else None
