@@ -25,7 +25,7 @@ from typing import Any
 from lmforge.errors import LMForgeError
 
 # Modules of this package that define COMMANDS; each area adds its own.
-COMMAND_MODULES = ["model"]
+COMMAND_MODULES = ["model", "eval"]
 
 
 def all_commands() -> dict[str, Callable]:
@@ -83,6 +83,8 @@ def _add_param(parser: argparse.ArgumentParser, param: inspect.Parameter, tp: An
         (item,) = typing.get_args(tp)[:1] or (str,)
         kwargs["nargs"] = "+" if positional else "*"
         kwargs["type"] = _unwrap_optional(item)
+        if not positional and not param.default:  # `--model a --model b` collects both
+            kwargs["action"] = "extend"
     elif origin is dict or tp is dict:
         kwargs["type"] = _json_arg
     elif tp in (int, float, str, Path):
@@ -122,16 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     top = parser.add_subparsers(title="commands", metavar="COMMAND")
     groups: dict[str, Any] = {}
+    parsers: dict[str, argparse.ArgumentParser] = {}  # a command may also head a group ("eval", "eval compare")
     for words, fn in sorted(all_commands().items()):
         parts = words.split()
         sub = top
         for depth in range(len(parts) - 1):
             key = " ".join(parts[: depth + 1])
             if key not in groups:
-                group_parser = sub.add_parser(parts[depth], help=f"{key} commands")
+                group_parser = parsers.get(key) or sub.add_parser(parts[depth], help=f"{key} commands")
                 groups[key] = group_parser.add_subparsers(title=f"{key} commands", metavar="COMMAND")
             sub = groups[key]
-        add_function(sub, words, fn)
+        parsers[words] = add_function(sub, words, fn)
     return parser
 
 
@@ -158,7 +161,8 @@ def run(argv: list[str] | None = None) -> Any:
     if fn is None:
         parser.print_help()
         return None
-    values = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "config"}
+    params = inspect.signature(fn).parameters  # a subcommand's namespace also holds its group's options
+    values = {k: v for k, v in vars(args).items() if k in params}
     if args.config is not None:
         from_file = _load_config(args.config)
         unknown = set(from_file) - set(values)

