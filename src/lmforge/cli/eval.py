@@ -102,7 +102,7 @@ METRIC_NAMES = ("bleu", "chrf", "chrf++", "ter", "rouge", "meteor", "bertscore")
 
 
 def eval_metric(
-    name: str, predictions: Path, references: Path, encoder: str = "minilm", idf: bool = False
+    name: str, *, predictions: Path, references: Path, encoder: str = "minilm", idf: bool = False
 ) -> dict:
     """Score a file of predictions against a file of references with one text metric; prints JSON.
 
