@@ -47,7 +47,7 @@ def contrastive_search_steps(
     context_mask = batch.slot_mask[:, : batch.prompt_slots].bool()  # (B, L) real tokens
     rows = torch.arange(B, device=logits.device)
     while True:
-        scores = process(batch, logits, pipeline, constraint)
+        scores = process(batch, logits, pipeline)
         probs = torch.softmax(scores, dim=-1)
         top_p, top_ids = probs.topk(k, dim=-1)  # (B, k)
         active = [not f for f in stopper.finished]
@@ -109,7 +109,7 @@ def contrastive_decoding_steps(
     log_alpha = math.log(alpha)
     while True:
         scores = contrastive_scores(expert_logits, amateur_logits, log_alpha)
-        scores = process(batch, scores, pipeline, constraint)
+        scores = process(batch, scores, pipeline)
         tokens = choose(scores, do_sample, generator)
         active = [not f for f in stopper.finished]
         if not all(active):

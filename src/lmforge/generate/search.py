@@ -1,10 +1,12 @@
 """Search strategies over the engine: greedy, sampling and beam search.
 
 Every strategy reads the same two hooks at each step, so every option means the same thing everywhere:
-- `pipeline(input_ids, scores) -> scores`: the logits-processor pipeline (temperature, top-k/p, penalties,
-  bias, banned/allowed tokens, min new tokens...) from `lmforge.generate.processors`;
-- `constraint` (optional): a per-row token automaton (choice / regex / JSON schema) from
-  `lmforge.generate.constraints` that masks the scores, advances on the chosen tokens and follows beams.
+- `pipeline(input_ids, scores, valid) -> scores`: the logits-processor pipeline from
+  `lmforge.generate.processors` (bias, penalties, bans, min new tokens, the constraint mask, then
+  temperature/top-k/top-p/...); `valid` is the batch's slot mask, so padding never counts;
+- `constraint` (optional): the per-row token automaton (choice / regex / JSON schema) from
+  `lmforge.generate.constraints` whose mask sits in the pipeline; the strategy advances it on the chosen
+  tokens and reorders it with the beams.
 
 `decode_steps` is a generator of per-step tokens, so `generate` collects it and `stream` yields from it.
 `beam_search` follows Hugging Face's vectorised beam search step for step (top 2·beams candidates,
@@ -21,8 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.generate.engine import Batch, Engine, StopChecker
+from lmforge.generate.processors import pick_tokens
 
-Pipeline = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Pipeline = Callable[..., torch.Tensor]  # (input_ids, scores, valid=slot_mask) -> scores
 
 
 @dataclass
@@ -36,27 +39,20 @@ class Step:
     top_logprobs: torch.Tensor | None = None  # (B, n)
 
 
-def sample_token(scores: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Draw one token per row from softmax(scores); rows of -inf except one pick that one."""
-    probs = torch.softmax(scores.float(), dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
-
-
 def choose(scores: torch.Tensor, do_sample: bool, generator: torch.Generator | None) -> torch.Tensor:
     """Greedy (argmax) or sampled choice from processed scores (B, V) -> (B,)."""
-    return sample_token(scores, generator) if do_sample else scores.argmax(dim=-1)
+    return pick_tokens(scores, do_sample, generator)
 
 
 def process(
-    batch: Batch, logits: torch.Tensor, pipeline: Pipeline | None, constraint: Any | None
+    batch: Batch, scores: torch.Tensor, pipeline: Pipeline | None, upto: int | None = None
 ) -> torch.Tensor:
-    """Apply the shared processor pipeline and the constraint mask to next-token logits (B, V)."""
-    scores = logits
-    if pipeline is not None:
-        scores = pipeline(batch.sequences(), scores)
-    if constraint is not None:
-        scores = constraint.mask(scores)
-    return scores
+    """Run the shared processor pipeline (constraint mask included) on next-token scores (B, V); the
+    processors see every slot up to `upto` (default: the whole sequence so far), padding excluded."""
+    if pipeline is None:
+        return scores
+    upto = batch.length if upto is None else upto
+    return pipeline(batch.tokens[:, :upto], scores, valid=batch.slot_mask)
 
 
 def model_logprobs(logits: torch.Tensor, tokens: torch.Tensor, top_n: int) -> dict[str, torch.Tensor]:
@@ -84,7 +80,7 @@ def decode_steps(
 ) -> Iterator[Step]:
     """Greedy or sampled decoding from prefilled `logits` (B, V) until every row has stopped."""
     while True:
-        scores = process(batch, logits, pipeline, constraint)
+        scores = process(batch, logits, pipeline)
         tokens = choose(scores, do_sample, generator)
         active = [not f for f in stopper.finished]
         if not all(active):
@@ -161,7 +157,7 @@ def beam_search(
 
     for t in range(max_new_tokens):
         log_probs = F.log_softmax(logits.float(), dim=-1)
-        log_probs = process(batch, log_probs, pipeline, constraint)
+        log_probs = process(batch, log_probs, pipeline)
         V = log_probs.shape[-1]
         total = (log_probs.view(B, nb, V) + running_scores[:, :, None]).view(B, nb * V)
         if do_sample:

@@ -12,8 +12,9 @@ Verification keeps the output exactly the target's:
   exactly as the target's p (Leviathan et al. 2023, Chen et al. 2023). Prompt lookup drafts are a
   point mass, so q(x) = 1.
 p and q are the *processed* distributions: the same processor pipeline (temperature, top-k/p, penalties,
-...) runs on the target's and the draft's logits at every position, and the constraint masks the
-target's, so speculative output honours every option that plain decoding does.
+...) runs on the target's and the draft's logits at every position (the constraint mask only on the
+target's: a draft token the constraint forbids has p = 0 and is rejected), so speculative output
+honours every option that plain decoding does.
 
 One prompt at a time (rows would accept different numbers of tokens); the caches hold every accepted
 token except the newest ("pending") one, which leads the next verification forward.
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 
 from lmforge.generate.engine import Batch, Engine, StopChecker
+from lmforge.generate.processors import ConstraintMask
 from lmforge.generate.search import Pipeline, Step, choose, model_logprobs, process
 
 
@@ -100,11 +102,12 @@ def speculative_steps(
         return step
 
     # first token from the prefill logits, exactly as plain decoding picks it
-    first = int(choose(process(batch, logits, pipeline, constraint), do_sample, generator)[0])
+    first = int(choose(process(batch, logits, pipeline), do_sample, generator)[0])
     yield emit(first, logits[0])
     sequence = batch.tokens[0, : batch.length].tolist() + [first]  # accepted tokens, incl. pending
 
     draft_batch, draft_logits = None, None
+    draft_pipeline = pipeline.without(ConstraintMask) if pipeline is not None else None
     if draft is not None:
         draft_batch = draft.new_batch([sequence[:-1]], batch.capacity)
         draft.prefill(draft_batch)  # draft cache: every accepted token except the pending one
@@ -121,7 +124,7 @@ def speculative_steps(
             draft_logits = draft.step(draft_batch, torch.tensor([missing], device=device))[:, -1]
             proposal, q_dists = [], []
             for i in range(k):
-                scores = process(draft_batch, draft_logits, pipeline, None)
+                scores = process(draft_batch, draft_logits, draft_pipeline)
                 token = int(choose(scores, do_sample, generator)[0])
                 proposal.append(token)
                 if do_sample:
@@ -137,13 +140,7 @@ def speculative_steps(
         # 3. accept/reject position by position; p_i sees the sequence up to draft token i
         n_ok = 0
         for i in range(len(proposal) + 1):
-            upto = start + 1 + i
-            view = batch.tokens[:, :upto]
-            scores = target_logits[i : i + 1]
-            if pipeline is not None:
-                scores = pipeline(view, scores)
-            if constraint is not None:
-                scores = constraint.mask(scores)
+            scores = process(batch, target_logits[i : i + 1], pipeline, upto=start + 1 + i)
             if i == len(proposal):  # every draft accepted: bonus token from p
                 token = int(choose(scores, do_sample, generator)[0])
             else:
