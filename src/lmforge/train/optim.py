@@ -1,0 +1,105 @@
+"""AdamW with decoupled weight decay on matrices only, and the learning-rate schedules.
+
+Weight decay pulls weights toward zero; it helps the large matrices (attention, MLP) and hurts the
+parameters that set a scale or an offset, so norms, biases and embeddings get none — the split
+nanoGPT and most LLM recipes use. The schedule is linear warmup, then cosine / linear / constant decay
+to `min_lr`; it is a pure function of the step, so resuming needs only the step number.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from lmforge.errors import LMForgeError
+
+Decay = Literal["cosine", "linear", "constant"]
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups: `decay` (weight matrices of linear layers) and `no_decay` (everything else:
+    norm weights, biases, token/position/type embeddings). Frozen parameters are left out; a tied
+    parameter appears once (named by its first owner, the embedding)."""
+    embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decay, no_decay = [], []
+    decay_names, no_decay_names = [], []
+    for name, p in model.named_parameters():  # named_parameters() skips tied duplicates
+        if not p.requires_grad:
+            continue
+        if p.dim() >= 2 and id(p) not in embedding_params:
+            decay.append(p)
+            decay_names.append(name)
+        else:
+            no_decay.append(p)
+            no_decay_names.append(name)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay, "names": decay_names},
+        {"params": no_decay, "weight_decay": 0.0, "names": no_decay_names},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float = 0.1,
+    betas: tuple[float, float] = (0.9, 0.95),
+    eps: float = 1e-8,
+) -> torch.optim.AdamW:
+    """AdamW over `param_groups`; the fused CUDA kernel is used when every parameter is on a GPU."""
+    groups = param_groups(model, weight_decay)
+    if not groups:
+        raise LMForgeError("the model has no trainable parameters (all frozen?)")
+    on_cuda = all(p.is_cuda for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=on_cuda or None)
+
+
+@dataclass
+class LRSchedule:
+    """Linear warmup from 0 to `lr` over `warmup_steps`, then `decay` to `min_lr` at `total_steps`.
+
+    `lr_at(step)` is the rate used for optimizer step `step` (0-based); after `total_steps` it stays at
+    `min_lr`. `constant` keeps `lr` after warmup.
+    """
+
+    lr: float
+    total_steps: int
+    warmup_steps: int = 0
+    decay: Decay = "cosine"
+    min_lr: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise LMForgeError(f"learning rate must be positive, got {self.lr}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise LMForgeError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
+        if self.total_steps <= 0 or not 0 <= self.warmup_steps <= self.total_steps:
+            raise LMForgeError(
+                f"need 0 <= warmup_steps ({self.warmup_steps}) <= total steps ({self.total_steps}), total > 0"
+            )
+        if self.decay not in ("cosine", "linear", "constant"):
+            raise LMForgeError(f"unknown schedule '{self.decay}'; use cosine, linear or constant")
+
+    def lr_at(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.decay == "constant":
+            return self.lr
+        span = self.total_steps - self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / span) if span > 0 else 1.0
+        if self.decay == "cosine":
+            factor = 0.5 * (1.0 + math.cos(math.pi * progress))
+        else:
+            factor = 1.0 - progress
+        return self.min_lr + (self.lr - self.min_lr) * factor
+
+    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
+        """Set every group's rate for `step`; returns it."""
+        lr = self.lr_at(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return lr
