@@ -1,0 +1,308 @@
+"""`prepare`: corpus -> cleaned, deduplicated, scrubbed, split and tokenized shards, with a report.
+
+Steps, in order, each optional and each reported (documents and UTF-8 bytes kept/removed/changed,
+with a few examples):
+1. normalize   Unicode normalization + control-character cleanup (`clean.normalize_text`);
+               documents left empty are removed (rule `empty`);
+2. exact_dup   exact duplicates by content hash (`dedup.exact_duplicates`);
+3. quality:*   Gopher-style quality rules (`clean.quality_check`), one row per rule;
+4. near_dup    MinHash + LSH near-duplicates above a Jaccard threshold (`dedup.near_duplicates`);
+5. pii:*       emails, cards, IPs and phone numbers replaced by tags (`pii.scrub_pii`);
+6. split       document-level train/val split by seed; 7. tokenize into shards (`shards.write_split`).
+The output directory is written atomically: it appears complete or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmforge.data.clean import RULES, NormalForm, QualityConfig, normalize_text, quality_check
+from lmforge.data.corpus import Document, read_corpus
+from lmforge.data.dedup import exact_duplicates, near_duplicates
+from lmforge.data.pii import TAGS, scrub_pii
+from lmforge.data.shards import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    TokenizerLike,
+    manifest_json,
+    split_train_val,
+    token_dtype,
+    write_split,
+)
+from lmforge.errors import LMForgeError
+from lmforge.io.atomic import atomic_dir
+
+EXAMPLES_PER_RULE = 3
+EXAMPLE_CHARS = 160
+
+
+@dataclass
+class PrepareOptions:
+    """What `prepare` does; every field is a `lmforge prepare` option."""
+
+    jsonl_field: str = "text"
+    normalize: NormalForm = "NFC"
+    dedup: bool = True
+    near_dup: bool = True
+    near_dup_threshold: float = 0.8
+    num_perm: int = 128
+    shingle_words: int = 5
+    quality: QualityConfig | None = field(default_factory=QualityConfig)
+    pii: bool = True
+    val_fraction: float = 0.05
+    seed: int = 1234
+    workers: int = 2
+    shard_tokens: int = 100_000_000
+
+
+def _nbytes(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
+def _snippet(text: str, center: int | None = None) -> str:
+    """At most EXAMPLE_CHARS characters of `text` (around `center` when given), on one line."""
+    start = 0 if center is None else max(0, center - EXAMPLE_CHARS // 2)
+    piece = text[start : start + EXAMPLE_CHARS]
+    piece = ("…" if start > 0 else "") + piece + ("…" if start + EXAMPLE_CHARS < len(text) else "")
+    return " ".join(piece.split())
+
+
+class Report:
+    """Rows of (rule, action, documents, bytes, examples), in the order the steps ran."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, Any]] = {}
+
+    def add(self, rule: str, action: str, doc_bytes: int, example: dict[str, Any] | None = None) -> None:
+        row = self.rows.setdefault(
+            rule, {"rule": rule, "action": action, "documents": 0, "bytes": 0, "examples": []}
+        )
+        row["documents"] += 1
+        row["bytes"] += doc_bytes
+        if example is not None and len(row["examples"]) < EXAMPLES_PER_RULE:
+            row["examples"].append(example)
+
+    def ensure(self, rule: str, action: str) -> None:
+        self.rows.setdefault(
+            rule, {"rule": rule, "action": action, "documents": 0, "bytes": 0, "examples": []}
+        )
+
+
+def clean_documents(docs: list[Document], opts: PrepareOptions, report: Report) -> list[Document]:
+    """Steps 1–5 of the module docstring; returns the kept documents, filling `report`."""
+    # 1. normalization (skipped with normalize="none") and control characters (always)
+    report.ensure("normalize", "changed")
+    report.ensure("empty", "removed")
+    out = []
+    for doc in docs:
+        text = normalize_text(doc.text, opts.normalize)
+        if text != doc.text:
+            at = next((i for i, (a, b) in enumerate(zip(text, doc.text)) if a != b), len(text))
+            report.add(
+                "normalize",
+                "changed",
+                _nbytes(doc.text) - _nbytes(text),
+                {"source": doc.source, "before": _snippet(doc.text, at), "after": _snippet(text, at)},
+            )
+        if not text.strip():
+            report.add("empty", "removed", _nbytes(text), {"source": doc.source, "text": ""})
+            continue
+        out.append(Document(text, doc.source))
+    docs = out
+    # 2. exact duplicates
+    if opts.dedup:
+        report.ensure("exact_dup", "removed")
+        dups = exact_duplicates([d.text for d in docs])
+        for i, first in dups.items():
+            report.add(
+                "exact_dup",
+                "removed",
+                _nbytes(docs[i].text),
+                {
+                    "source": docs[i].source,
+                    "duplicate_of": docs[first].source,
+                    "text": _snippet(docs[i].text),
+                },
+            )
+        docs = [d for i, d in enumerate(docs) if i not in dups]
+    # 3. quality rules
+    if opts.quality is not None:
+        for rule in RULES:
+            report.ensure(f"quality:{rule}", "removed")
+        out = []
+        for doc in docs:
+            failed = quality_check(doc.text, opts.quality)
+            if failed is None:
+                out.append(doc)
+            else:
+                report.add(
+                    f"quality:{failed}",
+                    "removed",
+                    _nbytes(doc.text),
+                    {"source": doc.source, "text": _snippet(doc.text)},
+                )
+        docs = out
+    # 4. near duplicates
+    if opts.near_dup:
+        report.ensure("near_dup", "removed")
+        near = near_duplicates(
+            [d.text for d in docs], opts.near_dup_threshold, opts.num_perm, opts.shingle_words, opts.seed
+        )
+        for i, (kept, sim) in near.items():
+            report.add(
+                "near_dup",
+                "removed",
+                _nbytes(docs[i].text),
+                {
+                    "source": docs[i].source,
+                    "similar_to": docs[kept].source,
+                    "jaccard_estimate": round(sim, 3),
+                    "text": _snippet(docs[i].text),
+                },
+            )
+        docs = [d for i, d in enumerate(docs) if i not in near]
+    # 5. PII
+    if opts.pii:
+        for kind in TAGS:
+            report.ensure(f"pii:{kind}", "replaced")
+        out = []
+        for doc in docs:
+            text = doc.text
+            for kind in TAGS:
+                scrubbed, counts = scrub_pii(text, (kind,))
+                if counts:
+                    at = scrubbed.find(TAGS[kind])
+                    report.add(
+                        f"pii:{kind}",
+                        "replaced",
+                        _nbytes(text) - _nbytes(scrubbed),
+                        {"source": doc.source, "matches": counts[kind], "after": _snippet(scrubbed, at)},
+                    )
+                    text = scrubbed
+            out.append(Document(text, doc.source))
+        docs = out
+    return docs
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The human-readable report."""
+    lines = [
+        "# lmforge prepare report",
+        "",
+        f"Inputs: {', '.join(report['inputs'])}  ",
+        f"Read {report['read']['documents']:,} documents ({report['read']['bytes']:,} bytes); "
+        f"kept {report['kept']['documents']:,} ({report['kept']['bytes']:,} bytes). Seed {report['seed']}.",
+        "",
+        "| rule | action | documents | bytes |",
+        "|---|---|---:|---:|",
+    ]
+    for row in report["rules"]:
+        lines.append(f"| {row['rule']} | {row['action']} | {row['documents']:,} | {row['bytes']:,} |")
+    lines += ["", "| split | documents | bytes | tokens |", "|---|---:|---:|---:|"]
+    for name, split in report["splits"].items():
+        lines.append(f"| {name} | {split['documents']:,} | {split['bytes']:,} | {split['tokens']:,} |")
+    examples = [row for row in report["rules"] if row["examples"]]
+    if examples:
+        lines += ["", "## Examples"]
+        for row in examples:
+            lines += ["", f"### {row['rule']} ({row['action']})"]
+            for ex in row["examples"]:
+                detail = "; ".join(
+                    f"{k}: {v}" for k, v in ex.items() if k not in ("source", "text", "before", "after")
+                )
+                lines.append(f"- `{ex['source']}`" + (f" ({detail})" if detail else ""))
+                for key in ("text", "before", "after"):
+                    if ex.get(key):
+                        lines.append(f"  - {key}: {ex[key]}")
+    return "\n".join(lines) + "\n"
+
+
+def _check_output(output: Path) -> None:
+    if output.exists() and (
+        not output.is_dir() or (any(output.iterdir()) and not (output / MANIFEST).is_file())
+    ):
+        raise LMForgeError(
+            f"output {output} exists and is not an lmforge prepare directory: choose a new --output or remove it"
+        )
+
+
+def prepare(
+    inputs: list[str],
+    tokenizer: TokenizerLike,
+    output: str | Path,
+    options: PrepareOptions | None = None,
+    tokenizer_source: str | None = None,
+) -> dict[str, Any]:
+    """Run the whole pipeline; writes shards, `manifest.json`, `report.json` and `report.md` to
+    `output` (atomically) and returns the report."""
+    opts = options or PrepareOptions()
+    output = Path(output)
+    _check_output(output)
+    if not 0.0 < opts.near_dup_threshold <= 1.0:
+        raise LMForgeError(f"--near-dup-threshold must be in (0, 1], got {opts.near_dup_threshold}")
+    split_train_val(2, opts.val_fraction, opts.seed)  # validates val_fraction before the slow steps
+    if tokenizer.eos_token_id is None:
+        raise LMForgeError("the tokenizer has no EOS token, which separates documents in the shards")
+
+    docs = read_corpus(inputs, opts.jsonl_field)
+    read = {"documents": len(docs), "bytes": sum(_nbytes(d.text) for d in docs)}
+    report = Report()
+    kept = clean_documents(docs, opts, report)
+    rules = list(report.rows.values())
+    if not kept:
+        removed = ", ".join(
+            f"{r['rule']} {r['documents']}" for r in rules if r["action"] == "removed" and r["documents"]
+        )
+        raise LMForgeError(
+            f"no documents left after filtering ({read['documents']} read; removed: {removed or 'none'}): "
+            "relax the filters (e.g. --min-chars, --no-quality) or add data"
+        )
+    is_val = split_train_val(len(kept), opts.val_fraction, opts.seed)
+    splits_docs = {
+        "train": [d for d, v in zip(kept, is_val) if not v],
+        "val": [d for d, v in zip(kept, is_val) if v],
+    }
+    dtype = token_dtype(tokenizer.vocab_size)
+    with atomic_dir(output) as tmp:
+        splits = {
+            name: write_split([d.text for d in sd], tokenizer, tmp, name, opts.workers, opts.shard_tokens)
+            for name, sd in splits_docs.items()
+        }
+        options_json = asdict(opts)
+        manifest = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "dtype": dtype.name,
+            "tokenizer": {
+                "fingerprint": tokenizer.fingerprint,
+                "vocab_size": tokenizer.vocab_size,
+                "eos_token_id": tokenizer.eos_token_id,
+                "source": tokenizer_source,
+            },
+            "seed": opts.seed,
+            "sources": list(inputs),
+            "documents": {"read": read["documents"], "kept": len(kept)},
+            "splits": splits,
+            "val_sources": sorted(d.source for d in splits_docs["val"]),
+            "options": options_json,
+        }
+        result = {
+            "inputs": list(inputs),
+            "seed": opts.seed,
+            "read": read,
+            "kept": {"documents": len(kept), "bytes": sum(_nbytes(d.text) for d in kept)},
+            "rules": rules,
+            "splits": {k: {kk: v[kk] for kk in ("documents", "bytes", "tokens")} for k, v in splits.items()},
+            "dtype": dtype.name,
+            "tokenizer_fingerprint": tokenizer.fingerprint,
+        }
+        (tmp / MANIFEST).write_text(manifest_json(manifest), encoding="utf-8")
+        (tmp / "report.json").write_text(
+            json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+        (tmp / "report.md").write_text(render_markdown(result), encoding="utf-8")
+    return result
