@@ -37,6 +37,9 @@ class ByteTokenizer:
         text = "".join(f"<{m['role']}>{m['content']}\n" for m in messages)
         return text + ("<assistant>" if add_generation_prompt else "")
 
+    def encode_chat(self, messages, add_generation_prompt: bool = True) -> list[int]:
+        return self.encode(self.apply_chat_template(messages, add_generation_prompt))
+
 
 class _ByteDecoder:
     def __init__(self):
@@ -86,3 +89,31 @@ def tiny_model(family: str = "llama", seed: int = 0, scale: float = 1.0, **overr
         with torch.no_grad():
             model.lm_head.weight.mul_(scale)
     return model.eval()
+
+
+class ScriptedModel(torch.nn.Module):
+    """A stand-in decoder that emits a fixed byte script after a prompt of `prompt_len` tokens, then EOS
+    (positions say how far along the script a row is, so batching and the cache are respected)."""
+
+    def __init__(self, script: str, prompt_len: int):
+        super().__init__()
+        self.config = tiny_config("llama", n_layer=1)
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the engine a dtype and device
+        self.table = torch.tensor([*script.encode("utf-8"), ByteTokenizer.eos_token_id])
+        self.prompt_len = prompt_len
+
+    def forward(self, input_ids, positions=None, cache=None, attention_mask=None):
+        B, T = input_ids.shape
+        if positions is None:
+            positions = torch.arange(T).expand(B, T)
+        step = (positions + 1 - self.prompt_len).clamp(0, len(self.table) - 1)
+        logits = torch.full((B, T, self.config.vocab_size), -10.0)
+        return logits.scatter(2, self.table[step][..., None], 10.0)
+
+
+def tiny_lm(model=None, tokenizer=None, **generation_config):
+    """An `LM` around a tiny model and the byte tokenizer (what `lmforge.load` returns)."""
+    from lmforge.lm import LM
+
+    model = model if model is not None else tiny_model("llama", seed=0, scale=20.0)
+    return LM(model, tokenizer or ByteTokenizer(), generation_config, source="tiny")

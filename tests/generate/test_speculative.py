@@ -128,16 +128,24 @@ def sampled_joint(target, prompt, draft, n_samples, k):
     return counts, accepted / proposed
 
 
-@pytest.mark.parametrize("use_draft", [True, False], ids=["draft-model", "prompt-lookup"])
-def test_speculative_sampling_matches_target_distribution(use_draft):
-    target = tiny_model("llama", seed=10, scale=3.0, vocab_size=VOCAB)
-    draft = tiny_model("llama", seed=11, scale=3.0, vocab_size=VOCAB) if use_draft else None
+@pytest.mark.parametrize(
+    "use_draft,n",
+    [
+        (True, 800),
+        (False, 800),
+        pytest.param(True, 6000, marks=pytest.mark.slow),
+        pytest.param(False, 6000, marks=pytest.mark.slow),
+    ],
+    ids=["draft-model", "prompt-lookup", "draft-model-6000", "prompt-lookup-6000"],
+)
+def test_speculative_sampling_matches_target_distribution(use_draft, n):
+    target = tiny_model("llama", seed=10, scale=3.0, vocab_size=VOCAB, n_layer=1)
+    draft = tiny_model("llama", seed=11, scale=3.0, vocab_size=VOCAB, n_layer=1) if use_draft else None
     prompt = [0, 1, 2, 3, 0, 1, 2, 3, 0, 1]  # repetitive, so prompt lookup proposes tokens
-    n = 1500
     counts, acceptance = sampled_joint(target, prompt, draft, n, k=2)
     assert 0.05 < acceptance < 0.95  # both the accept and the reject/resample paths are exercised
     assert chi_square_p(counts, exact_joint(target, prompt), n) > 1e-3
     # the test has power: the same samples are far from the draft's and from a sharpened distribution
     if use_draft:
-        assert chi_square_p(counts, exact_joint(draft, prompt), n) < 1e-6
-    assert chi_square_p(counts, exact_joint(target, prompt, temperature=0.5), n) < 1e-6
+        assert chi_square_p(counts, exact_joint(draft, prompt), n) < 1e-4
+    assert chi_square_p(counts, exact_joint(target, prompt, temperature=0.5), n) < 1e-4

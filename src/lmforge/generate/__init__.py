@@ -139,6 +139,14 @@ class _Run:
             raise LMForgeError("no prompts given")
         ids = _encode(lm, prompts)
         self.engine = Engine(lm.model)
+        room = self.engine.max_seq_len - max(len(p) for p in ids)
+        chosen = "max_new_tokens" in options or "max_new_tokens" in (
+            getattr(lm, "generation_config", None) or {}
+        )
+        if not chosen and 0 < room < config.max_new_tokens:  # the default must not overflow a short context
+            self.config = config = config.replace(
+                max_new_tokens=room, min_new_tokens=min(config.min_new_tokens, room)
+            )
         self.prompts = self.engine.check_context(ids, config.max_new_tokens, truncate=config.truncate_prompt)
         self.stop_ids = _stop_token_ids(lm, config)
         self.stop_strings = tuple(config.stop or ())
@@ -171,24 +179,29 @@ class _Run:
             raise LMForgeError("contrastive search (penalty_alpha > 0) needs top_k >= 2 candidates")
         if chosen == ["contrastive_search"] and c.do_sample:
             raise LMForgeError("contrastive search is deterministic: drop do_sample or penalty_alpha")
-        return chosen[0] if chosen else ("sample" if c.do_sample else "greedy")
+        strategy = chosen[0] if chosen else ("sample" if c.do_sample else "greedy")
+        if strategy == "beam" and c.num_return_sequences > c.num_beams:
+            raise LMForgeError(
+                f"num_return_sequences={c.num_return_sequences} exceeds num_beams={c.num_beams}"
+            )
+        if c.num_return_sequences > 1 and not c.do_sample and strategy != "beam":
+            raise LMForgeError(
+                f"num_return_sequences={c.num_return_sequences} would repeat one deterministic output: "
+                "add do_sample=True or use num_beams"
+            )
+        return strategy
 
     def _check_constraint_compiles(self) -> None:
         """Compile the output constraint now, so a bad regex or schema fails before any model work."""
-        self._compiled = None
-        if self.config.constraint_kind is None:
-            return
-        from lmforge.generate import constraints
+        from lmforge.generate.constraints import from_config
 
-        if self.tokenizer is None:
-            raise LMForgeError(
-                "constrained output (choices/regex/json_schema) needs a model with a tokenizer"
-            )
-        self._compiled = constraints.compile_constraint(self.config, self.tokenizer, self.vocab_size)
+        self._new_constraint = from_config(
+            self.config, self.tokenizer, self.vocab_size, sorted(self.stop_ids)
+        )
 
     def constraint(self, rows: int):
-        """A fresh per-row constraint state for `rows` rows, or None."""
-        return None if self._compiled is None else self._compiled.start(rows)
+        """A fresh per-row constraint state (choices / regex / JSON schema) for `rows` rows, or None."""
+        return None if self._new_constraint is None else self._new_constraint(rows)
 
     def pipeline(self, batch: Batch, constraint: Any = None):
         from lmforge.generate.processors import build_pipeline
@@ -295,10 +308,6 @@ class _Run:
 
     def beam(self) -> list[Completion]:
         c = self.config
-        if c.num_return_sequences > c.num_beams:
-            raise LMForgeError(
-                f"num_return_sequences={c.num_return_sequences} exceeds num_beams={c.num_beams}"
-            )
         batch = self.engine.new_batch(self.prompts, self.capacity(self.prompts), self.pad)
         logits = self.engine.prefill(batch)
         constraint = self.constraint(len(self.prompts) * c.num_beams)
@@ -445,8 +454,7 @@ def chat(
     tokenizer = _tokenizer(lm)
     if not messages or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
         raise LMForgeError('messages must be a non-empty list of {"role": ..., "content": ...} dicts')
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-    ids = tokenizer.encode(text, add_special_tokens=False, allow_special=True)
+    ids = tokenizer.encode_chat(messages, add_generation_prompt=True)  # message text stays plain text
     if stream:
         return globals()["stream"](lm, ids, draft=draft, amateur=amateur, **options)
     return generate(lm, ids, draft=draft, amateur=amateur, **options)

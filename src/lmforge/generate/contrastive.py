@@ -11,8 +11,9 @@ winner's cache row is kept.
 Contrastive *decoding* (Li et al. 2023, "Contrastive Decoding: Open-ended Text Generation as
 Optimization"): an expert and a smaller amateur model sharing a tokenizer; among the plausible tokens
 V_head = {v : p_expert(v) >= alpha * max_w p_expert(w)} the score is log p_expert(v) - log p_amateur(v)
-(-inf outside V_head). The processor pipeline and the constraint then run on these scores, and the next
-token is their argmax (or a sample).
+(-inf outside V_head), and the next token is its argmax (or a sample from its softmax). The processor
+pipeline (penalties, bans, bias, constraint, temperature...) shapes the expert's distribution before
+V_head is taken, so a banned or constrained-out token is never plausible.
 """
 
 from __future__ import annotations
@@ -108,8 +109,8 @@ def contrastive_decoding_steps(
     amateur_logits = amateur.prefill(amateur_batch)
     log_alpha = math.log(alpha)
     while True:
-        scores = contrastive_scores(expert_logits, amateur_logits, log_alpha)
-        scores = process(batch, scores, pipeline)
+        expert_scores = process(batch, expert_logits, pipeline)  # the options shape the expert
+        scores = contrastive_scores(expert_scores, amateur_logits, log_alpha)
         tokens = choose(scores, do_sample, generator)
         active = [not f for f in stopper.finished]
         if not all(active):
