@@ -32,11 +32,17 @@ from lmforge.eval.metrics.text import References, normalize_references
 
 
 def _special_ids(tokenizer) -> set[int]:
-    ids = set()
-    for name in ("cls_token_id", "sep_token_id", "bos_token_id", "eos_token_id"):
-        value = getattr(tokenizer, name, None)
+    """The sequence-boundary tokens bert-score gives weight 0: [CLS] and [SEP] (else BOS and EOS)."""
+    ids: set[int] = set()
+    named = getattr(tokenizer, "special_tokens", None) or {}
+    for name in ("cls_token", "sep_token"):
+        value = getattr(tokenizer, f"{name}_id", None)
+        if value is None and name in named and hasattr(tokenizer, "token_to_id"):
+            value = tokenizer.token_to_id(named[name])
         if value is not None:
             ids.add(int(value))
+    if not ids:
+        ids = {int(v) for v in (tokenizer.bos_token_id, tokenizer.eos_token_id) if v is not None}
     return ids
 
 
