@@ -110,7 +110,7 @@ def test_cli_shakespeare_perplexity_writes_reports(tmp_path: Path, capsys) -> No
             "--output",
             str(out),
             "--task-options",
-            '{"max_chars": 1500, "context": 256, "stride": 128}',
+            '{"max_chars": 800, "context": 256, "stride": 192}',
             "--n-resamples",
             "200",
         ]
