@@ -24,14 +24,17 @@ makes a row of -inf scores.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
 import torch
 
 from lmforge.errors import LMForgeError
@@ -117,6 +120,9 @@ def _decoder_kind(decoder: dict | None) -> str:
     return "text"
 
 
+_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def token_table(tokenizer: Any, vocab_size: int | None = None) -> TokenTable:
     """For each token id, the bytes it adds to the text; None for special tokens (never constrained in).
 
@@ -124,12 +130,31 @@ def token_table(tokenizer: Any, vocab_size: int | None = None) -> TokenTable:
     tokenizer), an object with `token_table()` / `id_to_bytes`, or a ready list of bytes/str pieces.
     Anything else falls back to `decode([id])` (exact for tokens that are whole characters).
     """
+    try:
+        cached = _TABLES.get(tokenizer)
+    except TypeError:  # not weak-referenceable (a list, a Rust object): no cache
+        cached = None
+    if cached is not None and (vocab_size is None or len(cached) == vocab_size):
+        return cached
+    table = _read_table(tokenizer, vocab_size)
+    if vocab_size is not None:
+        table = table[:vocab_size] + [None] * max(0, vocab_size - len(table))
+    table = [t if t else None for t in table]  # empty pieces never help a constraint
+    with contextlib.suppress(TypeError):
+        _TABLES[tokenizer] = table
+    return table
+
+
+def _read_table(tokenizer: Any, vocab_size: int | None) -> TokenTable:
     if isinstance(tokenizer, (list, tuple)):
         table = [p.encode("utf-8") if isinstance(p, str) else p for p in tokenizer]
     elif callable(getattr(tokenizer, "token_table", None)):
         table = list(tokenizer.token_table())
     elif (backend := _hf_backend(tokenizer)) is not None:
         table = _table_from_hf(backend)
+        for i in getattr(tokenizer, "all_special_ids", None) or []:  # named specials (eos, bos, ...)
+            if 0 <= i < len(table):
+                table[i] = None
     elif callable(getattr(tokenizer, "id_to_bytes", None)):
         n = vocab_size or tokenizer.vocab_size
         table = [tokenizer.id_to_bytes(i) for i in range(n)]
@@ -141,9 +166,7 @@ def token_table(tokenizer: Any, vocab_size: int | None = None) -> TokenTable:
         raise LMForgeError(
             f"cannot read a vocabulary from {type(tokenizer).__name__}; pass a list of token bytes"
         )
-    if vocab_size is not None:
-        table = table[:vocab_size] + [None] * max(0, vocab_size - len(table))
-    return [t if t else None for t in table]  # empty pieces never help a constraint
+    return table
 
 
 def _table_from_hf(backend: Any) -> TokenTable:
@@ -204,14 +227,13 @@ class TokenAutomaton:
     eos_token_ids: tuple[int, ...]
     index: Any  # outlines_core.Index
     initial_state: int
-    mask_cache_size: int = 2048
+    mask_cache_size: int = 1024  # masks of V bools each: 48 MiB at V = 49152
     _masks: OrderedDict = field(default_factory=OrderedDict, repr=False)
     _finals: frozenset[int] = field(default=frozenset(), repr=False)
 
     def __post_init__(self) -> None:
         self._finals = frozenset(self.index.get_final_states())
         self._eos = torch.tensor(self.eos_token_ids, dtype=torch.long)
-        self._everything = torch.ones(self.vocab_size, dtype=torch.bool)
 
     # functional interface: states are plain ints
 
@@ -223,29 +245,40 @@ class TokenAutomaton:
         """The row finished with a stop token in an accepting state."""
         return state == FINISHED
 
-    def allowed(self, state: int) -> torch.Tensor:
-        """(V,) bool: tokens allowed in `state` (stop tokens only where the text so far matches)."""
-        if state in (FINISHED, DEAD):
-            return self._everything
-        mask = self._masks.get(state)
+    def forbidden(self, state: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """(V,) bool: tokens `state` forbids (cached per state and device; FINISHED/DEAD forbid none)."""
+        key = (state if state not in (FINISHED, DEAD) else DEAD, str(device))
+        mask = self._masks.get(key)
         if mask is not None:
-            self._masks.move_to_end(state)
+            self._masks.move_to_end(key)
             return mask
-        mask = torch.zeros(self.vocab_size, dtype=torch.bool)
-        ids = [t for t in (self.index.get_allowed_tokens(state) or []) if t < self.vocab_size]
-        if ids:
-            mask[torch.tensor(ids, dtype=torch.long)] = True
-        mask[self._eos] = state in self._finals
-        if not bool(mask.any()):  # a dead end in this vocabulary: let the row stop rather than fail
-            mask[self._eos] = True
-        self._masks[state] = mask
+        mask = torch.ones(self.vocab_size, dtype=torch.bool)
+        if state in (FINISHED, DEAD):
+            mask[:] = False
+        else:
+            ids = np.asarray(self.index.get_allowed_tokens(state) or [], dtype=np.int64)
+            ids = ids[ids < self.vocab_size]
+            mask[torch.from_numpy(ids)] = False
+            mask[self._eos] = state not in self._finals
+            if bool(mask.all()):  # a dead end in this vocabulary: let the row stop rather than fail
+                mask[self._eos] = False
+        mask = mask.to(device)
+        self._masks[key] = mask
         if len(self._masks) > self.mask_cache_size:
             self._masks.popitem(last=False)
         return mask
 
+    def allowed(self, state: int) -> torch.Tensor:
+        """(V,) bool: tokens allowed in `state` (stop tokens only where the text so far matches)."""
+        return ~self.forbidden(state)
+
     def mask(self, states: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
         """(B, V) bool: allowed tokens of each row's state."""
-        return torch.stack([self.allowed(s) for s in states]).to(device)
+        return ~self.forbidden_mask(states, device)
+
+    def forbidden_mask(self, states: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
+        """(B, V) bool: forbidden tokens of each row's state."""
+        return torch.stack([self.forbidden(s, device) for s in states])
 
     def next_state(self, state: int, token: int) -> int:
         if state in (FINISHED, DEAD):
@@ -374,17 +407,17 @@ class Constraint:
         allowed token of a row, that row falls back to a uniform choice among the allowed tokens."""
         if scores.shape[0] != len(self.states):
             raise ValueError(f"constraint has {len(self.states)} rows but scores have {scores.shape[0]}")
-        allowed = self.allowed_mask(scores.device)
+        forbidden = self.automaton.forbidden_mask(self.states, scores.device)
         V = scores.shape[-1]
-        if allowed.shape[-1] != V:  # model head wider/narrower than the automaton's vocabulary
-            pad = torch.zeros(
-                allowed.shape[0], max(0, V - allowed.shape[-1]), dtype=torch.bool, device=scores.device
+        if forbidden.shape[-1] != V:  # model head wider/narrower than the automaton's vocabulary
+            pad = torch.ones(
+                forbidden.shape[0], max(0, V - forbidden.shape[-1]), dtype=torch.bool, device=scores.device
             )
-            allowed = torch.cat([allowed, pad], dim=-1)[:, :V]
-        out = scores.masked_fill(~allowed, float("-inf"))
-        empty = ~torch.isfinite(out).any(dim=-1)
+            forbidden = torch.cat([forbidden, pad], dim=-1)[:, :V]
+        out = scores.masked_fill(forbidden, float("-inf"))
+        empty = out.amax(dim=-1) == float("-inf")
         if bool(empty.any()):
-            out[empty] = torch.where(allowed[empty], 0.0, float("-inf")).to(out.dtype)
+            out[empty] = torch.where(forbidden[empty], float("-inf"), 0.0).to(out.dtype)
         return out
 
     def advance(self, token_ids: Sequence[int] | torch.Tensor) -> None:
