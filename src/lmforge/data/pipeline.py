@@ -272,7 +272,7 @@ def prepare(
             name: write_split([d.text for d in sd], tokenizer, tmp, name, opts.workers, opts.shard_tokens)
             for name, sd in splits_docs.items()
         }
-        options_json = asdict(opts)
+        options_json = {k: v for k, v in asdict(opts).items() if k != "workers"}  # workers change nothing
         manifest = {
             "format": FORMAT,
             "version": FORMAT_VERSION,

@@ -73,19 +73,23 @@ def _init_worker(tokenizer: TokenizerLike) -> None:
     _WORKER_TOKENIZER = tokenizer
 
 
-def _encode_chunk(args: tuple[list[str], int, str]) -> np.ndarray:
+def _encode_chunk(args: tuple[list[str], int, str]) -> tuple[np.ndarray, np.ndarray]:
     texts, eos, dtype = args
     return encode_documents(_WORKER_TOKENIZER, texts, eos, np.dtype(dtype))
 
 
-def encode_documents(tokenizer: TokenizerLike, texts: list[str], eos: int, dtype: np.dtype) -> np.ndarray:
-    """Token ids of `texts`, each document followed by `eos`, as one flat array."""
+def encode_documents(
+    tokenizer: TokenizerLike, texts: list[str], eos: int, dtype: np.dtype
+) -> tuple[np.ndarray, np.ndarray]:
+    """(token ids of `texts` as one flat array, each document followed by `eos`; tokens per document
+    including its EOS)."""
     pieces: list[np.ndarray] = []
     eos_arr = np.array([eos], dtype=dtype)
     for ids in tokenizer.encode_batch(texts):
         pieces.append(np.asarray(ids, dtype=np.int64).astype(dtype, copy=False))
         pieces.append(eos_arr)
-    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype)
+    lengths = np.array([len(p) + 1 for p in pieces[::2]], dtype=np.int64)
+    return (np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype)), lengths
 
 
 def _chunks(texts: Sequence[str], chunk_chars: int) -> Iterator[list[str]]:
@@ -107,23 +111,22 @@ def tokenize_stream(
     dtype: np.dtype,
     workers: int = 2,
     chunk_chars: int = 1 << 20,
-) -> Iterator[tuple[np.ndarray, int]]:
-    """(tokens, number of documents) per chunk of documents, in input order."""
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(tokens, tokens per document) per chunk of documents, in input order."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise LMForgeError("the tokenizer has no EOS token, which separates documents in the shards")
     chunks = list(_chunks(texts, chunk_chars))
     if workers <= 1 or len(chunks) <= 1:
         for chunk in chunks:
-            yield encode_documents(tokenizer, chunk, eos, dtype), len(chunk)
+            yield encode_documents(tokenizer, chunk, eos, dtype)
         return
     # fork shares the tokenizer with the workers without pickling it; elsewhere it must pickle.
     method = "fork" if sys.platform.startswith("linux") else "spawn"
     ctx = mp.get_context(method)
     with ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer,)) as pool:
         jobs = ((chunk, eos, dtype.str) for chunk in chunks)
-        for chunk, tokens in zip(chunks, pool.imap(_encode_chunk, jobs)):
-            yield tokens, len(chunk)
+        yield from pool.imap(_encode_chunk, jobs)
 
 
 def write_split(
@@ -139,16 +142,26 @@ def write_split(
     shards: list[dict[str, Any]] = []
     handle = None
     try:
-        for tokens, n_docs in tokenize_stream(texts, tokenizer, dtype, workers):
-            if handle is None or shards[-1]["tokens"] >= shard_tokens:
-                if handle is not None:
-                    handle.close()
-                name = f"{split}_{len(shards):03d}.bin"
-                handle = open(out_dir / name, "wb")  # noqa: SIM115 - closed in the loop / finally
-                shards.append({"file": name, "tokens": 0, "documents": 0})
-            handle.write(np.ascontiguousarray(tokens, dtype=dtype.newbyteorder("<")).tobytes())
-            shards[-1]["tokens"] += int(tokens.size)
-            shards[-1]["documents"] += n_docs
+        for tokens, lengths in tokenize_stream(texts, tokenizer, dtype, workers):
+            tokens = tokens.astype(dtype.newbyteorder("<"), copy=False)
+            start = 0
+            while start < len(lengths):
+                if handle is None or shards[-1]["tokens"] >= shard_tokens:
+                    if handle is not None:
+                        handle.close()
+                    name = f"{split}_{len(shards):03d}.bin"
+                    handle = open(out_dir / name, "wb")  # noqa: SIM115 - closed here or in finally
+                    shards.append({"file": name, "tokens": 0, "documents": 0})
+                # as many whole documents as fit in this shard (at least one)
+                room = shard_tokens - shards[-1]["tokens"]
+                ends = np.cumsum(lengths[start:])
+                n_docs = max(int(np.searchsorted(ends, room, side="right")), 1)
+                begin = int(lengths[:start].sum())
+                stop = begin + int(ends[n_docs - 1])
+                handle.write(tokens[begin:stop].tobytes())
+                shards[-1]["tokens"] += stop - begin
+                shards[-1]["documents"] += n_docs
+                start += n_docs
     finally:
         if handle is not None:
             handle.close()

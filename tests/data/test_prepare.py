@@ -1,0 +1,138 @@
+"""`prepare` end to end: each planted problem is removed or scrubbed and reported; output is
+deterministic; bad input is a one-line error."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from data_helpers import paragraph
+
+from lmforge.cli import main
+from lmforge.data.pipeline import PrepareOptions, prepare
+from lmforge.errors import LMForgeError
+
+
+def edit(text: str, n: int) -> str:
+    words = text.split()
+    for i in range(n):
+        words[10 + 40 * i] = "changed"
+    return " ".join(words)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    root = tmp_path / "corpus"
+    root.mkdir()
+    good = [paragraph(i, 150) for i in range(12)]
+    for i, text in enumerate(good):
+        (root / f"doc{i:02d}.txt").write_text(text, encoding="utf-8")
+    (root / "dup_exact.txt").write_text(good[0] + "\n", encoding="utf-8")
+    (root / "dup_near.txt").write_text(edit(good[1], 1), encoding="utf-8")
+    (root / "short.txt").write_text("Too short to keep.", encoding="utf-8")
+    (root / "spam.txt").write_text("#deal #sale #cheap #now buy today " * 20, encoding="utf-8")
+    pii = f"{paragraph(50, 60)} Contact jane.roe@example.com or (555) 123-4567, card 4111 1111 1111 1111."
+    (root / "pii.txt").write_text(pii, encoding="utf-8")
+    (root / "messy.txt").write_text(
+        paragraph(51, 60).replace("the", "the\x00") + " Cafe\u0301.", encoding="utf-8"
+    )
+    rows = [{"text": paragraph(60 + i, 80)} for i in range(2)]
+    (tmp_path / "extra.jsonl").write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    return [str(root), str(tmp_path / "extra.jsonl")]
+
+
+def test_prepare_removes_and_reports_each_rule(tmp_path, corpus, tiny_tok):
+    out = tmp_path / "out"
+    report = prepare(corpus, tiny_tok, out, PrepareOptions(val_fraction=0.2, workers=1))
+    counts = {r["rule"]: r["documents"] for r in report["rules"] if r["documents"]}
+    assert counts == {
+        "normalize": 1,
+        "exact_dup": 1,
+        "quality:length": 1,
+        "quality:hash_ellipsis_ratio": 1,
+        "near_dup": 1,
+        "pii:email": 1,
+        "pii:phone": 1,
+        "pii:credit_card": 1,
+    }
+    rows = {r["rule"]: r for r in report["rules"]}
+    assert rows["exact_dup"]["examples"][0]["source"].endswith("dup_exact.txt")
+    assert rows["exact_dup"]["examples"][0]["duplicate_of"].endswith("doc00.txt")
+    assert rows["near_dup"]["examples"][0]["similar_to"].endswith("doc01.txt")
+    assert rows["quality:length"]["bytes"] == len("Too short to keep.")
+    assert report["read"]["documents"] == 20 and report["kept"]["documents"] == 16
+    assert report["splits"]["val"]["documents"] == round(0.2 * 16)
+    for name in ("manifest.json", "report.json", "report.md", "train_000.bin", "val_000.bin"):
+        assert (out / name).is_file()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["tokenizer"]["fingerprint"] == tiny_tok.fingerprint
+    assert manifest["dtype"] == "uint16" and manifest["seed"] == 1234
+    assert manifest["splits"]["train"]["documents"] + manifest["splits"]["val"]["documents"] == 16
+    tokens = np.concatenate([np.fromfile(out / f"{s}_000.bin", dtype=np.uint16) for s in ("train", "val")])
+    text = tiny_tok.decode(tokens.tolist())
+    assert "<EMAIL>" in text and "<PHONE>" in text and "<CREDIT_CARD>" in text
+    assert "jane.roe" not in text and "\x00" not in text and "Caf\u00e9." in text
+    assert (tokens == tiny_tok.eos_token_id).sum() == 16
+    md = (out / "report.md").read_text()
+    assert "| exact_dup | removed | 1 |" in md and "## Examples" in md
+
+
+def test_prepare_is_deterministic_and_seed_changes_split(tmp_path, corpus, tiny_tok):
+    a = prepare(corpus, tiny_tok, tmp_path / "a", PrepareOptions(workers=2, val_fraction=0.25))
+    b = prepare(corpus, tiny_tok, tmp_path / "b", PrepareOptions(workers=1, val_fraction=0.25))
+    assert a == b
+    for name in ("train_000.bin", "val_000.bin", "manifest.json", "report.md"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    prepare(corpus, tiny_tok, tmp_path / "c", PrepareOptions(workers=1, val_fraction=0.25, seed=99))
+    val = lambda d: json.loads((tmp_path / d / "manifest.json").read_text())["val_sources"]  # noqa: E731
+    assert val("a") != val("c")
+
+
+def test_steps_can_be_switched_off(tmp_path, corpus, tiny_tok):
+    opts = PrepareOptions(dedup=False, near_dup=False, quality=None, pii=False, workers=1)
+    report = prepare(corpus, tiny_tok, tmp_path / "out", opts)
+    assert report["kept"]["documents"] == 20
+    assert {r["rule"] for r in report["rules"]} == {"normalize", "empty"}
+
+
+def test_empty_after_filtering_and_bad_output_are_errors(tmp_path, tiny_tok):
+    (tmp_path / "tiny.txt").write_text("Hello.", encoding="utf-8")
+    with pytest.raises(
+        LMForgeError, match=r"no documents left after filtering \(1 read; removed: quality:length 1\)"
+    ):
+        prepare([str(tmp_path / "tiny.txt")], tiny_tok, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    with pytest.raises(LMForgeError, match="not an lmforge prepare directory"):
+        prepare([str(tmp_path / "tiny.txt")], tiny_tok, tmp_path / "taken")
+
+
+def test_cli_prepare(tmp_path, corpus, tiny_tok, tiny_tok_dir, capsys):
+    out = tmp_path / "out"
+    rc = main(["prepare", *corpus, "--tokenizer", str(tiny_tok_dir), "--output", str(out), "--workers", "1"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| exact_dup | removed | 1 |" in printed and f"wrote {out}" in printed
+    assert json.loads((out / "manifest.json").read_text())["tokenizer"]["fingerprint"] == tiny_tok.fingerprint
+    # running again over an earlier output replaces it
+    assert main(["prepare", *corpus, "--tokenizer", str(tiny_tok_dir), "--output", str(out), "--no-pii"]) == 0
+    assert json.loads((out / "report.json").read_text())["kept"]["documents"] == 16
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda p: p.write_bytes(b"caf\xe9 au lait"), "is not UTF-8"),
+        (lambda p: None, "input not found"),
+        (lambda p: p.write_text("Hi.", encoding="utf-8"), "no documents left after filtering"),
+    ],
+)
+def test_cli_bad_input_is_one_line(tmp_path, tiny_tok_dir, capsys, setup, message):
+    path = tmp_path / "input.txt"
+    setup(path)
+    rc = main(["prepare", str(path), "--tokenizer", str(tiny_tok_dir), "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
