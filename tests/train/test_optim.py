@@ -1,0 +1,74 @@
+import math
+
+import pytest
+import torch
+
+from lmforge.errors import LMForgeError
+from lmforge.model import Transformer
+from lmforge.train.optim import LRSchedule, build_optimizer, param_groups
+
+from .conftest import tiny_config
+
+
+def test_cosine_schedule_values():
+    s = LRSchedule(lr=1.0, total_steps=110, warmup_steps=10, decay="cosine", min_lr=0.1)
+    assert s.lr_at(0) == pytest.approx(0.1)  # warmup: (step + 1) / warmup
+    assert s.lr_at(4) == pytest.approx(0.5)
+    assert s.lr_at(9) == pytest.approx(1.0)
+    assert s.lr_at(10) == pytest.approx(1.0)  # decay starts at the peak
+    assert s.lr_at(60) == pytest.approx(0.1 + 0.9 * 0.5)  # halfway: cos(pi/2) = 0
+    assert s.lr_at(35) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.25)))
+    assert s.lr_at(110) == pytest.approx(0.1)
+    assert s.lr_at(500) == pytest.approx(0.1)
+
+
+def test_linear_and_constant_schedules():
+    lin = LRSchedule(lr=2.0, total_steps=100, warmup_steps=0, decay="linear", min_lr=0.0)
+    assert [lin.lr_at(s) for s in (0, 25, 50, 100)] == pytest.approx([2.0, 1.5, 1.0, 0.0])
+    const = LRSchedule(lr=3e-4, total_steps=50, warmup_steps=5, decay="constant")
+    assert const.lr_at(2) == pytest.approx(3e-4 * 3 / 5)
+    assert const.lr_at(5) == const.lr_at(49) == pytest.approx(3e-4)
+
+
+def test_schedule_rejects_bad_settings():
+    with pytest.raises(LMForgeError, match="min_lr"):
+        LRSchedule(lr=1e-3, total_steps=10, min_lr=1e-2)
+    with pytest.raises(LMForgeError, match="warmup"):
+        LRSchedule(lr=1e-3, total_steps=10, warmup_steps=20)
+
+
+def test_param_groups_decay_only_matrices():
+    model = Transformer(tiny_config())
+    groups = {g["weight_decay"]: set(g["names"]) for g in param_groups(model, 0.1)}
+    decay, no_decay = groups[0.1], groups[0.0]
+    assert "blocks.0.attn.qkv.weight" in decay and "blocks.1.mlp.proj.weight" in decay
+    assert "tok_emb.weight" in no_decay and "pos_emb.weight" in no_decay  # embeddings (tied head too)
+    assert "blocks.0.norm1.weight" in no_decay and "blocks.0.norm1.bias" in no_decay
+    assert "blocks.0.attn.qkv.bias" in no_decay and "norm.weight" in no_decay
+    assert not decay & no_decay
+    every = {n for n, _ in model.named_parameters()}
+    assert decay | no_decay == every
+    assert all(not n.endswith("bias") and "norm" not in n and "emb" not in n for n in decay)
+
+
+def test_weight_decay_is_decoupled_and_skips_no_decay_group():
+    """With zero gradients AdamW only applies decay: w <- w - lr * wd * w on matrices, nothing else."""
+    model = Transformer(tiny_config())
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = build_optimizer(model, lr=0.1, weight_decay=0.5)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for name, p in model.named_parameters():
+        factor = 1 - 0.1 * 0.5 if name == "blocks.0.mlp.fc.weight" or name.endswith("qkv.weight") else None
+        if factor is not None:
+            torch.testing.assert_close(p.detach(), before[name] * factor)
+        if name in ("tok_emb.weight", "blocks.0.norm1.weight", "blocks.0.attn.qkv.bias"):
+            torch.testing.assert_close(p.detach(), before[name])
+
+
+def test_frozen_parameters_are_left_out():
+    model = Transformer(tiny_config())
+    model.tok_emb.weight.requires_grad_(False)
+    names = {n for g in param_groups(model, 0.1) for n in g["names"]}
+    assert "tok_emb.weight" not in names and "blocks.0.attn.qkv.weight" in names
