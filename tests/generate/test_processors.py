@@ -24,6 +24,7 @@ from lmforge.generate.processors import (
     TypicalP,
     build_pipeline,
     pick_tokens,
+    sample_probs,
     seeded_generator,
     token_counts,
 )
@@ -61,6 +62,20 @@ def test_top_k(data, k, keep):
 def test_top_p(data, p, keep):
     ids, s = data
     same(TopP(p, keep)(ids, s), hf.TopPLogitsWarper(p, min_tokens_to_keep=keep)(ids, s.clone()))
+
+
+@pytest.mark.parametrize("scale", [0.3, 2.0, 6.0])
+@pytest.mark.parametrize("p", [0.3, 0.9])
+def test_top_p_and_typical_large_vocab(p, scale):
+    """V > the 256 candidates: peaked rows take the partial-sort path, flat rows the full sort."""
+    g = torch.Generator().manual_seed(int(scale * 10))
+    s = torch.randn(6, 5000, generator=g) * scale
+    s[0] = s[0] * 0.1  # one very flat row in the batch forces the full sort for top-p
+    ids = torch.zeros(6, 1, dtype=torch.long)
+    same(TopP(p)(ids, s), hf.TopPLogitsWarper(p)(ids, s.clone()))
+    same(TopP(p, 3)(ids, s[1:]), hf.TopPLogitsWarper(p, min_tokens_to_keep=3)(ids, s[1:].clone()))
+    same(TypicalP(p)(ids, s), hf.TypicalLogitsWarper(p)(ids, s.clone()))
+    same(TypicalP(p, 2)(ids, s[1:]), hf.TypicalLogitsWarper(p, min_tokens_to_keep=2)(ids, s[1:].clone()))
 
 
 @pytest.mark.parametrize("p,keep", [(0.01, 1), (0.2, 1), (0.9, 3)])
@@ -231,6 +246,19 @@ def test_sampling_follows_processed_distribution():
     freq = torch.bincount(draws, minlength=4).float() / draws.numel()
     assert freq[2] == 0 and freq[3] == 0  # filtered out by top-p
     assert abs(float(freq[0]) - 0.5 / 0.8) < 0.02
+
+
+def test_sample_probs_matches_distribution_and_skips_zeros():
+    probs = torch.tensor([[0.0, 0.2, 0.0, 0.5, 0.3, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 1.0]])
+    gen = seeded_generator(7)
+    draws = torch.stack([sample_probs(probs, gen) for _ in range(20000)])  # (N, 2)
+    assert (draws[:, 1] == 5).all()
+    freq = torch.bincount(draws[:, 0], minlength=6).float() / draws.shape[0]
+    assert freq[[0, 2, 5]].sum() == 0
+    # chi-square against the true probabilities (3 cells, 2 dof; 13.8 is the 0.999 quantile)
+    expected = probs[0, [1, 3, 4]] * draws.shape[0]
+    observed = freq[[1, 3, 4]] * draws.shape[0]
+    assert float(((observed - expected) ** 2 / expected).sum()) < 13.8
 
 
 def test_everything_filtered_is_an_error():

