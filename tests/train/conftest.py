@@ -27,13 +27,13 @@ def make_tokenizer(directory: Path, texts: list[str], vocab_size: int = 320):
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>", "[MASK]"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     backend.train_from_iterator(texts, trainer)
     tok = Tokenizer(
         backend,
-        {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"},
+        {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "mask_token": "[MASK]"},
         chat_template=CHAT_TEMPLATE,
     )
     tok.save(directory)

@@ -128,7 +128,7 @@ def test_checkpoints_are_complete_pruned_and_loadable(tmp_path):
     state = ckpt.load_trainer_state(tmp_path / "run" / "checkpoints" / "step-000006")
     assert state["step"] == 6 and "optimizer" in state and len(state["rng"]) == 1
     best = json.loads((tmp_path / "run" / "best" / "best.json").read_text())
-    vals = [r for r in read_log(tmp_path / "run" / "log.jsonl") if r["kind"] == "val"]
+    vals = [r for r in read_log(tmp_path / "run" / "log.jsonl") if r["kind"] == "val" and r["step"] > 0]
     assert best["loss"] == min(r["loss"] for r in vals)
     assert (tmp_path / "run" / "plot.png").stat().st_size > 1000
     assert not [p for p in (tmp_path / "run").rglob("*") if p.name.startswith(".")]  # no temporaries left

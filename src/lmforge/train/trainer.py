@@ -117,8 +117,9 @@ def measured_peak_flops(
     key = (str(device), dtype)
     if key not in _PEAK:
         n = 1024 if device.type == "cpu" else 4096
-        a = torch.randn(n, n, device=device).to(dtype)
-        b = torch.randn(n, n, device=device).to(dtype)
+        g = torch.Generator().manual_seed(0)  # never the global generator: resume must not see this
+        a = torch.randn(n, n, generator=g).to(device, dtype)
+        b = torch.randn(n, n, generator=g).to(device, dtype)
         a @ b  # warm-up
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         sync()
@@ -370,6 +371,10 @@ class Trainer:
         first_step = self.step
         train_loss = math.nan
         val_metrics: dict[str, float] = {}
+        if self.step == 0 and self.val_data is not None and cfg.eval_every:
+            start_metrics = self.evaluate()  # the baseline the run improves on
+            if info.is_main:
+                self.logger.log({"kind": "val", "step": 0, **start_metrics})
         stop = False
         while self.step < cfg.steps and not stop:
             lr = self.schedule.apply(self.optimizer, self.step)
