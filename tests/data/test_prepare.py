@@ -134,5 +134,6 @@ def test_cli_bad_input_is_one_line(tmp_path, tiny_tok_dir, capsys, setup, messag
     setup(path)
     rc = main(["prepare", str(path), "--tokenizer", str(tiny_tok_dir), "--output", str(tmp_path / "out")])
     err = capsys.readouterr().err
-    assert rc == 2
-    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert rc == 2 and "Traceback" not in err
+    errors = [line for line in err.splitlines() if not line.startswith("[prepare]")]  # progress lines
+    assert len(errors) == 1 and errors[0].startswith("lmforge: error:") and message in errors[0]

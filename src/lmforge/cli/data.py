@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -86,7 +87,8 @@ def prepare(
         workers=workers,
         shard_tokens=shard_tokens,
     )
-    report = run_prepare(inputs, tok, output, options, tokenizer_source=str(tokenizer))
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    report = run_prepare(inputs, tok, output, options, tokenizer_source=str(tokenizer), log=log)
     print((Path(output) / "report.md").read_text(encoding="utf-8").split("\n## Examples")[0].rstrip())
     print(f"\nwrote {output} (report.md has examples of each rule)")
     return report

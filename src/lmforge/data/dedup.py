@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -63,6 +64,30 @@ def jaccard(a: set, b: set) -> float:
     if not a and not b:
         return 1.0
     return len(a & b) / len(a | b)
+
+
+def shingle_hashes(text: str, ngram: int = 5) -> np.ndarray:
+    """The distinct 32-bit hashes of `shingles(text, ngram)`, computed without building the strings:
+    each word is hashed once (CRC-32), n-grams combine word hashes polynomially in uint64 and a
+    SplitMix64 finalizer mixes the result down to 32 bits."""
+    words = _WORD.findall(text.lower())
+    if len(words) < ngram:
+        return _hash32({" ".join(words)})
+    cache: dict[str, int] = {}
+    ids = np.array(
+        [cache.get(w) or cache.setdefault(w, zlib.crc32(w.encode("utf-8")) | 1 << 32) for w in words],
+        dtype=np.uint64,
+    )
+    n = len(ids) - ngram + 1
+    h = np.zeros(n, dtype=np.uint64)
+    for k in range(ngram):
+        h = h * np.uint64(0x100000001B3) + ids[k : k + n]
+    h ^= h >> np.uint64(30)
+    h *= np.uint64(0xBF58476D1CE4E5B9)
+    h ^= h >> np.uint64(27)
+    h *= np.uint64(0x94D049BB133111EB)
+    h ^= h >> np.uint64(31)
+    return np.unique(h >> np.uint64(32))
 
 
 def _hash32(items: set[str]) -> np.ndarray:
@@ -116,7 +141,11 @@ class MinHasher:
 
     def signature_of_set(self, items: set[str]) -> np.ndarray:
         """(num_perm,) uint64 minimum of each hash function over the items."""
-        x = _hash32(items) % PRIME
+        return self.signature_of_hashes(_hash32(items))
+
+    def signature_of_hashes(self, hashes: np.ndarray) -> np.ndarray:
+        """(num_perm,) uint64 minimum of each hash function over 32-bit item hashes."""
+        x = hashes % PRIME
         sig = np.full(self.num_perm, PRIME, dtype=np.uint64)
         for start in range(0, len(x), 4096):  # bounded memory: (num_perm, 4096) at a time
             chunk = x[start : start + 4096]
@@ -125,7 +154,8 @@ class MinHasher:
         return sig
 
     def signature(self, text: str) -> np.ndarray:
-        return self.signature_of_set(shingles(text, self.ngram))
+        """Signature of the word-shingle set of `text`."""
+        return self.signature_of_hashes(shingle_hashes(text, self.ngram))
 
 
 def estimated_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> float:

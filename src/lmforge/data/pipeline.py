@@ -15,6 +15,8 @@ The output directory is written atomically: it appears complete or not at all.
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,8 +94,27 @@ class Report:
         )
 
 
-def clean_documents(docs: list[Document], opts: PrepareOptions, report: Report) -> list[Document]:
+class _Progress:
+    """Prints one line per finished step with its time, so a long run shows where it is."""
+
+    def __init__(self, log: Callable[[str], None] | None):
+        self.log, self.start = log, time.perf_counter()
+
+    def __call__(self, step: str, docs: list[Document]) -> None:
+        if self.log is not None:
+            now = time.perf_counter()
+            size = sum(len(d.text) for d in docs) / 1e6
+            self.log(
+                f"[prepare] {step:<10} {len(docs):>8,} documents {size:>9.2f} M chars  {now - self.start:6.1f} s"
+            )
+            self.start = now
+
+
+def clean_documents(
+    docs: list[Document], opts: PrepareOptions, report: Report, log: Callable[[str], None] | None = None
+) -> list[Document]:
     """Steps 1–5 of the module docstring; returns the kept documents, filling `report`."""
+    progress = _Progress(log)
     # 1. normalization (skipped with normalize="none") and control characters (always)
     report.ensure("normalize", "changed")
     report.ensure("empty", "removed")
@@ -113,6 +134,7 @@ def clean_documents(docs: list[Document], opts: PrepareOptions, report: Report) 
             continue
         out.append(Document(text, doc.source))
     docs = out
+    progress("normalize", docs)
     # 2. exact duplicates
     if opts.dedup:
         report.ensure("exact_dup", "removed")
@@ -129,6 +151,7 @@ def clean_documents(docs: list[Document], opts: PrepareOptions, report: Report) 
                 },
             )
         docs = [d for i, d in enumerate(docs) if i not in dups]
+    progress("exact_dup", docs)
     # 3. quality rules
     if opts.quality is not None:
         for rule in RULES:
@@ -146,6 +169,7 @@ def clean_documents(docs: list[Document], opts: PrepareOptions, report: Report) 
                     {"source": doc.source, "text": _snippet(doc.text)},
                 )
         docs = out
+    progress("quality", docs)
     # 4. near duplicates
     if opts.near_dup:
         report.ensure("near_dup", "removed")
@@ -165,6 +189,7 @@ def clean_documents(docs: list[Document], opts: PrepareOptions, report: Report) 
                 },
             )
         docs = [d for i, d in enumerate(docs) if i not in near]
+    progress("near_dup", docs)
     # 5. PII
     if opts.pii:
         for kind in TAGS:
@@ -185,6 +210,7 @@ def clean_documents(docs: list[Document], opts: PrepareOptions, report: Report) 
                     text = scrubbed
             out.append(Document(text, doc.source))
         docs = out
+        progress("pii", docs)
     return docs
 
 
@@ -236,6 +262,7 @@ def prepare(
     output: str | Path,
     options: PrepareOptions | None = None,
     tokenizer_source: str | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the whole pipeline; writes shards, `manifest.json`, `report.json` and `report.md` to
     `output` (atomically) and returns the report."""
@@ -248,10 +275,13 @@ def prepare(
     if tokenizer.eos_token_id is None:
         raise LMForgeError("the tokenizer has no EOS token, which separates documents in the shards")
 
+    progress = _Progress(log)
     docs = read_corpus(inputs, opts.jsonl_field)
+    progress("read", docs)
     read = {"documents": len(docs), "bytes": sum(_nbytes(d.text) for d in docs)}
     report = Report()
-    kept = clean_documents(docs, opts, report)
+    kept = clean_documents(docs, opts, report, log)
+    progress = _Progress(log)
     rules = list(report.rows.values())
     if not kept:
         removed = ", ".join(
@@ -272,6 +302,7 @@ def prepare(
             name: write_split([d.text for d in sd], tokenizer, tmp, name, opts.workers, opts.shard_tokens)
             for name, sd in splits_docs.items()
         }
+        progress("tokenize", kept)
         options_json = {k: v for k, v in asdict(opts).items() if k != "workers"}  # workers change nothing
         manifest = {
             "format": FORMAT,
