@@ -410,15 +410,26 @@ def run_multiple_choice(lm, task: Task, settings: RunSettings) -> tuple[dict, in
 
 
 def _generate(lm, prompts: list[str], options: dict[str, Any]) -> list[str]:
-    from lmforge.generate import chat, generate
+    """Greedy (by default) completions, `batch_size` prompts at a time; with `chat`, each prompt is a
+    user message formatted by the model's chat template."""
+    from lmforge.generate import generate
 
     gen_options = {"do_sample": False, **dict(options["generation"] or {})}
+    inputs: list[Any] = list(prompts)
     if options["chat"]:
-        return [chat(lm, [{"role": "user", "content": p}], **gen_options).text for p in prompts]
+        tok = lm.tokenizer
+        inputs = [
+            tok.encode(
+                tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True),
+                add_special_tokens=False,
+                allow_special=True,  # the template's own control tokens
+            )
+            for p in prompts
+        ]
     texts: list[str] = []
     batch = max(1, int(options["batch_size"]))
-    for i in range(0, len(prompts), batch):
-        out = generate(lm, prompts[i : i + batch], **gen_options)
+    for i in range(0, len(inputs), batch):
+        out = generate(lm, inputs[i : i + batch], **gen_options)
         out = out if isinstance(out, list) else [out]
         texts.extend(c.text for c in out)
     return texts
