@@ -379,6 +379,18 @@ def smollm2_table():
     return token_table_from_gguf(meta), int(meta["tokenizer.ggml.eos_token_id"])
 
 
+def test_smollm2_table_from_lmforge_tokenizer(smollm2_table):
+    """The table read from lmforge's Tokenizer equals the one from the GGUF pieces, and spells text."""
+    from lmforge.assets import asset_path
+    from lmforge.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_gguf(asset_path("smollm2"))
+    table = token_table(tok)
+    assert table == smollm2_table[0]
+    text = 'Hé, 東京 😀 {"a": [1, 2]}\n\tend'
+    assert b"".join(table[i] for i in tok.encode(text)) == text.encode("utf-8")
+
+
 def test_smollm2_vocabulary(smollm2_table):
     table, eos = smollm2_table
     assert len(table) == 49152 and table[eos] is None and table[0] is None
