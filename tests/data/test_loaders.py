@@ -97,6 +97,8 @@ def test_tokenizer_mismatch_and_short_data_are_clear_errors(dataset):
     with pytest.raises(LMForgeError, match="made with another tokenizer .* run `lmforge prepare"):
         CLMBatchSampler(dataset, fingerprint="different")
     assert check_tokenizer(dataset, "abc123")["dtype"] == "uint16"
+    with pytest.raises(LMForgeError, match="use 65536 token ids but the model has only 1000"):
+        check_tokenizer(dataset, "abc123", vocab_size=1000)
     with pytest.raises(LMForgeError, match="has no shard of seq_len"):
         CLMBatchSampler(dataset, seq_len=6000)
     with pytest.raises(LMForgeError, match="rank 2"):

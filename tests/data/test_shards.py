@@ -90,3 +90,23 @@ def test_truncated_shard_and_bad_manifest_are_errors(tmp_path, tiny_tok):
         read_manifest(tmp_path)
     with pytest.raises(LMForgeError, match="no manifest.json"):
         read_manifest(tmp_path / "elsewhere")
+
+
+class BigVocab:
+    """A stand-in tokenizer with ids above uint16: one id per character, offset past 65535."""
+
+    vocab_size = 70_000
+    eos_token_id = 69_999
+    fingerprint = "big"
+
+    def encode_batch(self, texts):
+        return [[66_000 + ord(c) % 1000 for c in t] for t in texts]
+
+
+def test_large_vocabularies_use_uint32(tmp_path):
+    tok = BigVocab()
+    entry = _write(tmp_path, tok, ["abc", "de"], workers=1)
+    assert entry["tokens"] == 7
+    (shard,) = open_split(tmp_path, "train")
+    assert shard.dtype == np.uint32
+    assert shard.tolist() == [66_097, 66_098, 66_099, 69_999, 66_100, 66_101, 69_999]
