@@ -89,8 +89,8 @@ def prepare(
     )
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     report = run_prepare(inputs, tok, output, options, tokenizer_source=str(tokenizer), log=log)
-    print((Path(output) / "report.md").read_text(encoding="utf-8").split("\n## Examples")[0].rstrip())
-    print(f"\nwrote {output} (report.md has examples of each rule)")
+    print((Path(output) / "report.md").read_text(encoding="utf-8").rstrip())
+    print(f"\nwrote {output} (shards, manifest.json, report.json, report.md)")
     return report
 
 

@@ -111,7 +111,7 @@ def strip_wiki_markup(text: str) -> str:
 
 def read_wiki_dump(path: Path) -> Iterator[Document]:
     """Articles (namespace 0, not redirects) of a MediaWiki XML dump (`.bz2` or plain)."""
-    opener = bz2.open if path.suffix == ".bz2" or path.name.endswith("shortened.bz2") else open
+    opener = bz2.open if path.suffix == ".bz2" else open
     with opener(path, "rb") as f:
         title, ns, redirect = "", "", False
         for _, elem in ET.iterparse(f, events=("end",)):
