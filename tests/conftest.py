@@ -7,3 +7,30 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct loaded by lmforge from the shipped GGUF (fp32, CPU), once per worker.
+    Shared: tests must not change its weights."""
+    import lmforge
+
+    return lmforge.load("smollm2", dtype=torch.float32, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2():
+    """The reference: transformers reading the same GGUF file -> (model, tokenizer), once per worker."""
+    import transformers
+
+    from lmforge.assets import asset_path
+
+    path = asset_path("smollm2")
+    transformers.logging.set_verbosity_error()
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32
+    )
+    tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    return model.eval(), tok

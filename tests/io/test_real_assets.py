@@ -1,7 +1,6 @@
 """The real shipped assets: SmolLM2-135M-Instruct (GGUF) against transformers reading the same file,
 and all-MiniLM-L6-v2 against sentence-transformers."""
 
-import pytest
 import sentence_transformers
 import torch
 import transformers
@@ -31,22 +30,6 @@ SENTENCES = [
     "¿Dónde está la biblioteca?",
     "Transformers rely on self-attention to mix information across positions.",
 ]
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    return lmforge.load("smollm2", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def hf_smollm2():
-    path = asset_path("smollm2")
-    transformers.logging.set_verbosity_error()
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, dtype=torch.float32
-    )
-    tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    return model.eval(), tok
 
 
 def test_smollm2_config_from_gguf(smollm2):
