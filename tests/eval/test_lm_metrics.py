@@ -95,3 +95,20 @@ def test_loglikelihood_sums_continuation_logprobs() -> None:
     assert total == pytest.approx(expected, rel=1e-5)
     argmax_cont = [int(logp[len(ctx) - 1 + i].argmax()) for i in range(3)]
     assert greedy == (argmax_cont == cont)
+
+
+def test_batched_loglikelihoods_equal_one_at_a_time() -> None:
+    model = tiny_decoder()
+    gen = torch.Generator().manual_seed(5)
+    requests = [
+        (
+            torch.randint(0, 53, (int(n),), generator=gen).tolist(),
+            torch.randint(0, 53, (int(m),), generator=gen).tolist(),
+        )
+        for n, m in [(3, 1), (10, 4), (1, 2), (7, 7), (20, 3)]
+    ]
+    batched = lm_metrics.loglikelihoods(model, requests, batch_size=3)
+    for (ctx, cont), (total, greedy) in zip(requests, batched):
+        single_total, single_greedy = lm_metrics.loglikelihood(model, ctx, cont)
+        assert total == pytest.approx(single_total, rel=1e-5, abs=1e-5)
+        assert greedy == single_greedy

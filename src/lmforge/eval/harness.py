@@ -375,17 +375,16 @@ def run_perplexity(lm, task: Task, settings: RunSettings) -> tuple[dict, int, li
 def run_multiple_choice(lm, task: Task, settings: RunSettings) -> tuple[dict, int, list, dict]:
     """lm-evaluation-harness scoring: log P(delimiter + choice | context) per choice; `acc` takes the
     best sum, `acc_norm` the best sum divided by the continuation's length in characters."""
-    from lmforge.eval.metrics.lm import loglikelihood
+    from lmforge.eval.metrics.lm import loglikelihoods
 
     tok = lm.tokenizer
     delim = task.options["delimiter"]
-    correct, correct_norm, details = [], [], []
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    requests, golds = [], []
     for ex in task.examples:
         context, choices, answer = ex.data["context"], ex.data["choices"], ex.data["answer"]
-        gold = choices.index(answer) if isinstance(answer, str) else int(answer)
-        bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+        golds.append(choices.index(answer) if isinstance(answer, str) else int(answer))
         ctx_ids = tok.encode(context, add_special_tokens=False)
-        scores = []
         for choice in choices:
             # as lm-eval: encode context + continuation together and take the tokens after the context's,
             # so merges across the boundary are the tokenizer's own
@@ -395,8 +394,12 @@ def run_multiple_choice(lm, task: Task, settings: RunSettings) -> tuple[dict, in
                 raise LMForgeError(f"{ex.where}: the context is empty and the tokenizer has no BOS token")
             if not cont:
                 raise LMForgeError(f"{ex.where}: choice {choice!r} adds no tokens to the context")
-            ll, _ = loglikelihood(lm.model, prefix, cont)
-            scores.append(ll)
+            requests.append((prefix, cont))
+    results = iter(loglikelihoods(lm.model, requests))
+    correct, correct_norm, details = [], [], []
+    for ex, gold in zip(task.examples, golds):
+        choices = ex.data["choices"]
+        scores = [next(results)[0] for _ in choices]
         pred = int(np.argmax(scores))
         pred_norm = int(np.argmax([s / len(delim + c) for s, c in zip(scores, choices)]))
         correct.append(float(pred == gold))

@@ -209,3 +209,40 @@ def loglikelihood(
     total = float(logprobs.gather(1, target[:, None]).sum())
     greedy = bool((logits.argmax(dim=-1) == target).all())
     return total, greedy
+
+
+@torch.inference_mode()
+def loglikelihoods(
+    model: torch.nn.Module, requests: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int = 16
+) -> list[tuple[float, bool]]:
+    """`loglikelihood` for many (context, continuation) pairs, batched.
+
+    Rows are right-padded: in a causal model a token's logits depend only on the tokens before it, so
+    padding after a row's last real token changes nothing and needs no attention mask.
+    """
+    max_ctx = _model_context(model)
+    seqs = []
+    for context_ids, continuation_ids in requests:
+        if not continuation_ids:
+            raise LMForgeError("the continuation is empty: nothing to score")
+        if not context_ids:
+            raise LMForgeError("the context is empty: give at least one token (e.g. BOS)")
+        ids = [*context_ids, *continuation_ids][-(max_ctx + 1) :]
+        seqs.append((ids[:-1], list(continuation_ids)))
+    device = next(model.parameters()).device
+    out: list[tuple[float, bool]] = [(0.0, False)] * len(seqs)
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = max(len(seqs[i][0]) for i in idx)
+        batch = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            batch[row, : len(seqs[i][0])] = torch.tensor(seqs[i][0])
+        logits = model(batch.to(device)).float()  # (B, T, V)
+        for row, i in enumerate(idx):
+            inp, cont = seqs[i]
+            span = logits[row, len(inp) - len(cont) : len(inp)]  # (n_cont, V)
+            target = torch.tensor(cont, dtype=torch.long, device=span.device)
+            total = float(F.log_softmax(span, dim=-1).gather(1, target[:, None]).sum())
+            out[i] = (total, bool((span.argmax(dim=-1) == target).all()))
+    return out
