@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lmforge.data.pii import card_issuer_ok, luhn_valid, scrub_pii
 
@@ -67,3 +69,37 @@ def test_luhn_and_issuer():
     assert luhn_valid("4111111111111111") and card_issuer_ok("4111111111111111")
     assert luhn_valid("9780306400001") and not card_issuer_ok("9780306400001")
     assert not card_issuer_ok("411111111111111")  # Visa has no 15-digit numbers
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "word",
+                " ",
+                "\n",
+                "a@b.io",
+                "4111 1111 1111 1111",
+                "10.0.0.7",
+                "fe80::1",
+                "(555) 123-4567",
+                "555-123-4567",
+                "2024-01-15",
+                "3.14",
+                "::",
+                ":",
+                "-",
+                ".",
+                "1",
+                "+44 20 7946 0958",
+                "x",
+            ]
+        ),
+        max_size=30,
+    ).map("".join)
+)
+def test_scrubbing_is_idempotent_and_leaves_no_email(text):
+    once, _ = scrub_pii(text)
+    assert scrub_pii(once)[0] == once
+    assert "a@b.io" not in once

@@ -22,7 +22,9 @@ import re
 from collections import Counter
 from collections.abc import Callable
 
-EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+EMAIL = re.compile(
+    r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![A-Za-z])"
+)
 CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
 IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d]|\.\d)")
 IPV6 = re.compile(
@@ -117,17 +119,25 @@ CHECKS: list[tuple[str, re.Pattern[str], Callable[[str], bool] | None]] = [
 
 
 def scrub_pii(text: str, kinds: tuple[str, ...] = tuple(TAGS)) -> tuple[str, Counter]:
-    """`text` with every PII match of `kinds` replaced by its tag, and the count of replacements per kind."""
+    """`text` with every PII match of `kinds` replaced by its tag, and the count of replacements per kind.
+
+    A replacement can expose a neighbour that a lookaround had hidden (`a@b.io4111 1111 1111 1111`
+    becomes `a@b.io<CREDIT_CARD>`), so passes repeat until nothing changes: the result is a fixed
+    point, and scrubbing it again changes nothing."""
     counts: Counter = Counter()
-    for kind, pattern, ok in CHECKS:
-        if kind not in kinds:
-            continue
+    for _ in range(8):
+        before = sum(counts.values())
+        for kind, pattern, ok in CHECKS:
+            if kind not in kinds:
+                continue
 
-        def replace(match: re.Match[str], kind: str = kind, ok: Callable[[str], bool] | None = ok) -> str:
-            if ok is not None and not ok(match.group(0)):
-                return match.group(0)
-            counts[kind] += 1
-            return TAGS[kind]
+            def replace(match: re.Match[str], kind: str = kind, ok: Callable[[str], bool] | None = ok) -> str:
+                if ok is not None and not ok(match.group(0)):
+                    return match.group(0)
+                counts[kind] += 1
+                return TAGS[kind]
 
-        text = pattern.sub(replace, text)
+            text = pattern.sub(replace, text)
+        if sum(counts.values()) == before:
+            break
     return text, counts

@@ -197,17 +197,26 @@ def clean_documents(
         out = []
         for doc in docs:
             text = doc.text
-            for kind in TAGS:
-                scrubbed, counts = scrub_pii(text, (kind,))
-                if counts:
-                    at = scrubbed.find(TAGS[kind])
-                    report.add(
-                        f"pii:{kind}",
-                        "replaced",
-                        _nbytes(text) - _nbytes(scrubbed),
-                        {"source": doc.source, "matches": counts[kind], "after": _snippet(scrubbed, at)},
-                    )
-                    text = scrubbed
+            found: dict[str, list[int]] = {}  # kind -> [matches, bytes removed]
+            while True:  # again while a replacement exposes another match (see `scrub_pii`)
+                changed = False
+                for kind in TAGS:
+                    scrubbed, counts = scrub_pii(text, (kind,))
+                    if counts:
+                        row = found.setdefault(kind, [0, 0])
+                        row[0] += counts[kind]
+                        row[1] += _nbytes(text) - _nbytes(scrubbed)
+                        text, changed = scrubbed, True
+                if not changed:
+                    break
+            for kind, (matches, removed) in found.items():
+                at = text.find(TAGS[kind])
+                report.add(
+                    f"pii:{kind}",
+                    "replaced",
+                    removed,
+                    {"source": doc.source, "matches": matches, "after": _snippet(text, at)},
+                )
             out.append(Document(text, doc.source))
         docs = out
         progress("pii", docs)
