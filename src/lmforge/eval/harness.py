@@ -634,9 +634,7 @@ def evaluate(
         identities.append(model_identity(name, lm))
         for task in loaded_tasks:
             if progress:
-                progress(
-                    f"{name}: {task.name} ({task.type}, {len(task.examples) or len(task.documents)} items)"
-                )
+                progress(f"{name}: {task.name} ({task.type})")
             results.append(run_task(lm, task, name, settings).to_dict())
         del lm
     config = {
