@@ -107,6 +107,10 @@ def test_bad_inputs(smollm_tok, tmp_path):
         smollm_tok.decode([10**6])
     with pytest.raises(LMForgeError, match="must be a str"):
         smollm_tok.encode(b"bytes")  # type: ignore[arg-type]
+    with pytest.raises(LMForgeError, match="lone surrogate"):
+        smollm_tok.encode("a\ud800")
+    with pytest.raises(LMForgeError, match="lone surrogate"):
+        smollm_tok.encode_batch(["ok", "a\ud800"])
     with pytest.raises(LMForgeError, match="no tokenizer.json"):
         Tokenizer.from_dir(tmp_path)
     (tmp_path / "tokenizer.json").write_text("{not json")

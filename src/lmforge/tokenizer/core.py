@@ -249,7 +249,8 @@ class Tokenizer:
     def fingerprint(self) -> str:
         """A short hash of everything that decides ids: two tokenizers with the same fingerprint give
         the same ids for the same text (used to check a draft model shares the target's tokenizer)."""
-        spec = json.loads(self.backend.to_str())
+        # floats (Unigram scores) are rounded: the JSON writer does not round-trip their last digit
+        spec = json.loads(self.backend.to_str(), parse_float=lambda x: round(float(x), 9))
         spec.pop("truncation", None)
         spec.pop("padding", None)
         spec["lmforge_special_tokens"] = self.special_tokens
@@ -264,6 +265,16 @@ class Tokenizer:
 
     def _engine(self, allow_special: bool) -> Backend:
         return self.backend if allow_special else self._plain_backend
+
+    def _run(self, fn, *args, **kwargs):
+        """Call the Rust engine; a str it cannot take (lone surrogates) becomes a one-line error."""
+        try:
+            return fn(*args, **kwargs)
+        except TypeError:
+            raise LMForgeError(
+                "text is not valid Unicode (it contains lone surrogate code points); "
+                "decode your bytes with errors='replace' first"
+            ) from None
 
     def _check_text(self, text: Any) -> str:
         if not isinstance(text, str):
@@ -291,7 +302,7 @@ class Tokenizer:
         truncation_side: Literal["right", "left"] = "right",
     ) -> Encoded:
         """Encode one text with its token strings and character offsets."""
-        enc = self._engine(allow_special).encode(self._check_text(text), add_special_tokens=False)
+        enc = self._run(self._engine(allow_special).encode, self._check_text(text), add_special_tokens=False)
         enc = self._truncate(enc, max_length, add_special_tokens, truncation_side)
         return Encoded(
             list(enc.ids),
@@ -319,9 +330,8 @@ class Tokenizer:
             truncation_side: which end to cut.
         """
         if max_length is None:
-            enc = self._engine(allow_special).encode(
-                self._check_text(text), add_special_tokens=add_special_tokens
-            )
+            engine = self._engine(allow_special)
+            enc = self._run(engine.encode, self._check_text(text), add_special_tokens=add_special_tokens)
             return list(enc.ids)
         return self.tokenize(text, add_special_tokens, allow_special, max_length, truncation_side).ids
 
@@ -340,9 +350,10 @@ class Tokenizer:
         texts = [self._check_text(t) for t in texts]
         engine = self._engine(allow_special)
         if max_length is None:
-            rows = [list(e.ids) for e in engine.encode_batch(texts, add_special_tokens=add_special_tokens)]
+            encs = self._run(engine.encode_batch, texts, add_special_tokens=add_special_tokens)
+            rows = [list(e.ids) for e in encs]
         else:
-            encs = engine.encode_batch(texts, add_special_tokens=False)
+            encs = self._run(engine.encode_batch, texts, add_special_tokens=False)
             rows = [
                 list(self._truncate(e, max_length, add_special_tokens, truncation_side).ids) for e in encs
             ]
