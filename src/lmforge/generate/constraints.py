@@ -25,6 +25,7 @@ makes a row of -inf scores.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import re
 import weakref
@@ -71,16 +72,24 @@ def _unicode_to_bytes() -> dict[str, int]:
     return {c: b for b, c in bytes_to_unicode().items()}
 
 
+@lru_cache(maxsize=1)
+def _byte_level_translation() -> dict[int, str]:
+    """str.translate table: alphabet char -> chr(byte); chars below 256 outside the alphabet -> U+FFFF."""
+    table = {c: "\uffff" for c in range(256)}
+    table.update({ord(ch): chr(b) for ch, b in _unicode_to_bytes().items()})
+    return table
+
+
 _BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
 
 def piece_to_bytes(piece: str, kind: str) -> bytes:
     """The bytes one vocabulary piece adds to the text. `kind`: "byte_level", "sentencepiece" or "text"."""
     if kind == "byte_level":
-        table = _unicode_to_bytes()
-        if all(ch in table for ch in piece):
-            return bytes(table[ch] for ch in piece)
-        return piece.encode("utf-8")
+        try:  # each alphabet character -> the latin-1 character of its byte; any other char fails
+            return piece.translate(_byte_level_translation()).encode("latin-1")
+        except UnicodeEncodeError:
+            return piece.encode("utf-8")
     if kind == "sentencepiece":
         m = _BYTE_PIECE.match(piece)
         if m:
@@ -136,7 +145,13 @@ def token_table(tokenizer: Any, vocab_size: int | None = None) -> TokenTable:
         cached = None
     if cached is not None and (vocab_size is None or len(cached) == vocab_size):
         return cached
-    table = _read_table(tokenizer, vocab_size)
+    gc_was_on = gc.isenabled()
+    gc.disable()  # reading ~50k pieces (and the merges in tokenizer.json) would trigger full collections
+    try:
+        table = _read_table(tokenizer, vocab_size)
+    finally:
+        if gc_was_on:
+            gc.enable()
     if vocab_size is not None:
         table = table[:vocab_size] + [None] * max(0, vocab_size - len(table))
     table = [t if t else None for t in table]  # empty pieces never help a constraint
@@ -309,6 +324,24 @@ class TokenAutomaton:
 _COMPILED: OrderedDict[tuple, TokenAutomaton] = OrderedDict()
 
 
+_VOCABULARIES: dict[tuple, Any] = {}
+
+
+def _pieces(table: TokenTable, eos: tuple[int, ...], vocab_size: int) -> dict[bytes, list[int]]:
+    """bytes -> token ids (several ids may spell the same bytes), stop tokens left out."""
+    pieces: dict[bytes, list[int]] = {}
+    gc_was_on = gc.isenabled()
+    gc.disable()  # ~50k small lists would trigger full collections over torch's heap: 7x slower
+    try:
+        for i, piece in enumerate(table[:vocab_size]):
+            if piece and i not in eos:
+                pieces.setdefault(piece, []).append(i)
+    finally:
+        if gc_was_on:
+            gc.enable()
+    return pieces
+
+
 def compile_regex(
     pattern: str,
     table: TokenTable,
@@ -323,16 +356,17 @@ def compile_regex(
     if not eos:
         raise LMForgeError("constrained output needs a stop (EOS) token id to end on; the tokenizer has none")
     vocab_size = vocab_size or len(table)
-    key = (pattern, eos, vocab_size, hash(tuple(table)))
+    vocab_key = (hash(tuple(table)), eos, vocab_size)
+    key = (pattern, *vocab_key)
     if key in _COMPILED:
         _COMPILED.move_to_end(key)
         return _COMPILED[key]
-    pieces: dict[bytes, list[int]] = {}
-    for i, piece in enumerate(table[:vocab_size]):
-        if piece and i not in eos:
-            pieces.setdefault(piece, []).append(i)
     try:
-        vocabulary = Vocabulary(eos[0], pieces)
+        vocabulary = _VOCABULARIES.get(vocab_key)
+        if vocabulary is None:
+            vocabulary = _VOCABULARIES[vocab_key] = Vocabulary(eos[0], _pieces(table, eos, vocab_size))
+            if len(_VOCABULARIES) > 4:
+                del _VOCABULARIES[next(iter(_VOCABULARIES))]
         index = Index(pattern, vocabulary)
     except (ValueError, TypeError, RuntimeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
