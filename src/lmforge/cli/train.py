@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import sys
+import time
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -439,4 +440,153 @@ def lora_merge(*, model: str, adapter: str, out: str) -> str:
     return str(path)
 
 
-COMMANDS = {"pretrain": pretrain, "finetune": finetune, "lora merge": lora_merge}
+def _calibrate_steps(trainer, batch, seconds: float) -> int:
+    """Optimizer steps that fit in `seconds`, from timing a few forward/backward passes."""
+    model = trainer.model
+    for i in range(3):
+        if i == 1:
+            start = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(
+            model(batch["input_ids"]).flatten(0, 1), batch["labels"].flatten()
+        )
+        loss.backward()
+    per_step = (time.perf_counter() - start) / 2 * trainer.config.grad_accum * 1.1  # + optimizer, logging
+    model.zero_grad(set_to_none=True)
+    return max(10, int(seconds / per_step))
+
+
+def quickstart(
+    out: str = "runs/quickstart",
+    minutes: float = 4.0,
+    vocab_size: int = 4096,
+    preset: str = "gpt-tiny",
+    n_layer: int | None = None,
+    n_head: int | None = None,
+    d_model: int | None = None,
+    seq_len: int = 128,
+    batch_size: int = 16,
+    lr: float = 3e-3,
+    samples: int = 2,
+    max_new_tokens: int = 120,
+    prompt: str = "ROMEO:",
+    seed: int = 1337,
+    device: str | None = None,
+) -> dict:
+    """Train a BPE tokenizer on Shakespeare, prepare shards, pretrain a small GPT for a few minutes,
+    report validation bits-per-byte and print samples.
+
+    Re-running reuses OUT/tokenizer and OUT/data and trains a new OUT/run-N.
+
+    Args:
+        out: working directory (tokenizer/, data/, run-N/).
+        minutes: training time budget (the schedule is sized to end within it).
+        vocab_size: BPE vocabulary size.
+        preset: model preset (gpt-tiny: 4 layers, 128 wide; gpt-nano: nanoGPT's 6 x 384).
+        n_layer: override the preset's number of blocks.
+        n_head: override the preset's attention heads.
+        d_model: override the preset's width.
+        seq_len: context length trained on.
+        batch_size: sequences per step.
+        lr: peak learning rate.
+        samples: samples to print at the end.
+        max_new_tokens: tokens per sample.
+        prompt: text the samples start from.
+        seed: seed of everything.
+        device: cpu or cuda (default: cuda if available).
+    """
+    from lmforge.config import ModelConfig
+    from lmforge.data.loaders import CLMBatchSampler
+    from lmforge.data.pipeline import PrepareOptions
+    from lmforge.data.pipeline import prepare as run_prepare
+    from lmforge.model import Transformer
+    from lmforge.tokenizer import Tokenizer
+    from lmforge.tokenizer.train import train_tokenizer
+    from lmforge.train.batches import ShardBatches
+    from lmforge.train.trainer import TrainConfig, Trainer
+
+    t0 = time.perf_counter()
+    root = Path(out)
+    tok_dir, data_dir = root / "tokenizer", root / "data"
+    if (tok_dir / "tokenizer.json").is_file():
+        tok = Tokenizer.from_dir(tok_dir)
+        _say(f"[1/4] tokenizer: reusing {tok_dir} ({tok.vocab_size} tokens)")
+    else:
+        tok = train_tokenizer(["shakespeare"], "bpe", vocab_size, show_progress=False, output=tok_dir)
+        _say(
+            f"[1/4] tokenizer: trained byte-level BPE, {tok.vocab_size} tokens ({time.perf_counter() - t0:.0f}s)"
+        )
+    t1 = time.perf_counter()
+    if (data_dir / "manifest.json").is_file():
+        _say(f"[2/4] data: reusing {data_dir}")
+    else:
+        report = run_prepare(
+            ["shakespeare"], tok, data_dir, PrepareOptions(seed=seed), tokenizer_source=str(tok_dir)
+        )
+        splits = report["splits"]
+        _say(
+            f"[2/4] data: {report['kept']['documents']} documents -> {splits['train']['tokens']:,} train / "
+            f"{splits['val']['tokens']:,} val tokens ({time.perf_counter() - t1:.0f}s)"
+        )
+    run_dir = next(root / f"run-{i}" for i in range(1, 10_000) if not (root / f"run-{i}").exists())
+    overrides = {k: v for k, v in {"n_layer": n_layer, "n_head": n_head, "d_model": d_model}.items() if v}
+    model_config = ModelConfig.preset(preset, vocab_size=tok.vocab_size, max_seq_len=seq_len, **overrides)
+    torch.manual_seed(seed)
+    model = Transformer(model_config)
+    model.init_weights(seed)
+    args = {"batch_size": batch_size, "seq_len": seq_len, "seed": seed}
+    sampler = CLMBatchSampler(data_dir, split="train", mode="random", fingerprint=tok.fingerprint, **args)
+    val = _val_from_shards(str(data_dir), args, 16, tok)
+    cfg = TrainConfig(
+        steps=1,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        lr=lr,
+        warmup_steps=0,
+        seed=seed,
+        device=device,
+        eval_batches=16,
+        tensorboard=False,
+    )
+    probe = Trainer(model, cfg, ShardBatches(sampler), run_dir, val, tok)
+    steps = _calibrate_steps(probe, probe._to_device(ShardBatches(sampler).batch(0)), minutes * 60)
+    cfg = dataclasses.replace(
+        cfg,
+        steps=steps,
+        warmup_steps=min(100, steps // 10),
+        eval_every=max(steps // 4, 1),
+        max_minutes=minutes * 1.2,
+    )
+    n_params = model.num_parameters()
+    _say(
+        f"[3/4] pretraining {preset} ({n_params / 1e6:.2f}M parameters) for {steps} steps "
+        f"(~{minutes:g} min, {batch_size}x{seq_len} tokens/step) -> {run_dir}"
+    )
+    trainer = Trainer(model, cfg, ShardBatches(sampler), run_dir, val, tok, _generation_config(tok))
+    summary = trainer.fit()
+    from lmforge.generate import generate
+    from lmforge.lm import LM
+
+    lm = LM(trainer.model.eval(), tok, _generation_config(tok), source=str(run_dir / "final"))
+    bpb = summary["val"].get("bits_per_byte")
+    _say(f"[4/4] validation: loss {summary['val']['loss']:.3f} nats/token, {bpb:.3f} bits/byte; samples:")
+    texts = []
+    for i in range(samples):
+        completion = generate(
+            lm,
+            prompt,
+            max_new_tokens=max_new_tokens,
+            do_sample=True,
+            temperature=0.8,
+            top_k=50,
+            seed=seed + i,
+        )
+        texts.append(prompt + completion.text)
+        print(f"--- sample {i + 1} ---\n{texts[-1]}\n", flush=True)
+    total = time.perf_counter() - t0
+    _say(
+        f"done in {total / 60:.1f} min; model: {run_dir / 'final'} (lmforge generate --model {run_dir / 'final'})"
+    )
+    return {**summary, "samples": texts, "total_s": total}
+
+
+COMMANDS = {"pretrain": pretrain, "finetune": finetune, "lora merge": lora_merge, "quickstart": quickstart}
