@@ -201,3 +201,28 @@ def test_speed_task_reports_throughput_and_latency(tiny_lm) -> None:
         "peak_rss_mib",
     ):
         assert result.metrics[key]["value"] > 0
+
+
+def test_generation_with_bertscore_meteor_and_mauve_on_tiny_models(
+    tiny_lm, tiny_encoder, monkeypatch
+) -> None:
+    import lmforge
+    from lmforge.eval.metrics import embedding, text
+
+    monkeypatch.setattr(lmforge, "load", lambda name, **_: tiny_encoder)
+    preds = [f"answer number {i}" for i in range(24)]
+    refs = [[f"the answer is {i}"] for i in range(24)]
+    metrics = harness.score_generations(
+        preds, refs, ["bertscore", "mauve", "meteor"], harness.TASK_OPTIONS["generation"], SETTINGS
+    )
+    bs = embedding.bertscore(preds, refs, tiny_encoder)
+    assert metrics["bertscore_f1"]["value"] == pytest.approx(bs.f1)
+    assert metrics["bertscore_f1"]["low"] <= bs.f1 <= metrics["bertscore_f1"]["high"]
+    p = embedding.text_features(tiny_encoder, [r[0] for r in refs])
+    q = embedding.text_features(tiny_encoder, preds)
+    assert metrics["mauve"]["value"] == pytest.approx(embedding.mauve(p, q, seed=0).mauve)
+    try:
+        text.wordnet_dir()
+    except LMForgeError:
+        return
+    assert metrics["meteor"]["value"] == pytest.approx(text.meteor(preds, refs))
