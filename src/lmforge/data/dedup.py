@@ -26,6 +26,7 @@ import hashlib
 import re
 import zlib
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -168,13 +169,15 @@ def near_duplicates(
     num_perm: int = 128,
     ngram: int = 5,
     seed: int = 0,
+    map_fn: Callable = map,
 ) -> dict[int, tuple[int, float]]:
     """{index of a near-duplicate: (index of the kept document of its cluster, estimated Jaccard with
-    the document it was matched to)}. The first document (lowest index) of each cluster is kept."""
+    the document it was matched to)}. The first document (lowest index) of each cluster is kept.
+    `map_fn` computes the signatures (pass an ordered process-pool map to parallelize)."""
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
     hasher = MinHasher(num_perm=num_perm, seed=seed, ngram=ngram)
-    sigs = np.stack([hasher.signature(t) for t in texts]) if texts else np.zeros((0, num_perm), np.uint64)
+    sigs = np.stack(list(map_fn(hasher.signature, texts))) if texts else np.zeros((0, num_perm), np.uint64)
     bands, rows = optimal_bands(threshold, num_perm)
     candidates: set[tuple[int, int]] = set()
     for band in range(bands):

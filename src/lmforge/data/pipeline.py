@@ -14,9 +14,13 @@ The output directory is written atomically: it appears complete or not at all.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import multiprocessing as mp
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,17 +114,53 @@ class _Progress:
             self.start = now
 
 
+def scrub_document(text: str) -> tuple[str, dict[str, list[int]]]:
+    """PII-scrubbed `text` and {kind: [matches, bytes removed]}, kind by kind so each gets its bytes;
+    again while a replacement exposes another match (see `scrub_pii`)."""
+    found: dict[str, list[int]] = {}
+    while True:
+        changed = False
+        for kind in TAGS:
+            scrubbed, counts = scrub_pii(text, (kind,))
+            if counts:
+                row = found.setdefault(kind, [0, 0])
+                row[0] += counts[kind]
+                row[1] += _nbytes(text) - _nbytes(scrubbed)
+                text, changed = scrubbed, True
+        if not changed:
+            return text, found
+
+
+@contextlib.contextmanager
+def parallel_map(workers: int) -> Iterator[Callable[[Callable, list], Iterable]]:
+    """An ordered `map` over `workers` processes (the built-in `map` for one worker), so results do
+    not depend on the number of workers."""
+    if workers <= 1:
+        yield map
+        return
+    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    with ctx.Pool(workers) as pool:
+        yield lambda fn, items: pool.imap(fn, items, chunksize=max(1, len(items) // (workers * 16)))
+
+
 def clean_documents(
     docs: list[Document], opts: PrepareOptions, report: Report, log: Callable[[str], None] | None = None
 ) -> list[Document]:
-    """Steps 1–5 of the module docstring; returns the kept documents, filling `report`."""
-    progress = _Progress(log)
+    """Steps 1–5 of the module docstring; returns the kept documents, filling `report`. The
+    per-document work runs in `opts.workers` processes."""
+    with parallel_map(opts.workers) as pmap:
+        return _clean(docs, opts, report, _Progress(log), pmap)
+
+
+def _clean(
+    docs: list[Document], opts: PrepareOptions, report: Report, progress: _Progress, pmap: Callable
+) -> list[Document]:
     # 1. normalization (skipped with normalize="none") and control characters (always)
     report.ensure("normalize", "changed")
     report.ensure("empty", "removed")
     out = []
-    for doc in docs:
-        text = normalize_text(doc.text, opts.normalize)
+    normalized = pmap(functools.partial(normalize_text, form=opts.normalize), [d.text for d in docs])
+    for doc, text in zip(docs, normalized):
         if text != doc.text:
             at = next((i for i, (a, b) in enumerate(zip(text, doc.text)) if a != b), len(text))
             report.add(
@@ -157,8 +197,8 @@ def clean_documents(
         for rule in RULES:
             report.ensure(f"quality:{rule}", "removed")
         out = []
-        for doc in docs:
-            failed = quality_check(doc.text, opts.quality)
+        verdicts = pmap(functools.partial(quality_check, config=opts.quality), [d.text for d in docs])
+        for doc, failed in zip(docs, verdicts):
             if failed is None:
                 out.append(doc)
             else:
@@ -174,7 +214,12 @@ def clean_documents(
     if opts.near_dup:
         report.ensure("near_dup", "removed")
         near = near_duplicates(
-            [d.text for d in docs], opts.near_dup_threshold, opts.num_perm, opts.shingle_words, opts.seed
+            [d.text for d in docs],
+            opts.near_dup_threshold,
+            opts.num_perm,
+            opts.shingle_words,
+            opts.seed,
+            map_fn=pmap,
         )
         for i, (kept, sim) in near.items():
             report.add(
@@ -195,20 +240,7 @@ def clean_documents(
         for kind in TAGS:
             report.ensure(f"pii:{kind}", "replaced")
         out = []
-        for doc in docs:
-            text = doc.text
-            found: dict[str, list[int]] = {}  # kind -> [matches, bytes removed]
-            while True:  # again while a replacement exposes another match (see `scrub_pii`)
-                changed = False
-                for kind in TAGS:
-                    scrubbed, counts = scrub_pii(text, (kind,))
-                    if counts:
-                        row = found.setdefault(kind, [0, 0])
-                        row[0] += counts[kind]
-                        row[1] += _nbytes(text) - _nbytes(scrubbed)
-                        text, changed = scrubbed, True
-                if not changed:
-                    break
+        for doc, (text, found) in zip(docs, pmap(scrub_document, [d.text for d in docs])):
             for kind, (matches, removed) in found.items():
                 at = text.find(TAGS[kind])
                 report.add(
