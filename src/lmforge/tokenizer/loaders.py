@@ -251,7 +251,9 @@ def _gguf_sentencepiece(meta: dict[str, Any], tokens: list[str], types: list[int
     has_bytes = any(t == BYTE for t in types)
     backend = Backend(BPE(vocab, merges, unk_token=unk, fuse_unk=True, byte_fallback=has_bytes))
     prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
-    backend.normalizer = None
+    # SentencePiece (and llama.cpp) add the dummy prefix even when the text starts with a space;
+    # Metaspace skips it then, so a leading space is doubled first
+    backend.normalizer = normalizers.Replace(Regex(r"\A "), "  ") if prefix else None
     backend.pre_tokenizer = pre_tokenizers.Metaspace(
         replacement="▁", prepend_scheme="first" if prefix else "never", split=False
     )
