@@ -3,6 +3,7 @@ deterministic; bad input is a one-line error."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -137,3 +138,14 @@ def test_cli_bad_input_is_one_line(tmp_path, tiny_tok_dir, capsys, setup, messag
     assert rc == 2 and "Traceback" not in err
     errors = [line for line in err.splitlines() if not line.startswith("[prepare]")]  # progress lines
     assert len(errors) == 1 and errors[0].startswith("lmforge: error:") and message in errors[0]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gensim") is None, reason="gensim test data not installed")
+def test_lee_corpus_duplicates(tmp_path, tiny_tok):
+    """The Lee news corpus repeats seven articles verbatim and one with small edits."""
+    report = prepare(["lee"], tiny_tok, tmp_path / "out", PrepareOptions(workers=1))
+    counts = {r["rule"]: r["documents"] for r in report["rules"] if r["documents"]}
+    assert counts == {"exact_dup": 7, "near_dup": 1}
+    (example,) = next(r for r in report["rules"] if r["rule"] == "near_dup")["examples"]
+    assert (example["source"], example["similar_to"]) == ("lee:241", "lee:232")
+    assert report["kept"]["documents"] == 292
