@@ -354,7 +354,10 @@ def compile_regex(
 
     eos = (eos_token_ids,) if isinstance(eos_token_ids, int) else tuple(int(t) for t in eos_token_ids)
     if not eos:
-        raise LMForgeError("constrained output needs a stop (EOS) token id to end on; the tokenizer has none")
+        raise LMForgeError(
+            "constrained output needs a stop token to end on, and there is none (no EOS in the tokenizer, "
+            "or ignore_eos=True): pass stop_token_ids"
+        )
     vocab_size = vocab_size or len(table)
     vocab_key = (hash(tuple(table)), eos, vocab_size)
     key = (pattern, *vocab_key)
