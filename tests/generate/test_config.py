@@ -121,11 +121,13 @@ def test_from_hf_generation_config(tmp_path):
         "sequence_bias": [[[7], -2.0], [[8, 9], -1.0]],
         "suppress_tokens": [11],
         "transformers_version": "4.42.3",
+        "stop_strings": "###",
     }
     c = GenerationConfig.from_hf(hf, max_new_tokens=16)
     assert (c.do_sample, c.temperature, c.top_p, c.top_k, c.repetition_penalty) == (True, 0.2, 0.9, 0, 1.1)
     assert c.max_new_tokens == 16
     assert c.logit_bias == {7: -2.0, 11: -math.inf}
+    assert c.stop == ["###"]
     (tmp_path / "generation_config.json").write_text(json.dumps(hf))
     assert GenerationConfig.from_hf(tmp_path) == GenerationConfig.from_hf(hf)
     assert GenerationConfig.from_hf(hf, temperature=0.7).temperature == 0.7  # explicit options win

@@ -104,15 +104,6 @@ class GenerationConfig:
         "json_schema": "constrain the output to JSON valid under this schema (JSON text)",
     }
 
-    # keys of a Hugging Face generation_config.json that carry no decoding option here
-    HF_IGNORED: ClassVar[frozenset[str]] = frozenset(
-        {
-            "bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "transformers_version",
-            "_from_model_config", "use_cache", "max_length", "min_length", "output_scores", "return_dict_in_generate",
-            "output_attentions", "output_hidden_states", "num_beam_groups", "diversity_penalty", "cache_implementation",
-        }
-    )  # fmt: skip
-
     def __post_init__(self) -> None:
         self._normalise()
         self.validate()
@@ -135,8 +126,9 @@ class GenerationConfig:
     def from_hf(cls, hf: dict[str, Any] | str | Path | None, **overrides: Any) -> GenerationConfig:
         """Defaults from a Hugging Face `generation_config.json` (dict or path), then `overrides` on top.
 
-        Keys lmforge has no option for (token ids, `max_length`, cache settings...) are skipped;
-        `sequence_bias` entries of one token become `logit_bias`, `suppress_tokens` become -inf biases.
+        Keys lmforge has no option for (token ids, `max_length`, cache settings...) and null values are
+        skipped; `sequence_bias` entries of one token become `logit_bias`, `suppress_tokens` -inf biases,
+        `stop_strings` become `stop`.
         Unknown keys in `overrides` are an error.
         """
         if isinstance(hf, (str, Path)):
@@ -158,8 +150,9 @@ class GenerationConfig:
             bias[int(token)] = -math.inf
         if bias:
             values["logit_bias"] = {**bias, **(values.get("logit_bias") or {})}
-        if values.get("top_k") is None:
-            values.pop("top_k", None)
+        if hf.get("stop_strings") and "stop" not in values:
+            stops = hf["stop_strings"]
+            values["stop"] = [stops] if isinstance(stops, str) else list(stops)
         unknown = sorted(set(overrides) - names)
         if unknown:
             raise LMForgeError(f"unknown generation option(s): {', '.join(unknown)}")
