@@ -145,57 +145,18 @@ def test_killed_run_resumes_with_identical_losses(shards, tmp_path):
     shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
     reason="torchrun not installed",
 )
-def test_ddp_two_processes_match_one_process_with_accumulation(shards, tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
+def test_ddp_two_processes_match_one_process_with_accumulation(shards, tmp_path, strategy):
     """torchrun with 2 CPU processes (gloo), micro-batch 4, equals 1 process with --grad-accum 2: both
     see the same 8 rows per step and average the same gradients. Tolerance: 1e-5 relative (the
     all-reduce sums in another order than accumulation does)."""
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-    common = [
-        *TINY,
-        "--steps",
-        "6",
-        "--eval-every",
-        "3",
-        "--eval-batches",
-        "2",
-        "--warmup-steps",
-        "2",
-        *QUIET,
-    ]
-    subprocess.run(
-        [
-            torchrun,
-            "--nproc-per-node",
-            "2",
-            "-m",
-            "lmforge.cli",
-            "pretrain",
-            str(shards),
-            "--out",
-            str(tmp_path / "ddp"),
-            *common,
-        ],
-        env=_env(),
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lmforge.cli",
-            "pretrain",
-            str(shards),
-            "--out",
-            str(tmp_path / "acc"),
-            "--grad-accum",
-            "2",
-            *common,
-        ],
-        env=_env(),
-        check=True,
-        capture_output=True,
-    )
+    common = [*TINY, *"--steps 6 --eval-every 3 --eval-batches 2 --warmup-steps 2".split(), *QUIET]  # noqa: SIM905
+    ddp_cmd = [torchrun, "--nproc-per-node", "2", "-m", "lmforge.cli", "pretrain", str(shards)]
+    ddp_cmd += ["--out", str(tmp_path / "ddp"), "--distributed", strategy, *common]
+    subprocess.run(ddp_cmd, env=_env(), check=True, capture_output=True)
+    acc_cmd = [sys.executable, "-m", "lmforge.cli", "pretrain", str(shards), "--out", str(tmp_path / "acc")]
+    subprocess.run([*acc_cmd, "--grad-accum", "2", *common], env=_env(), check=True, capture_output=True)
     ddp, acc = _losses(tmp_path / "ddp"), _losses(tmp_path / "acc")
     assert [r[:2] for r in ddp] == [r[:2] for r in acc] and len(ddp) == 6 + 3
     for (_, _, a), (_, _, b) in zip(ddp, acc):

@@ -179,15 +179,16 @@ class Trainer:
             )
         self.model = model.to(self.device)
         self.model.train()
-        self.optimizer = build_optimizer(
-            self.model, config.lr, config.weight_decay, (config.beta1, config.beta2), config.eps
-        )
         min_lr = config.lr / 10 if config.min_lr is None else config.min_lr
         self.schedule = LRSchedule(
             config.lr, config.steps, min(config.warmup_steps, config.steps), config.schedule, min_lr
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.wrapped = dist_lib.wrap_model(self.model, self.dist, config.distributed)
+        # after wrapping: FSDP swaps the parameters for sharded ones, which the optimizer must hold
+        self.optimizer = build_optimizer(
+            self.model, config.lr, config.weight_decay, (config.beta1, config.beta2), config.eps
+        )
         self.forward_model = torch.compile(self.wrapped) if config.compile else self.wrapped
         self.step = 0
         self.best_val = math.inf
