@@ -104,6 +104,8 @@ def test_streamed_text_equals_generated_text(name):
     assert "".join(d.text for d in deltas) == final.text
     assert [t for d in deltas for t in d.token_ids] == final.token_ids
     assert deltas[-1].finish_reason == final.finish_reason
+    for _ in stream(lm, "Once upon", **options):  # the caller's code never runs in inference mode
+        assert not torch.is_inference_mode_enabled()
 
 
 SCRIPT = "Hi 🙂 你好, naïve 𝄞 ok!"

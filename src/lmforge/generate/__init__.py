@@ -431,13 +431,20 @@ def stream(
 
 
 def _stream(run: _Run) -> Iterator[Delta]:
+    """Decode step by step; inference mode is on while a step runs, never while the caller holds a delta."""
     followers: dict[int, DeltaStream] = {}
-    with torch.inference_mode():
-        for first, stopper, step, _ in run.groups():
+    steps = run.groups()
+    while True:
+        with torch.inference_mode():
+            item = next(steps, None)
+            if item is None:
+                return
+            first, stopper, step, _ = item
             follower = followers.get(first)
             if follower is None or follower.stopper is not stopper:
                 follower = followers[first] = DeltaStream(stopper, first)
-            yield from follower.deltas(step)
+            deltas = list(follower.deltas(step))
+        yield from deltas
 
 
 def chat(
