@@ -184,6 +184,7 @@ class CountingModel(torch.nn.Module):
         (dict(penalty_alpha=0.5), "top_k"),
         (dict(draft="other"), "different tokenizer"),
         (dict(amateur="other"), "different tokenizer"),
+        (dict(draft="short"), "draft model's context"),
     ],
 )
 def test_bad_input_fails_in_one_line_before_any_work(options, message):
@@ -192,6 +193,8 @@ def test_bad_input_fails_in_one_line_before_any_work(options, message):
     if options.get("draft") == "other" or options.get("amateur") == "other":
         key = "draft" if "draft" in options else "amateur"
         options[key] = tiny_lm(tiny_model("llama"), tokenizer=ByteTokenizer(tag="another vocabulary"))
+    if options.get("draft") == "short":
+        options["draft"] = tiny_lm(tiny_model("llama", max_seq_len=32))
     options.setdefault("max_new_tokens", 8)
     prompt = "x" * 60
     with pytest.raises(LMForgeError, match=message) as info:

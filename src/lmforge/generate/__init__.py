@@ -109,7 +109,7 @@ def _pad_token_id(lm: Any, stop_ids: frozenset[int]) -> int:
     return int(pad)
 
 
-def _check_companion(lm: Any, other: Any, role: str) -> None:
+def _check_companion(lm: Any, other: Any, role: str, needed: int) -> None:
     """A draft or amateur model must share the target's tokenizer (same ids for the same text)."""
     if other is None:
         return
@@ -119,6 +119,11 @@ def _check_companion(lm: Any, other: Any, role: str) -> None:
         raise LMForgeError(
             f"the {role} model uses a different tokenizer than the target (fingerprints {theirs} vs {mine}); "
             f"choose a {role} model from the same family"
+        )
+    if other.model.config.max_seq_len < needed:
+        raise LMForgeError(
+            f"the {role} model's context ({other.model.config.max_seq_len} tokens) is shorter than the prompt "
+            f"plus max_new_tokens ({needed}); lower max_new_tokens or use a longer-context {role} model"
         )
     if other.model.config.vocab_size != lm.model.config.vocab_size:
         raise LMForgeError(
@@ -155,8 +160,9 @@ class _Run:
         self.pad = _pad_token_id(lm, self.stop_ids)
         self.vocab_size = lm.model.config.vocab_size
         self.strategy = self._strategy()
-        _check_companion(lm, draft, "draft")
-        _check_companion(lm, amateur, "amateur")
+        needed = max(len(p) for p in self.prompts) + config.max_new_tokens
+        _check_companion(lm, draft, "draft", needed)
+        _check_companion(lm, amateur, "amateur", needed)
         self.generator = seeded_generator(config.seed, self.engine.device)
         self._check_constraint_compiles()
 

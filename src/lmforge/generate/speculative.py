@@ -142,20 +142,14 @@ def speculative_steps(
         for i in range(len(proposal) + 1):
             scores = process(batch, target_logits[i : i + 1], pipeline, upto=start + 1 + i)
             if i == len(proposal):  # every draft accepted: bonus token from p
-                token = int(choose(scores, do_sample, generator)[0])
+                token, ok = int(choose(scores, do_sample, generator)[0]), False
             else:
-                token, ok = _verify(
-                    scores[0],
-                    proposal[i],
-                    q_dists[i] if do_sample and q_dists else None,
-                    do_sample,
-                    generator,
-                )
-                if ok:
-                    n_ok += 1
+                q = q_dists[i] if do_sample and q_dists else None
+                token, ok = _verify(scores[0], proposal[i], q, do_sample, generator)
+                n_ok += ok
             yield emit(token, target_logits[i])
             sequence.append(token)
-            if stopper.all_finished or i == len(proposal) or token != proposal[i]:
+            if stopper.all_finished or not ok:
                 break
         stats.accepted += n_ok
         # 4. roll the caches back to the accepted tokens (the newest one stays pending)
