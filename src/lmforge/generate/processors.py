@@ -13,8 +13,12 @@ contrastive and speculative decoding:
 6. the output constraint (choice / regex / JSON schema mask), when one is given
 7. sampling only (`do_sample`), as in HF: temperature, top-k, top-p, min-p, typical-p
 
-Everything is vectorised over the batch: token counts come from one `scatter_add_` into a (B, V + 1)
-buffer whose extra column absorbs ignored slots (padding, prompt tokens for generated-only penalties).
+Everything is vectorised over the batch. Penalties gather and scatter at the sequence's own token ids
+(O(T) work, as HF does) on a copy of the scores with one spare column that absorbs ignored slots
+(padding, prompt tokens for generated-only penalties). Top-p and typical-p look at the 256 best
+candidates first (one `topk`) and sort the whole vocabulary only when those hold too little mass;
+`pick_tokens` samples by inverting the CDF with one uniform per row. Per-step costs:
+`benchmarks/processors.py`.
 
 Padding: the engine left-pads prompts, so `input_ids` holds pad tokens before short prompts. Pass
 `valid=(B, T) bool` (1 = a real token, e.g. the engine's slot mask) to the pipeline call to keep
