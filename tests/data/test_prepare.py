@@ -62,6 +62,7 @@ def test_prepare_removes_and_reports_each_rule(tmp_path, corpus, tiny_tok):
     assert rows["exact_dup"]["examples"][0]["duplicate_of"].endswith("doc00.txt")
     assert rows["near_dup"]["examples"][0]["similar_to"].endswith("doc01.txt")
     assert rows["quality:length"]["bytes"] == len("Too short to keep.")
+    assert rows["quality:length"]["examples"][0]["measured"] == "characters = 18 (limit 200)"
     assert report["read"]["documents"] == 20 and report["kept"]["documents"] == 16
     assert report["splits"]["val"]["documents"] == round(0.2 * 16)
     for name in ("manifest.json", "report.json", "report.md", "train_000.bin", "val_000.bin"):

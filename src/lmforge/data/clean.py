@@ -5,7 +5,8 @@ as ligatures and full-width letters) and removes control characters: line ending
 controls other than `\\n`/`\\t` and invisible format characters (zero-width spaces, BOMs, bidi
 overrides) are dropped.
 
-`quality_check` returns the name of the first rule a document fails, or None. The rules follow the
+`quality_verdict` returns the first rule a document fails with the measured value and threshold
+(`quality_check` only its name), or None. The rules follow the
 Gopher quality filters (Rae et al. 2021, appendix A) with thresholds in `QualityConfig`:
 - length: too few characters or words, or too many characters;
 - mean_word_length: mean word length outside [3, 10] characters (word salad, long tokens);
@@ -179,49 +180,68 @@ def duplicate_ngram_char_fraction(words: list[str], n: int) -> float:
     return WordStats(words).duplicate_ngram_char_fraction(n)
 
 
-def quality_check(text: str, config: QualityConfig) -> str | None:
-    """Name of the first rule `text` fails (see `RULES`), or None when it passes all of them."""
+@dataclass(frozen=True)
+class Verdict:
+    """Why a document failed: the rule, the measured value and the threshold it crossed."""
+
+    rule: str
+    value: float
+    limit: float
+    detail: str = ""
+
+    def describe(self) -> str:
+        return f"{self.detail or self.rule} = {self.value:.3g} (limit {self.limit:.3g})"
+
+
+def quality_verdict(text: str, config: QualityConfig) -> Verdict | None:
+    """The first rule `text` fails (see `RULES`) with the measured value, or None when it passes all."""
     c = config
     words = _WORD.findall(text)
     n_chars = len(text.strip())
-    if (
-        (c.min_chars is not None and n_chars < c.min_chars)
-        or (c.max_chars is not None and n_chars > c.max_chars)
-        or (c.min_words is not None and len(words) < c.min_words)
-    ):
-        return "length"
+    if c.min_chars is not None and n_chars < c.min_chars:
+        return Verdict("length", n_chars, c.min_chars, "characters")
+    if c.max_chars is not None and n_chars > c.max_chars:
+        return Verdict("length", n_chars, c.max_chars, "characters")
+    if c.min_words is not None and len(words) < c.min_words:
+        return Verdict("length", len(words), c.min_words, "words")
     if not words:
         return None
     mean_len = sum(len(w) for w in words) / len(words)
-    if (c.min_mean_word_length is not None and mean_len < c.min_mean_word_length) or (
-        c.max_mean_word_length is not None and mean_len > c.max_mean_word_length
-    ):
-        return "mean_word_length"
-    if c.max_symbol_ratio is not None and symbol_ratio(text) > c.max_symbol_ratio:
-        return "symbol_ratio"
+    if c.min_mean_word_length is not None and mean_len < c.min_mean_word_length:
+        return Verdict("mean_word_length", mean_len, c.min_mean_word_length)
+    if c.max_mean_word_length is not None and mean_len > c.max_mean_word_length:
+        return Verdict("mean_word_length", mean_len, c.max_mean_word_length)
+    if c.max_symbol_ratio is not None and (ratio := symbol_ratio(text)) > c.max_symbol_ratio:
+        return Verdict("symbol_ratio", ratio, c.max_symbol_ratio)
     if c.max_hash_ellipsis_ratio is not None:
-        hashes = text.count("#") + text.count("...") + text.count("…")
-        if hashes / len(words) > c.max_hash_ellipsis_ratio:
-            return "hash_ellipsis_ratio"
+        hashes = (text.count("#") + text.count("...") + text.count("…")) / len(words)
+        if hashes > c.max_hash_ellipsis_ratio:
+            return Verdict("hash_ellipsis_ratio", hashes, c.max_hash_ellipsis_ratio)
     if c.min_alpha_word_fraction is not None:
         alpha = len(_ALPHA_WORD.findall(text)) / len(words)
         if alpha < c.min_alpha_word_fraction:
-            return "alpha_words"
+            return Verdict("alpha_words", alpha, c.min_alpha_word_fraction)
     if c.max_duplicate_line_fraction is not None or c.max_duplicate_line_char_fraction is not None:
         line_frac, char_frac = duplicate_line_stats(text, c.min_line_chars)
         if c.max_duplicate_line_fraction is not None and line_frac > c.max_duplicate_line_fraction:
-            return "duplicate_lines"
+            return Verdict("duplicate_lines", line_frac, c.max_duplicate_line_fraction)
         if c.max_duplicate_line_char_fraction is not None and char_frac > c.max_duplicate_line_char_fraction:
-            return "duplicate_line_chars"
+            return Verdict("duplicate_line_chars", char_frac, c.max_duplicate_line_char_fraction)
     if c.max_top_ngram_fraction is None and c.max_duplicate_ngram_fraction is None:
         return None
     stats = WordStats([w.lower() for w in words])
     if c.max_top_ngram_fraction is not None:
         for n, limit in zip((2, 3, 4), c.max_top_ngram_fraction):
-            if stats.top_ngram_char_fraction(n) > limit:
-                return "top_ngram"
+            if (frac := stats.top_ngram_char_fraction(n)) > limit:
+                return Verdict("top_ngram", frac, limit, f"top {n}-gram share")
     if c.max_duplicate_ngram_fraction is not None:
         for n, limit in zip(range(5, 11), c.max_duplicate_ngram_fraction):
-            if stats.duplicate_ngram_char_fraction(n) > limit:
-                return "duplicate_ngrams"
+            if (frac := stats.duplicate_ngram_char_fraction(n)) > limit:
+                return Verdict("duplicate_ngrams", frac, limit, f"duplicated {n}-gram share")
     return None
+
+
+def quality_check(text: str, config: QualityConfig) -> str | None:
+    """Name of the first rule `text` fails (see `RULES`), or None when it passes all of them."""
+    verdict = quality_verdict(text, config)
+    return None if verdict is None else verdict.rule

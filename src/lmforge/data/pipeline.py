@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmforge.data.clean import RULES, NormalForm, QualityConfig, normalize_text, quality_check
+from lmforge.data.clean import RULES, NormalForm, QualityConfig, normalize_text, quality_verdict
 from lmforge.data.corpus import Document, read_corpus
 from lmforge.data.dedup import exact_duplicates, near_duplicates
 from lmforge.data.pii import TAGS, scrub_pii
@@ -197,16 +197,16 @@ def _clean(
         for rule in RULES:
             report.ensure(f"quality:{rule}", "removed")
         out = []
-        verdicts = pmap(functools.partial(quality_check, config=opts.quality), [d.text for d in docs])
+        verdicts = pmap(functools.partial(quality_verdict, config=opts.quality), [d.text for d in docs])
         for doc, failed in zip(docs, verdicts):
             if failed is None:
                 out.append(doc)
             else:
                 report.add(
-                    f"quality:{failed}",
+                    f"quality:{failed.rule}",
                     "removed",
                     _nbytes(doc.text),
-                    {"source": doc.source, "text": _snippet(doc.text)},
+                    {"source": doc.source, "measured": failed.describe(), "text": _snippet(doc.text)},
                 )
         docs = out
     progress("quality", docs)
