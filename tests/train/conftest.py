@@ -94,3 +94,14 @@ def tiny_config(vocab_size: int = 320, **overrides) -> ModelConfig:
         mlp_bias=True,
     )
     return ModelConfig(**{**base, **overrides})
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core box they lose a lot."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
