@@ -154,3 +154,21 @@ def test_load_any_dispatch(tmp_path):
     (tmp_path / "x.model").write_bytes(io.BytesIO(b"garbage").read())
     with pytest.raises(LMForgeError, match="SentencePiece"):
         Tokenizer.load(tmp_path / "x.model")
+
+
+@pytest.fixture(scope="module")
+def spm_tok(tmp_path_factory):
+    return from_sentencepiece(_train_spm(tmp_path_factory.mktemp("spm"), "bpe", byte_fallback=True))
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_sentencepiece_stream_equals_decode(spm_tok, data):
+    """Byte-fallback tokens (<0xF0> ...) and the dummy-prefix strip, streamed one token at a time."""
+    pieces = spm_tok.encode("héllo 🎭 東京 world")
+    ids = data.draw(
+        st.lists(st.one_of(st.integers(0, spm_tok.vocab_size - 1), st.sampled_from(pieces)), max_size=30)
+    )
+    decoder = spm_tok.incremental_decoder()
+    streamed = "".join(decoder.add(i) for i in ids) + decoder.flush()
+    assert streamed == spm_tok.decode(ids)

@@ -1,12 +1,13 @@
 """Streaming detokenization: text deltas as tokens arrive, never a broken character.
 
-Decoding token by token and concatenating is wrong twice over: a byte-level token can hold half of a
-UTF-8 character (an emoji is often 2-4 tokens), and SentencePiece-style decoders strip the leading
-space of whatever they decode first. The fix (as in vLLM and TGI) decodes a small window that starts
-one step back: `prefix` = text of tokens [a, b) already emitted, `full` = text of tokens [a, n).
-When `full` extends `prefix` and does not end in U+FFFD (an incomplete character), the delta is
-`full[len(prefix):]` and the window moves forward. Each step decodes a few tokens, not the whole
-sequence.
+Decoding token by token and concatenating is wrong three times over: a byte-level token can hold
+half of a UTF-8 character (an emoji is often 2-4 tokens); SentencePiece-style decoders strip the
+leading space of whatever they decode first; and their ByteFallback step turns a whole run of
+`<0xAB>` byte tokens into U+FFFDs when the run is not valid UTF-8 (so a run is held back until it
+ends). The fix (as in vLLM and TGI) decodes a small window that starts one step back: `prefix` =
+text of tokens [a, b) already emitted, `full` = text of tokens [a, n). When `full` extends `prefix`
+and does not end in U+FFFD (an incomplete character), the delta is `full[len(prefix):]` and the
+window moves forward. Each step decodes a few tokens, not the whole sequence.
 
 Decoders that rewrite earlier text (WordPiece's `cleanup` turns "a ' b" into "a'b") break the
 window's assumption; for those the decoder re-decodes everything and holds back the text after the
@@ -25,19 +26,29 @@ if TYPE_CHECKING:
 REPLACEMENT = "\ufffd"
 
 
-def _rewrites_text(tok: Tokenizer) -> bool:
-    """True when the decoder can change text it already produced (WordPiece/BPE `cleanup`)."""
+def _decoder_steps(tok: Tokenizer) -> list[dict]:
     decoder = tok.backend.decoder
     if decoder is None:
-        return False
+        return []
     spec = json.loads(decoder.__getstate__())
+    return spec.get("decoders") or [spec]
 
-    def walk(node: dict) -> bool:
-        if node.get("cleanup"):
-            return True
-        return any(walk(d) for d in node.get("decoders", []) or [])
 
-    return walk(spec)
+def _rewrites_text(tok: Tokenizer) -> bool:
+    """True when the decoder can change text it already produced (WordPiece/BPE `cleanup`)."""
+    return any(step.get("cleanup") for step in _decoder_steps(tok))
+
+
+def _byte_fallback_ids(tok: Tokenizer) -> frozenset[int]:
+    """Ids of `<0xAB>` byte tokens when the decoder has ByteFallback: a run of them decodes as a whole
+    (invalid UTF-8 turns *every* byte of the run into U+FFFD), so a run is final only once it ends."""
+    if not any(step.get("type") == "ByteFallback" for step in _decoder_steps(tok)):
+        return frozenset()
+    return frozenset(
+        i
+        for piece, i in tok.backend.get_vocab().items()
+        if len(piece) == 6 and piece.startswith("<0x") and piece[-1] == ">"
+    )
 
 
 class IncrementalDecoder:
@@ -51,6 +62,7 @@ class IncrementalDecoder:
         self.read_offset = 0  # tokens before this are emitted
         self.emitted: list[str] = []
         self._rewrites = _rewrites_text(tok)
+        self._byte_ids = _byte_fallback_ids(tok)
         self._emitted_len = 0
 
     @property
@@ -70,6 +82,8 @@ class IncrementalDecoder:
     def add(self, token_id: int) -> str:
         """Append one token; return the text that is now final."""
         self.ids.append(int(token_id))
+        if int(token_id) in self._byte_ids:
+            return ""  # inside a byte run: wait for its end
         if self._rewrites:
             full = self._decode(self.ids)
             stable = full[: full.rfind(" ")] if " " in full[self._emitted_len :] else ""
