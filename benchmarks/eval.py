@@ -3,7 +3,7 @@
 
 Prints a table and saves benchmarks/results/eval.json.
 
-    python benchmarks/eval.py [--pairs 200] [--ppl-chars 4000]
+    python benchmarks/eval.py [--pairs 200] [--ppl-chars 4000] [--threads 2]
 """
 
 from __future__ import annotations
@@ -44,8 +44,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=200)
     parser.add_argument("--ppl-chars", type=int, default=4000)
+    parser.add_argument(
+        "--threads", type=int, default=2, help="torch threads (1 is faster on a busy machine)"
+    )
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
 
     import lmforge
     from lmforge.eval.metrics import embedding, text
