@@ -165,3 +165,34 @@ def test_ddp_two_processes_match_one_process_with_accumulation(shards, tmp_path,
     assert run_config["world_size"] == 2
     # only rank 0 wrote: one log, one set of checkpoints
     assert len(list((tmp_path / "ddp" / "checkpoints").iterdir())) == 1
+
+
+@pytest.mark.slow
+def test_quickstart_end_to_end(tmp_path):
+    """The whole quickstart (BPE on Shakespeare, prepare, pretrain, bits-per-byte, samples), cut short."""
+    result = run(
+        [
+            "quickstart",
+            "--out",
+            str(tmp_path / "qs"),
+            "--minutes",
+            "0.2",
+            "--vocab-size",
+            "512",
+            "--n-layer",
+            "1",
+            "--d-model",
+            "64",
+            "--seq-len",
+            "64",
+            "--batch-size",
+            "8",
+            "--samples",
+            "1",
+            "--max-new-tokens",
+            "16",
+        ]
+    )
+    assert 0 < result["val"]["bits_per_byte"] < 8
+    assert result["samples"][0].startswith("ROMEO:")
+    assert lmforge.load(tmp_path / "qs" / "run-1" / "final", device="cpu").tokenizer.vocab_size == 512

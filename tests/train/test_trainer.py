@@ -168,3 +168,25 @@ def test_failing_save_leaves_no_partial_checkpoint(tmp_path, monkeypatch):
     assert [s for s, _ in ckpt.step_dirs(run)] == [2]  # the earlier checkpoint is intact
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000002"]
     ckpt.load_trainer_state(run / "checkpoints" / "step-000002")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_autocast_precisions_follow_fp32(tmp_path, precision):
+    """bf16 / fp16 autocast (fp16 with a GradScaler) track the fp32 losses closely on a tiny model."""
+    base = dict(steps=3, batch_size=2, seq_len=16, lr=3e-3, warmup_steps=0, **QUIET)
+    Trainer(_model(), TrainConfig(**base), CLMBatches(_tokens(), 2, 16), tmp_path / "fp32").fit()
+    cfg = TrainConfig(precision=precision, **base)
+    trainer = Trainer(_model(), cfg, CLMBatches(_tokens(), 2, 16), tmp_path / precision)
+    assert trainer.scaler.is_enabled() == (precision == "fp16")
+    trainer.fit()
+    np.testing.assert_allclose(losses(tmp_path / precision), losses(tmp_path / "fp32"), atol=0.05)
+
+
+def test_label_smoothing_is_applied():
+    logits = torch.randn(1, 4, 10) * 5
+    labels = torch.tensor([[1, 2, 3, 4]])
+    plain = loss_fn(logits, labels)
+    smoothed = loss_fn(logits, labels, label_smoothing=0.1)
+    ref = torch.nn.functional.cross_entropy(logits[0], labels[0], label_smoothing=0.1)
+    torch.testing.assert_close(smoothed, ref)
+    assert smoothed != plain

@@ -1,0 +1,10 @@
+"""Training: one Trainer for causal-LM and masked-LM pretraining and (instruction / LoRA) fine-tuning.
+
+- trainer.py: `TrainConfig`, `Trainer` (accumulation, clipping, autocast, validation, exact resume)
+- batches.py: batch sources addressed by micro-batch index (CLM windows, MLM masking, SFT examples)
+- optim.py: AdamW parameter groups (no decay on norms, biases, embeddings) and LR schedules
+- checkpoint.py: atomic checkpoint directories + `trainer_state.pt`, keep-last-k, resume checks
+- lora.py: LoRA adapters (slices of the fused qkv projection), save / load / merge
+- sft.py: chat JSONL → token ids with an assistant-only loss mask
+- distributed.py: torchrun DDP / FSDP helpers; logging.py: JSONL, TensorBoard, PNG plot
+"""
