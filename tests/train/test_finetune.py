@@ -187,3 +187,51 @@ def test_full_finetune_and_lora_merge_on_a_tiny_checkpoint(shards, tmp_path):
 def test_finetune_refuses_bad_settings(tmp_path):
     with pytest.raises(LMForgeError, match="exactly one of"):
         run(["finetune", "--model", "smollm2", "--out", str(tmp_path / "x")])
+
+
+def test_continued_pretraining_on_text(shards, tmp_path, corpus_files):
+    base = tmp_path / "base"
+    tiny = ["--n-layer", "1", "--n-head", "2", "--d-model", "32", "--seq-len", "32", "--batch-size", "2"]
+    run(
+        [
+            "pretrain",
+            str(shards),
+            "--out",
+            str(base),
+            *tiny[:6],
+            "--steps",
+            "1",
+            "--eval-every",
+            "0",
+            "--no-progress",
+            "--no-tensorboard",
+        ]
+    )
+    text = tmp_path / "notes.txt"
+    text.write_text(corpus_files[0].read_text(encoding="utf-8")[:30_000], encoding="utf-8")
+    out = tmp_path / "cont"
+    summary = run(
+        [
+            "finetune",
+            "--model",
+            str(base / "final"),
+            "--out",
+            str(out),
+            "--text",
+            str(text),
+            "--steps",
+            "8",
+            "--seq-len",
+            "32",
+            "--lr",
+            "1e-2",
+            "--warmup-steps",
+            "0",
+            "--eval-every",
+            "8",
+            "--no-progress",
+            "--no-tensorboard",
+        ]
+    )
+    before, *_, after = _val_losses(out)
+    assert after < before and summary["val"]["bits_per_byte"] > 0
