@@ -286,7 +286,17 @@ def train_tokenizer(
     trainer = _trainer(
         algorithm, vocab_size, min_frequency, ordered, specials.get("unk_token"), show_progress
     )
-    backend.train_from_iterator(corpus(), trainer=trainer)
+    try:
+        backend.train_from_iterator(corpus(), trainer=trainer)
+    except LMForgeError:
+        raise
+    except Exception as exc:  # the Rust trainer raises plain Exceptions
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "not large enough" in message:
+            raise LMForgeError(
+                f"vocab size {vocab_size} is smaller than the alphabet of this corpus; use a larger --vocab-size"
+            ) from None
+        raise LMForgeError(f"{algorithm} training failed: {message}") from None
     if not stats.has_text:
         raise LMForgeError("the training input has no text (empty files or only blank lines)")
     if stats.replaced:
