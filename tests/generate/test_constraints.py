@@ -7,6 +7,8 @@ import re
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from lmforge.errors import LMForgeError
@@ -151,6 +153,13 @@ def test_byte_level_table_round_trips_text(tokenizer, table):
         assert b"".join(table[i] for i in ids) == text.encode("utf-8")
     # some token is a partial UTF-8 character: the table must hold raw bytes, not decoded text
     assert any(t is not None and not _is_utf8(t) for t in table)
+
+
+@settings(max_examples=60, deadline=None)
+@given(text=st.text(max_size=40))
+def test_byte_level_table_round_trips_any_text(tokenizer, table, text):
+    ids = tokenizer.encode(text).ids
+    assert b"".join(table[i] for i in ids) == text.encode("utf-8")
 
 
 def _is_utf8(b: bytes) -> bool:

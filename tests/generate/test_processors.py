@@ -5,6 +5,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers.generation import logits_process as hf
 
 from lmforge.errors import LMForgeError
@@ -288,3 +290,43 @@ def test_large_vocab_batch_runs():
     out = build_pipeline(cfg, Vb, eos_token_id=0, prompt_length=100)(ids, s)
     kept = torch.isfinite(out).sum(dim=1)
     assert (kept >= 1).all() and (kept <= 50).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(1, 4),
+    vocab=st.integers(2, 600),
+    scale=st.floats(0.1, 8.0),
+    top_k=st.integers(1, 700),
+    top_p=st.floats(0.01, 1.0),
+    min_p=st.floats(0.0, 0.9),
+    keep=st.integers(1, 3),
+    seed=st.integers(0, 2**16),
+)
+def test_warpers_match_hf_property(rows, vocab, scale, top_k, top_p, min_p, keep, seed):
+    """Random shapes and settings, including vocabularies on both sides of the 256-candidate fast path."""
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(rows, vocab, generator=g) * scale
+    ids = torch.zeros(rows, 1, dtype=torch.long)
+    same(TopK(top_k, keep)(ids, s), hf.TopKLogitsWarper(top_k, min_tokens_to_keep=keep)(ids, s.clone()))
+    same(TopP(top_p, keep)(ids, s), hf.TopPLogitsWarper(top_p, min_tokens_to_keep=keep)(ids, s.clone()))
+    same(MinP(min_p, keep)(ids, s), hf.MinPLogitsWarper(min_p, min_tokens_to_keep=keep)(ids, s.clone()))
+    mass = min(top_p, 0.99)  # HF's typical warper takes mass < 1
+    same(TypicalP(mass, keep)(ids, s), hf.TypicalLogitsWarper(mass, min_tokens_to_keep=keep)(ids, s.clone()))
+
+
+@pytest.mark.parametrize("vocab", [200, 3000])
+def test_ties_keep_the_same_values(vocab):
+    """With tied logits HF's choice among equal tokens depends on an unstable sort; ours keeps the same
+    number of tokens with the same values (the same distribution up to which tied id is kept)."""
+    g = torch.Generator().manual_seed(vocab)
+    s = (torch.randn(4, vocab, generator=g) * 3).round()
+    ids = torch.zeros(4, 1, dtype=torch.long)
+    for ours, theirs in [
+        (TopP(0.6)(ids, s), hf.TopPLogitsWarper(0.6)(ids, s.clone())),
+        (TypicalP(0.6)(ids, s), hf.TypicalLogitsWarper(0.6)(ids, s.clone())),
+        (TopK(7)(ids, s), hf.TopKLogitsWarper(7)(ids, s.clone())),
+    ]:
+        for r in range(4):
+            kept = ours[r][torch.isfinite(ours[r])].sort().values
+            assert torch.equal(kept, theirs[r][torch.isfinite(theirs[r])].sort().values)
