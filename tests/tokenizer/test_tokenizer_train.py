@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from lmforge.assets import shakespeare_files
 from lmforge.errors import LMForgeError
 from lmforge.tokenizer import Tokenizer
-from lmforge.tokenizer.train import train_tokenizer
+from lmforge.tokenizer.train import iter_documents, resolve_inputs, train_tokenizer
 
 CORPUS = shakespeare_files()[0].read_text(encoding="utf-8")[:40000]
 HELD_OUT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer"
@@ -102,6 +102,13 @@ def test_inputs_directory_jsonl_and_extra_specials(tmp_path):
     assert tok.encode("<|im_start|>", allow_special=True) == [vocab["<|im_start|>"]]
     with pytest.raises(LMForgeError, match="no field 'text'"):
         train_tokenizer([tmp_path / "data.jsonl"], vocab_size=300, show_progress=False)
+
+
+def test_byte_order_mark_is_dropped(tmp_path):
+    path = tmp_path / "bom.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + b"hello world " * 30)
+    (document,) = iter_documents(resolve_inputs([path]))
+    assert document.startswith("hello world")
 
 
 def test_non_utf8_bytes_are_replaced_with_a_warning(tmp_path):

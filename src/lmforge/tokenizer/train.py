@@ -107,9 +107,9 @@ def resolve_inputs(inputs: Sequence[str | Path], jsonl_field: str = "text") -> l
 def _read_text(path: Path, stats: CorpusStats) -> str:
     data = path.read_bytes()
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")  # a leading byte-order mark is dropped
     except UnicodeDecodeError:
-        text = data.decode("utf-8", errors="replace")
+        text = data.decode("utf-8-sig", errors="replace")
         stats.replaced += text.count("\ufffd") - data.count("\ufffd".encode())
         stats.bad_files += 1
         return text
