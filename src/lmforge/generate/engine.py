@@ -90,6 +90,8 @@ class Engine:
         self.max_seq_len = max_seq_len or self.config.max_seq_len
         param = next(model.parameters())
         self.dtype, self.device = param.dtype, param.device
+        # a Transformer exposes its trunk and head separately: prefill can skip the head on the prompt
+        self._split_head = hasattr(model, "hidden_states") and getattr(model, "lm_head", None) is not None
 
     def check_context(
         self, prompts: list[list[int]], max_new_tokens: int, truncate: bool = False
@@ -140,17 +142,22 @@ class Engine:
 
     @torch.inference_mode()
     def prefill(self, batch: Batch) -> torch.Tensor:
-        """Run the prompts through the model; return the next-token logits (B, V) of each row."""
+        """Run the prompts through the model; return the next-token logits (B, V) of each row.
+
+        Only the last position goes through the LM head (a long prompt would otherwise materialise
+        T x V logits that nobody reads)."""
         width = batch.prompt_slots
         real = batch.slot_mask[:, :width]
         positions = (real.cumsum(dim=1) - 1).clamp(min=0)  # 0 at each row's first real token
         mask = batch.slot_mask[:, :width] if batch.padded else None
-        logits = self.model(
-            batch.tokens[:, :width], positions=positions, cache=batch.cache, attention_mask=mask
-        )
+        args = dict(positions=positions, cache=batch.cache, attention_mask=mask)
+        if self._split_head:
+            logits = self.model.lm_head(self.model.hidden_states(batch.tokens[:, :width], **args)[:, -1])
+        else:
+            logits = self.model(batch.tokens[:, :width], **args)[:, -1]
         batch.cache.advance(width)
         batch.next_position = real.sum(dim=1)
-        return logits[:, -1].float()
+        return logits.float()
 
     @torch.inference_mode()
     def step(self, batch: Batch, tokens: torch.Tensor) -> torch.Tensor:
