@@ -27,6 +27,12 @@ def test_minilm_dir_matches_transformers(minilm_tok):
         assert minilm_tok.encode(line, add_special_tokens=True) == ref(line)["input_ids"], line
     assert minilm_tok.pad_token_id == ref.pad_token_id == 0
     assert minilm_tok.special_tokens["cls_token"] == "[CLS]"
+    assert (minilm_tok.cls_token_id, minilm_tok.sep_token_id, minilm_tok.mask_token_id) == (
+        ref.cls_token_id,
+        ref.sep_token_id,
+        ref.mask_token_id,
+    )
+    assert set(minilm_tok.all_special_ids) == set(ref.all_special_ids)
     # the file asks for padding to 128; lmforge pads only when asked
     assert len(minilm_tok.encode("hello", add_special_tokens=True)) == 3
 

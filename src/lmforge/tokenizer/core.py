@@ -230,6 +230,18 @@ class Tokenizer:
         return self._special_id("unk_token")
 
     @property
+    def mask_token_id(self) -> int | None:
+        return self._special_id("mask_token")
+
+    @property
+    def cls_token_id(self) -> int | None:
+        return self._special_id("cls_token")
+
+    @property
+    def sep_token_id(self) -> int | None:
+        return self._special_id("sep_token")
+
+    @property
     def all_special_ids(self) -> list[int]:
         """Ids of every special added token (control tokens) and every named special token."""
         ids = {i for i, t in self.backend.get_added_tokens_decoder().items() if t.special}
