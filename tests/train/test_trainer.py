@@ -190,3 +190,14 @@ def test_label_smoothing_is_applied():
     ref = torch.nn.functional.cross_entropy(logits[0], labels[0], label_smoothing=0.1)
     torch.testing.assert_close(smoothed, ref)
     assert smoothed != plain
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_like_eager(tmp_path):
+    """--compile (torch.compile, inductor on the CPU: a minute or two of compiling) gives the eager losses."""
+    base = dict(steps=3, batch_size=2, seq_len=16, **QUIET)
+    Trainer(_model(), TrainConfig(**base), CLMBatches(_tokens(), 2, 16), tmp_path / "eager").fit()
+    Trainer(
+        _model(), TrainConfig(compile=True, **base), CLMBatches(_tokens(), 2, 16), tmp_path / "compiled"
+    ).fit()
+    np.testing.assert_allclose(losses(tmp_path / "compiled"), losses(tmp_path / "eager"), rtol=1e-4)
