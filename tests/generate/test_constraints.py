@@ -421,3 +421,62 @@ def test_smollm2_vocabulary(smollm2_table):
     automaton = compile_constraint(table, eos, regex=date)
     for text in sample_constrained(automaton, table, rows=8, seed=0):
         assert re.fullmatch(date, text)
+
+
+# -- every decoding strategy honours the constraint (tiny random models, real engine) ----------------------
+
+STRATEGIES = {
+    "greedy": {},
+    "sampling": dict(do_sample=True, temperature=1.5, top_k=20, seed=3),
+    "beam": dict(num_beams=3, num_return_sequences=2),
+    "beam sampling": dict(num_beams=2, do_sample=True, seed=1),
+    "contrastive search": dict(penalty_alpha=0.6, top_k=4),
+    "prompt lookup": dict(prompt_lookup=True),
+    "prompt lookup sampled": dict(prompt_lookup=True, do_sample=True, seed=2),
+    "draft model": dict(do_sample=True, seed=4, _draft=True),
+    "contrastive decoding": dict(_amateur=True, contrastive_alpha=0.05),
+}
+BOUNDED_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "size": {"enum": ["small", "large"]},
+        "ok": {"type": "boolean"},
+        "tags": {"type": "array", "items": {"enum": ["red", "blue"]}, "maxItems": 2},
+    },
+    "required": ["size", "ok"],
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_lms(tokenizer):
+    from generate_helpers import tiny_model
+    from tokenizers import Tokenizer as Backend
+
+    from lmforge.lm import LM
+    from lmforge.tokenizer import Tokenizer
+
+    tok = Tokenizer(Backend.from_str(tokenizer.to_str()), {"eos_token": "<eos>"})
+    V = tokenizer.get_vocab_size()
+    target = LM(tiny_model("llama", seed=0, scale=3.0, vocab_size=V), tok, {}, source="tiny")
+    small = LM(tiny_model("llama", seed=1, scale=3.0, vocab_size=V, n_layer=1), tok, {}, source="tiny-small")
+    return target, small
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+@pytest.mark.parametrize("kind", ["regex", "json_schema"])
+def test_every_strategy_honours_the_constraint(tiny_lms, strategy, kind):
+    from lmforge.generate import generate
+
+    target, small = tiny_lms
+    options = dict(STRATEGIES[strategy])
+    extra = {"draft": small if options.pop("_draft", False) else None}
+    extra["amateur"] = small if options.pop("_amateur", False) else None
+    pattern = r"[0-9]{3}-(red|blue)[a-z]{0,3}"
+    constraint = {"regex": pattern} if kind == "regex" else {"json_schema": BOUNDED_SCHEMA}
+    out = generate(target, ["Hello", "the quick brown"], max_new_tokens=60, **constraint, **options, **extra)
+    assert out and all(c.finish_reason == "stop" for c in out)
+    for c in out:
+        if kind == "regex":
+            assert re.fullmatch(pattern, c.text), c.text
+        else:
+            validate(json.loads(c.text), BOUNDED_SCHEMA)
