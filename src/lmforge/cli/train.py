@@ -303,7 +303,7 @@ def finetune(
         chat_data: JSONL file of {"messages": [{"role": ..., "content": ...}, ...]}; loss on assistant tokens only.
         text: text files, directories, .jsonl or built-in corpora for continued pretraining.
         data: a `lmforge prepare` directory made with the model's tokenizer (continued pretraining).
-        val_fraction: share of the examples (or tokens) held out for validation.
+        val_fraction: share of the examples (or tokens) held out for validation; 0 validates on the training examples.
         lora: train LoRA adapters instead of all weights.
         lora_rank: LoRA rank r.
         lora_alpha: LoRA alpha (the update is scaled by alpha / r).
