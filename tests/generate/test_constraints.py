@@ -480,3 +480,24 @@ def test_every_strategy_honours_the_constraint(tiny_lms, strategy, kind):
             assert re.fullmatch(pattern, c.text), c.text
         else:
             validate(json.loads(c.text), BOUNDED_SCHEMA)
+
+
+def test_table_from_decode_only_tokenizer(byte_tokenizer):
+    """A tokenizer with only `decode` (the engine tests' byte tokenizer): ASCII bytes are exact, bytes
+    that are part of a UTF-8 character are left out instead of being guessed as U+FFFD."""
+    table = token_table(byte_tokenizer)
+    assert table[ord("a")] == b"a" and table[0x7F] == b"\x7f"
+    assert table[0xC3] is None and table[256] is None  # partial character; BOS decodes to ""
+    automaton = compile_constraint(table, byte_tokenizer.eos_token_id, regex="[a-c]{2}")
+    assert automaton.accepts([ord("a"), ord("c"), byte_tokenizer.eos_token_id])
+
+
+def test_table_prefers_token_bytes():
+    class Tok:
+        vocab_size = 3
+        all_special_ids = [2]
+
+        def token_bytes(self, i):
+            return [b"\xe6", b"\x9d\xb1", b"<s>"][i]
+
+    assert token_table(Tok()) == [b"\xe6", b"\x9d\xb1", None]

@@ -136,8 +136,9 @@ def token_table(tokenizer: Any, vocab_size: int | None = None) -> TokenTable:
     """For each token id, the bytes it adds to the text; None for special tokens (never constrained in).
 
     Accepts a `tokenizers.Tokenizer`, an object wrapping one (lmforge's Tokenizer, a transformers fast
-    tokenizer), an object with `token_table()` / `id_to_bytes`, or a ready list of bytes/str pieces.
-    Anything else falls back to `decode([id])` (exact for tokens that are whole characters).
+    tokenizer), an object with `token_table()` / `token_bytes(id)`, or a ready list of bytes/str pieces.
+    Anything else falls back to `decode([id])`, exact for tokens that are whole characters; tokens that
+    decode to U+FFFD (part of a character) are left out rather than guessed.
     """
     try:
         cached = _TABLES.get(tokenizer)
@@ -170,18 +171,28 @@ def _read_table(tokenizer: Any, vocab_size: int | None) -> TokenTable:
         for i in getattr(tokenizer, "all_special_ids", None) or []:  # named specials (eos, bos, ...)
             if 0 <= i < len(table):
                 table[i] = None
-    elif callable(getattr(tokenizer, "id_to_bytes", None)):
+    elif callable(
+        method := getattr(tokenizer, "token_bytes", None) or getattr(tokenizer, "id_to_bytes", None)
+    ):
         n = vocab_size or tokenizer.vocab_size
-        table = [tokenizer.id_to_bytes(i) for i in range(n)]
+        special = set(getattr(tokenizer, "all_special_ids", []) or [])
+        table = [None if i in special else method(i) for i in range(n)]
     elif callable(getattr(tokenizer, "decode", None)):
         n = vocab_size or tokenizer.vocab_size
         special = set(getattr(tokenizer, "all_special_ids", []) or [])
-        table = [None if i in special else tokenizer.decode([i]).encode("utf-8") for i in range(n)]
+        table = [None if i in special else _decoded_piece(tokenizer, i) for i in range(n)]
     else:
         raise LMForgeError(
             f"cannot read a vocabulary from {type(tokenizer).__name__}; pass a list of token bytes"
         )
     return table
+
+
+def _decoded_piece(tokenizer: Any, token_id: int) -> bytes | None:
+    """A token's bytes from `decode([id])`; None when that cannot be exact (part of a UTF-8 character
+    decodes to U+FFFD), so a constraint never relies on a guessed spelling."""
+    text = tokenizer.decode([token_id])
+    return None if "\ufffd" in text else text.encode("utf-8")
 
 
 def _table_from_hf(backend: Any) -> TokenTable:
