@@ -131,6 +131,7 @@ def test_from_hf_generation_config(tmp_path):
     (tmp_path / "generation_config.json").write_text(json.dumps(hf))
     assert GenerationConfig.from_hf(tmp_path) == GenerationConfig.from_hf(hf)
     assert GenerationConfig.from_hf(hf, temperature=0.7).temperature == 0.7  # explicit options win
+    assert GenerationConfig.from_hf({}, top_k=None, seed=None).top_k == 0  # None keeps the default
     with pytest.raises(LMForgeError, match="unknown generation option"):
         GenerationConfig.from_hf(hf, temprature=0.7)
     with pytest.raises(LMForgeError, match="cannot read generation config"):

@@ -128,8 +128,8 @@ class GenerationConfig:
 
         Keys lmforge has no option for (token ids, `max_length`, cache settings...) and null values are
         skipped; `sequence_bias` entries of one token become `logit_bias`, `suppress_tokens` -inf biases,
-        `stop_strings` become `stop`.
-        Unknown keys in `overrides` are an error.
+        `stop_strings` become `stop`. Unknown keys in `overrides` are an error; a None override keeps
+        the default.
         """
         if isinstance(hf, (str, Path)):
             path = Path(hf)
@@ -155,7 +155,13 @@ class GenerationConfig:
             values["stop"] = [stops] if isinstance(stops, str) else list(stops)
         unknown = sorted(set(overrides) - names)
         if unknown:
-            raise LMForgeError(f"unknown generation option(s): {', '.join(unknown)}")
+            raise LMForgeError(
+                f"unknown generation option(s): {', '.join(unknown)}; valid options are the fields of "
+                "lmforge.generate.config.GenerationConfig (see `lmforge generate --help`)"
+            )
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        # an explicit None means "the default" for options whose default is a value (top_k=None, ...)
+        overrides = {k: v for k, v in overrides.items() if v is not None or defaults[k] is None}
         return cls(**{**values, **overrides})
 
     def replace(self, **changes: Any) -> GenerationConfig:
