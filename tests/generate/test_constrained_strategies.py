@@ -74,3 +74,21 @@ def test_choices_with_batched_rows_of_different_lengths(lm):
         num_return_sequences=3,
     )
     assert all(c.text in ("yes", "no", "maybe") for c in out) and len(out) == 6
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        (dict(regex="(["), "cannot compile"),
+        (dict(json_schema={"type": "no-such-type"}), "json_schema|schema"),
+    ],
+)
+def test_bad_constraint_is_a_one_line_error_before_decoding(lm, options, message):
+    calls = []
+    handle = lm.model.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        with pytest.raises(lmforge.LMForgeError, match=message) as info:
+            generate(lm, "hello", max_new_tokens=4, **options)
+    finally:
+        handle.remove()
+    assert "\n" not in str(info.value) and not calls
