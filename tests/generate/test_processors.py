@@ -292,7 +292,7 @@ def test_large_vocab_batch_runs():
     assert (kept >= 1).all() and (kept <= 50).all()
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True)  # fixed examples: never flaky
 @given(
     rows=st.integers(1, 4),
     vocab=st.integers(2, 600),
