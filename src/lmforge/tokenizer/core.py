@@ -94,7 +94,7 @@ class Tokenizer:
         self.add_bos_token = add_bos_token
         self.add_eos_token = add_eos_token
         self.model_max_length = model_max_length
-        self._chat = None
+        self._fingerprint: str | None = None
 
     # ---- loading -------------------------------------------------------------------------------
 
@@ -260,14 +260,18 @@ class Tokenizer:
     @property
     def fingerprint(self) -> str:
         """A short hash of everything that decides ids: two tokenizers with the same fingerprint give
-        the same ids for the same text (used to check a draft model shares the target's tokenizer)."""
+        the same ids for the same text (used to check a draft model shares the target's tokenizer).
+        Computed once (hashing a 50k vocabulary takes ~0.2 s)."""
+        if self._fingerprint is not None:
+            return self._fingerprint
         # floats (Unigram scores) are rounded: the JSON writer does not round-trip their last digit
         spec = json.loads(self.backend.to_str(), parse_float=lambda x: round(float(x), 9))
         spec.pop("truncation", None)
         spec.pop("padding", None)
         spec["lmforge_special_tokens"] = self.special_tokens
         blob = json.dumps(spec, sort_keys=True, ensure_ascii=False).encode("utf-8")
-        return hashlib.sha256(blob).hexdigest()[:16]
+        self._fingerprint = hashlib.sha256(blob).hexdigest()[:16]
+        return self._fingerprint
 
     def __repr__(self) -> str:
         model = json.loads(self.backend.model.__getstate__())["type"] if self.backend.model else "?"
