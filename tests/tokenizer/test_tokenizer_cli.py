@@ -70,6 +70,16 @@ def test_stats_compares_tokenizers(trained, capsys, tmp_path):
     assert bpe["bytes_per_token"] == pytest.approx(len(text.encode()) / bpe["tokens"])
 
 
+def test_special_tokens_map_replaces_defaults(corpus, tmp_path):
+    out = tmp_path / "tok"
+    names = '{"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}'
+    args = ["tokenizer", "train", str(corpus), "--output", str(out), "--vocab-size", "400", "--no-progress"]
+    assert main([*args, "--special-tokens-map", names]) == 0
+    tok = Tokenizer.from_dir(out)
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (0, 1, 2)
+    assert tok.token_to_id("<|endoftext|>") is None
+
+
 def test_errors_are_one_line(tmp_path, capsys):
     capsys.readouterr()
     assert main(["tokenizer", "train", str(tmp_path), "--output", str(tmp_path / "o"), "--no-progress"]) == 2

@@ -131,6 +131,7 @@ def test_non_utf8_bytes_are_replaced_with_a_warning(tmp_path):
         ({"inputs": ["CORPUS"], "algorithm": "wordpiece", "vocab_size": 30}, "smaller than the alphabet"),
         ({"inputs": ["CORPUS"], "algorithm": "unigram", "vocab_size": 20}, "smaller than the alphabet"),
         ({"inputs": ["CORPUS"], "algorithm": "sentencepiece"}, "unknown tokenizer algorithm"),
+        ({"inputs": ["CORPUS"], "special_tokens": {"start": "<s>"}}, "bad special token"),
         ({"inputs": ["BADJSONL:text"]}, "not valid JSON"),
     ],
 )

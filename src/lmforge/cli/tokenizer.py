@@ -41,6 +41,7 @@ def train(
     vocab_size: int = 8000,
     min_frequency: int = 2,
     special_tokens: list[str] | None = None,
+    special_tokens_map: dict | None = None,
     lowercase: bool | None = None,
     jsonl_field: str = "text",
     progress: bool = True,
@@ -58,6 +59,8 @@ def train(
         vocab_size: vocabulary size, special tokens included.
         min_frequency: minimum count of a merge (bpe, wordpiece).
         special_tokens: extra special tokens, e.g. "<|im_start|>" "<|im_end|>".
+        special_tokens_map: JSON replacing the algorithm's named special tokens, e.g.
+            '{"bos_token": "<s>", "eos_token": "</s>"}' (wordpiece needs an unk_token).
         lowercase: lowercase the text (default: on for wordpiece, off otherwise).
         jsonl_field: text field of .jsonl inputs given without :FIELD.
         progress: show progress bars.
@@ -75,6 +78,7 @@ def train(
             algorithm=algorithm,
             vocab_size=vocab_size,
             min_frequency=min_frequency,
+            special_tokens=special_tokens_map,
             extra_special_tokens=special_tokens or (),
             lowercase=lowercase,
             jsonl_field=jsonl_field,

@@ -26,7 +26,7 @@ from tokenizers import Tokenizer as Backend
 from tokenizers.models import BPE, Unigram, WordPiece
 
 from lmforge.errors import LMForgeError
-from lmforge.tokenizer.core import Tokenizer
+from lmforge.tokenizer.core import SPECIAL_NAMES, Tokenizer
 
 Algorithm = Literal["bpe", "wordpiece", "unigram"]
 ALGORITHMS = ("bpe", "wordpiece", "unigram")
@@ -259,6 +259,11 @@ def train_tokenizer(
             f"unknown tokenizer algorithm '{algorithm}'; choose one of {', '.join(ALGORITHMS)}"
         )
     specials = dict(DEFAULT_SPECIALS[algorithm]) if special_tokens is None else dict(special_tokens)
+    for role, text in specials.items():
+        if role not in SPECIAL_NAMES or not isinstance(text, str) or not text:
+            raise LMForgeError(
+                f"bad special token {role}={text!r}: roles are {', '.join(SPECIAL_NAMES)} and values non-empty strings"
+            )
     if algorithm == "wordpiece" and "unk_token" not in specials:
         raise LMForgeError("wordpiece needs an unk_token among the special tokens")
     ordered = list(dict.fromkeys([*specials.values(), *extra_special_tokens]))
