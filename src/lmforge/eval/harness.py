@@ -421,14 +421,8 @@ def _generate(lm, prompts: list[str], options: dict[str, Any]) -> list[str]:
     inputs: list[Any] = list(prompts)
     if options["chat"]:
         tok = lm.tokenizer
-        inputs = [
-            tok.encode(
-                tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True),
-                add_special_tokens=False,
-                allow_special=True,  # the template's own control tokens
-            )
-            for p in prompts
-        ]
+        # only the template's own control tokens become special ids; text inside prompts stays text
+        inputs = [tok.encode_chat([{"role": "user", "content": p}], add_generation_prompt=True) for p in prompts]
     texts: list[str] = []
     batch = max(1, int(options["batch_size"]))
     for i in range(0, len(inputs), batch):
