@@ -76,8 +76,9 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--work", type=Path, default=Path("runs/bench-train"))
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch intra-op threads")
     args = parser.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     tok, data_dir = data(args.work, args.vocab_size)
     prep_s = time.perf_counter() - t0

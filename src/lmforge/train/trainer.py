@@ -66,7 +66,9 @@ class TrainConfig:
     save_every: int = 0  # steps; 0 = only at the end
     keep_last: int = 2  # periodic checkpoints kept
     log_every: int = 1
-    max_minutes: float | None = None  # stop (and save) after this much training time
+    # Stop (and save) after this much training time; the schedule then also follows the clock, reaching
+    # min_lr by the deadline or by `steps`, whichever comes first (such runs are not bit-reproducible).
+    max_minutes: float | None = None
     device: str | None = None  # default: cuda if available, else cpu
     distributed: Literal["ddp", "fsdp"] = "ddp"
     progress: bool = True
@@ -379,7 +381,11 @@ class Trainer:
                 self.logger.log({"kind": "val", "step": 0, **start_metrics})
         stop = False
         while self.step < cfg.steps and not stop:
-            lr = self.schedule.apply(self.optimizer, self.step)
+            schedule_step = self.step
+            if cfg.max_minutes is not None:
+                fraction = (time.perf_counter() - start_time) / (cfg.max_minutes * 60)
+                schedule_step = max(self.step, int(fraction * cfg.steps))
+            lr = self.schedule.apply(self.optimizer, schedule_step)
             loss_sum = torch.zeros((), device=self.device)
             for micro in range(cfg.grad_accum):
                 index = (self.step * cfg.grad_accum + micro) * info.world_size + info.rank
