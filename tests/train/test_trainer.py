@@ -201,3 +201,12 @@ def test_compiled_model_trains_like_eager(tmp_path):
         _model(), TrainConfig(compile=True, **base), CLMBatches(_tokens(), 2, 16), tmp_path / "compiled"
     ).fit()
     np.testing.assert_allclose(losses(tmp_path / "compiled"), losses(tmp_path / "eager"), rtol=1e-4)
+
+
+def test_time_budget_stops_and_saves(tmp_path):
+    """Past --max-minutes the run stops after the current step, validated and checkpointed."""
+    cfg = TrainConfig(steps=100, batch_size=2, seq_len=16, lr=1e-3, min_lr=1e-5, max_minutes=1e-6, **QUIET)
+    summary = Trainer(_model(), cfg, CLMBatches(_tokens(), 2, 16), tmp_path / "run").fit()
+    assert summary["steps"] == 1
+    assert [r["step"] for r in read_log(tmp_path / "run" / "log.jsonl")] == [1]
+    assert [s for s, _ in ckpt.step_dirs(tmp_path / "run")] == [1] and (tmp_path / "run" / "final").is_dir()
