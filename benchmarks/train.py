@@ -85,6 +85,7 @@ def main() -> None:
     sampler_args = {"batch_size": args.batch_size, "seq_len": args.seq_len, "seed": 0}
     train = ShardBatches(CLMBatchSampler(data_dir, "train", mode="random", **sampler_args))
     val = val_set(data_dir, tok, args.batch_size, args.seq_len, 16)
+    load_start = os.getloadavg()[0]
     peak = measured_peak_flops(torch.device("cpu"), torch.float32, seconds=1.0)
     quiet = {"progress": False, "tensorboard": False, "device": "cpu", "lr": args.lr, "seq_len": args.seq_len}
 
@@ -128,7 +129,8 @@ def main() -> None:
         "precision": "fp32",
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
-        "load_average_1m": os.getloadavg()[0],
+        "load_average_1m_start": load_start,
+        "load_average_1m_end": os.getloadavg()[0],
         "matmul_peak_gflops": peak / 1e9,
         "flops_per_token": fpt,
         "tokens_per_s": tokens_per_s,
@@ -151,7 +153,10 @@ def main() -> None:
             f"{result['model']}, {result['parameters'] / 1e6:.1f}M params, vocab {result['vocab_size']}",
         ),
         ("batch", result["batch"]),
-        ("threads / load average", f"{result['threads']} / {result['load_average_1m']:.1f}"),
+        (
+            "threads / load average",
+            f"{result['threads']} / {load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end",
+        ),
         ("measured fp32 matmul peak", f"{peak / 1e9:.1f} GFLOP/s"),
         ("training throughput", f"{tokens_per_s:,.0f} tokens/s"),
         ("MFU", f"{100 * mfu:.1f}%"),
