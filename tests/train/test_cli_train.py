@@ -141,10 +141,6 @@ def test_killed_run_resumes_with_identical_losses(shards, tmp_path):
     assert len(_losses(full)) == 30 + 4  # 30 train records, validation at 0, 10, 20, 30
 
 
-@pytest.mark.skipif(
-    shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
-    reason="torchrun not installed",
-)
 @pytest.mark.parametrize("strategy", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
 def test_ddp_two_processes_match_one_process_with_accumulation(shards, tmp_path, strategy):
     """torchrun with 2 CPU processes (gloo), micro-batch 4, equals 1 process with --grad-accum 2: both
