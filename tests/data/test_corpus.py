@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
@@ -57,7 +56,6 @@ def test_shakespeare_builtin():
     assert all(len(d.text) > 2_000 for d in docs)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gensim") is None, reason="gensim test data not installed")
 def test_gensim_lee_corpus():
     docs = read_corpus(["lee"])
     assert len(docs) == 300

@@ -3,7 +3,6 @@ deterministic; bad input is a one-line error."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
@@ -141,7 +140,6 @@ def test_cli_bad_input_is_one_line(tmp_path, tiny_tok_dir, capsys, setup, messag
     assert len(errors) == 1 and errors[0].startswith("lmforge: error:") and message in errors[0]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gensim") is None, reason="gensim test data not installed")
 def test_lee_corpus_duplicates(tmp_path, tiny_tok):
     """The Lee news corpus repeats seven articles verbatim and one with small edits."""
     report = prepare(["lee"], tiny_tok, tmp_path / "out", PrepareOptions(workers=1))

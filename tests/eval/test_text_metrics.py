@@ -86,10 +86,7 @@ def test_rouge_parity(use_stemmer: bool) -> None:
 
 
 def test_meteor_matches_nltk_reference_value() -> None:
-    try:
-        text.wordnet_dir()
-    except LMForgeError:
-        pytest.skip("WordNet database not installed (make setup installs Debian's wordnet-base)")
+    text.wordnet_dir()  # make setup installs Debian's wordnet-base; a missing one fails here
     hyp = "It is a guide to action which ensures that the military always obeys the commands of the party"
     refs = [
         "It is a guide to action that ensures that the military will forever heed Party commands",
