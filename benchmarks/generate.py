@@ -3,7 +3,7 @@
 Batch 1 (32-token prompt, 128 new tokens, greedy): time to first token, decode tokens/s, the ratio
 lmforge / transformers, and the fraction of the memory-bandwidth limit (weight bytes read per token
 divided by the bandwidth of a large tensor copy); batch 8 throughput; and the speedup of prompt-lookup
-speculative decoding on a repetitive (copying) task. Both sides must produce the same greedy tokens.
+speculative decoding on a repetitive task (continuing a passage quoted twice). Both sides must produce the same greedy tokens.
 Prints a table and saves benchmarks/results/generate.json.
 
     python benchmarks/generate.py [--repeats 3] [--threads 2]
@@ -95,6 +95,7 @@ def main() -> None:
         str(path.parent), gguf_file=path.name, dtype=torch.float32
     ).eval()
     n_new = args.new_tokens
+    bandwidth = copy_bandwidth()
     ids = lm.tokenizer.encode(TEXT * 4)
     prompt = ids[:32]
     batch_prompts = [ids[i * 8 : i * 8 + 32] for i in range(8)]
@@ -142,21 +143,23 @@ def main() -> None:
             "batch8_tok_s": 8 * n_new / t8[name],
         }
 
-    bandwidth = copy_bandwidth()
+    bandwidth = max(bandwidth, copy_bandwidth())  # the better of two measurements, before and after
     per_token = weight_bytes(lm.model)
     limit = bandwidth / per_token
     for row in rows.values():
         row["bandwidth_fraction"] = row["decode_tok_s"] / limit
 
-    # prompt lookup on a copying task: the answer repeats the prompt, so drafts are often accepted
-    messages = [{"role": "user", "content": f"Repeat this text exactly:\n\n{TEXT}"}]
-    chat_ids = lm.tokenizer.encode_chat(messages)
-    plain = generate(lm, chat_ids, max_new_tokens=n_new)
-    looked = generate(lm, chat_ids, max_new_tokens=n_new, prompt_lookup=True)
+    # prompt lookup on a repetitive task: continuing a passage quoted twice, the output repeats what
+    # is already in the context, so n-gram drafts are often accepted
+    passage = TEXT * 2 + TEXT[:40]
+    plain = generate(lm, passage, max_new_tokens=n_new, min_new_tokens=n_new)
+    looked = generate(lm, passage, max_new_tokens=n_new, min_new_tokens=n_new, prompt_lookup=True)
     tl = best_times(
         {
-            "plain": lambda: generate(lm, chat_ids, max_new_tokens=n_new),
-            "lookup": lambda: generate(lm, chat_ids, max_new_tokens=n_new, prompt_lookup=True),
+            "plain": lambda: generate(lm, passage, max_new_tokens=n_new, min_new_tokens=n_new),
+            "lookup": lambda: generate(
+                lm, passage, max_new_tokens=n_new, min_new_tokens=n_new, prompt_lookup=True
+            ),
         },
         args.repeats,
     )
@@ -209,7 +212,7 @@ def main() -> None:
         f"batch 8 {result['batch8_ratio_lmforge_over_hf']:.2f}x"
     )
     print(
-        f"prompt lookup on a copy task: {lookup['speedup']:.2f}x ({lookup['plain_tok_s']:.1f} -> "
+        f"prompt lookup on a repetitive task: {lookup['speedup']:.2f}x ({lookup['plain_tok_s']:.1f} -> "
         f"{lookup['lookup_tok_s']:.1f} tok/s, acceptance {lookup['acceptance_rate']:.0%}, "
         f"same output: {lookup['same_output']})"
     )
