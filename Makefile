@@ -24,10 +24,10 @@ quickstart: setup
 	$(VENV)/bin/lmforge quickstart
 
 test: setup
-	$(PY) -m pytest -n 2 -q
+	$(PY) -m pytest -n 2 --dist loadgroup -q
 
 test-slow: setup
-	$(PY) -m pytest -n 2 -q -m slow
+	$(PY) -m pytest -n 2 --dist loadgroup -q -m slow
 
 bench: setup
 	$(PY) benchmarks/load.py
