@@ -46,6 +46,7 @@ def test_smollm2_config_from_gguf(smollm2):
     assert 134e6 < smollm2.model.num_parameters() < 136e6
 
 
+@pytest.mark.xdist_group("hf_smollm2")  # share one transformers load per worker
 def test_smollm2_logits_match_transformers_on_same_gguf(smollm2, hf_smollm2):
     model, tok = hf_smollm2
     prompt = "The capital of France is Paris, and the capital of Italy is"
