@@ -1,6 +1,7 @@
 """The real shipped assets: SmolLM2-135M-Instruct (GGUF) against transformers reading the same file,
 and all-MiniLM-L6-v2 against sentence-transformers."""
 
+import pytest
 import sentence_transformers
 import torch
 import transformers
