@@ -45,8 +45,12 @@ def measure(side: str) -> dict:
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    return {"seconds": seconds, "peak_rss_mb": peak / 1024, "load_rss_mb": (peak - base) / 1024,
-            "weights_mb": weights / 2**20}
+    return {
+        "seconds": seconds,
+        "peak_rss_mb": peak / 1024,
+        "load_rss_mb": (peak - base) / 1024,
+        "weights_mb": weights / 2**20,
+    }
 
 
 def main() -> None:
@@ -61,23 +65,35 @@ def main() -> None:
     for side in ("lmforge", "transformers"):
         runs = []
         for _ in range(args.repeats):
-            out = subprocess.run([sys.executable, __file__, "--side", side], capture_output=True, text=True,
-                                 check=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--side", side], capture_output=True, text=True, check=True
+            )
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
         results[side] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     ours, ref = results["lmforge"], results["transformers"]
     print(f"{'':14}{'load s':>10}{'peak RSS MB':>14}{'load RSS MB':>14}{'weights MB':>12}")
     for side, r in results.items():
-        print(f"{side:14}{r['seconds']:>10.2f}{r['peak_rss_mb']:>14.0f}{r['load_rss_mb']:>14.0f}{r['weights_mb']:>12.0f}")
+        print(
+            f"{side:14}{r['seconds']:>10.2f}{r['peak_rss_mb']:>14.0f}{r['load_rss_mb']:>14.0f}{r['weights_mb']:>12.0f}"
+        )
     speedup = ref["seconds"] / ours["seconds"]
     memory = ours["load_rss_mb"] / ref["load_rss_mb"]
     print(f"lmforge is {speedup:.2f}x faster to load and uses {memory:.2f}x the memory of transformers")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "benchmark": "load SmolLM2-135M-Instruct Q4_1 GGUF to fp32 on CPU (median of repeats)",
-        "command": "python benchmarks/load.py", "repeats": args.repeats, "machine": platform.processor()
-        or platform.machine(), "results": results, "speedup_vs_transformers": speedup,
-        "memory_ratio_vs_transformers": memory}, indent=2))
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "benchmark": "load SmolLM2-135M-Instruct Q4_1 GGUF to fp32 on CPU (median of repeats)",
+                "command": "python benchmarks/load.py",
+                "repeats": args.repeats,
+                "machine": platform.processor() or platform.machine(),
+                "results": results,
+                "speedup_vs_transformers": speedup,
+                "memory_ratio_vs_transformers": memory,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -124,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     top = parser.add_subparsers(title="commands", metavar="COMMAND")
     groups: dict[str, Any] = {}
-    parsers: dict[str, argparse.ArgumentParser] = {}  # a command may also head a group ("eval", "eval compare")
+    parsers: dict[
+        str, argparse.ArgumentParser
+    ] = {}  # a command may also head a group ("eval", "eval compare")
     for words, fn in sorted(all_commands().items()):
         parts = words.split()
         sub = top

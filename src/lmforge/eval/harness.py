@@ -422,7 +422,9 @@ def _generate(lm, prompts: list[str], options: dict[str, Any]) -> list[str]:
     if options["chat"]:
         tok = lm.tokenizer
         # only the template's own control tokens become special ids; text inside prompts stays text
-        inputs = [tok.encode_chat([{"role": "user", "content": p}], add_generation_prompt=True) for p in prompts]
+        inputs = [
+            tok.encode_chat([{"role": "user", "content": p}], add_generation_prompt=True) for p in prompts
+        ]
     texts: list[str] = []
     batch = max(1, int(options["batch_size"]))
     for i in range(0, len(inputs), batch):
