@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.generate.engine import Batch, Engine, StopChecker
-from lmforge.generate.search import Pipeline, Step, choose, model_logprobs, process
+from lmforge.generate.search import Pipeline, Step, choose, emit_step, process
 
 
 def contrastive_search_steps(
@@ -51,7 +51,6 @@ def contrastive_search_steps(
         scores = process(batch, logits, pipeline)
         probs = torch.softmax(scores, dim=-1)
         top_p, top_ids = probs.topk(k, dim=-1)  # (B, k)
-        active = [not f for f in stopper.finished]
 
         # run every candidate: B*k rows, each a copy of its row's cache
         expand = rows.repeat_interleave(k)
@@ -65,16 +64,10 @@ def contrastive_search_steps(
         score = score.masked_fill(top_p <= 0, -math.inf)  # never pick a token the processors removed
         best = score.argmax(dim=-1)  # (B,)
 
-        tokens = top_ids[rows, best]
-        if not all(active):
-            tokens = torch.where(torch.tensor(active, device=tokens.device), tokens, pad_token_id)
-        stopper.update(tokens.tolist())
-        if constraint is not None:
-            constraint.advance(tokens)
-        step = Step(tokens, active)
-        if logprobs or top_logprobs:
-            for name, value in model_logprobs(logits, tokens, top_logprobs).items():
-                setattr(step, name, value)
+        step = emit_step(
+            top_ids[rows, best], logits, stopper, constraint, pad_token_id, logprobs, top_logprobs
+        )
+        tokens, active = step.tokens, step.active
         yield step
         if stopper.all_finished:
             return
@@ -112,16 +105,7 @@ def contrastive_decoding_steps(
         expert_scores = process(batch, expert_logits, pipeline)  # the options shape the expert
         scores = contrastive_scores(expert_scores, amateur_logits, log_alpha)
         tokens = choose(scores, do_sample, generator)
-        active = [not f for f in stopper.finished]
-        if not all(active):
-            tokens = torch.where(torch.tensor(active, device=tokens.device), tokens, pad_token_id)
-        stopper.update(tokens.tolist())
-        if constraint is not None:
-            constraint.advance(tokens)
-        step = Step(tokens, active)
-        if logprobs or top_logprobs:
-            for name, value in model_logprobs(expert_logits, tokens, top_logprobs).items():
-                setattr(step, name, value)
+        step = emit_step(tokens, expert_logits, stopper, constraint, pad_token_id, logprobs, top_logprobs)
         yield step
         if stopper.all_finished:
             return

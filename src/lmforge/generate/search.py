@@ -64,6 +64,30 @@ def model_logprobs(logits: torch.Tensor, tokens: torch.Tensor, top_n: int) -> di
     return out
 
 
+def emit_step(
+    tokens: torch.Tensor,
+    logits: torch.Tensor,
+    stopper: StopChecker,
+    constraint: Any | None,
+    pad_token_id: int,
+    logprobs: bool,
+    top_logprobs: int,
+) -> Step:
+    """The bookkeeping every decoding loop does with its chosen tokens: finished rows get padding, the
+    stop checker and the constraint advance, and log-probabilities are attached when asked for."""
+    active = [not f for f in stopper.finished]
+    if not all(active):
+        tokens = torch.where(torch.tensor(active, device=tokens.device), tokens, pad_token_id)
+    stopper.update(tokens.tolist())
+    if constraint is not None:
+        constraint.advance(tokens)
+    step = Step(tokens, active)
+    if logprobs or top_logprobs:
+        for name, value in model_logprobs(logits, tokens, top_logprobs).items():
+            setattr(step, name, value)
+    return step
+
+
 def decode_steps(
     engine: Engine,
     batch: Batch,
@@ -82,16 +106,7 @@ def decode_steps(
     while True:
         scores = process(batch, logits, pipeline)
         tokens = choose(scores, do_sample, generator)
-        active = [not f for f in stopper.finished]
-        if not all(active):
-            tokens = torch.where(torch.tensor(active, device=tokens.device), tokens, pad_token_id)
-        stopper.update(tokens.tolist())
-        if constraint is not None:
-            constraint.advance(tokens)
-        step = Step(tokens, active)
-        if logprobs or top_logprobs:
-            for name, value in model_logprobs(logits, tokens, top_logprobs).items():
-                setattr(step, name, value)
+        step = emit_step(tokens, logits, stopper, constraint, pad_token_id, logprobs, top_logprobs)
         yield step
         if stopper.all_finished:
             return
