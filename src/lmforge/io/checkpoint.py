@@ -47,13 +47,12 @@ def read_config(path: Path) -> tuple[ModelConfig, str]:
 def _safetensors_getter(files: list[Path]) -> tuple[list[str], Getter]:
     from safetensors import SafetensorError, safe_open
 
-    handles, where = [], {}
+    where = {}  # tensor name -> open file handle
     for f in files:
         if not f.is_file():
             raise LMForgeError(f"weights file missing: {f}")
         try:
             h = safe_open(str(f), framework="pt")
-            handles.append(h)
             for name in h.keys():  # noqa: SIM118 (safe_open has no __iter__)
                 where[name] = h
         except (SafetensorError, OSError, ValueError) as exc:
@@ -113,7 +112,7 @@ def load_into(
     device: torch.device,
 ) -> None:
     """Assign loaded tensors to a model built on the meta device, checking names and shapes."""
-    expected = {k: v for k, v in model.state_dict().items()}
+    expected = model.state_dict()
     if model.config.tie_embeddings:
         expected = {k: v for k, v in expected.items() if k not in ("lm_head.weight", "mlm.decoder.weight")}
     missing = sorted(set(expected) - set(state))
