@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import bz2
 import importlib.util
-import json
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmforge.errors import LMForgeError
+from lmforge.io.jsonl import iter_jsonl
 
 TEXT_SUFFIXES = (".txt", ".md", ".jsonl")
 BUILTIN_CORPORA = {
@@ -56,14 +56,7 @@ def read_text_file(path: Path) -> str:
 
 def read_jsonl(path: Path, field: str = "text") -> Iterator[Document]:
     """One document per non-empty line of a JSONL file, the text taken from `field`."""
-    text = read_text_file(path)
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise LMForgeError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+    for lineno, record in iter_jsonl(read_text_file(path), path):
         if not isinstance(record, dict) or field not in record:
             keys = ", ".join(sorted(record)) if isinstance(record, dict) else type(record).__name__
             raise LMForgeError(f"{path}:{lineno}: no field '{field}' (found: {keys}); pass --jsonl-field")

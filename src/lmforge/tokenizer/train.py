@@ -14,7 +14,6 @@ a warning rather than stopping a long run for one bad byte.
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from tokenizers import Tokenizer as Backend
 from tokenizers.models import BPE, Unigram, WordPiece
 
 from lmforge.errors import LMForgeError
+from lmforge.io.jsonl import iter_jsonl
 from lmforge.tokenizer.core import SPECIAL_NAMES, Tokenizer
 
 Algorithm = Literal["bpe", "wordpiece", "unigram"]
@@ -124,13 +124,7 @@ def iter_documents(
         stats.files += 1
         text = _read_text(source.path, stats)
         if source.field is not None:
-            for n, line in enumerate(text.splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise LMForgeError(f"{source.path}:{n}: not valid JSON ({exc.msg})") from None
+            for n, record in iter_jsonl(text, source.path):
                 if not isinstance(record, dict) or source.field not in record:
                     raise LMForgeError(
                         f"{source.path}:{n}: no field '{source.field}' (choose it with file.jsonl:FIELD)"

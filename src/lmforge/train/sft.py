@@ -10,11 +10,11 @@ token prefix of the next; a template that rewrites earlier turns is refused rath
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from lmforge.errors import LMForgeError
+from lmforge.io.jsonl import iter_jsonl
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -25,13 +25,7 @@ def read_chat_jsonl(path: str | Path) -> list[list[dict[str, str]]]:
     if not path.is_file():
         raise LMForgeError(f"chat data file not found: {path}")
     conversations = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise LMForgeError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+    for lineno, record in iter_jsonl(path.read_text(encoding="utf-8"), path):
         messages = record.get("messages") if isinstance(record, dict) else None
         if not isinstance(messages, list) or not messages:
             raise LMForgeError(
