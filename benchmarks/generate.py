@@ -1,10 +1,13 @@
 """Decoding speed: lmforge vs transformers on the same SmolLM2 weights (fp32, CPU), in one process.
 
-Batch 1 (32-token prompt, 128 new tokens, greedy): time to first token, decode tokens/s, the ratio
-lmforge / transformers, and the fraction of the memory-bandwidth limit (weight bytes read per token
-divided by the bandwidth of a large tensor copy); batch 8 throughput; and the speedup of prompt-lookup
-speculative decoding on a repetitive task (continuing a passage quoted twice). Both sides must produce the same greedy tokens.
-Prints a table and saves benchmarks/results/generate.json.
+Four sides, each eager and compiled: lmforge's default engine, lmforge with `compile=True` (the one-token
+decode step under torch.compile), transformers' default `generate`, and transformers with its static
+cache and torch.compile (its documented compiled path, forced onto the CPU). For batch 1 (32-token
+prompt, 128 new tokens, greedy): the first run (which includes any compile), time to first token,
+decode tokens/s, the ratios, and the fraction of the memory-bandwidth limit (weight bytes read per
+token divided by the bandwidth of a large tensor copy); batch 8 throughput; and the speedup of
+prompt-lookup speculative decoding on a repetitive task (continuing a passage quoted twice). Every side
+must produce the same greedy tokens. Prints a table and saves benchmarks/results/generate.json.
 
     python benchmarks/generate.py [--repeats 3] [--threads 2]
 """
@@ -101,46 +104,64 @@ def main() -> None:
     batch_prompts = [ids[i * 8 : i * 8 + 32] for i in range(8)]
 
     def ours(prompts, n, **options):
-        return generate(lm, prompts, max_new_tokens=n, min_new_tokens=n, **options)
+        """Generated tokens per prompt (a list of prompts in, a list of token lists out)."""
+        out = generate(lm, prompts, max_new_tokens=n, min_new_tokens=n, **options)
+        return [c.token_ids for c in out]
 
-    def theirs(prompts, n):
+    compile_config = transformers.CompileConfig(mode="default", dynamic=True)
+    compile_config._compile_all_devices = True  # transformers compiles only on accelerators unless told
+
+    def theirs(prompts, n, compiled=False):
         input_ids = torch.tensor(prompts)
+        extra = dict(cache_implementation="static", compile_config=compile_config) if compiled else {}
         with torch.inference_mode():
-            return hf.generate(
+            out = hf.generate(
                 input_ids,
                 attention_mask=torch.ones_like(input_ids),
                 max_new_tokens=n,
                 min_new_tokens=n,
                 do_sample=False,
                 pad_token_id=0,
+                **extra,
             )
+        return out[:, input_ids.shape[1] :].tolist()
 
-    # the same greedy tokens on both sides
-    ours_tokens = ours(prompt, n_new).token_ids
-    hf_tokens = theirs([prompt], n_new)[0, len(prompt) :].tolist()
-    agree = next((i for i, (a, b) in enumerate(zip(ours_tokens, hf_tokens)) if a != b), len(ours_tokens))
+    sides = {
+        "lmforge": lambda prompts, n: ours(prompts, n),
+        "lmforge_compiled": lambda prompts, n: ours(prompts, n, compile=True),
+        "transformers": lambda prompts, n: theirs(prompts, n),
+        "transformers_compiled": lambda prompts, n: theirs(prompts, n, compiled=True),
+    }
+    # each side's first full run warms it up and compiles the compiled sides (timed, reported); every
+    # side must give the same greedy tokens as plain transformers
+    first_run, outputs = {}, {}
+    for name, fn in sides.items():
+        start = time.perf_counter()
+        outputs[name] = fn([prompt], n_new)[0]
+        first_run[name] = time.perf_counter() - start
+        print(f"{name}: first run {first_run[name]:.1f} s", flush=True)
+    reference = outputs["transformers"]
+    agree = {
+        name: next((i for i, (a, b) in enumerate(zip(tokens, reference)) if a != b), len(tokens))
+        for name, tokens in outputs.items()
+    }
 
-    t = best_times(
-        {
-            "lmforge_first": lambda: ours(prompt, 1),
-            "transformers_first": lambda: theirs([prompt], 1),
-            "lmforge_all": lambda: ours(prompt, n_new),
-            "transformers_all": lambda: theirs([prompt], n_new),
-        },
-        args.repeats,
-    )
-    t8 = best_times(
-        {"lmforge": lambda: ours(batch_prompts, n_new), "transformers": lambda: theirs(batch_prompts, n_new)},
-        max(1, args.repeats - 1),
-    )
+    timed = {}
+    for name, fn in sides.items():
+        timed[f"{name}_first"] = lambda fn=fn: fn([prompt], 1)
+        timed[f"{name}_all"] = lambda fn=fn: fn([prompt], n_new)
+    t = best_times(timed, args.repeats)
+    batch8_sides = ("lmforge", "lmforge_compiled", "transformers")  # compiled transformers: batch 1 only
+    t8 = best_times({name: lambda fn=sides[name]: fn(batch_prompts, n_new) for name in batch8_sides}, 1)
     rows = {}
-    for name in ("lmforge", "transformers"):
+    for name in sides:
         ttft, total = t[f"{name}_first"], t[f"{name}_all"]
         rows[name] = {
             "ttft_ms": ttft * 1000,
             "decode_tok_s": (n_new - 1) / (total - ttft),
             "total_s": total,
-            "batch8_tok_s": 8 * n_new / t8[name],
+            "first_run_s": first_run[name],
+            "batch8_tok_s": 8 * n_new / t8[name] if name in t8 else None,
         }
 
     bandwidth = max(bandwidth, copy_bandwidth())  # the better of two measurements, before and after
@@ -185,31 +206,44 @@ def main() -> None:
             "cpu": platform.processor() or platform.machine(),
             "load_average": os.getloadavg(),
         },
-        "greedy_tokens_agree": agree,
+        "greedy_tokens_agree_with_transformers": agree,
         "bandwidth_gb_s": bandwidth / 1e9,
         "weight_mb_per_token": per_token / 2**20,
         "bandwidth_limit_tok_s": limit,
         "batch1_ratio_lmforge_over_hf": rows["lmforge"]["decode_tok_s"]
         / rows["transformers"]["decode_tok_s"],
+        "batch1_ratio_lmforge_compiled_over_hf": rows["lmforge_compiled"]["decode_tok_s"]
+        / rows["transformers"]["decode_tok_s"],
+        "batch1_ratio_compiled_over_hf_compiled": rows["lmforge_compiled"]["decode_tok_s"]
+        / rows["transformers_compiled"]["decode_tok_s"],
         "batch8_ratio_lmforge_over_hf": rows["lmforge"]["batch8_tok_s"]
+        / rows["transformers"]["batch8_tok_s"],
+        "batch8_ratio_lmforge_compiled_over_hf": rows["lmforge_compiled"]["batch8_tok_s"]
         / rows["transformers"]["batch8_tok_s"],
         "sides": rows,
         "prompt_lookup": lookup,
     }
-    print(f"greedy tokens identical for the first {agree}/{n_new} tokens")
+    for name, n in agree.items():
+        print(f"{name}: greedy tokens identical to transformers' for the first {n}/{n_new} tokens")
     print(
         f"bandwidth {bandwidth / 1e9:.1f} GB/s, {per_token / 2**20:.0f} MiB of weights per token "
         f"-> limit {limit:.1f} tok/s"
     )
-    print(f"{'':14}{'TTFT ms':>9}{'decode tok/s':>14}{'of limit':>10}{'batch8 tok/s':>14}")
+    print(f"{'':23}{'first run s':>12}{'TTFT ms':>9}{'decode tok/s':>14}{'of limit':>10}{'batch8 tok/s':>14}")
     for name, row in rows.items():
+        batch8 = f"{row['batch8_tok_s']:14.1f}" if row["batch8_tok_s"] else f"{'-':>14}"
         print(
-            f"{name:14}{row['ttft_ms']:9.1f}{row['decode_tok_s']:14.1f}{row['bandwidth_fraction']:10.0%}"
-            f"{row['batch8_tok_s']:14.1f}"
+            f"{name:23}{row['first_run_s']:12.1f}{row['ttft_ms']:9.1f}{row['decode_tok_s']:14.1f}"
+            f"{row['bandwidth_fraction']:10.0%}{batch8}"
         )
     print(
-        f"lmforge / transformers: batch 1 {result['batch1_ratio_lmforge_over_hf']:.2f}x, "
-        f"batch 8 {result['batch8_ratio_lmforge_over_hf']:.2f}x"
+        f"batch 1, lmforge / transformers: eager {result['batch1_ratio_lmforge_over_hf']:.2f}x, "
+        f"compiled {result['batch1_ratio_lmforge_compiled_over_hf']:.2f}x, "
+        f"compiled / transformers compiled {result['batch1_ratio_compiled_over_hf_compiled']:.2f}x"
+    )
+    print(
+        f"batch 8, lmforge / transformers: eager {result['batch8_ratio_lmforge_over_hf']:.2f}x, "
+        f"compiled {result['batch8_ratio_lmforge_compiled_over_hf']:.2f}x"
     )
     print(
         f"prompt lookup on a repetitive task: {lookup['speedup']:.2f}x ({lookup['plain_tok_s']:.1f} -> "

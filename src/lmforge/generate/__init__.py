@@ -143,7 +143,7 @@ class _Run:
         if not prompts:
             raise LMForgeError("no prompts given")
         ids = _encode(lm, prompts)
-        self.engine = Engine(lm.model)
+        self.engine = Engine(lm.model, compile=config.compile)
         room = self.engine.max_seq_len - max(len(p) for p in ids)
         chosen = "max_new_tokens" in options or "max_new_tokens" in (
             getattr(lm, "generation_config", None) or {}

@@ -66,6 +66,8 @@ class GenerationConfig:
     choices: list[str] | None = None
     regex: str | None = None
     json_schema: dict[str, Any] | None = None
+    # runtime
+    compile: bool = False
 
     FIELD_DOCS: ClassVar[dict[str, str]] = {
         "max_new_tokens": "most tokens to generate per sequence",
@@ -102,6 +104,7 @@ class GenerationConfig:
         "choices": "constrain the output to one of these strings",
         "regex": "constrain the output to match this regular expression",
         "json_schema": "constrain the output to JSON valid under this schema (JSON text)",
+        "compile": "torch.compile the one-token decode step: faster per token after a one-time compile",
     }
 
     def __post_init__(self) -> None:

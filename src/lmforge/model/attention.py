@@ -80,7 +80,7 @@ class Attention(nn.Module):
         if cache is not None:
             start = cache.length
             k, v = cache.update(layer, k, v)  # (B, nkv, S, hd)
-        is_causal = self.config.causal and mask is None and start == 0 and T > 1
+        is_causal = self.config.causal and mask is None and T > 1 and start == 0
         dropout = self.config.attn_dropout if self.training else 0.0
         if self.config.attn_backend == "sdpa":
             y = F.scaled_dot_product_attention(
