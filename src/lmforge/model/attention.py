@@ -67,15 +67,14 @@ class Attention(nn.Module):
         layer: int = 0,
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).split(
-            [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim],
-            dim=-1,
-        )
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
-        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
-        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        nh, nkv = self.n_head, self.n_kv_head
+        qkv = self.qkv(x).view(B, T, nh + 2 * nkv, self.head_dim)  # heads: q..., k..., v...
+        qk, v = qkv[:, :, : nh + nkv], qkv[:, :, nh + nkv :]
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            qk = apply_rope(qk, *rope)  # q and k heads rotated together
+        q = qk[:, :, :nh].transpose(1, 2)  # (B, nh, T, hd)
+        k = qk[:, :, nh:].transpose(1, 2)  # (B, nkv, T, hd)
+        v = v.transpose(1, 2)
         start = 0
         if cache is not None:
             start = cache.length

@@ -42,7 +42,8 @@ def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
 
 
 class RotaryEmbedding(nn.Module):
-    """cos/sin for given positions; applied to q and k in the rotate-half layout Hugging Face uses."""
+    """cos/sin for given positions, laid out (B, T, 1, hd) to broadcast over the heads of a (B, T, heads,
+    hd) tensor; applied in the rotate-half layout Hugging Face uses."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -50,12 +51,12 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions[..., None].float() * self.inv_freq  # (B, T, hd/2)
-        emb = torch.cat([freqs, freqs], dim=-1)[:, None]  # (B, 1, T, hd)
+        emb = torch.cat([freqs, freqs], dim=-1)[:, :, None]  # (B, T, 1, hd)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, nh, T, hd): rotate pairs (i, i + hd/2) by the position angle."""
+    """x (B, T, heads, hd): rotate each pair (i, i + hd/2) by its position's angle."""
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated * sin
