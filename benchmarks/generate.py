@@ -9,7 +9,7 @@ token divided by the bandwidth of a large tensor copy); batch 8 throughput; and 
 prompt-lookup speculative decoding on a repetitive task (continuing a passage quoted twice). Every side
 must produce the same greedy tokens. Prints a table and saves benchmarks/results/generate.json.
 
-    python benchmarks/generate.py [--repeats 3] [--threads 2]
+    python benchmarks/generate.py [--repeats 3] [--threads 2] [--output results/generate.json]
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--output", type=Path, default=RESULTS, help="where to save the JSON results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -250,9 +251,9 @@ def main() -> None:
         f"{lookup['lookup_tok_s']:.1f} tok/s, acceptance {lookup['acceptance_rate']:.0%}, "
         f"same output: {lookup['same_output']})"
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(RESULTS, json.dumps(result, indent=2))
-    print(f"saved {RESULTS}")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.output, json.dumps(result, indent=2))
+    print(f"saved {args.output}")
 
 
 if __name__ == "__main__":
