@@ -197,6 +197,18 @@ class LM:
         extra = self.embedding.files(self.config.d_model) if self.embedding else None
         return checkpoint.write_checkpoint(path, self.model, self.tokenizer, self.generation_config, extra)
 
+    def _kv_cache_info(self) -> dict[str, Any]:
+        """What generation adds to the weights: KV-cache memory per sequence, per token and at full context."""
+        if not self.config.causal:
+            return {}
+        from lmforge.generate.cache import KVCache
+
+        per_token = KVCache.bytes_per_token(self.config, self.dtype)
+        return {
+            "kv_cache_kb_per_token": round(per_token / 2**10, 2),
+            "kv_cache_mb_full_context": round(per_token * self.config.max_seq_len / 2**20, 1),
+        }
+
     def info(self) -> dict[str, Any]:
         c = self.config
         n = self.model.num_parameters()
@@ -208,6 +220,7 @@ class LM:
             "dtype": str(self.dtype).removeprefix("torch."),
             "memory_mb": round(sum(p.numel() * p.element_size() for p in self.model.parameters()) / 2**20, 1),
             "context_length": c.max_seq_len,
+            **self._kv_cache_info(),
             "layers": c.n_layer,
             "heads": f"{c.n_head} query / {c.n_kv_head} kv",
             "d_model": c.d_model,

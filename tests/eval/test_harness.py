@@ -57,17 +57,21 @@ def test_missing_field_names_the_line(tmp_path: Path) -> None:
         ],
     )
     write(tmp_path / "mc.yaml", "type: multiple-choice\ndata: mc.jsonl\n")
-    with pytest.raises(LMForgeError, match=r"mc.jsonl line 2: missing field 'choices'"):
+    with pytest.raises(LMForgeError, match=r"mc.jsonl:2: missing field 'choices'"):
         harness.load_task(tmp_path / "mc.yaml")
     gen = jsonl(tmp_path / "gen.jsonl", [{"prompt": "p", "reference": "r"}, {"prompt": "q"}])
-    with pytest.raises(LMForgeError, match=r"gen.jsonl line 2: missing field 'reference'"):
+    with pytest.raises(LMForgeError, match=r"gen.jsonl:2: missing field 'reference'"):
         harness.load_task(gen)
     empty = jsonl(tmp_path / "empty.jsonl", [{"prompt": "p", "reference": "  "}])
-    with pytest.raises(LMForgeError, match="line 1: empty reference"):
+    with pytest.raises(LMForgeError, match=":1: empty reference"):
         harness.load_task(empty)
     bad = write(tmp_path / "bad.jsonl", '{"text": "fine"}\n{"text": oops}\n')
-    with pytest.raises(LMForgeError, match="bad.jsonl line 2: not valid JSON"):
+    with pytest.raises(LMForgeError, match="bad.jsonl:2: not valid JSON"):
         harness.load_task(bad)
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"prompt": "caf\xe9", "reference": "r"}\n')
+    with pytest.raises(LMForgeError, match="latin.jsonl: not UTF-8 text"):
+        harness.load_task(latin)
 
 
 def test_yaml_errors(tmp_path: Path) -> None:

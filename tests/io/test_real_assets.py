@@ -8,6 +8,7 @@ import transformers
 
 import lmforge
 from lmforge.assets import asset_path
+from lmforge.generate.cache import KVCache
 
 SENTENCES = [
     "The cat sits on the mat.",
@@ -45,6 +46,15 @@ def test_smollm2_config_from_gguf(smollm2):
     )
     assert c.position == "rope" and c.rope_theta == 100000.0 and c.tie_embeddings
     assert 134e6 < smollm2.model.num_parameters() < 136e6
+
+
+def test_smollm2_info_kv_cache_matches_an_allocated_cache(smollm2):
+    info = smollm2.info()
+    cache = KVCache.allocate(smollm2.config, 1, 16, dtype=smollm2.dtype)
+    per_token = sum(t.numel() * t.element_size() for t in cache.k + cache.v) / 16
+    assert info["kv_cache_kb_per_token"] == round(per_token / 2**10, 2) == 45.0  # 30 layers x 3 kv heads
+    assert info["kv_cache_mb_full_context"] == round(per_token * 8192 / 2**20, 1)
+    assert info["context_length"] == 8192
 
 
 @pytest.mark.xdist_group("hf_smollm2")  # share one transformers load per worker

@@ -23,7 +23,6 @@ A bare JSONL file as a task gets its type from the first example's fields. Shipp
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ import numpy as np
 
 from lmforge.errors import LMForgeError
 from lmforge.eval.bootstrap import Interval, bootstrap_ci, mean_ci
+from lmforge.io.jsonl import iter_jsonl
 
 TASK_TYPES = ("perplexity", "multiple-choice", "generation", "retrieval", "speed")
 GENERATION_METRICS = ("bleu", "chrf", "chrf++", "ter", "rouge", "meteor", "bertscore", "mauve")
@@ -114,20 +114,20 @@ def list_tasks() -> list[str]:
 
 
 def read_jsonl(path: Path) -> list[Example]:
-    """Examples of a JSONL file; blank lines are skipped, a bad line is an error naming it."""
+    """Examples of a JSONL file; blank lines are skipped, a bad line is an error naming `path:line`."""
     if not path.is_file():
         raise LMForgeError(f"data file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise LMForgeError(
+            f"{path}: not UTF-8 text (bad byte at offset {exc.start}); save it as UTF-8"
+        ) from None
     out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise LMForgeError(f"{path} line {lineno}: not valid JSON ({exc.msg})") from None
+    for lineno, record in iter_jsonl(text, path):
         if not isinstance(record, dict):
-            raise LMForgeError(f"{path} line {lineno}: expected a JSON object, got {type(record).__name__}")
-        out.append(Example(record, f"{path} line {lineno}"))
+            raise LMForgeError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+        out.append(Example(record, f"{path}:{lineno}"))
     if not out:
         raise LMForgeError(f"{path} holds no examples")
     return out

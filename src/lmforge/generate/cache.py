@@ -40,6 +40,11 @@ class KVCache:
         v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
         return cls(k, v, 0)
 
+    @staticmethod
+    def bytes_per_token(config: ModelConfig, dtype: torch.dtype = torch.float32) -> int:
+        """Key + value bytes one token of one sequence takes, over every layer."""
+        return 2 * config.n_layer * config.n_kv_head * config.head_dim * dtype.itemsize
+
     @property
     def batch_size(self) -> int:
         return self.k[0].shape[0]
