@@ -20,20 +20,25 @@ pytestmark = pytest.mark.xdist_group("compile")  # one worker pays for the compi
 
 @pytest.fixture(scope="module")
 def models():
-    return {family: tiny_model(family, seed=11, scale=20.0) for family in ("llama", "gpt2")}
+    return {
+        "llama": tiny_model("llama", seed=11, scale=20.0),
+        "gpt2": tiny_model("gpt2", seed=11, scale=20.0),
+        "mistral": tiny_model("llama", seed=11, scale=20.0, sliding_window=6),  # the window masks
+    }
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_compiled_step_logits_equal_eager(models, family):
+@pytest.mark.parametrize("family", ["llama", "gpt2", "mistral"])
+@pytest.mark.parametrize("prompts", [[[5, 17, 99, 3, 42, 7]], [[5, 17, 99, 3, 42, 7], [8, 9]]])
+def test_compiled_step_logits_equal_eager(models, family, prompts):
+    """One prompt (no mask unless a window needs one) and a left-padded batch (the mask path)."""
     model = models[family]
-    prompts = [[5, 17, 99, 3, 42, 7], [8, 9]]  # left-padded: the mask path
     logits = {}
     for compile in (False, True):
         engine = Engine(model, compile=compile)
         batch = engine.new_batch(prompts, 6 + 12)
         out = [engine.prefill(batch)]
         for i in range(12):
-            tokens = torch.tensor([(7 * i + 3) % 250, (11 * i + 1) % 250])  # the same inputs both times
+            tokens = torch.tensor([(7 * i + 3) % 250, (11 * i + 1) % 250][: len(prompts)])  # same both times
             out.append(engine.step(batch, tokens))
         logits[compile] = torch.stack(out)
     # the steps really ran a compiled graph (dynamo did not fall back to eager)
