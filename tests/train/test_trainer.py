@@ -210,3 +210,22 @@ def test_time_budget_stops_and_saves(tmp_path):
     assert summary["steps"] == 1
     assert [r["step"] for r in read_log(tmp_path / "run" / "log.jsonl")] == [1]
     assert [s for s, _ in ckpt.step_dirs(tmp_path / "run")] == [1] and (tmp_path / "run" / "final").is_dir()
+
+
+def test_tensorboard_scalars_equal_the_jsonl_log(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    val = clm_val_set(_tokens(600, seed=9), 4, 16, 2)
+    cfg = TrainConfig(
+        steps=6, batch_size=4, seq_len=16, lr=3e-3, warmup_steps=2, eval_every=3, progress=False, log_every=1
+    )
+    Trainer(_model(), cfg, CLMBatches(_tokens(), 4, 16), tmp_path / "run", val).fit()
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    records = read_log(tmp_path / "run" / "log.jsonl")
+    for kind, key in [("train", "loss"), ("train", "lr"), ("val", "loss")]:
+        logged = [(r["step"], r[key]) for r in records if r["kind"] == kind]
+        board = [(e.step, e.value) for e in events.Scalars(f"{kind}/{key}")]
+        assert len(board) == len(logged) > 1
+        assert [s for s, _ in board] == [s for s, _ in logged]
+        np.testing.assert_allclose([v for _, v in board], [v for _, v in logged], rtol=1e-6)
