@@ -59,6 +59,9 @@ def test_generate_with_compile_equals_eager(models):
         compiled = generate(lm, prompts, compile=True, **options)
         assert [c.token_ids for c in compiled] == [c.token_ids for c in eager], options
         assert [c.text for c in compiled] == [c.text for c in eager]
+    # the draft model's one-token steps are compiled too (here the target drafts for itself)
+    drafted = generate(lm, prompts, draft=lm, max_new_tokens=20, compile=True)
+    assert [c.token_ids for c in drafted] == [c.token_ids for c in generate(lm, prompts, max_new_tokens=20)]
     single = generate(lm, "the quick brown fox", max_new_tokens=30, compile=True)
     assert single.token_ids == generate(lm, "the quick brown fox", max_new_tokens=30).token_ids
     assert len(set(single.token_ids)) > 3  # a real continuation, not one repeated token

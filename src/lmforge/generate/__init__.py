@@ -253,7 +253,7 @@ class _Run:
                 **opts,
             )
         elif self.strategy == "contrastive_decoding":
-            amateur = Engine(self.amateur.model)
+            amateur = Engine(self.amateur.model, compile=c.compile)
             amateur_batch = amateur.new_batch(rows, self.capacity(rows), self.pad)
             steps = contrastive_decoding_steps(
                 self.engine,
@@ -292,7 +292,7 @@ class _Run:
         batch = self.engine.new_batch([prompt], self.capacity([prompt]), self.pad)
         logits = self.engine.prefill(batch)
         stats = SpeculativeStats()
-        draft = Engine(self.draft.model) if self.draft is not None else None
+        draft = Engine(self.draft.model, compile=c.compile) if self.draft is not None else None
         constraint = self.constraint(1)
         steps = speculative_steps(
             self.engine,
