@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch._inductor.config
 from generate_helpers import tiny_lm, tiny_model
 
+from lmforge.errors import LMForgeError
 from lmforge.generate import engine as engine_module
 from lmforge.generate import generate
 from lmforge.generate.engine import Engine
@@ -65,3 +67,9 @@ def test_generate_with_compile_equals_eager(models):
     single = generate(lm, "the quick brown fox", max_new_tokens=30, compile=True)
     assert single.token_ids == generate(lm, "the quick brown fox", max_new_tokens=30).token_ids
     assert len(set(single.token_ids)) > 3  # a real continuation, not one repeated token
+
+
+def test_missing_compiler_is_a_one_line_error(models, monkeypatch):
+    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", ("no-such-c++-compiler",))
+    with pytest.raises(LMForgeError, match="compile=True needs a C\\+\\+ compiler"):
+        generate(tiny_lm(models["llama"]), "hi", max_new_tokens=2, compile=True)

@@ -101,6 +101,19 @@ def compiled_forward() -> Any:
     return _compiled
 
 
+def check_compiler() -> None:
+    """torch.compile on the CPU builds C++ kernels: fail early, in one line, when no compiler is found."""
+    from torch._inductor import cpp_builder, exc
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except exc.InvalidCxxCompiler:
+        raise LMForgeError(
+            "compile=True needs a C++ compiler for torch.compile on the CPU (g++ or clang++; CXX picks "
+            "one): install one, or generate without compile"
+        ) from None
+
+
 class Engine:
     """Prefill and decode for one model: allocates the cache, builds positions and masks, steps.
 
@@ -120,6 +133,8 @@ class Engine:
         self.max_seq_len = max_seq_len or self.config.max_seq_len
         param = next(model.parameters())
         self.dtype, self.device = param.dtype, param.device
+        if compile and self.device.type == "cpu":
+            check_compiler()
         # a Transformer exposes its trunk and head separately: prefill can skip the head on the prompt
         self._split_head = hasattr(model, "hidden_states") and getattr(model, "lm_head", None) is not None
 
