@@ -11,8 +11,8 @@ When no row is padded the engine passes `attention_mask=None`, letting attention
 
 With `compile=True` the one-token decode step runs the model through `torch.compile` (see
 `compiled_forward`): one graph per model in which the batch size and the cache fill level are symbolic,
-so it serves every step of every call. Eager PyTorch spends about half of a small model's decode step
-launching some forty small ops per layer; the compiled step fuses them, leaving the weight reads.
+so it serves every step of every call. An eager SmolLM2 step makes about 4,900 ATen calls (160 per
+layer); the compiled step fuses the small ones and leaves mostly the weight reads (README: Generation).
 
 `StopChecker` decides per row when to stop: stop token ids (EOS and friends), stop strings (checked on the
 text decoded so far) and `max_new_tokens`; finished rows keep stepping with padding until all are done.

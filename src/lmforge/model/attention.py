@@ -79,6 +79,7 @@ class Attention(nn.Module):
         if cache is not None:
             start = cache.length
             k, v = cache.update(layer, k, v)  # (B, nkv, S, hd)
+        # T > 1 first: under torch.compile the cache fill level `start` is symbolic, T is not
         is_causal = self.config.causal and mask is None and T > 1 and start == 0
         dropout = self.config.attn_dropout if self.training else 0.0
         if self.config.attn_backend == "sdpa":
