@@ -20,6 +20,7 @@ text decoded so far) and `max_new_tokens`; finished rows keep stepping with padd
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,15 +104,25 @@ def compiled_forward() -> Any:
 
 def check_compiler() -> None:
     """torch.compile on the CPU builds C++ kernels: fail early, in one line, when no compiler is found."""
+    import torch._inductor.config
+
+    if not _compiler_found(tuple(torch._inductor.config.cpp.cxx)):
+        raise LMForgeError(
+            "compile=True needs a C++ compiler for torch.compile on the CPU (g++ or clang++; CXX picks "
+            "one): install one, or generate without compile"
+        )
+
+
+@functools.cache
+def _compiler_found(search: tuple) -> bool:
+    """Whether inductor finds a compiler among `search`; asked once per search list (it runs one)."""
     from torch._inductor import cpp_builder, exc
 
     try:
         cpp_builder.get_cpp_compiler()
     except exc.InvalidCxxCompiler:
-        raise LMForgeError(
-            "compile=True needs a C++ compiler for torch.compile on the CPU (g++ or clang++; CXX picks "
-            "one): install one, or generate without compile"
-        ) from None
+        return False
+    return True
 
 
 class Engine:
