@@ -1,8 +1,8 @@
 """Decoding speed: lmforge vs transformers on the same SmolLM2 weights (fp32, CPU), in one process.
 
-Four sides, each eager and compiled: lmforge's default engine, lmforge with `compile=True` (the one-token
-decode step under torch.compile), transformers' default `generate`, and transformers with its static
-cache and torch.compile (its documented compiled path, forced onto the CPU). For batch 1 (32-token
+Four sides, two eager and two compiled: lmforge's default engine, lmforge with `compile=True` (the
+one-token decode step under torch.compile), transformers' default `generate`, and transformers with its
+static cache and torch.compile (its documented compiled path, forced onto the CPU). For batch 1 (32-token
 prompt, 128 new tokens, greedy): the first run (which includes any compile), time to first token,
 decode tokens/s, the ratios, and the fraction of the memory-bandwidth limit (weight bytes read per
 token divided by the bandwidth of a large tensor copy); batch 8 throughput; and the speedup of
@@ -128,9 +128,9 @@ def main() -> None:
         return out[:, input_ids.shape[1] :].tolist()
 
     sides = {
-        "lmforge": lambda prompts, n: ours(prompts, n),
+        "lmforge": ours,
         "lmforge_compiled": lambda prompts, n: ours(prompts, n, compile=True),
-        "transformers": lambda prompts, n: theirs(prompts, n),
+        "transformers": theirs,
         "transformers_compiled": lambda prompts, n: theirs(prompts, n, compiled=True),
     }
     # each side's first full run warms it up and compiles the compiled sides (timed, reported); every
