@@ -106,17 +106,21 @@ def math_attention(
     is_causal: bool,
     dropout: float = 0.0,
 ) -> torch.Tensor:
-    """Reference attention: softmax(q kᵀ / √d + mask) v, with K/V heads repeated for GQA."""
-    groups = q.shape[1] // k.shape[1]
-    if groups > 1:
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(q.shape[-1])  # (B, nh, T, S)
+    """Reference attention: softmax(q kᵀ / √d + mask) v.
+
+    For GQA the query heads of one K/V head are laid side by side as extra query rows, (B, nkv,
+    groups·T, hd), so K and V are read as they are, never repeated."""
+    B, nh, T, hd = q.shape
+    nkv, S = k.shape[1], k.shape[2]
+    groups = nh // nkv
+    q = q.reshape(B, nkv, groups * T, hd)
+    scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(hd)  # (B, nkv, groups*T, S)
     if is_causal:
-        T, S = scores.shape[-2:]
-        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)[None, None]
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+        scores = scores.view(B, nkv, groups, T, S).masked_fill(~mask[:, :, None], float("-inf"))
+        scores = scores.view(B, nkv, groups * T, S)
     probs = scores.softmax(dim=-1).to(v.dtype)
     if dropout:
         probs = F.dropout(probs, dropout)
-    return probs @ v
+    return (probs @ v).view(B, nh, T, hd)
