@@ -30,7 +30,7 @@ test-slow: setup
 	$(PY) -m pytest -n 2 --dist loadgroup -q -m slow
 
 bench: setup
-	for b in load tokenizer prepare processors generate train eval; do $(PY) benchmarks/$$b.py || exit 1; done
+	for b in load tokenizer prepare processors generate step_overhead train eval; do $(PY) benchmarks/$$b.py || exit 1; done
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks scripts

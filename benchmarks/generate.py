@@ -5,7 +5,9 @@ one-token decode step under torch.compile), transformers' default `generate`, an
 static cache and torch.compile (its documented compiled path, forced onto the CPU). For batch 1 (32-token
 prompt, 128 new tokens, greedy): the first run (which includes any compile), time to first token,
 decode tokens/s, the ratios, and the fraction of the memory-bandwidth limit (weight bytes read per
-token divided by the bandwidth of a large tensor copy); batch 8 throughput; and the speedup of
+token divided by the bandwidth of a large tensor copy); the weights-only floor (one pass of the same
+matrix-vector products a step makes, nothing else: an engine reading these fp32 weights through torch's
+matmul cannot step faster, so transformers' step time over it bounds the ratio such an engine can reach); batch 8 throughput; and the speedup of
 prompt-lookup speculative decoding on a repetitive task (continuing a passage quoted twice). Every side
 must produce the same greedy tokens. Prints a table and saves benchmarks/results/generate.json.
 
@@ -54,6 +56,19 @@ def weight_bytes(model: torch.nn.Module) -> int:
             seen.add(p.data_ptr())
             total += p.numel() * p.element_size()
     return total
+
+
+def weight_matrices(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The distinct 2-D weights a decode step multiplies a vector by (the embedding only as the tied
+    LM head; an untied embedding is a row lookup, not a read of the whole matrix)."""
+    seen, out = set(), []
+    embedding = model.tok_emb.weight.data_ptr()
+    head = model.lm_head.weight.data_ptr()
+    for p in model.parameters():
+        if p.dim() == 2 and p.data_ptr() not in seen and (p.data_ptr() != embedding or embedding == head):
+            seen.add(p.data_ptr())
+            out.append(p)
+    return out
 
 
 def best_times(fns: dict[str, object], repeats: int) -> dict[str, float]:
@@ -147,7 +162,17 @@ def main() -> None:
         for name, tokens in outputs.items()
     }
 
-    timed = {}
+    matrices = weight_matrices(lm.model)
+    vectors = {w.shape[1]: torch.randn(1, w.shape[1]) for w in matrices}
+    floor_passes = 16
+
+    def weights_only():
+        with torch.inference_mode():
+            for _ in range(floor_passes):
+                for w in matrices:
+                    torch.mm(vectors[w.shape[1]], w.t())
+
+    timed = {"weights_only": weights_only}
     for name, fn in sides.items():
         timed[f"{name}_first"] = lambda fn=fn: fn([prompt], 1)
         timed[f"{name}_all"] = lambda fn=fn: fn([prompt], n_new)
@@ -165,6 +190,7 @@ def main() -> None:
             "batch8_tok_s": 8 * n_new / t8[name] if name in t8 else None,
         }
 
+    floor_ms = t["weights_only"] / floor_passes * 1000
     bandwidth = max(bandwidth, copy_bandwidth())  # the better of two measurements, before and after
     per_token = weight_bytes(lm.model)
     limit = bandwidth / per_token
@@ -211,6 +237,9 @@ def main() -> None:
         "bandwidth_gb_s": bandwidth / 1e9,
         "weight_mb_per_token": per_token / 2**20,
         "bandwidth_limit_tok_s": limit,
+        "weights_only_ms_per_token": floor_ms,
+        "weights_only_tok_s": 1000 / floor_ms,
+        "transformers_step_over_weights_only": 1000 / rows["transformers"]["decode_tok_s"] / floor_ms,
         "batch1_ratio_lmforge_over_hf": rows["lmforge"]["decode_tok_s"]
         / rows["transformers"]["decode_tok_s"],
         "batch1_ratio_lmforge_compiled_over_hf": rows["lmforge_compiled"]["decode_tok_s"]
@@ -229,6 +258,12 @@ def main() -> None:
     print(
         f"bandwidth {bandwidth / 1e9:.1f} GB/s, {per_token / 2**20:.0f} MiB of weights per token "
         f"-> limit {limit:.1f} tok/s"
+    )
+    print(
+        f"weights only (the step's matrix-vector products alone): {floor_ms:.1f} ms/token = "
+        f"{1000 / floor_ms:.1f} tok/s; transformers' step / weights only = "
+        f"{result['transformers_step_over_weights_only']:.2f}x (the most an engine making the same matmuls "
+        "could beat it by)"
     )
     print(f"{'':23}{'first run s':>12}{'TTFT ms':>9}{'decode tok/s':>14}{'of limit':>10}{'batch8 tok/s':>14}")
     for name, row in rows.items():

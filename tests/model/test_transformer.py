@@ -1,10 +1,12 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lmforge.config import ModelConfig
 from lmforge.errors import LMForgeError
 from lmforge.generate.cache import KVCache
 from lmforge.model import Transformer
+from lmforge.model.attention import single_query_attention
 
 CONFIGS = {
     "gpt": ModelConfig.preset("gpt-tiny", vocab_size=64, n_layer=2, d_model=32, max_seq_len=32),
@@ -53,6 +55,20 @@ def test_math_and_sdpa_backends_agree(name):
             torch.testing.assert_close(
                 math_model(ids, attention_mask=m), sdpa_model(ids, attention_mask=m), atol=1e-5, rtol=1e-5
             )
+
+
+@pytest.mark.parametrize("heads", [(4, 4), (6, 2), (4, 1)])  # MHA, GQA, MQA
+def test_single_query_attention_equals_sdpa(heads):
+    """The compiled decode step's attention (broadcast products and sums) is SDPA for one query."""
+    nh, nkv = heads
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(3, nh, 1, 16, generator=g)
+    k, v = torch.randn(2, 3, nkv, 9, 16, generator=g)
+    mask = torch.rand(3, 1, 1, 9, generator=g) > 0.3
+    mask[..., -1] = True  # a row always sees its own slot
+    for m in (None, mask):
+        expected = F.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=nkv != nh)
+        torch.testing.assert_close(single_query_attention(q, k, v, m), expected, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["gpt", "llama-gqa", "mqa-window", "sinusoidal-postnorm"])

@@ -95,10 +95,21 @@ def compiled_forward() -> Any:
     compiles (tens of seconds on a small CPU; inductor keeps its kernels on disk for the next process),
     later steps and later calls reuse the graph. Batch size 1 is specialised, so a first batched call
     compiles once more.
+
+    Three settings trim the fixed cost every step repeats (a SmolLM2 step is about 20 ms of weight
+    reads on a 2-core CPU, so each 0.5 ms counts; `benchmarks/step_overhead.py` measures them):
+    - inductor's `cpp_wrapper`: the graph's ~400 kernel and matmul calls are made from C++, not from a
+      generated Python function (the first compile takes about 1.5x as long);
+    - floats stay constants (`specialize_float`): under `dynamic=True` dynamo would otherwise make every
+      norm's `eps` a 0-d tensor input, 61 more inputs to convert, guard and check on each call;
+    - no `size_asserts`: dynamo's guards already check every input's shape and strides before the
+      graph runs, the asserts would repeat that for hundreds of tensors.
     """
     global _compiled
     if _compiled is None:
-        _compiled = torch.compile(_forward, dynamic=True)
+        options = {"cpp_wrapper": True, "size_asserts": False}
+        compiled = torch.compile(_forward, dynamic=True, options=options)
+        _compiled = torch._dynamo.config.patch(specialize_float=True)(compiled)
     return _compiled
 
 

@@ -82,7 +82,9 @@ class Attention(nn.Module):
         # T > 1 first: under torch.compile the cache fill level `start` is symbolic, T is not
         is_causal = self.config.causal and mask is None and T > 1 and start == 0
         dropout = self.config.attn_dropout if self.training else 0.0
-        if self.config.attn_backend == "sdpa":
+        if T == 1 and not dropout and torch.compiler.is_compiling():
+            y = single_query_attention(q, k, v, mask)  # a compiled decode step
+        elif self.config.attn_backend == "sdpa":
             y = F.scaled_dot_product_attention(
                 q,
                 k,
@@ -96,6 +98,26 @@ class Attention(nn.Module):
             y = math_attention(q, k, v, mask, is_causal, dropout)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, nh*hd)
         return self.proj(y)
+
+
+def single_query_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Attention for one query token per row, (B, nh, 1, hd), as broadcast products and sums.
+
+    For torch.compile's decode step: inductor fuses these into a few loops that read each cached key
+    and value once, with no call out of the graph (an SDPA call per layer costs more than the reads
+    at this size). Eagerly it would materialise (B, nkv, groups, S, hd) products: eager steps use
+    SDPA or `math_attention`. `mask` is (B|1, 1, 1, S), True = may attend."""
+    B, nh, _, hd = q.shape
+    nkv = k.shape[1]
+    q = q.view(B, nkv, nh // nkv, 1, hd).float()  # the query heads of each K/V head
+    scores = (q * k[:, :, None].float()).sum(-1) / math.sqrt(hd)  # (B, nkv, groups, S)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = scores.softmax(dim=-1)
+    y = (probs[..., None] * v[:, :, None].float()).sum(-2)  # (B, nkv, groups, hd)
+    return y.to(v.dtype).reshape(B, nh, 1, hd)
 
 
 def math_attention(
