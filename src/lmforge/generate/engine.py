@@ -98,8 +98,8 @@ def compiled_forward() -> Any:
 
     Three settings trim the fixed cost every step repeats (a SmolLM2 step is about 20 ms of weight
     reads on a 2-core CPU, so each 0.5 ms counts; `benchmarks/step_overhead.py` measures them):
-    - inductor's `cpp_wrapper`: the graph's ~400 kernel and matmul calls are made from C++, not from a
-      generated Python function (the first compile takes about 1.5x as long);
+    - inductor's `cpp_wrapper`: the graph's ~250 kernel and matmul calls are made from C++, not from a
+      generated Python function (the first compile takes about 1.3x as long);
     - floats stay constants (`specialize_float`): under `dynamic=True` dynamo would otherwise make every
       norm's `eps` a 0-d tensor input, 61 more inputs to convert, guard and check on each call;
     - no `size_asserts`: dynamo's guards already check every input's shape and strides before the
