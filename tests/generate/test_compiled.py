@@ -69,7 +69,23 @@ def test_generate_with_compile_equals_eager(models):
     assert len(set(single.token_ids)) > 3  # a real continuation, not one repeated token
 
 
-def test_missing_compiler_is_a_one_line_error(models, monkeypatch):
-    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", ("no-such-c++-compiler",))
-    with pytest.raises(LMForgeError, match="compile=True needs a C\\+\\+ compiler"):
+def test_missing_compiler_is_a_one_line_error(models):
+    # the config's own patch: monkeypatch would delete the option on undo (config modules resolve
+    # their options through __getattr__)
+    no_compiler = torch._inductor.config.patch({"cpp.cxx": ("no-such-c++-compiler",)})
+    with no_compiler, pytest.raises(LMForgeError, match="compile=True needs a C\\+\\+ compiler"):
+        generate(tiny_lm(models["llama"]), "hi", max_new_tokens=2, compile=True)
+
+
+def test_missing_python_headers_is_a_one_line_error(models, monkeypatch, tmp_path):
+    """Inductor builds its CPU kernels as Python extension modules: no Python.h, no compile."""
+    import sysconfig
+
+    real = sysconfig.get_path
+    monkeypatch.setattr(
+        sysconfig,
+        "get_path",
+        lambda name, *a, **k: str(tmp_path) if name == "include" else real(name, *a, **k),
+    )
+    with pytest.raises(LMForgeError, match="needs Python's C headers.*no Python.h"):
         generate(tiny_lm(models["llama"]), "hi", max_new_tokens=2, compile=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -114,13 +115,22 @@ def compiled_forward() -> Any:
 
 
 def check_compiler() -> None:
-    """torch.compile on the CPU builds C++ kernels: fail early, in one line, when no compiler is found."""
+    """torch.compile on the CPU builds C++ kernels as Python extension modules: fail early, in one
+    line, when no compiler or no Python headers are found."""
+    import sysconfig
+
     import torch._inductor.config
 
     if not _compiler_found(tuple(torch._inductor.config.cpp.cxx)):
         raise LMForgeError(
             "compile=True needs a C++ compiler for torch.compile on the CPU (g++ or clang++; CXX picks "
             "one): install one, or generate without compile"
+        )
+    include = Path(sysconfig.get_path("include"))
+    if not (include / "Python.h").exists():
+        raise LMForgeError(
+            f"compile=True needs Python's C headers for torch.compile on the CPU, and {include} has no "
+            "Python.h: install them (e.g. the python3-dev package), or generate without compile"
         )
 
 
