@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -88,39 +89,14 @@ def best_times(fns: dict[str, object], repeats: int) -> dict[str, float]:
     return {name: min(t) for name, t in times.items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--output", type=Path, default=RESULTS, help="where to save the JSON results")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF conversion bar
-
+def four_sides(lm, hf) -> dict[str, Callable[[list[list[int]], int], list[list[int]]]]:
+    """lmforge eager and `compile=True`, transformers' default `generate` and its static cache +
+    torch.compile path: each maps (prompts, n) to the n greedy tokens generated for every prompt."""
     import transformers
 
-    import lmforge
-    from lmforge.assets import asset_path
     from lmforge.generate import generate
-    from lmforge.io.atomic import atomic_write_text
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    path = asset_path("smollm2")
-    lm = lmforge.load("smollm2", dtype=torch.float32, device="cpu")
-    hf = transformers.AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, dtype=torch.float32
-    ).eval()
-    n_new = args.new_tokens
-    bandwidth = copy_bandwidth()
-    ids = lm.tokenizer.encode(TEXT * 4)
-    prompt = ids[:32]
-    batch_prompts = [ids[i * 8 : i * 8 + 32] for i in range(8)]
 
     def ours(prompts, n, **options):
-        """Generated tokens per prompt (a list of prompts in, a list of token lists out)."""
         out = generate(lm, prompts, max_new_tokens=n, min_new_tokens=n, **options)
         return [c.token_ids for c in out]
 
@@ -142,18 +118,22 @@ def main() -> None:
             )
         return out[:, input_ids.shape[1] :].tolist()
 
-    sides = {
+    return {
         "lmforge": ours,
         "lmforge_compiled": lambda prompts, n: ours(prompts, n, compile=True),
         "transformers": theirs,
         "transformers_compiled": lambda prompts, n: theirs(prompts, n, compiled=True),
     }
-    # each side's first full run warms it up and compiles the compiled sides (timed, reported); every
-    # side must give the same greedy tokens as plain transformers
+
+
+def first_runs(sides: dict, prompt: list[int], n: int) -> tuple[dict[str, float], dict[str, int]]:
+    """Each side's first full run on `prompt`: it warms the side up and compiles the compiled sides
+    (timed and reported). Every side must give the same greedy tokens as plain transformers; returns
+    the first-run seconds and, per side, for how many leading tokens it agrees."""
     first_run, outputs = {}, {}
     for name, fn in sides.items():
         start = time.perf_counter()
-        outputs[name] = fn([prompt], n_new)[0]
+        outputs[name] = fn([prompt], n)[0]
         first_run[name] = time.perf_counter() - start
         print(f"{name}: first run {first_run[name]:.1f} s", flush=True)
     reference = outputs["transformers"]
@@ -161,6 +141,51 @@ def main() -> None:
         name: next((i for i, (a, b) in enumerate(zip(tokens, reference)) if a != b), len(tokens))
         for name, tokens in outputs.items()
     }
+    for name, k in agree.items():
+        print(f"{name}: greedy tokens identical to transformers' for the first {k}/{n} tokens")
+    return first_run, agree
+
+
+def save_results(path: Path, result: dict) -> None:
+    from lmforge.io.atomic import atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(result, indent=2))
+    print(f"saved {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--output", type=Path, default=RESULTS, help="where to save the JSON results")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF conversion bar
+
+    import transformers
+
+    import lmforge
+    from lmforge.assets import asset_path
+    from lmforge.generate import generate
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    path = asset_path("smollm2")
+    lm = lmforge.load("smollm2", dtype=torch.float32, device="cpu")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32
+    ).eval()
+    n_new = args.new_tokens
+    bandwidth = copy_bandwidth()
+    ids = lm.tokenizer.encode(TEXT * 4)
+    prompt = ids[:32]
+    batch_prompts = [ids[i * 8 : i * 8 + 32] for i in range(8)]
+
+    sides = four_sides(lm, hf)
+    first_run, agree = first_runs(sides, prompt, n_new)
 
     matrices = weight_matrices(lm.model)
     vectors = {w.shape[1]: torch.randn(1, w.shape[1]) for w in matrices}
@@ -253,8 +278,6 @@ def main() -> None:
         "sides": rows,
         "prompt_lookup": lookup,
     }
-    for name, n in agree.items():
-        print(f"{name}: greedy tokens identical to transformers' for the first {n}/{n_new} tokens")
     print(
         f"bandwidth {bandwidth / 1e9:.1f} GB/s, {per_token / 2**20:.0f} MiB of weights per token "
         f"-> limit {limit:.1f} tok/s"
@@ -286,9 +309,7 @@ def main() -> None:
         f"{lookup['lookup_tok_s']:.1f} tok/s, acceptance {lookup['acceptance_rate']:.0%}, "
         f"same output: {lookup['same_output']})"
     )
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.output, json.dumps(result, indent=2))
-    print(f"saved {args.output}")
+    save_results(args.output, result)
 
 
 if __name__ == "__main__":

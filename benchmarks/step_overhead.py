@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import time
 from pathlib import Path
 
 import torch
 
-from generate import best_times
+from generate import best_times, first_runs, four_sides, save_results
 
 RESULTS = Path(__file__).parent / "results" / "step_overhead.json"
 
@@ -44,8 +42,6 @@ def main() -> None:
     import transformers
 
     import lmforge
-    from lmforge.generate import generate
-    from lmforge.io.atomic import atomic_write_text
     from lmforge.io.hf import llama_config_to_hf, state_to_hf
     from lmforge.lm import LM
     from lmforge.model.transformer import Transformer
@@ -67,50 +63,13 @@ def main() -> None:
     n_new = args.new_tokens
     prompt = list(range(100, 132))
 
-    def ours(n, compile=False):
-        out = generate(lm, [prompt], max_new_tokens=n, min_new_tokens=n, compile=compile)
-        return out[0].token_ids
-
-    compile_config = transformers.CompileConfig(mode="default", dynamic=True)
-    compile_config._compile_all_devices = True  # transformers compiles only on accelerators unless told
-
-    def theirs(n, compiled=False):
-        input_ids = torch.tensor([prompt])
-        extra = dict(cache_implementation="static", compile_config=compile_config) if compiled else {}
-        with torch.inference_mode():
-            out = hf.generate(
-                input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=n,
-                min_new_tokens=n,
-                do_sample=False,
-                pad_token_id=0,
-                **extra,
-            )
-        return out[0, input_ids.shape[1] :].tolist()
-
-    sides = {
-        "lmforge": ours,
-        "lmforge_compiled": lambda n: ours(n, compile=True),
-        "transformers": theirs,
-        "transformers_compiled": lambda n: theirs(n, compiled=True),
-    }
-    first_run, outputs = {}, {}
-    for name, fn in sides.items():
-        start = time.perf_counter()
-        outputs[name] = fn(n_new)
-        first_run[name] = time.perf_counter() - start
-        print(f"{name}: first run {first_run[name]:.1f} s", flush=True)
-    reference = outputs["transformers"]
-    agree = {
-        name: next((i for i, (a, b) in enumerate(zip(tokens, reference)) if a != b), len(tokens))
-        for name, tokens in outputs.items()
-    }
+    sides = four_sides(lm, hf)
+    first_run, agree = first_runs(sides, prompt, n_new)
 
     timed = {}
     for name, fn in sides.items():
-        timed[f"{name}_first"] = lambda fn=fn: fn(1)
-        timed[f"{name}_all"] = lambda fn=fn: fn(n_new)
+        timed[f"{name}_first"] = lambda fn=fn: fn([prompt], 1)
+        timed[f"{name}_all"] = lambda fn=fn: fn([prompt], n_new)
     t = best_times(timed, args.repeats)
     step_ms = {name: (t[f"{name}_all"] - t[f"{name}_first"]) / (n_new - 1) * 1000 for name in sides}
     result = {
@@ -132,8 +91,6 @@ def main() -> None:
         "transformers_compiled_over_lmforge_compiled": step_ms["transformers_compiled"]
         / step_ms["lmforge_compiled"],
     }
-    for name, n in agree.items():
-        print(f"{name}: greedy tokens identical to transformers' for the first {n}/{n_new} tokens")
     print(f"{'':23}{'first run s':>12}{'ms/step':>10}")
     for name in sides:
         print(f"{name:23}{first_run[name]:12.1f}{step_ms[name]:10.2f}")
@@ -142,9 +99,7 @@ def main() -> None:
         f"compiled {result['transformers_over_lmforge_compiled']:.2f}x; transformers compiled / lmforge "
         f"compiled {result['transformers_compiled_over_lmforge_compiled']:.2f}x"
     )
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.output, json.dumps(result, indent=2))
-    print(f"saved {args.output}")
+    save_results(args.output, result)
 
 
 if __name__ == "__main__":
