@@ -48,6 +48,22 @@ def test_compiled_step_logits_equal_eager(models, family, prompts):
     torch.testing.assert_close(logits[True], logits[False], rtol=1e-4, atol=1e-4)
 
 
+def test_compiled_step_copies_no_matmul_input(models):
+    """At batch 1 the step's matmul inputs keep plain strides. Under inductor a (1, 1, C) result
+    viewed as (1, C) gets stride 0 on its size-1 dimension, and the CPU matmul then copies that input
+    before multiplying: the model computes what feeds a matmul as (tokens, C) rows (`as_rows`)."""
+    engine = Engine(tiny_model("llama", seed=12), compile=True)  # its own graph, with kernel profiling
+    batch = engine.new_batch([[5, 17, 99]], 8)
+    engine.prefill(batch)
+    with torch._inductor.config.patch({"cpp.enable_kernel_profile": True}):
+        engine.step(batch, torch.tensor([4]))  # compiles
+    with torch.profiler.profile() as prof:
+        engine.step(batch, torch.tensor([6]))
+    names = [e.name for e in prof.events()]
+    assert "aoti_torch_cpu_mm_out" in names  # the profile sees the graph's matmuls
+    assert "aten::clone" not in names
+
+
 def test_generate_with_compile_equals_eager(models):
     lm = tiny_lm(models["llama"])
     prompts = ["the quick brown fox", "jumps", "over the lazy dog!"]

@@ -81,8 +81,9 @@ class Batch:
         self.slot_mask[:, length:] = 0
 
 
-def _forward(model: nn.Module, tokens, positions, cache, attention_mask) -> torch.Tensor:
-    return model(tokens, positions=positions, cache=cache, attention_mask=attention_mask)
+def _forward(model: nn.Module, tokens, positions, cache, attention_mask, rope) -> torch.Tensor:
+    extra = {} if rope is None else {"rope": rope}
+    return model(tokens, positions=positions, cache=cache, attention_mask=attention_mask, **extra)
 
 
 _compiled: Any = None
@@ -104,7 +105,11 @@ def compiled_forward() -> Any:
     - floats stay constants (`specialize_float`): under `dynamic=True` dynamo would otherwise make every
       norm's `eps` a 0-d tensor input, 61 more inputs to convert, guard and check on each call;
     - no `size_asserts`: dynamo's guards already check every input's shape and strides before the
-      graph runs, the asserts would repeat that for hundreds of tensors.
+      graph runs, the asserts would repeat that for hundreds of tensors;
+    - RoPE's cos/sin come in as inputs, computed eagerly by the caller (`Engine.step`): inside the
+      graph, inductor would recompute them (trigonometry) in every layer's attention loop, once per
+      cached key; it keeps reused exp/log/tanh results but not cos/sin. That was 1.4 ms of a
+      ~22 ms SmolLM2 step.
     """
     global _compiled
     if _compiled is None:
@@ -169,6 +174,7 @@ class Engine:
             check_compiler()
         # a Transformer exposes its trunk and head separately: prefill can skip the head on the prompt
         self._split_head = hasattr(model, "hidden_states") and getattr(model, "lm_head", None) is not None
+        self._rope = getattr(model, "rope", None) is not None
 
     def check_context(
         self, prompts: list[list[int]], max_new_tokens: int, truncate: bool = False
@@ -255,7 +261,8 @@ class Engine:
             # one would miss the compiled graph's guards and compile it again)
             tokens = batch.tokens[:, start:end]
             torch._dynamo.mark_static(tokens, 1)  # the token dimension is always 1 here
-            logits = compiled_forward()(self.model, tokens, positions, batch.cache, mask)
+            rope = self.model.rope(positions, self.dtype) if self._rope else None
+            logits = compiled_forward()(self.model, tokens, positions, batch.cache, mask, rope)
         else:
             logits = self.model(tokens, positions=positions, cache=batch.cache, attention_mask=mask)
         batch.cache.advance(T)

@@ -22,6 +22,15 @@ from lmforge.model.attention import Attention, build_attention_mask
 from lmforge.model.position import RotaryEmbedding, rope_inv_freq, sinusoidal_table
 
 
+def as_rows(x: torch.Tensor) -> torch.Tensor:
+    """x (..., C) as a 2-D (tokens, C) matrix, for ops whose output feeds a matmul.
+
+    Under torch.compile, a (1, 1, C) result later viewed as (1, C) for a matmul gets stride 0 on its
+    size-1 dimension, and the CPU matmul then copies that input before every call (91 copies in a
+    SmolLM2 decode step); a result computed as (tokens, C) in the first place keeps its plain strides."""
+    return x.reshape(-1, x.shape[-1])
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -33,9 +42,9 @@ class RMSNorm(nn.Module):
 
         Written out because on the CPU both `F.rms_norm` and `mean` are composites of more ATen calls
         (a decode step runs this 61 times); sum / d is what `mean` computes."""
-        xf = x.float()
+        xf = as_rows(x).float()
         xf = xf * torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) / xf.shape[-1] + self.eps)
-        return self.weight * xf.to(x.dtype)
+        return (self.weight * xf.to(x.dtype)).view(x.shape)
 
 
 def make_norm(config: ModelConfig) -> nn.Module:
@@ -64,11 +73,13 @@ class MLP(nn.Module):
         self.proj = nn.Linear(config.d_mlp, config.d_model, bias=config.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.fc(x)
+        h = self.fc(as_rows(x))
         if self.gated:
             gate, up = h.chunk(2, dim=-1)
-            return self.proj(self.act(gate) * up)
-        return self.proj(self.act(h))
+            h = self.act(gate) * up
+        else:
+            h = self.act(h)
+        return self.proj(h).view(*x.shape[:-1], -1)
 
 
 class Block(nn.Module):
@@ -184,9 +195,13 @@ class Transformer(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         all_layers: bool = False,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor | list[torch.Tensor]:
         """(B, T, C) after the final norm; with all_layers, the embedding output and every block's
-        output (the last one normed), as Hugging Face's `output_hidden_states` gives them."""
+        output (the last one normed), as Hugging Face's `output_hidden_states` gives them.
+
+        `rope` is `self.rope(positions, dtype)` when the caller has computed it already (the compiled
+        decode step computes it outside its graph, see `lmforge.generate.engine.compiled_forward`)."""
         B, T = input_ids.shape
         start = cache.length if cache is not None else 0
         if T + start > self.config.max_seq_len and self.config.position == "learned":
@@ -196,7 +211,8 @@ class Transformer(nn.Module):
         if positions is None:
             positions = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
         x = self.embed(input_ids, positions, token_type_ids)
-        rope = self.rope(positions, x.dtype) if self.rope is not None else None
+        if rope is None and self.rope is not None:
+            rope = self.rope(positions, x.dtype)
         mask = build_attention_mask(self.config, T, start + T, start, attention_mask, input_ids.device)
         layers = [x]
         for i, block in enumerate(self.blocks):
@@ -214,9 +230,10 @@ class Transformer(nn.Module):
         cache=None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, V) for an LM/MLM head, hidden states (B, T, C) for head='none'."""
-        h = self.hidden_states(input_ids, positions, cache, attention_mask, token_type_ids)
+        h = self.hidden_states(input_ids, positions, cache, attention_mask, token_type_ids, rope=rope)
         if self.lm_head is not None:
             return self.lm_head(h)
         if self.mlm is not None:
