@@ -97,7 +97,9 @@ def compiled_forward() -> Any:
     function. `dynamic=True` makes the batch size and the cache fill level symbolic: the first call
     compiles (tens of seconds on a small CPU; inductor keeps its kernels on disk for the next process),
     later steps and later calls reuse the graph. Batch size 1 is specialised, so a first batched call
-    compiles once more.
+    compiles once more, and so does a first padded batch (it has a mask). Models of the same shapes
+    share a graph. Dynamo's default of 8 graphs per function would be 2-4 models; past it, steps fall
+    back to eager with only a warning, so the limit here is 64.
 
     These settings trim the fixed cost every step repeats (a SmolLM2 step is about 20 ms of weight
     reads on a 2-core CPU, so each 0.5 ms counts; `benchmarks/step_overhead.py` measures them):
@@ -119,7 +121,7 @@ def compiled_forward() -> Any:
     if _compiled is None:
         options = {"cpp_wrapper": True, "size_asserts": False}
         compiled = torch.compile(_forward, dynamic=True, options=options)
-        dynamo = {"specialize_float": True, "use_recursive_dict_tags_for_guards": True}
+        dynamo = {"specialize_float": True, "use_recursive_dict_tags_for_guards": True, "recompile_limit": 64}
         _compiled = torch._dynamo.config.patch(dynamo)(compiled)
     return _compiled
 
