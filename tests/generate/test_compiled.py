@@ -48,13 +48,14 @@ def test_compiled_step_logits_equal_eager(models, family, prompts):
     torch.testing.assert_close(logits[True], logits[False], rtol=1e-4, atol=1e-4)
 
 
-def test_compiled_step_copies_no_matmul_input(models):
+@pytest.mark.parametrize("family", ["llama", "gpt2"])  # RMSNorm + SwiGLU, LayerNorm + GELU
+def test_compiled_step_copies_no_matmul_input(family):
     """At batch 1 the step's matmul inputs keep plain strides. Under inductor a (1, 1, C) result
     viewed as (1, C) gets stride 0 on its size-1 dimension, and the CPU matmul then copies that input
     before multiplying: the model computes what feeds a matmul as (tokens, C) rows (`as_rows`)."""
     # a layer count no other test uses: its own graph (same-shaped models share one), with kernel
     # profiling; after this module's other tests it is also past dynamo's default limit of 8 graphs
-    engine = Engine(tiny_model("llama", seed=12, n_layer=3), compile=True)
+    engine = Engine(tiny_model(family, seed=12, n_layer=3), compile=True)
     batch = engine.new_batch([[5, 17, 99]], 8)
     engine.prefill(batch)
     with torch._inductor.config.patch({"cpp.enable_kernel_profile": True}):

@@ -47,10 +47,17 @@ class RMSNorm(nn.Module):
         return (self.weight * xf.to(x.dtype)).view(x.shape)
 
 
+class LayerNorm(nn.LayerNorm):
+    """`nn.LayerNorm` computed on (tokens, C) rows, like `RMSNorm` (see `as_rows`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(as_rows(x)).view(x.shape)
+
+
 def make_norm(config: ModelConfig) -> nn.Module:
     if config.norm == "rmsnorm":
         return RMSNorm(config.d_model, config.norm_eps)
-    return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.norm_bias)
+    return LayerNorm(config.d_model, eps=config.norm_eps, bias=config.norm_bias)
 
 
 ACTIVATIONS = {
