@@ -5,11 +5,12 @@ one-token decode step under torch.compile), transformers' default `generate`, an
 static cache and torch.compile (its documented compiled path, forced onto the CPU). For batch 1 (32-token
 prompt, 128 new tokens, greedy): the first run (which includes any compile), time to first token,
 decode tokens/s, the ratios, and the fraction of the memory-bandwidth limit (weight bytes read per
-token divided by the bandwidth of a large tensor copy); the weights-only floor (one pass of the same
-matrix-vector products a step makes, nothing else: an engine reading these fp32 weights through torch's
-matmul cannot step faster, so transformers' step time over it bounds the ratio such an engine can reach); batch 8 throughput; and the speedup of
-prompt-lookup speculative decoding on a repetitive task (continuing a passage quoted twice). Every side
-must produce the same greedy tokens. Prints a table and saves benchmarks/results/generate.json.
+token divided by the bandwidth of a large tensor copy, timed between the runs too); the weights-only
+floor (one pass of the same matrix-vector products a step makes, nothing else: an engine reading these
+fp32 weights through torch's matmul cannot step faster, so transformers' step time over it bounds the
+ratio such an engine can reach); batch 8 throughput; and the speedup of prompt-lookup speculative
+decoding on a repetitive task (continuing a passage quoted twice). Every side must produce the same
+greedy tokens. Prints a table and saves benchmarks/results/generate.json.
 
     python benchmarks/generate.py [--repeats 3] [--threads 2] [--output results/generate.json]
 """
@@ -162,15 +163,22 @@ def save_results(path: Path, result: dict) -> None:
     print(f"saved {path}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+def benchmark_args(doc: str, output: Path, repeats: int) -> argparse.Namespace:
+    """The decoding benchmarks' shared options (--repeats, --threads, --new-tokens, --output), parsed;
+    sets torch's thread count and keeps the tokenizers' own thread pool out of the timings."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=repeats)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--output", type=Path, default=RESULTS, help="where to save the JSON results")
+    parser.add_argument("--output", type=Path, default=output, help="where to save the JSON results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return args
+
+
+def main() -> None:
+    args = benchmark_args(__doc__, RESULTS, repeats=3)
     os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF conversion bar
 
     import transformers

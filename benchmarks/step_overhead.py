@@ -17,27 +17,19 @@ ratios; saves benchmarks/results/step_overhead.json.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 from pathlib import Path
 
 import torch
 
-from generate import best_times, first_runs, four_sides, save_results
+from generate import benchmark_args, best_times, first_runs, four_sides, save_results
 
 RESULTS = Path(__file__).parent / "results" / "step_overhead.json"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--output", type=Path, default=RESULTS, help="where to save the JSON results")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = benchmark_args(__doc__, RESULTS, repeats=5)
 
     import transformers
 
