@@ -8,7 +8,7 @@ K/V heads, tied embeddings and the same ops, but widths so small (d_model 144, d
 that its weights stay in the CPU caches. Both engines run the same random weights (exported to a
 transformers `LlamaForCausalLM`) and must give the same greedy tokens.
 
-Sides: lmforge eager and `compile=True`, transformers' default `generate` and its static cache +
+Sides: lmforge eager, `compile=True` and `aot=True`, transformers' default `generate` and its static cache +
 torch.compile path. Prints ms per decode step (prompt 32, 128 new tokens, greedy, batch 1) and the
 ratios; saves benchmarks/results/step_overhead.json.
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from generate import benchmark_args, best_times, first_runs, four_sides, save_results
+from generate import benchmark_args, best_times, decode_sides, first_runs, save_results
 
 RESULTS = Path(__file__).parent / "results" / "step_overhead.json"
 
@@ -55,7 +55,7 @@ def main() -> None:
     n_new = args.new_tokens
     prompt = list(range(100, 132))
 
-    sides = four_sides(lm, hf)
+    sides = decode_sides(lm, hf)
     first_run, agree = first_runs(sides, prompt, n_new)
 
     timed = {}
@@ -82,6 +82,7 @@ def main() -> None:
         "transformers_over_lmforge_eager": step_ms["transformers"] / step_ms["lmforge"],
         "transformers_compiled_over_lmforge_compiled": step_ms["transformers_compiled"]
         / step_ms["lmforge_compiled"],
+        "transformers_over_lmforge_aot": step_ms["transformers"] / step_ms["lmforge_aot"],
     }
     print(f"{'':23}{'first run s':>12}{'ms/step':>10}")
     for name in sides:
@@ -89,7 +90,8 @@ def main() -> None:
     print(
         f"fixed cost per step, transformers / lmforge: eager {result['transformers_over_lmforge_eager']:.2f}x, "
         f"compiled {result['transformers_over_lmforge_compiled']:.2f}x; transformers compiled / lmforge "
-        f"compiled {result['transformers_compiled_over_lmforge_compiled']:.2f}x"
+        f"compiled {result['transformers_compiled_over_lmforge_compiled']:.2f}x; transformers / lmforge aot "
+        f"{result['transformers_over_lmforge_aot']:.2f}x"
     )
     save_results(args.output, result)
 

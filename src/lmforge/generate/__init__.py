@@ -143,7 +143,7 @@ class _Run:
         if not prompts:
             raise LMForgeError("no prompts given")
         ids = _encode(lm, prompts)
-        self.engine = Engine(lm.model, compile=config.compile)
+        self.engine = Engine(lm.model, compile=config.compile, aot=config.aot)
         room = self.engine.max_seq_len - max(len(p) for p in ids)
         chosen = "max_new_tokens" in options or "max_new_tokens" in (
             getattr(lm, "generation_config", None) or {}
@@ -253,7 +253,7 @@ class _Run:
                 **opts,
             )
         elif self.strategy == "contrastive_decoding":
-            amateur = Engine(self.amateur.model, compile=c.compile)
+            amateur = Engine(self.amateur.model, compile=c.compile, aot=c.aot)
             amateur_batch = amateur.new_batch(rows, self.capacity(rows), self.pad)
             steps = contrastive_decoding_steps(
                 self.engine,
@@ -292,7 +292,7 @@ class _Run:
         batch = self.engine.new_batch([prompt], self.capacity([prompt]), self.pad)
         logits = self.engine.prefill(batch)
         stats = SpeculativeStats()
-        draft = Engine(self.draft.model, compile=c.compile) if self.draft is not None else None
+        draft = Engine(self.draft.model, compile=c.compile, aot=c.aot) if self.draft is not None else None
         constraint = self.constraint(1)
         steps = speculative_steps(
             self.engine,

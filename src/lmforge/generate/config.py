@@ -68,6 +68,7 @@ class GenerationConfig:
     json_schema: dict[str, Any] | None = None
     # runtime
     compile: bool = False
+    aot: bool = False
 
     FIELD_DOCS: ClassVar[dict[str, str]] = {
         "max_new_tokens": "most tokens to generate per sequence",
@@ -105,6 +106,7 @@ class GenerationConfig:
         "regex": "constrain the output to match this regular expression",
         "json_schema": "constrain the output to JSON valid under this schema (JSON text)",
         "compile": "torch.compile the one-token decode step: faster per token after a one-time compile",
+        "aot": "compile the batch-1 decode step ahead of time (torch.export + AOTInductor), kept on disk",
     }
 
     def __post_init__(self) -> None:

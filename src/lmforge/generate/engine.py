@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from lmforge.errors import LMForgeError
+from lmforge.generate.aot import aot_step, serves
 from lmforge.generate.cache import KVCache
 
 
@@ -166,18 +167,23 @@ class Engine:
         max_seq_len: context length to enforce; defaults to `model.config.max_seq_len`.
         compile: run one-token decode steps through `compiled_forward` (prefill and multi-token
             verification steps stay eager: their lengths vary, and they run once per call or round).
+        aot: run batch-1, unpadded one-token steps through an ahead-of-time compiled package
+            (`lmforge.generate.aot`), without dynamo's per-step cost; implies `compile` for the others.
     """
 
-    def __init__(self, model: nn.Module, max_seq_len: int | None = None, compile: bool = False):
+    def __init__(
+        self, model: nn.Module, max_seq_len: int | None = None, compile: bool = False, aot: bool = False
+    ):
         self.model = model
-        self.compile = compile
+        self.compile = compile or aot
+        self.aot = aot
         self.config = model.config
         if getattr(self.config, "head", "lm") != "lm" or not getattr(self.config, "causal", True):
             raise LMForgeError("generation needs a causal decoder with an LM head (this model is an encoder)")
         self.max_seq_len = max_seq_len or self.config.max_seq_len
         param = next(model.parameters())
         self.dtype, self.device = param.dtype, param.device
-        if compile and self.device.type == "cpu":
+        if self.compile and self.device.type == "cpu":
             check_compiler()
         # a Transformer exposes its trunk and head separately: prefill can skip the head on the prompt
         self._split_head = hasattr(model, "hidden_states") and getattr(model, "lm_head", None) is not None
@@ -267,9 +273,12 @@ class Engine:
             # the batch's own slots, not the caller's tensor: an inference tensor every time (a plain
             # one would miss the compiled graph's guards and compile it again)
             tokens = batch.tokens[:, start:end]
-            torch._dynamo.mark_static(tokens, 1)  # the token dimension is always 1 here
             rope = self.model.rope(positions, self.dtype) if self._rope else None
-            logits = compiled_forward()(self.model, tokens, positions, batch.cache, mask, rope)
+            if self.aot and serves(batch.size, batch.padded, end, batch.capacity):
+                logits = aot_step(self.model, self.dtype)(tokens, positions, batch.cache, rope)
+            else:
+                torch._dynamo.mark_static(tokens, 1)  # the token dimension is always 1 here
+                logits = compiled_forward()(self.model, tokens, positions, batch.cache, mask, rope)
         else:
             logits = self.model(tokens, positions=positions, cache=batch.cache, attention_mask=mask)
         batch.cache.advance(T)

@@ -1,0 +1,167 @@
+"""The one-token decode step compiled ahead of time (torch.export + AOTInductor): `aot=True`.
+
+With `compile=True` every step still passes through dynamo: its guards, its wrappers and the Python that
+hands the graph its ~250 inputs (on SmolLM2, 184 parameters and 60 cache tensors). All of that runs on
+every step, and after 513 MiB of weights have streamed through the CPU caches, so it runs cold: on
+SmolLM2 it costs about 1.9 ms of a 22 ms step (`benchmarks/generate.py`). Here the same graph is exported
+once and called through AOTInductor's C++ runner:
+- the parameters are the runner's constants: the model's own tensors, shared and not copied, so a step
+  passes only its tokens, positions, cache tensors and RoPE cos/sin, and later in-place weight changes
+  are seen;
+- the cache's fill level travels as the length of an empty (L, 0) tensor, so it is a symbolic size of
+  the graph, like the cache capacity.
+
+The package serves batch 1 without padding, the case where per-step cost matters most. The engine
+sends every other step (batches, padding, a step that fills the cache's last slot) to `compile=True`'s
+path. Packages are kept on disk in `$LMFORGE_CACHE/aot` (default `~/.cache/lmforge/aot`). They hold no
+weights (about 2 MB for SmolLM2). Their key is the model's config, the dtype, torch's version and the
+source of the modules the graph is traced from, so an edited model file compiles anew. The first
+compile of SmolLM2 takes about 75 s on a 2-core CPU; loading a kept package takes well under a second.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import weakref
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lmforge.errors import LMForgeError
+from lmforge.generate.cache import KVCache
+
+# the files whose code the exported graph is traced from: editing one must not reuse an old package
+_TRACED = (
+    "model/transformer.py",
+    "model/attention.py",
+    "model/position.py",
+    "generate/cache.py",
+    "generate/aot.py",
+)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LMFORGE_CACHE", "~/.cache/lmforge")).expanduser() / "aot"
+
+
+class _Step(nn.Module):
+    """The exported function: one new token per row, the KV cache as two tuples of tensors."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens, positions, filled, k, v, rope) -> torch.Tensor:
+        cache = KVCache(list(k), list(v), filled.shape[0])
+        extra = {"rope": rope} if rope else {}  # RoPE's (cos, sin); learned positions need none
+        return self.model(tokens, positions=positions, cache=cache, attention_mask=None, **extra)
+
+
+def package_key(model: nn.Module, dtype: torch.dtype) -> str:
+    root = Path(__file__).resolve().parents[1]
+    parts = {
+        "config": dataclasses.asdict(model.config),
+        "dtype": str(dtype),
+        "torch": torch.__version__,
+        "code": [hashlib.sha256((root / name).read_bytes()).hexdigest() for name in _TRACED],
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+class AOTStep:
+    """`step(tokens (1, 1), positions (1, 1), cache, rope) -> logits (1, 1, V)` through the runner;
+    `rope` is RoPE's (cos, sin) for the positions, or None for a model without RoPE."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype):
+        self.config = model.config
+        self.filled = torch.empty(self.config.max_seq_len, 0)  # filled[:n] carries the fill level n
+        self.path = cache_dir() / f"{package_key(model, dtype)}.pt2"
+        if not self.path.exists():
+            self._compile(model, dtype)
+        try:
+            self.runner = torch._inductor.aoti_load_package(str(self.path))
+        except Exception:  # a kept package that no longer loads (truncated, or from another build)
+            self._compile(model, dtype)
+            try:
+                self.runner = torch._inductor.aoti_load_package(str(self.path))
+            except Exception as error:
+                raise LMForgeError(
+                    f"the AOT package {self.path} was just compiled but does not load "
+                    f"({type(error).__name__}); generate without aot (compile=True still works)"
+                ) from error
+        tensors = dict(model.named_parameters(remove_duplicate=False))
+        tensors.update(model.named_buffers(remove_duplicate=False))
+        names = self.runner.get_constant_fqns()
+        missing = [n for n in names if n.removeprefix("model.") not in tensors]
+        if missing:
+            raise LMForgeError(
+                f"the AOT package {self.path} expects tensors this model lacks ({', '.join(missing[:3])}); "
+                "delete the package to compile it again"
+            )
+        # user_managed: the runner reads the model's own tensors (no copy; in-place updates are seen).
+        # It does not own them, so they are kept alive here for as long as the runner
+        self.tensors = tensors
+        self.runner.load_constants(
+            {n: tensors[n.removeprefix("model.")] for n in names}, check_full_update=True, user_managed=True
+        )
+
+    def _compile(self, model: nn.Module, dtype: torch.dtype) -> None:
+        """Export with example shapes unrelated to the caller's (capacity 64, 32 filled), so every
+        package is the same, and compile into a temporary file that replaces the package at the end."""
+        config, capacity, filled = self.config, 64, 32
+        device = next(model.parameters()).device
+        cache = KVCache.allocate(config, 1, capacity, dtype=dtype, device=device)
+        tokens = torch.zeros((1, 1), dtype=torch.long, device=device)
+        positions = torch.full((1, 1), filled, dtype=torch.long, device=device)
+        rope = tuple(model.rope(positions, dtype)) if getattr(model, "rope", None) is not None else ()
+        args = (tokens, positions, self.filled[:filled], tuple(cache.k), tuple(cache.v), rope)
+        slots = torch.export.Dim("slots", min=3, max=config.max_seq_len)
+        kv = tuple({2: slots} for _ in range(config.n_layer))
+        fill = {0: torch.export.Dim("filled", min=1, max=config.max_seq_len - 1)}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=".pt2")
+        os.close(fd)
+        try:
+            with torch.inference_mode():
+                exported = torch.export.export(
+                    _Step(model),
+                    args,
+                    dynamic_shapes=(None, None, fill, kv, kv, tuple(None for _ in rope)),
+                    strict=False,
+                )
+                torch._inductor.aoti_compile_and_package(
+                    exported,
+                    package_path=tmp,
+                    inductor_configs={"aot_inductor.package_constants_in_so": False},
+                )
+            os.replace(tmp, self.path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def __call__(self, tokens, positions, cache: KVCache, rope) -> torch.Tensor:
+        inputs = [tokens, positions, self.filled[: cache.length], *cache.k, *cache.v, *(rope or ())]
+        return self.runner.loader.run(inputs)[0]
+
+
+_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def aot_step(model: nn.Module, dtype: torch.dtype) -> AOTStep:
+    """The model's `AOTStep`, built (or loaded from disk) once per model and process."""
+    step = _steps.get(model)
+    if step is None:
+        step = _steps[model] = AOTStep(model, dtype)
+    return step
+
+
+def serves(batch_size: int, padded: bool, end: int, capacity: int) -> bool:
+    """Whether a one-token step goes through the AOT package: batch 1, no padding, and a free slot
+    after this step's (the package was exported with the fill level below the capacity; the one step
+    that fills the last slot takes `compile=True`'s path)."""
+    return batch_size == 1 and not padded and end < capacity

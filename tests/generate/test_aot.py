@@ -1,0 +1,102 @@
+"""`aot=True`: the batch-1 decode step compiled ahead of time (torch.export + AOTInductor).
+
+Same step logits as the eager step and the same tokens, for Llama (RoPE) and GPT-2 (learned positions);
+the cache is written in place; the package reads the model's own weights (an in-place change is seen);
+the package is kept on disk and reused; batches, padding and the step that fills the cache's last slot
+take `compile=True`'s path instead.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from generate_helpers import tiny_lm, tiny_model
+
+from lmforge.generate import aot as aot_module
+from lmforge.generate import generate
+from lmforge.generate.engine import Engine
+
+pytestmark = pytest.mark.xdist_group("compile")  # one worker pays for the compiles
+
+
+@pytest.fixture(scope="module")
+def packages(tmp_path_factory):
+    """Every package of this module in one fresh folder (each family compiles once)."""
+    folder = tmp_path_factory.mktemp("lmforge-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LMFORGE_CACHE", str(folder))
+        yield folder / "aot"
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {family: tiny_model(family, seed=13, scale=20.0) for family in ("llama", "gpt2")}
+
+
+def step_logits(model, prompt, n_steps, **engine_options):
+    engine = Engine(model, **engine_options)
+    batch = engine.new_batch([prompt], len(prompt) + n_steps + 1)
+    out = [engine.prefill(batch)]
+    for i in range(n_steps):
+        out.append(engine.step(batch, torch.tensor([(7 * i + 3) % 250])))
+    return torch.stack(out), batch
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("prompt", [[5, 17, 99, 3, 42, 7], [9]])  # a one-token prompt: fill level 1
+def test_aot_step_logits_equal_eager(packages, models, family, prompt, monkeypatch):
+    model = models[family]
+    calls = []
+    call = aot_module.AOTStep.__call__
+    monkeypatch.setattr(aot_module.AOTStep, "__call__", lambda self, *a: calls.append(1) or call(self, *a))
+    aot, aot_batch = step_logits(model, prompt, 12, aot=True)
+    monkeypatch.undo()
+    eager, eager_batch = step_logits(model, prompt, 12)
+    assert len(calls) == 12  # every one-token step went through the package
+    torch.testing.assert_close(aot, eager, rtol=1e-4, atol=1e-4)
+    # the package wrote the new keys and values into the engine's own cache tensors
+    torch.testing.assert_close(aot_batch.cache.k[0], eager_batch.cache.k[0], rtol=1e-4, atol=1e-4)
+    assert list(packages.glob("*.pt2"))
+
+
+def test_aot_reads_the_models_own_weights(packages, models):
+    """The runner's constants are the model's tensors (not copies): an in-place update is seen."""
+    model = tiny_model("llama", seed=13, scale=20.0)  # same shapes as models["llama"]: same package
+    before = len(list(packages.glob("*.pt2")))
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-1.0)
+    aot, _ = step_logits(model, [5, 17, 99], 4, aot=True)
+    eager, _ = step_logits(model, [5, 17, 99], 4)
+    torch.testing.assert_close(aot, eager, rtol=1e-4, atol=1e-4)
+    assert len(list(packages.glob("*.pt2"))) == before  # reused from disk, not compiled again
+
+
+def test_aot_generate_equals_eager_and_other_steps_fall_back(packages, models):
+    lm = tiny_lm(models["llama"])
+    prompts = ["Hello there", "Hi"]  # a left-padded batch: the compile=True path
+    for prompt in (prompts[0], prompts):
+        eager = generate(lm, prompt, max_new_tokens=10)
+        aot = generate(lm, prompt, max_new_tokens=10, aot=True)
+        outputs = eager if isinstance(eager, list) else [eager]
+        aot_outputs = aot if isinstance(aot, list) else [aot]
+        assert [o.token_ids for o in aot_outputs] == [o.token_ids for o in outputs]
+
+
+def test_serves_only_batch_one_unpadded_with_a_free_slot():
+    assert aot_module.serves(1, False, 10, 12)
+    assert not aot_module.serves(2, False, 10, 12)
+    assert not aot_module.serves(1, True, 10, 12)
+    assert not aot_module.serves(1, False, 12, 12)  # this step fills the last slot
+
+
+def test_a_corrupt_kept_package_is_compiled_again(packages, models):
+    """A truncated package on disk (an interrupted copy, a full disk) is rebuilt, not an error."""
+    model = models["gpt2"]
+    path = packages / f"{aot_module.package_key(model, torch.float32)}.pt2"
+    aot_module.aot_step(model, torch.float32)  # compiled (or loaded) once
+    path.write_bytes(path.read_bytes()[:100])
+    aot_module._steps.pop(model)  # as in a new process: the package is read from disk again
+    aot, _ = step_logits(model, [5, 17], 3, aot=True)
+    assert path.stat().st_size > 100
+    eager, _ = step_logits(model, [5, 17], 3)
+    torch.testing.assert_close(aot, eager, rtol=1e-4, atol=1e-4)
