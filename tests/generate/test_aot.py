@@ -100,3 +100,16 @@ def test_a_corrupt_kept_package_is_compiled_again(packages, models):
     assert path.stat().st_size > 100
     eager, _ = step_logits(model, [5, 17], 3)
     torch.testing.assert_close(aot, eager, rtol=1e-4, atol=1e-4)
+
+
+def test_a_model_whose_tensors_moved_gets_a_new_runner(packages, models):
+    """`param.data = ...` (what `model.to()` does) moves a tensor: the runner read the old address,
+    so the next engine builds a new runner on the new tensors (from the kept package)."""
+    model = tiny_model("llama", seed=14, scale=20.0)
+    first = aot_module.aot_step(model, torch.float32)
+    with torch.no_grad():
+        model.lm_head.weight.data = -model.lm_head.weight.data  # new storage
+    aot, _ = step_logits(model, [5, 17, 99], 4, aot=True)
+    eager, _ = step_logits(model, [5, 17, 99], 4)
+    assert aot_module.aot_step(model, torch.float32) is not first
+    torch.testing.assert_close(aot, eager, rtol=1e-4, atol=1e-4)

@@ -67,6 +67,7 @@ def package_key(model: nn.Module, dtype: torch.dtype) -> str:
     parts = {
         "config": dataclasses.asdict(model.config),
         "dtype": str(dtype),
+        "device": next(model.parameters()).device.type,
         "torch": torch.__version__,
         "code": [hashlib.sha256((root / name).read_bytes()).hexdigest() for name in _TRACED],
     }
@@ -78,8 +79,10 @@ class AOTStep:
     `rope` is RoPE's (cos, sin) for the positions, or None for a model without RoPE."""
 
     def __init__(self, model: nn.Module, dtype: torch.dtype):
-        self.config = model.config
-        self.filled = torch.empty(self.config.max_seq_len, 0)  # filled[:n] carries the fill level n
+        self.config, self.dtype = model.config, dtype
+        device = next(model.parameters()).device
+        # filled[:n] carries the fill level n (no data: only its length is read)
+        self.filled = torch.empty(self.config.max_seq_len, 0, device=device)
         self.path = cache_dir() / f"{package_key(model, dtype)}.pt2"
         if not self.path.exists():
             self._compile(model, dtype)
@@ -106,6 +109,7 @@ class AOTStep:
         # user_managed: the runner reads the model's own tensors (no copy; in-place updates are seen).
         # It does not own them, so they are kept alive here for as long as the runner
         self.tensors = tensors
+        self.storage = storage(tensors)
         self.runner.load_constants(
             {n: tensors[n.removeprefix("model.")] for n in names}, check_full_update=True, user_managed=True
         )
@@ -152,9 +156,21 @@ class AOTStep:
 _steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def storage(tensors: dict[str, torch.Tensor]) -> tuple[int, ...]:
+    """Where each tensor's data lives: the runner reads these addresses."""
+    return tuple(t.data_ptr() for t in tensors.values())
+
+
 def aot_step(model: nn.Module, dtype: torch.dtype) -> AOTStep:
-    """The model's `AOTStep`, built (or loaded from disk) once per model and process."""
+    """The model's `AOTStep`, built (or loaded from disk) once per model and process, and again when
+    the model's tensors moved since (`model.to(...)`, a parameter given new data): the runner would
+    read the old ones."""
     step = _steps.get(model)
+    if step is not None:
+        tensors = dict(model.named_parameters(remove_duplicate=False))
+        tensors.update(model.named_buffers(remove_duplicate=False))
+        if step.dtype != dtype or storage(tensors) != step.storage:
+            step = None
     if step is None:
         step = _steps[model] = AOTStep(model, dtype)
     return step

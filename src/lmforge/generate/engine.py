@@ -177,6 +177,7 @@ class Engine:
         self.model = model
         self.compile = compile or aot
         self.aot = aot
+        self._aot_step = None
         self.config = model.config
         if getattr(self.config, "head", "lm") != "lm" or not getattr(self.config, "causal", True):
             raise LMForgeError("generation needs a causal decoder with an LM head (this model is an encoder)")
@@ -275,7 +276,9 @@ class Engine:
             tokens = batch.tokens[:, start:end]
             rope = self.model.rope(positions, self.dtype) if self._rope else None
             if self.aot and serves(batch.size, batch.padded, end, batch.capacity):
-                logits = aot_step(self.model, self.dtype)(tokens, positions, batch.cache, rope)
+                if self._aot_step is None:  # looked up (and checked) once per engine
+                    self._aot_step = aot_step(self.model, self.dtype)
+                logits = self._aot_step(tokens, positions, batch.cache, rope)
             else:
                 torch._dynamo.mark_static(tokens, 1)  # the token dimension is always 1 here
                 logits = compiled_forward()(self.model, tokens, positions, batch.cache, mask, rope)
