@@ -13,6 +13,8 @@ With `compile=True` the one-token decode step runs the model through `torch.comp
 `compiled_forward`): one graph per model in which the batch size and the cache fill level are symbolic,
 so it serves every step of every call. An eager SmolLM2 step makes about 4,900 ATen calls (160 per
 layer); the compiled step fuses the small ones and leaves mostly the weight reads (README: Generation).
+With `aot=True` a batch-1 step skips dynamo altogether: it calls a package compiled ahead of time
+(`lmforge.generate.aot`), and other steps take the `compile=True` path.
 
 `StopChecker` decides per row when to stop: stop token ids (EOS and friends), stop strings (checked on the
 text decoded so far) and `max_new_tokens`; finished rows keep stepping with padding until all are done.
