@@ -14,7 +14,7 @@ once and called through AOTInductor's C++ runner:
 The package serves batch 1 without padding, the case where per-step cost matters most. The engine
 sends every other step (batches, padding, a step that fills the cache's last slot) to `compile=True`'s
 path. Packages are kept on disk in `$LMFORGE_CACHE/aot` (default `~/.cache/lmforge/aot`). They hold no
-weights (about 2 MB for SmolLM2). Their key is the model's config, the dtype, torch's version and the
+weights (3.4 MB for SmolLM2). Their key is the model's config, the dtype, torch's version and the
 source of the modules the graph is traced from, so an edited model file compiles anew. The first
 compile of SmolLM2 takes about 75 s on a 2-core CPU; loading a kept package takes well under a second.
 """
@@ -25,7 +25,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import weakref
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from torch import nn
 
 from lmforge.errors import LMForgeError
 from lmforge.generate.cache import KVCache
+from lmforge.io.atomic import atomic_file
 
 # the files whose code the exported graph is traced from: editing one must not reuse an old package
 _TRACED = (
@@ -97,8 +97,7 @@ class AOTStep:
                     f"the AOT package {self.path} was just compiled but does not load "
                     f"({type(error).__name__}); generate without aot (compile=True still works)"
                 ) from error
-        tensors = dict(model.named_parameters(remove_duplicate=False))
-        tensors.update(model.named_buffers(remove_duplicate=False))
+        tensors = model_tensors(model)
         names = self.runner.get_constant_fqns()
         missing = [n for n in names if n.removeprefix("model.") not in tensors]
         if missing:
@@ -117,8 +116,7 @@ class AOTStep:
     def _compile(self, model: nn.Module, dtype: torch.dtype) -> None:
         """Export with example shapes unrelated to the caller's (capacity 64, 32 filled), so every
         package is the same, and compile into a temporary file that replaces the package at the end."""
-        config, capacity, filled = self.config, 64, 32
-        device = next(model.parameters()).device
+        config, capacity, filled, device = self.config, 64, 32, self.filled.device
         cache = KVCache.allocate(config, 1, capacity, dtype=dtype, device=device)
         tokens = torch.zeros((1, 1), dtype=torch.long, device=device)
         positions = torch.full((1, 1), filled, dtype=torch.long, device=device)
@@ -127,26 +125,19 @@ class AOTStep:
         slots = torch.export.Dim("slots", min=3, max=config.max_seq_len)
         kv = tuple({2: slots} for _ in range(config.n_layer))
         fill = {0: torch.export.Dim("filled", min=1, max=config.max_seq_len - 1)}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=".pt2")
-        os.close(fd)
-        try:
-            with torch.inference_mode():
-                exported = torch.export.export(
-                    _Step(model),
-                    args,
-                    dynamic_shapes=(None, None, fill, kv, kv, tuple(None for _ in rope)),
-                    strict=False,
-                )
-                torch._inductor.aoti_compile_and_package(
-                    exported,
-                    package_path=tmp,
-                    inductor_configs={"aot_inductor.package_constants_in_so": False},
-                )
-            os.replace(tmp, self.path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        # AOTInductor insists that the package's name end in .pt2
+        with atomic_file(self.path, suffix=".pt2") as tmp, torch.inference_mode():
+            exported = torch.export.export(
+                _Step(model),
+                args,
+                dynamic_shapes=(None, None, fill, kv, kv, tuple(None for _ in rope)),
+                strict=False,
+            )
+            torch._inductor.aoti_compile_and_package(
+                exported,
+                package_path=str(tmp),
+                inductor_configs={"aot_inductor.package_constants_in_so": False},
+            )
 
     def __call__(self, tokens, positions, cache: KVCache, rope) -> torch.Tensor:
         inputs = [tokens, positions, self.filled[: cache.length], *cache.k, *cache.v, *(rope or ())]
@@ -154,6 +145,14 @@ class AOTStep:
 
 
 _steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer by name, a tied weight under each of its names (the runner asks for
+    constants by the names the exported graph used)."""
+    tensors = dict(model.named_parameters(remove_duplicate=False))
+    tensors.update(model.named_buffers(remove_duplicate=False))
+    return tensors
 
 
 def storage(tensors: dict[str, torch.Tensor]) -> tuple[int, ...]:
@@ -166,11 +165,8 @@ def aot_step(model: nn.Module, dtype: torch.dtype) -> AOTStep:
     the model's tensors moved since (`model.to(...)`, a parameter given new data): the runner would
     read the old ones."""
     step = _steps.get(model)
-    if step is not None:
-        tensors = dict(model.named_parameters(remove_duplicate=False))
-        tensors.update(model.named_buffers(remove_duplicate=False))
-        if step.dtype != dtype or storage(tensors) != step.storage:
-            step = None
+    if step is not None and (step.dtype != dtype or storage(model_tensors(model)) != step.storage):
+        step = None
     if step is None:
         step = _steps[model] = AOTStep(model, dtype)
     return step
