@@ -1,4 +1,5 @@
-"""GGUF files (llama.cpp's format): metadata, model config and dequantized weights.
+"""GGUF files (llama.cpp's format): metadata, model config and dequantized weights, for the Llama, Qwen2,
+Phi-3 and GPT-2 architectures.
 
 Every tensor type the `gguf` package can dequantize is supported; weights become float tensors in
 the requested dtype one at a time, so peak memory stays near one copy of the model. llama.cpp's
@@ -9,6 +10,7 @@ fit the rotate-half layout of our attention (as Hugging Face's GGUF loader does)
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,10 +152,27 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return GGUFFile(path).metadata
 
 
-# architecture -> (HF family, q/k rows permuted by llama.cpp's converter)
-ARCHITECTURES = {"llama": ("llama", True), "qwen2": ("qwen2", False)}
+@dataclass(frozen=True)
+class Arch:
+    """How one GGUF architecture maps onto our families (`lmforge.io.hf`)."""
 
-TENSOR_NAMES = {  # GGUF name -> HF name, per layer where "{i}" appears
+    layout: str  # "llama" (RMSNorm, SwiGLU, RoPE) or "gpt2" (LayerNorm, GELU, learned positions)
+    family: str  # the Hugging Face family its weights are named for
+    permuted: bool = False  # q/k rows permuted by llama.cpp's converter for its interleaved RoPE
+    fused: bool = False  # q/k/v in one attn_qkv tensor and gate+up in one ffn_up (Phi-3)
+    sliding_window: bool = False  # honours `{arch}.attention.sliding_window`
+
+
+ARCHITECTURES = {
+    "llama": Arch("llama", "llama", permuted=True),
+    "qwen2": Arch("llama", "qwen2"),
+    # Phi-3 is Llama's computation with fused projections: its weights load as a Llama (or, with a
+    # sliding window, a Mistral) and save as one
+    "phi3": Arch("llama", "llama", fused=True, sliding_window=True),
+    "gpt2": Arch("gpt2", "gpt2"),
+}
+
+LLAMA_TENSORS = {  # GGUF name -> HF name, per layer where "{i}" appears
     "token_embd.weight": "model.embed_tokens.weight",
     "output_norm.weight": "model.norm.weight",
     "output.weight": "lm_head.weight",
@@ -170,47 +189,105 @@ TENSOR_NAMES = {  # GGUF name -> HF name, per layer where "{i}" appears
     "blk.{i}.ffn_up.weight": "model.layers.{i}.mlp.up_proj.weight",
     "blk.{i}.ffn_down.weight": "model.layers.{i}.mlp.down_proj.weight",
 }
+FUSED_TENSORS = {  # Phi-3: a fused GGUF tensor -> the HF tensors it holds, in row order
+    "blk.{i}.attn_qkv.weight": [f"model.layers.{{i}}.self_attn.{p}_proj.weight" for p in "qkv"],
+    "blk.{i}.ffn_up.weight": ["model.layers.{i}.mlp.gate_proj.weight", "model.layers.{i}.mlp.up_proj.weight"],
+}
+GPT2_TENSORS = {
+    "token_embd.weight": "transformer.wte.weight",
+    "position_embd.weight": "transformer.wpe.weight",
+    "output_norm.weight": "transformer.ln_f.weight",
+    "output_norm.bias": "transformer.ln_f.bias",
+    "output.weight": "lm_head.weight",
+    **{
+        f"blk.{{i}}.{ours}.{p}": f"transformer.h.{{i}}.{theirs}.{p}"
+        for ours, theirs in [
+            ("attn_norm", "ln_1"),
+            ("ffn_norm", "ln_2"),
+            ("attn_qkv", "attn.c_attn"),
+            ("attn_output", "attn.c_proj"),
+            ("ffn_up", "mlp.c_fc"),
+            ("ffn_down", "mlp.c_proj"),
+        ]
+        for p in ("weight", "bias")
+    },
+}
 
 
-def hf_name(gguf_name: str) -> str | None:
+def _table_key(gguf_name: str) -> tuple[str, str | None]:
+    """("blk.{i}.attn_q.weight", "3") for "blk.3.attn_q.weight"; (name, None) outside the blocks."""
     parts = gguf_name.split(".")
-    if parts[0] == "blk":
-        key = ".".join(["blk", "{i}", *parts[2:]])
-        target = TENSOR_NAMES.get(key)
-        return target.replace("{i}", parts[1]) if target else None
-    return TENSOR_NAMES.get(gguf_name)
+    if parts[0] == "blk" and len(parts) > 2:
+        return ".".join(["blk", "{i}", *parts[2:]]), parts[1]
+    return gguf_name, None
 
 
-def config_from_metadata(meta: dict[str, Any], tensor_names: set[str], path: str | Path) -> ModelConfig:
-    arch = meta.get("general.architecture")
-    if arch not in ARCHITECTURES:
-        raise LMForgeError(
-            f"{path}: unsupported GGUF architecture '{arch}'; supported: {', '.join(ARCHITECTURES)}"
-        )
-    family, _ = ARCHITECTURES[arch]
+def hf_names(gguf_name: str, arch: Arch) -> list[str]:
+    """The HF tensor names a GGUF tensor holds (several for a fused one; none if unknown)."""
+    key, block = _table_key(gguf_name)
+    if arch.layout == "gpt2":
+        targets = [GPT2_TENSORS[key]] if key in GPT2_TENSORS else []
+    elif arch.fused and key in FUSED_TENSORS:
+        targets = FUSED_TENSORS[key]
+    else:
+        targets = [LLAMA_TENSORS[key]] if key in LLAMA_TENSORS else []
+    return [t.replace("{i}", block) for t in targets] if block is not None else targets
 
+
+def _get(meta: dict[str, Any], arch: str, path: str | Path) -> Callable[..., Any]:
     def get(key: str, default: Any = None) -> Any:
         value = meta.get(f"{arch}.{key}", default)
         if value is None:
             raise LMForgeError(f"{path}: GGUF metadata lacks '{arch}.{key}'")
         return value
 
+    return get
+
+
+def config_from_metadata(meta: dict[str, Any], tensor_names: set[str], path: str | Path) -> ModelConfig:
+    name = meta.get("general.architecture")
+    if name not in ARCHITECTURES:
+        raise LMForgeError(
+            f"{path}: unsupported GGUF architecture '{name}'; supported: {', '.join(ARCHITECTURES)}"
+        )
+    arch, get = ARCHITECTURES[name], _get(meta, name, path)
     d, nh = get("embedding_length"), get("attention.head_count")
-    vocab = meta.get(f"{arch}.vocab_size") or len(meta.get("tokenizer.ggml.tokens", []))
-    scaling = None
-    if meta.get(f"{arch}.rope.scaling.type") == "linear":
-        scaling = {"rope_type": "linear", "factor": meta[f"{arch}.rope.scaling.factor"]}
-    return ModelConfig(
+    vocab = meta.get(f"{name}.vocab_size") or len(meta.get("tokenizer.ggml.tokens", []))
+    common = dict(
         vocab_size=vocab,
         n_layer=get("block_count"),
         n_head=nh,
-        n_kv_head=get("attention.head_count_kv", nh),
         d_model=d,
         d_mlp=get("feed_forward_length"),
-        head_dim=meta.get(f"{arch}.attention.key_length")
-        or meta.get(f"{arch}.rope.dimension_count")
-        or d // nh,
         max_seq_len=get("context_length"),
+        tie_embeddings="output.weight" not in tensor_names,
+    )
+    if arch.layout == "gpt2":
+        return ModelConfig(
+            **common,
+            norm="layernorm",
+            norm_eps=get("attention.layer_norm_epsilon", 1e-5),
+            mlp="gelu_tanh",
+            position="learned",
+            qkv_bias=True,
+            attn_out_bias=True,
+            mlp_bias=True,
+            family=arch.family,
+        )
+    scaling = None
+    if meta.get(f"{name}.rope.scaling.type") == "linear":
+        scaling = {"rope_type": "linear", "factor": meta[f"{name}.rope.scaling.factor"]}
+    if any(t.startswith("rope_factors") for t in tensor_names):
+        raise LMForgeError(
+            f"{path}: RoPE with per-dimension factors (LongRoPE, as in Phi-3's 128k models) is not supported"
+        )
+    window = meta.get(f"{name}.attention.sliding_window") if arch.sliding_window else None
+    return ModelConfig(
+        **common,
+        n_kv_head=get("attention.head_count_kv", nh),
+        head_dim=meta.get(f"{name}.attention.key_length")
+        or meta.get(f"{name}.rope.dimension_count")
+        or d // nh,
         norm="rmsnorm",
         norm_eps=get("attention.layer_norm_rms_epsilon", 1e-5),
         mlp="swiglu",
@@ -218,8 +295,8 @@ def config_from_metadata(meta: dict[str, Any], tensor_names: set[str], path: str
         rope_theta=float(get("rope.freq_base", 10000.0)),
         rope_scaling=scaling,
         qkv_bias="blk.0.attn_q.bias" in tensor_names,
-        tie_embeddings="output.weight" not in tensor_names,
-        family=family,
+        sliding_window=window or None,
+        family="mistral" if window else arch.family,  # Mistral is Llama with a sliding window
     )
 
 
@@ -234,22 +311,41 @@ def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
     gguf_file = GGUFFile(path)
     meta = gguf_file.metadata
     config = config_from_metadata(meta, set(gguf_file.tensors), path)
-    _, permuted = ARCHITECTURES[meta["general.architecture"]]
-    names = {}
+    arch = ARCHITECTURES[meta["general.architecture"]]
+    names: dict[str, tuple[str, int, int]] = {}  # HF name -> (GGUF name, first row, rows or -1)
     for name in gguf_file.tensors:
-        target = hf_name(name)
-        if target is None:
+        targets = hf_names(name, arch)
+        if not targets:
             if name.startswith("rope_freqs"):
                 continue
-            raise LMForgeError(f"{path}: unexpected GGUF tensor '{name}'")
-        names[target] = name
+            raise LMForgeError(f"{path}: unexpected GGUF tensor '{name}' for architecture '{arch.family}'")
+        sizes = split_sizes(config, targets) if len(targets) > 1 else [-1]
+        start = 0
+        for target, rows in zip(targets, sizes):
+            names[target] = (name, start, rows)
+            start += rows
+
+    last: dict[str, torch.Tensor] = {}  # the fused tensor last read: its parts are asked for in turn
 
     def get(target: str) -> torch.Tensor:
-        w = gguf_file.dequantize(names[target], dtype)
-        if permuted and target.endswith(("q_proj.weight", "q_proj.bias")):
+        name, start, rows = names[target]
+        if name not in last:
+            last.clear()
+            last[name] = gguf_file.dequantize(name, dtype)
+        w = last[name] if rows < 0 else last[name][start : start + rows]
+        if arch.permuted and target.endswith(("q_proj.weight", "q_proj.bias")):
             w = unpermute(w, config.n_head)
-        elif permuted and target.endswith(("k_proj.weight", "k_proj.bias")):
+        elif arch.permuted and target.endswith(("k_proj.weight", "k_proj.bias")):
             w = unpermute(w, config.n_kv_head)
+        elif arch.layout == "gpt2" and w.dim() == 2 and ".h." in target:
+            w = w.t()  # llama.cpp stores GPT-2's Conv1D weights as (out, in); HF keeps (in, out)
         return w
 
     return config, get, list(names), meta
+
+
+def split_sizes(c: ModelConfig, targets: list[str]) -> list[int]:
+    """Rows of each part of a fused Phi-3 tensor: q, k, v or gate, up."""
+    if len(targets) == 3:
+        return [c.n_head * c.head_dim, c.n_kv_head * c.head_dim, c.n_kv_head * c.head_dim]
+    return [c.d_mlp, c.d_mlp]
