@@ -6,10 +6,11 @@ and called through AOTInductor's runner), transformers' default `generate`, and 
 static cache and torch.compile (its documented compiled path, forced onto the CPU). For batch 1 (32-token
 prompt, 128 new tokens, greedy): the first run (which includes any compile), time to first token,
 decode tokens/s, the ratios, and the fraction of the memory-bandwidth limit (the measured bandwidth
-divided by the weight bytes read per token). The bandwidth is measured like the decoding runs: the
-fastest of windows that move what one decode run reads, timed interleaved with the runs; a window is
-a run of back-to-back copies of a large tensor, or the weights-only pass's own read rate when that is
-higher. The fraction against the fastest single copy (an 80 ms window) is printed too. The weights-only
+divided by the weight bytes read per token). The bandwidth is measured the way the decoding runs are:
+over windows that move what one decode run reads, timed interleaved with the runs, the fastest window
+counting. A window is either back-to-back copies of a large tensor or the weights-only pass made once
+per new token; the faster of the two rates counts. The fraction against the fastest single copy (an
+80 ms window, the limit of earlier versions) is printed too. The weights-only
 floor is one pass of the same matrix-vector products a step makes, nothing else: an engine reading
 these fp32 weights through torch's matmul cannot step faster, so transformers' step time over it bounds
 the ratio such an engine can reach. Then batch 8 throughput, and the speedup of prompt-lookup speculative

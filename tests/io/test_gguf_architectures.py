@@ -166,3 +166,51 @@ def test_longrope_factors_are_a_clear_error(tmp_path, tokenizer_metadata):
     path = write_gguf(tmp_path / "longrope.gguf", "phi3", tensors, tokenizer_metadata)
     with pytest.raises(LMForgeError, match="per-dimension factors"):
         lmforge.load(path, dtype=torch.float32, device="cpu")
+
+
+def llama_cpp_rope_factors(head_dim: int, theta: float, factor: float) -> np.ndarray:
+    """What llama.cpp's converter writes as `rope_freqs` for Llama 3.1's RoPE scaling (low 1, high 4,
+    original context 8192): the divisor of each base frequency."""
+    freqs = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    out = []
+    for freq in freqs:
+        wavelen = 2 * np.pi / freq
+        if wavelen < 8192 / 4:
+            out.append(1.0)
+        elif wavelen > 8192 / 1:
+            out.append(factor)
+        else:
+            smooth = (8192 / wavelen - 1) / (4 - 1)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
+def test_llama3_rope_freqs_load_as_llama3_scaling(tmp_path, tokenizer_metadata):
+    """Llama 3.1/3.2 GGUF files carry their RoPE scaling only as `rope_freqs` (transformers' GGUF loader
+    drops it): our frequencies are the base ones divided by those factors, as in llama.cpp, and the model
+    saves with the Llama-3 `rope_scaling` transformers computes the same logits from."""
+    rng = np.random.default_rng(1)
+    tensors = llama_tensors(rng, len(tokenizer_metadata["tokenizer.ggml.tokens"]), fused=False, bias=False)
+    factors = llama_cpp_rope_factors(HEAD_DIM, 10000.0, 8.0)
+    assert len(set(factors.round(4).tolist())) > 2  # this head size has all three regimes: 1, smooth, 8
+    tensors["rope_freqs.weight"] = factors
+    lm = lmforge.load(
+        write_gguf(tmp_path / "llama3.gguf", "llama", tensors, tokenizer_metadata), device="cpu"
+    )
+    assert lm.config.rope_scaling["rope_type"] == "llama3" and lm.config.rope_scaling["factor"] == 8.0
+    base = 1.0 / 10000.0 ** (torch.arange(0, HEAD_DIM, 2).double() / HEAD_DIM)
+    torch.testing.assert_close(lm.model.rope.inv_freq.double(), base / torch.from_numpy(factors).double())
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        str(lm.save(tmp_path / "saved")), dtype=torch.float32
+    )
+    ids = torch.tensor([list(range(3, 203))])  # long enough for the scaled frequencies to matter
+    with torch.no_grad():
+        torch.testing.assert_close(lm.model(ids), hf.eval()(ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_other_rope_freqs_are_a_clear_error(tmp_path, tokenizer_metadata):
+    rng = np.random.default_rng(1)
+    tensors = llama_tensors(rng, len(tokenizer_metadata["tokenizer.ggml.tokens"]), fused=False, bias=False)
+    tensors["rope_freqs.weight"] = np.linspace(1, 3, HEAD_DIM // 2, dtype=np.float32)
+    with pytest.raises(LMForgeError, match="not Llama 3's RoPE scaling"):
+        lmforge.load(write_gguf(tmp_path / "odd.gguf", "llama", tensors, tokenizer_metadata), device="cpu")

@@ -9,9 +9,9 @@ fit the rotate-half layout of our attention (as Hugging Face's GGUF loader does)
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from gguf.quants import dequantize
 
 from lmforge.config import ModelConfig
 from lmforge.errors import LMForgeError
+from lmforge.model.position import rope_inv_freq
 
 _SCALARS = {
     0: "<B",
@@ -39,7 +40,7 @@ _SCALARS = {
 _STRING, _ARRAY = 8, 9
 
 
-@dataclass
+@dataclasses.dataclass
 class GGUFTensor:
     name: str
     shape: tuple[int, ...]  # numpy order (rows first), as Hugging Face expects
@@ -152,7 +153,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return GGUFFile(path).metadata
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Arch:
     """How one GGUF architecture maps onto our families (`lmforge.io.hf`)."""
 
@@ -306,17 +307,40 @@ def unpermute(w: torch.Tensor, n_head: int) -> torch.Tensor:
     return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+# Llama 3's RoPE scaling as Hugging Face's config states it; llama.cpp's converter writes it out as one
+# factor per frequency (a `rope_freqs` tensor) and keeps no parameters in the metadata
+LLAMA3_ROPE = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+
+
+def rope_scaling_from_factors(config: ModelConfig, factors: torch.Tensor, path: str | Path) -> dict[str, Any]:
+    """The Llama-3 `rope_scaling` whose frequencies are the base ones divided by `factors` (llama.cpp's
+    meaning of `rope_freqs`): the factor is the largest one, the other parameters Llama 3's; anything
+    those do not reproduce is refused rather than run with other frequencies."""
+    scaling = {"rope_type": "llama3", "factor": float(factors.max()), **LLAMA3_ROPE}
+    base = rope_inv_freq(dataclasses.replace(config, rope_scaling=None))
+    ours = rope_inv_freq(dataclasses.replace(config, rope_scaling=scaling))
+    if factors.shape != base.shape or not torch.allclose(ours, base / factors.float(), rtol=1e-5, atol=0):
+        raise LMForgeError(
+            f"{path}: its rope_freqs tensor is not Llama 3's RoPE scaling (factor, 1, 4, 8192); other "
+            "per-frequency RoPE factors are not supported"
+        )
+    return scaling
+
+
 def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
     """(config, HF-named tensor getter, tensor names, metadata) for a GGUF file."""
     gguf_file = GGUFFile(path)
     meta = gguf_file.metadata
     config = config_from_metadata(meta, set(gguf_file.tensors), path)
+    if "rope_freqs.weight" in gguf_file.tensors:
+        factors = gguf_file.dequantize("rope_freqs.weight", torch.float32)
+        config = dataclasses.replace(config, rope_scaling=rope_scaling_from_factors(config, factors, path))
     arch = ARCHITECTURES[meta["general.architecture"]]
     names: dict[str, tuple[str, int, int]] = {}  # HF name -> (GGUF name, first row, rows or -1)
     for name in gguf_file.tensors:
         targets = hf_names(name, arch)
         if not targets:
-            if name.startswith("rope_freqs"):
+            if name == "rope_freqs.weight":  # read into the config above
                 continue
             raise LMForgeError(f"{path}: unexpected GGUF tensor '{name}' for architecture '{arch.family}'")
         sizes = split_sizes(config, targets) if len(targets) > 1 else [-1]
