@@ -1,6 +1,8 @@
 """GGUF architectures beyond the shipped SmolLM2 (Llama): tiny random GGUF files for llama, qwen2, phi3
 (fused q/k/v and gate/up) and gpt2 (LayerNorm, learned positions, transposed Conv1D weights), written with
-the `gguf` package and SmolLM2's tokenizer metadata. The oracle is transformers reading the same file."""
+the `gguf` package and SmolLM2's tokenizer metadata. The oracle is transformers reading the same file,
+or, for Llama 3's `rope_freqs` (which transformers' GGUF loader drops), llama.cpp's meaning of them and
+transformers running the checkpoint we save."""
 
 from __future__ import annotations
 
