@@ -148,3 +148,21 @@ def test_lee_corpus_duplicates(tmp_path, tiny_tok):
     (example,) = next(r for r in report["rules"] if r["rule"] == "near_dup")["examples"]
     assert (example["source"], example["similar_to"]) == ("lee:241", "lee:232")
     assert report["kept"]["documents"] == 292
+
+
+def test_cleaning_releases_the_texts_it_was_given():
+    """`clean_documents` consumes its input list, so the caller holds no second copy of the corpus while
+    the normalized and scrubbed ones are built: no original text outlives the call."""
+    import weakref
+
+    from lmforge.data.corpus import Document
+    from lmforge.data.pipeline import Report, clean_documents
+
+    class Text(str):  # a str that can be weakly referenced
+        pass
+
+    docs = [Document(Text(paragraph(i, 60) + f" Mail me at user{i}@example.com."), f"d{i}") for i in range(6)]
+    alive = [weakref.ref(d.text) for d in docs]
+    kept = clean_documents(docs, PrepareOptions(near_dup=False, workers=1), Report())
+    assert len(kept) == 6 and all("<EMAIL>" in d.text for d in kept)
+    assert docs == [None] * 6 and all(ref() is None for ref in alive)

@@ -147,7 +147,11 @@ def clean_documents(
     docs: list[Document], opts: PrepareOptions, report: Report, log: Callable[[str], None] | None = None
 ) -> list[Document]:
     """Steps 1–5 of the module docstring; returns the kept documents, filling `report`. The
-    per-document work runs in `opts.workers` processes."""
+    per-document work runs in `opts.workers` processes.
+
+    Consumes `docs`: each entry is set to None once its normalized text is back, and each text is
+    dropped once its PII-scrubbed copy is, so at most one version of most documents is held at a time
+    (the caller keeps no second copy of the corpus)."""
     with parallel_map(opts.workers) as pmap:
         return _clean(docs, opts, report, _Progress(log), pmap)
 
@@ -159,8 +163,11 @@ def _clean(
     report.ensure("normalize", "changed")
     report.ensure("empty", "removed")
     out = []
-    normalized = pmap(functools.partial(normalize_text, form=opts.normalize), [d.text for d in docs])
-    for doc, text in zip(docs, normalized):
+    texts: list[str | None] = [d.text for d in docs]
+    normalized = pmap(functools.partial(normalize_text, form=opts.normalize), texts)
+    for i, text in enumerate(normalized):
+        doc = docs[i]
+        docs[i] = texts[i] = None  # frees the original text now
         if text != doc.text:
             at = next((i for i, (a, b) in enumerate(zip(text, doc.text)) if a != b), len(text))
             report.add(
@@ -240,7 +247,10 @@ def _clean(
         for kind in TAGS:
             report.ensure(f"pii:{kind}", "replaced")
         out = []
-        for doc, (text, found) in zip(docs, pmap(scrub_document, [d.text for d in docs])):
+        texts = [d.text for d in docs]
+        for i, (text, found) in enumerate(pmap(scrub_document, texts)):
+            doc = docs[i]
+            docs[i] = texts[i] = None  # frees the unscrubbed text now
             for kind, (matches, removed) in found.items():
                 at = text.find(TAGS[kind])
                 report.add(
