@@ -169,7 +169,7 @@ def _clean(
         doc = docs[i]
         docs[i] = texts[i] = None  # frees the original text now
         if text != doc.text:
-            at = next((i for i, (a, b) in enumerate(zip(text, doc.text)) if a != b), len(text))
+            at = next((j for j, (a, b) in enumerate(zip(text, doc.text)) if a != b), len(text))
             report.add(
                 "normalize",
                 "changed",
