@@ -6,6 +6,8 @@ transformers running the checkpoint we save."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -28,10 +30,12 @@ def tokenizer_metadata():
     return {k: v for k, v in read_metadata(asset_path("smollm2")).items() if k.startswith("tokenizer.")}
 
 
-def llama_tensors(rng, vocab: int, fused: bool, bias: bool) -> dict[str, np.ndarray]:
-    def w(*shape):
-        return (rng.standard_normal(shape) * 0.2).astype(np.float32)
+def random_weights(rng, *shape) -> np.ndarray:
+    return (rng.standard_normal(shape) * 0.2).astype(np.float32)
 
+
+def llama_tensors(rng, vocab: int, fused: bool, bias: bool) -> dict[str, np.ndarray]:
+    w = functools.partial(random_weights, rng)
     q, kv, mlp = HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM, 128
     out = {"token_embd.weight": w(vocab, D), "output_norm.weight": 1 + w(D), "output.weight": w(vocab, D)}
     for i in range(LAYERS):
@@ -53,9 +57,7 @@ def llama_tensors(rng, vocab: int, fused: bool, bias: bool) -> dict[str, np.ndar
 
 
 def gpt2_tensors(rng, vocab: int) -> dict[str, np.ndarray]:
-    def w(*shape):
-        return (rng.standard_normal(shape) * 0.2).astype(np.float32)
-
+    w = functools.partial(random_weights, rng)
     out = {
         "token_embd.weight": w(vocab, D),
         "position_embd.weight": w(CONTEXT, D),

@@ -22,6 +22,7 @@ from gguf.quants import dequantize
 
 from lmforge.config import ModelConfig
 from lmforge.errors import LMForgeError
+from lmforge.io.hf import split_sizes
 from lmforge.model.position import rope_inv_freq
 
 _SCALARS = {
@@ -343,7 +344,9 @@ def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
             if name == "rope_freqs.weight":  # read into the config above
                 continue
             raise LMForgeError(f"{path}: unexpected GGUF tensor '{name}' for architecture '{arch.family}'")
-        sizes = split_sizes(config, targets) if len(targets) > 1 else [-1]
+        sizes = [-1]  # the whole tensor
+        if len(targets) > 1:  # Phi-3's fused tensors hold their rows as our attn.qkv and mlp.fc do
+            sizes = split_sizes(config, ".attn.qkv." if "attn_qkv" in name else ".mlp.fc.", len(targets))
         start = 0
         for target, rows in zip(targets, sizes):
             names[target] = (name, start, rows)
@@ -366,10 +369,3 @@ def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
         return w
 
     return config, get, list(names), meta
-
-
-def split_sizes(c: ModelConfig, targets: list[str]) -> list[int]:
-    """Rows of each part of a fused Phi-3 tensor: q, k, v or gate, up."""
-    if len(targets) == 3:
-        return [c.n_head * c.head_dim, c.n_kv_head * c.head_dim, c.n_kv_head * c.head_dim]
-    return [c.d_mlp, c.d_mlp]
