@@ -14,8 +14,8 @@ once and called through AOTInductor's C++ runner:
 The package serves batch 1 without padding, the case where per-step cost matters most. The engine
 sends every other step (batches, padding, a step that fills the cache's last slot) to `compile=True`'s
 path. Packages are kept on disk in `$LMFORGE_CACHE/aot` (default `~/.cache/lmforge/aot`). They hold no
-weights (3.4 MB for SmolLM2). Their key is the model's config, the dtype, torch's version and the
-source of the modules the graph is traced from, so an edited model file compiles anew. The first
+weights (3.4 MB for SmolLM2). Their key is the model's config, the dtype, the device, torch's version
+and the source of the modules the graph is traced from, so an edited model file compiles anew. The first
 compile of SmolLM2 takes about 75 s on a 2-core CPU; loading a kept package takes well under a second.
 """
 
