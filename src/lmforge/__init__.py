@@ -2,8 +2,9 @@
 
 from lmforge.config import ModelConfig
 from lmforge.errors import LMForgeError
+from lmforge.generate.config import GenerationConfig
 from lmforge.lm import LM, load
 
 __version__ = "0.1.0"
 
-__all__ = ["LM", "LMForgeError", "ModelConfig", "__version__", "load"]
+__all__ = ["LM", "GenerationConfig", "LMForgeError", "ModelConfig", "__version__", "load"]

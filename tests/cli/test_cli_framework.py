@@ -1,12 +1,14 @@
 """Typed functions become commands: signature -> options, docstring -> help, --config supplies values."""
 
 import argparse
+import dataclasses
 from typing import Literal
 
 import pytest
 
 from lmforge import cli
 from lmforge.errors import LMForgeError
+from lmforge.options import option, with_options
 
 seen = {}
 
@@ -55,7 +57,9 @@ def test_signature_becomes_options(parser):
         ]
     )
     assert args.inputs == ["a.txt", "b.txt"] and args.vocab_size == 7 and args.algorithm == "unigram"
-    assert args.lowercase is True and args.bias == {"3": -1.5} and args.rate is None
+    assert args.lowercase is True and args.bias == {"3": -1.5}
+    assert not hasattr(args, "rate")  # not given: left out, so the function's own default applies
+    assert parser.parse_args(["demo", "x", "--rate", "none"]).rate is None  # optional values take none
 
 
 def test_help_shows_docstring_and_defaults(parser, capsys):
@@ -78,8 +82,40 @@ def test_config_file_supplies_values_and_flags_win(tmp_path, monkeypatch):
     cli.run(["demo", "in.txt", "--config", str(config), "--vocab-size", "9"])
     assert seen["vocab_size"] == 9 and seen["algorithm"] == "unigram" and seen["rate"] == 0.5
     config.write_text("vocab_sise: 42\n")
-    with pytest.raises(LMForgeError, match="unknown option.*vocab_sise"):
+    with pytest.raises(LMForgeError, match="unknown option.*vocab_sise \\(did you mean vocab_size\\?\\)"):
         cli.run(["demo", "in.txt", "--config", str(config)])
+    config.write_text("vocab_size: many\n")
+    with pytest.raises(LMForgeError, match="option vocab_size must be an integer, got 'many'"):
+        cli.run(["demo", "in.txt", "--config", str(config)])
+
+
+@dataclasses.dataclass
+class DemoConfig:
+    steps: int = option(10, "how many steps")
+    name: str | None = option(None, "a name")
+
+
+@with_options(DemoConfig)
+def spy(**options) -> None:
+    """Record what arrives."""
+    seen.clear()
+    seen.update(options)
+
+
+def test_only_given_options_reach_the_function(monkeypatch):
+    monkeypatch.setattr(cli, "all_commands", lambda: {"spy": spy})
+    cli.run(["spy", "--steps", "10"])  # typed, though equal to the default: it still arrives
+    assert seen == {"steps": 10}
+    cli.run(["spy"])
+    assert seen == {}  # nothing typed, nothing passed: the library (or model) defaults apply
+
+
+def test_unknown_flag_names_the_nearest_option(monkeypatch):
+    monkeypatch.setattr(cli, "all_commands", lambda: {"demo": demo})
+    with pytest.raises(
+        LMForgeError, match="unknown option --vocab-sise for `.*demo`; did you mean --vocab-size"
+    ):
+        cli.run(["demo", "in.txt", "--vocab-sise", "3"])
 
 
 def test_every_command_builds_and_is_listed(capsys):

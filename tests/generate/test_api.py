@@ -178,7 +178,7 @@ class CountingModel(torch.nn.Module):
         (dict(max_new_tokens=500), "max_new_tokens"),
         (dict(max_new_tokens=100), "truncate_prompt"),
         (dict(num_return_sequences=2), "do_sample"),
-        (dict(tempreature=0.5), "unknown generation option"),
+        (dict(tempreature=0.5), "unknown option.*tempreature"),
         (dict(num_beams=2, num_return_sequences=3), "num_return_sequences"),
         (dict(num_beams=2, penalty_alpha=0.5, top_k=3), "one decoding strategy"),
         (dict(penalty_alpha=0.5), "top_k"),

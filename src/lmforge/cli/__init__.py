@@ -4,8 +4,12 @@ Each area keeps its commands in a module of this package with a `COMMANDS` dict 
 words ("tokenizer train") to functions. `build_parser` turns signatures into argparse options:
 positional parameters without defaults become positionals, the rest `--options` with their defaults in
 `--help`; `bool` becomes `--flag/--no-flag`, `list[X]` takes several values, `Literal[...]` gives
-choices, `dict` takes JSON. `--config FILE.yaml` (or .json) supplies any option's value; flags given on
-the command line win.
+choices, `dict` takes JSON, an optional value also takes `none`. Options declared in a config dataclass
+are appended to a command with `lmforge.options.with_options`, so each is declared once.
+`--config FILE.yaml` (or .json) supplies any option's value; flags given on the command line win.
+Only the options a user gives (on the command line or in the file) reach the function: "not given"
+is never mistaken for "equal to the default", so a typed value wins over a model's own defaults.
+Unknown options, in either place, are one-line errors that name the nearest valid option.
 """
 
 from __future__ import annotations
@@ -68,7 +72,18 @@ def _json_arg(text: str) -> Any:
         raise argparse.ArgumentTypeError(f"not valid JSON: {text!r} ({exc.msg})") from None
 
 
+def _or_none(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A converter that also reads `none`/`null` as None (for options whose value may be unset)."""
+
+    def read(text: str) -> Any:
+        return None if text.lower() in ("none", "null") else convert(text)
+
+    read.__name__ = getattr(convert, "__name__", "value")
+    return read
+
+
 def _add_param(parser: argparse.ArgumentParser, param: inspect.Parameter, tp: Any, help_text: str) -> None:
+    optional = _unwrap_optional(tp) is not tp
     tp = _unwrap_optional(tp)
     origin = typing.get_origin(tp)
     kwargs: dict[str, Any] = {}
@@ -88,12 +103,13 @@ def _add_param(parser: argparse.ArgumentParser, param: inspect.Parameter, tp: An
     elif origin is dict or tp is dict:
         kwargs["type"] = _json_arg
     elif tp in (int, float, str, Path):
-        kwargs["type"] = tp
+        kwargs["type"] = _or_none(tp) if optional and tp is not str else tp
     if param.default is not inspect.Parameter.empty:
         default = param.default
         shown = default if not isinstance(default, (list, tuple)) or default else "[]"
         help_text = f"{help_text} (default: {shown})".strip()
-        kwargs["default"] = default
+        # an option not given stays out of the call: the function's (or the model's) default applies
+        kwargs["default"] = default if positional else argparse.SUPPRESS
     if positional:
         parser.add_argument(param.name, help=help_text, **kwargs)
     else:
@@ -114,7 +130,7 @@ def add_function(subparsers: Any, words: str, fn: Callable) -> argparse.Argument
     for param in inspect.signature(fn).parameters.values():
         _add_param(parser, param, hints.get(param.name, str), arg_help.get(param.name, ""))
     parser.add_argument("--config", type=Path, default=None, help="YAML or JSON file with option values")
-    parser.set_defaults(_fn=fn)
+    parser.set_defaults(_fn=fn, _parser=parser)
     return parser
 
 
@@ -158,23 +174,47 @@ def _load_config(path: Path) -> dict[str, Any]:
 def run(argv: list[str] | None = None) -> Any:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     fn = getattr(args, "_fn", None)
     if fn is None:
+        if extra:
+            parser.parse_args(argv)  # argparse's own message for an unknown command
         parser.print_help()
         return None
+    if extra:
+        raise _unknown_arguments(args._parser, extra)
     params = inspect.signature(fn).parameters  # a subcommand's namespace also holds its group's options
     values = {k: v for k, v in vars(args).items() if k in params}
     if args.config is not None:
         from_file = _load_config(args.config)
-        unknown = set(from_file) - set(values)
+        keyword = [p for p in params.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
+        unknown = set(from_file) - {p.name for p in keyword}
         if unknown:
-            raise LMForgeError(f"unknown option(s) in {args.config}: {', '.join(sorted(unknown))}")
-        given = {a.split("=")[0][2:].replace("-", "_") for a in argv if a.startswith("--")}
+            from lmforge.options import unknown_error
+
+            raise unknown_error(unknown, [p.name for p in keyword], str(args.config))
+        hints = typing.get_type_hints(fn)
         for key, value in from_file.items():
-            if key not in given:
+            if key not in values:
+                from lmforge.options import check_value
+
+                check_value(key, value, hints.get(key, Any), str(args.config))
                 values[key] = value
     return fn(**values)
+
+
+def _unknown_arguments(parser: argparse.ArgumentParser, extra: list[str]) -> LMForgeError:
+    """One line for arguments the command does not take, naming the nearest valid option."""
+    from lmforge.options import nearest
+
+    flags = [s for action in parser._actions for s in action.option_strings if s.startswith("--")]
+    for item in extra:
+        if item.startswith("--"):
+            name = item.split("=")[0]
+            guess = nearest(name, flags)
+            hint = f"; did you mean {guess}?" if guess else f"; see `{parser.prog} --help`"
+            return LMForgeError(f"unknown option {name} for `{parser.prog}`{hint}")
+    return LMForgeError(f"unexpected argument(s) for `{parser.prog}`: {' '.join(extra)}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,73 +1,28 @@
 """Generation commands: `lmforge generate` (one-shot, optionally streaming) and `lmforge chat`.
 
 Both take every `GenerationConfig` field as an option (`--temperature`, `--num-beams`, `--json-schema`,
-...): the option list is built from the config dataclass, so the CLI never lags behind the API.
+...), appended from the config dataclass, so the CLI never lags behind the API. Only the options a user
+types are passed on: the model's own generation defaults fill the rest, and a typed value wins even
+when it equals the library's default.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import sys
-import typing
 from collections.abc import Callable
 from typing import Any
 
+import lmforge
 from lmforge.errors import LMForgeError
+from lmforge.options import with_options
 
 DEFAULT_MODEL = "smollm2"
+CHAT_MAX_NEW_TOKENS = 512  # a chat reply's length when neither the user nor the model sets one
 
 
-def _config_fields() -> list[tuple[str, Any, Any, str]]:
-    """(name, type, default, help) of every GenerationConfig field."""
-    from lmforge.generate.config import GenerationConfig
-
-    hints = typing.get_type_hints(GenerationConfig)
-    docs = getattr(GenerationConfig, "FIELD_DOCS", {}) or {}
-    out = []
-    for f in dataclasses.fields(GenerationConfig):
-        if not f.init:
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else None
-        if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = f.default_factory()  # type: ignore[misc]
-        out.append((f.name, hints[f.name], default, docs.get(f.name, f.name.replace("_", " "))))
-    return out
-
-
-def _with_generation_options(fn: Callable) -> Callable:
-    """Append every GenerationConfig field to `fn`'s signature and `Args:` docs, as keyword options."""
-    sig = inspect.signature(fn)
-    params = [p for p in sig.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
-    annotations = typing.get_type_hints(fn)
-    doc = inspect.getdoc(fn) or ""
-    lines = []
-    taken = {p.name for p in params}
-    for name, tp, default, help_text in _config_fields():
-        if name in taken:
-            continue
-        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=tp))
-        annotations[name] = tp
-        lines.append(f"    {name}: {help_text}")
-    fn.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
-    fn.__annotations__ = annotations
-    fn.__doc__ = doc + ("\n" if "Args:" in doc else "\n\nArgs:\n") + "\n".join(lines)
-    return fn
-
-
-def _options(values: dict[str, Any]) -> dict[str, Any]:
-    """Generation options that differ from the config defaults (so model defaults still apply)."""
-    defaults = {name: default for name, _, default, _ in _config_fields()}
-    return {k: v for k, v in values.items() if k in defaults and v != defaults[k]}
-
-
-def _load(model: str):
-    from lmforge.lm import load
-
-    return load(model)
-
-
+@with_options(lmforge.GenerationConfig)
 def generate(
     *,
     prompt: list[str] | None = None,
@@ -90,41 +45,32 @@ def generate(
         amateur: amateur model (same tokenizer) for contrastive decoding.
         json_output: print one JSON object per completion (text, tokens, finish reason, log-probs).
     """
-    from lmforge import generate as api
-
-    if not prompt:
-        prompt = [sys.stdin.read()]
-    lm = _load(model)
-    extra = {
-        "draft": _load(draft) if draft else None,
-        "amateur": _load(amateur) if amateur else None,
+    lm = lmforge.load(model)
+    companions = {
+        "draft": lmforge.load(draft) if draft else None,
+        "amateur": lmforge.load(amateur) if amateur else None,
     }
-    opts = _options(options)
-    if chat_template:
-        inputs = [_chat_ids(lm, [{"role": "user", "content": p}]) for p in prompt]
-    else:
-        inputs = list(prompt)
-    results: list[dict[str, Any]] = []
+    texts = prompt or [sys.stdin.read()]
+    inputs = [_chat_ids(lm, [{"role": "user", "content": p}]) for p in texts] if chat_template else texts
     if stream and not json_output:
         for i, item in enumerate(inputs):
             if len(inputs) > 1:
                 print(f"--- [{i}]")
-            for delta in api.stream(lm, item, **extra, **opts):
+            for delta in lm.stream(item, **companions, **options):
                 print(delta.text, end="", flush=True)
             print()
-        return results
-    out = api.generate(lm, inputs if len(inputs) > 1 else inputs[0], **extra, **opts)
+        return []
+    out = lm.generate(inputs if len(inputs) > 1 else inputs[0], **companions, **options)
     completions = out if isinstance(out, list) else [out]
-    for c in completions:
-        record = dataclasses.asdict(c)
-        results.append(record)
+    records = [dataclasses.asdict(c) for c in completions]
+    for c, record in zip(completions, records):
         if json_output:
             print(json.dumps(record, ensure_ascii=False))
         else:
             if len(completions) > 1:
                 print(f"--- [{c.index}] ({c.finish_reason})")
             print(c.text)
-    return results
+    return records
 
 
 def _chat_ids(lm: Any, messages: list[dict[str, str]]) -> list[int]:
@@ -182,8 +128,6 @@ def chat_loop(
     **options: Any,
 ) -> list[dict[str, str]]:
     """The interactive chat: keeps the history, streams each answer; returns the final history."""
-    from lmforge.generate import chat
-
     write = write or (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     write(CHAT_HELP + "\n")
@@ -208,28 +152,28 @@ def chat_loop(
             continue
         history.append({"role": "user", "content": message})
         reply = []
-        for delta in chat(lm, history, stream=True, **options):
+        for delta in lm.chat(history, stream=True, **options):
             reply.append(delta.text)
             write(delta.text)
         write("\n")
         history.append({"role": "assistant", "content": "".join(reply)})
 
 
+@with_options(lmforge.GenerationConfig)
 def chat_command(model: str = DEFAULT_MODEL, system: str | None = None, **options: Any) -> None:
     """Chat with a model in the terminal through its chat template, streaming the answers.
+
+    A reply is at most 512 tokens (half the context for short-context models) unless --max-new-tokens
+    or the model's own generation config says otherwise.
 
     Args:
         model: asset name (smollm2), checkpoint directory or .gguf file.
         system: system prompt to start with (change it later with /system).
     """
-    lm = _load(model)
-    opts = _options(options)
-    opts.setdefault("max_new_tokens", 512)
-    chat_loop(lm, system=system, **opts)
+    lm = lmforge.load(model)
+    if "max_new_tokens" not in options and "max_new_tokens" not in lm.generation_config:
+        options["max_new_tokens"] = min(CHAT_MAX_NEW_TOKENS, lm.config.max_seq_len // 2)
+    chat_loop(lm, system=system, **options)
 
 
-def _build_commands() -> dict[str, Callable]:
-    return {"generate": _with_generation_options(generate), "chat": _with_generation_options(chat_command)}
-
-
-COMMANDS = _build_commands()
+COMMANDS = {"generate": generate, "chat": chat_command}

@@ -16,98 +16,85 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from lmforge.errors import LMForgeError
+from lmforge.options import check_types, option, unknown_error
 
 
 @dataclass
 class GenerationConfig:
-    """Every option of `generate`/`stream`/`chat`; defaults decode greedily for 128 new tokens."""
+    """Every option of `generate`/`stream`/`chat`; defaults decode greedily for up to 128 new tokens.
+
+    Each field is declared once, here, with its help text: the CLI flags of `lmforge generate`/`chat`,
+    config-file keys and the server's request schema all come from these fields."""
 
     # length
-    max_new_tokens: int = 128
-    min_new_tokens: int = 0
+    max_new_tokens: int = option(128, "most tokens to generate per sequence")
+    min_new_tokens: int = option(0, "stop tokens are banned until this many tokens are generated")
     # strategy
-    do_sample: bool = False
-    seed: int | None = None
-    num_beams: int = 1
-    length_penalty: float = 1.0
-    early_stopping: bool | str = False  # True, False or "never" (Hugging Face semantics)
-    num_return_sequences: int = 1
-    penalty_alpha: float = 0.0  # contrastive search degeneration penalty (with top_k candidates)
-    contrastive_alpha: float = 0.1  # contrastive decoding plausibility threshold (with an amateur model)
-    prompt_lookup: bool = False  # speculative decoding with n-gram (prompt-lookup) drafts
-    num_draft_tokens: int = 5
-    prompt_lookup_max_ngram: int = 3
+    do_sample: bool = option(False, "sample from the processed distribution instead of taking the argmax")
+    seed: int | None = option(None, "seed of the sampling generator (same seed, same output)")
+    num_beams: int = option(1, "beam search with this many beams (>1)")
+    length_penalty: float = option(1.0, "beam score = sum of log-probs / length ** length_penalty")
+    early_stopping: bool | str = option(
+        False, "beam search stopping: true, false or never (Hugging Face semantics)"
+    )
+    num_return_sequences: int = option(1, "sequences returned per prompt")
+    penalty_alpha: float = option(
+        0.0, "contrastive search degeneration penalty (> 0 enables it, with top_k candidates)"
+    )
+    contrastive_alpha: float = option(
+        0.1, "contrastive decoding plausibility threshold (with an amateur model)"
+    )
+    prompt_lookup: bool = option(False, "speculative decoding with prompt-lookup (n-gram copy) drafts")
+    num_draft_tokens: int = option(5, "tokens drafted per speculative round")
+    prompt_lookup_max_ngram: int = option(3, "longest n-gram prompt lookup matches")
     # warpers (sampling only, as in Hugging Face)
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    min_p: float = 0.0
-    typical_p: float = 1.0
+    temperature: float = option(1.0, "divide logits by this before sampling (0 means greedy)")
+    top_k: int = option(0, "sample among the k most likely tokens (0: off)")
+    top_p: float = option(
+        1.0, "nucleus sampling: smallest set of tokens with this total probability, in (0, 1]"
+    )
+    min_p: float = option(0.0, "drop tokens with probability below min_p x the top probability (0: off)")
+    typical_p: float = option(1.0, "locally typical sampling mass, in (0, 1] (1: off)")
     # penalties, bias, bans
-    repetition_penalty: float = 1.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    no_repeat_ngram_size: int = 0
-    logit_bias: dict[int, float] | None = None
-    bad_words_ids: list[list[int]] | str | None = None
-    allowed_token_ids: list[int] | None = None
+    repetition_penalty: float = option(
+        1.0, "Hugging Face repetition penalty over prompt and output (>1 discourages)"
+    )
+    frequency_penalty: float = option(
+        0.0, "OpenAI frequency penalty: logit -= count x value, over generated tokens"
+    )
+    presence_penalty: float = option(0.0, "OpenAI presence penalty: logit -= value if generated before")
+    no_repeat_ngram_size: int = option(0, "never repeat an n-gram of this size (0: off)")
+    logit_bias: dict[int, float] | None = option(
+        None, 'JSON {"token id": bias} added to the logits (-100 bans, 100 forces)'
+    )
+    bad_words_ids: list[list[int]] | str | None = option(
+        None, "JSON list of banned token-id sequences, e.g. [[12, 34], [56]]"
+    )
+    allowed_token_ids: list[int] | None = option(None, "only these token ids may be generated")
     # stopping
-    stop: list[str] | None = None
-    stop_token_ids: list[int] | None = None
-    ignore_eos: bool = False
-    truncate_prompt: bool = False
+    stop: list[str] | None = option(None, "stop strings (not included in the output)")
+    stop_token_ids: list[int] | None = option(None, "extra token ids that end a sequence")
+    ignore_eos: bool = option(False, "keep generating past the end-of-sequence token")
+    truncate_prompt: bool = option(False, "keep the last tokens of a prompt that does not fit the context")
     # outputs
-    logprobs: bool = False
-    top_logprobs: int = 0
+    logprobs: bool = option(False, "return the log-probability of each generated token")
+    top_logprobs: int = option(0, "return this many most likely alternatives per token")
     # constrained output (at most one)
-    choices: list[str] | None = None
-    regex: str | None = None
-    json_schema: dict[str, Any] | None = None
-    # runtime
-    compile: bool = False
-    aot: bool = False
-
-    FIELD_DOCS: ClassVar[dict[str, str]] = {
-        "max_new_tokens": "most tokens to generate per sequence",
-        "min_new_tokens": "stop tokens are banned until this many tokens are generated",
-        "do_sample": "sample from the processed distribution instead of taking the argmax",
-        "seed": "seed of the sampling generator (same seed, same output)",
-        "num_beams": "beam search with this many beams (>1)",
-        "length_penalty": "beam score = sum of log-probs / length ** length_penalty",
-        "early_stopping": "beam search stopping: true, false or never (Hugging Face semantics)",
-        "num_return_sequences": "sequences returned per prompt",
-        "penalty_alpha": "contrastive search degeneration penalty (> 0 enables it, with top_k candidates)",
-        "contrastive_alpha": "contrastive decoding plausibility threshold (with an amateur model)",
-        "prompt_lookup": "speculative decoding with prompt-lookup (n-gram copy) drafts",
-        "num_draft_tokens": "tokens drafted per speculative round",
-        "prompt_lookup_max_ngram": "longest n-gram prompt lookup matches",
-        "temperature": "divide logits by this before sampling (0 means greedy)",
-        "top_k": "sample among the k most likely tokens (0: off)",
-        "top_p": "nucleus sampling: smallest set of tokens with this total probability, in (0, 1]",
-        "min_p": "drop tokens with probability below min_p x the top probability (0: off)",
-        "typical_p": "locally typical sampling mass, in (0, 1] (1: off)",
-        "repetition_penalty": "Hugging Face repetition penalty over prompt and output (>1 discourages)",
-        "frequency_penalty": "OpenAI frequency penalty: logit -= count x value, over generated tokens",
-        "presence_penalty": "OpenAI presence penalty: logit -= value if generated before",
-        "no_repeat_ngram_size": "never repeat an n-gram of this size (0: off)",
-        "logit_bias": 'JSON {"token id": bias} added to the logits (-100 bans, 100 forces)',
-        "bad_words_ids": "JSON list of banned token-id sequences, e.g. [[12, 34], [56]]",
-        "allowed_token_ids": "only these token ids may be generated",
-        "stop": "stop strings (not included in the output)",
-        "stop_token_ids": "extra token ids that end a sequence",
-        "ignore_eos": "keep generating past the end-of-sequence token",
-        "truncate_prompt": "keep the last tokens of a prompt that does not fit the context",
-        "logprobs": "return the log-probability of each generated token",
-        "top_logprobs": "return this many most likely alternatives per token",
-        "choices": "constrain the output to one of these strings",
-        "regex": "constrain the output to match this regular expression",
-        "json_schema": "constrain the output to JSON valid under this schema (JSON text)",
-        "compile": "torch.compile the one-token decode step: faster per token after a one-time compile",
-        "aot": "compile the batch-1 decode step ahead of time (torch.export + AOTInductor), kept on disk",
-    }
+    choices: list[str] | None = option(None, "constrain the output to one of these strings")
+    regex: str | None = option(None, "constrain the output to match this regular expression")
+    json_schema: dict[str, Any] | None = option(
+        None, "constrain the output to JSON valid under this schema (JSON text)"
+    )
+    # runtime (None: the step the model was loaded with, `lmforge.load(..., compile=...)`)
+    compile: bool | None = option(
+        None, "torch.compile the one-token decode step: faster per token after a one-time compile"
+    )
+    aot: bool | None = option(
+        None, "compile the batch-1 decode step ahead of time (torch.export + AOTInductor), kept on disk"
+    )
 
     def __post_init__(self) -> None:
         self._normalise()
@@ -118,14 +105,15 @@ class GenerationConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> GenerationConfig:
         """Build from a plain dict (YAML/JSON config, API kwargs); an unknown key is an error naming it."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise LMForgeError(
-                f"unknown generation option(s): {', '.join(unknown)}; valid options are the fields of "
-                "lmforge.generate.config.GenerationConfig (see `lmforge generate --help`)"
-            )
+        cls._refuse_unknown(values)
         return cls(**values)
+
+    @classmethod
+    def _refuse_unknown(cls, values: dict[str, Any]) -> None:
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = set(values) - set(names)
+        if unknown:
+            raise unknown_error(unknown, names, "generation options (`lmforge generate --help` lists them)")
 
     @classmethod
     def from_hf(cls, hf: dict[str, Any] | str | Path | None, **overrides: Any) -> GenerationConfig:
@@ -158,12 +146,7 @@ class GenerationConfig:
         if hf.get("stop_strings") and "stop" not in values:
             stops = hf["stop_strings"]
             values["stop"] = [stops] if isinstance(stops, str) else list(stops)
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise LMForgeError(
-                f"unknown generation option(s): {', '.join(unknown)}; valid options are the fields of "
-                "lmforge.generate.config.GenerationConfig (see `lmforge generate --help`)"
-            )
+        cls._refuse_unknown(overrides)
         defaults = {f.name: f.default for f in dataclasses.fields(cls)}
         # an explicit None means "the default" for options whose default is a value (top_k=None, ...)
         overrides = {k: v for k, v in overrides.items() if v is not None or defaults[k] is None}
@@ -234,6 +217,7 @@ class GenerationConfig:
                 self._fail("json_schema", f"not valid JSON ({exc.msg} at char {exc.pos})")
         if self.temperature == 0:  # OpenAI convention: temperature 0 is greedy
             self.do_sample = False
+        check_types(self, "generation options")
 
     def validate(self, vocab_size: int | None = None) -> None:
         """Check every option (and, given `vocab_size`, every token id); raise a one-line LMForgeError."""
