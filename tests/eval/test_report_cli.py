@@ -86,8 +86,18 @@ def test_eval_side_by_side_writes_json_markdown_and_plots(patched_load, tmp_path
     capsys.readouterr()
     assert main(["eval", "compare", str(out / "report.json"), str(out2 / "report.json")]) == 0
     table = capsys.readouterr().out
-    assert "| ppl | tiny-a | perplexity |" in table and "+0 " in table or "+0|" in table.replace(" ", "")
-    assert "| ppl | tiny-b | perplexity |" in table and "—" in table  # only in the first report
+    rows = {
+        tuple(cells[:3]): cells[3:]
+        for line in table.splitlines()
+        if line.startswith("| ppl |")
+        for cells in [[c.strip() for c in line.strip("|").split("|")]]
+    }
+    # tiny-a scored twice on the same text: the same perplexity (the seed moves only the interval)
+    a, b, diff, change = rows[("ppl", "tiny-a", "perplexity")]
+    assert a.split()[0] == b.split()[0] != "—" and diff == "+0" and change == "+0.00%"
+    # tiny-b is only in the first report: a value, a dash, no difference
+    a, b, diff, change = rows[("ppl", "tiny-b", "perplexity")]
+    assert a != "—" and b == "—" and diff == "" and change == ""
 
 
 def test_eval_errors_are_one_line(patched_load, tmp_path: Path, capsys) -> None:

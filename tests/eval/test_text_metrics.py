@@ -86,7 +86,7 @@ def test_rouge_parity(use_stemmer: bool) -> None:
 
 
 def test_meteor_matches_nltk_reference_value() -> None:
-    text.wordnet_dir()  # make setup installs Debian's wordnet-base; a missing one fails here
+    # No skip: `make setup` installs Debian's wordnet-base, and without it meteor() raises (next test).
     hyp = "It is a guide to action which ensures that the military always obeys the commands of the party"
     refs = [
         "It is a guide to action that ensures that the military will forever heed Party commands",
@@ -95,9 +95,27 @@ def test_meteor_matches_nltk_reference_value() -> None:
     ]
     # nltk's documented value for this example (nltk/test/meteor.doctest) is 0.6944.
     assert text.meteor([hyp], [refs]) == pytest.approx(0.6944, abs=5e-5)
-    # WordNet synonyms count: "sofa"/"couch" match only through a synset.
-    with_syn = text.meteor(["the couch is red"], ["the sofa is red"])
-    assert with_syn > text.meteor(["the table is red"], ["the sofa is red"])
+    # WordNet synonyms count: "couch" matches "sofa" only through a synset, and nltk weighs a synonym
+    # match like an exact one, so the score equals the identical sentence's; "table" does not match.
+    identical = text.meteor(["the sofa is red"], ["the sofa is red"])
+    assert text.meteor(["the couch is red"], ["the sofa is red"]) == pytest.approx(identical, abs=1e-12)
+    assert text.meteor(["the table is red"], ["the sofa is red"]) < identical - 0.3
+
+
+def test_meteor_without_wordnet_is_an_error_not_a_score(tmp_path, monkeypatch) -> None:
+    """With no WordNet database anywhere METEOR refuses (naming the package to install) instead of
+    scoring exact matches only."""
+    import nltk.data
+
+    monkeypatch.delenv("LMFORGE_WORDNET", raising=False)
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path)])
+    monkeypatch.setattr(text, "WORDNET_DIRS", (str(tmp_path),))
+    text.load_wordnet.cache_clear()
+    try:
+        with pytest.raises(LMForgeError, match="wordnet-base"):
+            text.meteor(["the couch is red"], ["the sofa is red"])
+    finally:
+        text.load_wordnet.cache_clear()
 
 
 def test_bootstrap_of_bleu_brackets_the_point_and_is_reproducible() -> None:
