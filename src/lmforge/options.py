@@ -67,8 +67,9 @@ def specs(cls: type, skip: Iterable[str] = ()) -> list[OptionSpec]:
 
 def with_options(*classes: type, skip: Iterable[str] = ()) -> Callable[[Callable], Callable]:
     """Append the fields of `classes` to a command function's signature and `Args:` docstring as
-    keyword options (those the function already names keep its own definition). The function takes
-    them through `**options`; `fn.__options__` maps each appended name to its spec."""
+    keyword options. The function takes them through `**options`; `fn.__options__` maps each appended
+    name to its spec. A field the function names itself keeps the function's definition and is listed
+    in `fn.__shadowed__`: leave such a field out with `skip` instead, so it is declared once."""
     skip = tuple(skip)
 
     def decorate(fn: Callable) -> Callable:
@@ -95,6 +96,10 @@ def with_options(*classes: type, skip: Iterable[str] = ()) -> Callable[[Callable
         fn.__annotations__ = annotations
         fn.__doc__ = doc + ("\n" if "\nArgs:\n" in doc else "\n\nArgs:\n") + "\n".join(lines)
         fn.__options__ = {**getattr(fn, "__options__", {}), **appended}  # type: ignore[attr-defined]
+        # a config field the function declares itself is a second declaration (tests/cli checks none)
+        fn.__shadowed__ = sorted(  # type: ignore[attr-defined]
+            {s.name for cls in classes for s in specs(cls, skip)} & taken
+        )
         return fn
 
     return decorate
