@@ -114,3 +114,61 @@ def test_chat_loop_ends_at_end_of_input():
         raise EOFError
 
     assert chat_loop(tiny_lm(), read_line=eof, write=lambda s: None) == []
+
+
+# --- a typed value wins over the checkpoint's generation_config.json, even when it equals the default ---
+
+
+@pytest.fixture(scope="module")
+def sampling_checkpoint(checkpoint, tmp_path_factory):
+    """The tiny checkpoint with room for 128 new tokens and a generation_config.json that samples hot
+    and stops after 5 tokens (what the CLI must not let override a typed option)."""
+    from generate_helpers import tiny_model
+
+    from lmforge.lm import LM
+
+    base = lmforge.load(checkpoint)
+    model = tiny_model("llama", seed=0, scale=8.0, vocab_size=base.config.vocab_size, max_seq_len=256)
+    defaults = {"do_sample": True, "temperature": 1.5, "max_new_tokens": 5}
+    return LM(model, base.tokenizer, defaults).save(tmp_path_factory.mktemp("sampling") / "ckpt")
+
+
+def _cli_tokens(path, capsys, *flags) -> list[int]:
+    run(["generate", "--model", str(path), "--prompt", "hello", "--json-output", "--ignore-eos", *flags])
+    (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    return record["token_ids"]
+
+
+def test_typed_no_do_sample_overrides_the_checkpoint(sampling_checkpoint, capsys):
+    lm = lmforge.load(sampling_checkpoint)
+    greedy = lm.generate("hello", do_sample=False, ignore_eos=True).token_ids
+    assert _cli_tokens(sampling_checkpoint, capsys, "--no-do-sample", "--seed", "1") == greedy
+    assert _cli_tokens(sampling_checkpoint, capsys, "--no-do-sample", "--seed", "2") == greedy
+    # without the flag the checkpoint samples: two seeds, two continuations
+    hot = [_cli_tokens(sampling_checkpoint, capsys, "--seed", s) for s in ("1", "2")]
+    assert hot[0] != hot[1]
+
+
+def test_typed_temperature_one_overrides_the_checkpoint(sampling_checkpoint, capsys):
+    lm = lmforge.load(sampling_checkpoint)
+    cool = lm.generate("hello", temperature=1.0, seed=3, ignore_eos=True).token_ids
+    hot = lm.generate("hello", seed=3, ignore_eos=True).token_ids  # the checkpoint's 1.5
+    assert cool != hot
+    assert _cli_tokens(sampling_checkpoint, capsys, "--temperature", "1.0", "--seed", "3") == cool
+    assert _cli_tokens(sampling_checkpoint, capsys, "--seed", "3") == hot
+
+
+def test_typed_max_new_tokens_128_overrides_the_checkpoint(sampling_checkpoint, capsys):
+    assert len(_cli_tokens(sampling_checkpoint, capsys, "--max-new-tokens", "128")) == 128
+    assert len(_cli_tokens(sampling_checkpoint, capsys)) == 5  # the checkpoint's own limit
+
+
+def test_chat_keeps_the_models_own_max_new_tokens(sampling_checkpoint, monkeypatch):
+    import lmforge.cli.generate as command
+
+    received = {}
+    monkeypatch.setattr(command, "chat_loop", lambda lm, system=None, **options: received.update(options))
+    command.chat_command(model=str(sampling_checkpoint))
+    assert "max_new_tokens" not in received  # the checkpoint says 5: the chat command adds nothing
+    command.chat_command(model=str(sampling_checkpoint), max_new_tokens=128)
+    assert received["max_new_tokens"] == 128
