@@ -36,3 +36,21 @@ def hf_smollm2():
     )
     tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     return model.eval(), tok
+
+
+@pytest.fixture
+def tiny_config():
+    """The shared tiny-config factory, `tiny_config(family="llama", vocab_size=259, **overrides)`
+    (tests/tiny.py; import it from there where a fixture does not fit, e.g. at module level)."""
+    from tiny import tiny_config
+
+    return tiny_config
+
+
+@pytest.fixture
+def tiny_model():
+    """The shared tiny-model factory, `tiny_model(family="llama", seed=0, **overrides)`: seeded random
+    weights, eval mode (tests/tiny.py)."""
+    from tiny import tiny_model
+
+    return tiny_model

@@ -6,9 +6,8 @@ import codecs
 
 import pytest
 
-from lmforge.config import ModelConfig
 from lmforge.lm import LM, EmbeddingSpec
-from lmforge.model import Transformer
+from tiny import tiny_model
 
 
 class ByteTokenizer:
@@ -58,44 +57,15 @@ class _ByteDecoder:
 
 
 def make_tiny_lm(seed: int = 0) -> LM:
-    config = ModelConfig(
-        vocab_size=261,
-        n_layer=2,
-        n_head=2,
-        d_model=32,
-        max_seq_len=256,
-        position="rope",
-        norm="rmsnorm",
-        mlp="swiglu",
-        family="llama",
-    )
-    model = Transformer(config)
-    model.init_weights(seed=seed)
-    return LM(model.eval(), ByteTokenizer(), {"eos_token_id": 257}, source=f"tiny-decoder-{seed}")
+    model = tiny_model("llama", seed=seed, vocab_size=261, max_seq_len=256)
+    return LM(model, ByteTokenizer(), {"eos_token_id": 257}, source=f"tiny-decoder-{seed}")
 
 
 def make_tiny_encoder(seed: int = 0) -> LM:
-    config = ModelConfig(
-        vocab_size=261,
-        n_layer=3,
-        n_head=2,
-        d_model=32,
-        max_seq_len=256,
-        causal=False,
-        head="none",
-        norm_placement="post",
-        final_norm=False,
-        embedding_norm=True,
-        type_vocab_size=2,
-        family="bert",
-    )
-    model = Transformer(config)
-    model.init_weights(seed=seed)
+    """A 3-layer BERT-style encoder returning hidden states (for embeddings, BERTScore, MAUVE)."""
+    model = tiny_model("bert", seed=seed, vocab_size=261, n_layer=3, max_seq_len=256, head="none")
     return LM(
-        model.eval(),
-        ByteTokenizer(encoder=True),
-        embedding=EmbeddingSpec(pooling="mean"),
-        source="tiny-encoder",
+        model, ByteTokenizer(encoder=True), embedding=EmbeddingSpec(pooling="mean"), source="tiny-encoder"
     )
 
 

@@ -6,26 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from lmforge.config import ModelConfig
 from lmforge.errors import LMForgeError
 from lmforge.eval.metrics import efficiency
 from lmforge.model import Transformer
+from tiny import tiny_model
 
 
 def tiny_decoder() -> Transformer:
-    config = ModelConfig(
-        vocab_size=97,
-        n_layer=2,
-        n_head=2,
-        d_model=32,
-        max_seq_len=64,
-        position="rope",
-        norm="rmsnorm",
-        mlp="swiglu",
-    )
-    model = Transformer(config)
-    model.init_weights(seed=0)
-    return model.eval()
+    return tiny_model("llama", vocab_size=97, max_seq_len=64)
 
 
 def test_latency_percentiles_match_numpy() -> None:

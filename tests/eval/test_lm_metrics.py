@@ -8,25 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmforge.config import ModelConfig
 from lmforge.errors import LMForgeError
 from lmforge.eval.metrics import lm as lm_metrics
 from lmforge.model import Transformer
+from tiny import tiny_model
 
 
 def tiny_decoder(max_seq_len: int = 64) -> Transformer:
-    config = ModelConfig(
-        vocab_size=53,
-        n_layer=2,
-        n_head=2,
-        d_model=32,
-        max_seq_len=max_seq_len,
-        position="rope",
-        norm="rmsnorm",
-    )
-    model = Transformer(config)
-    model.init_weights(seed=1)
-    return model.eval()
+    return tiny_model("llama", seed=1, vocab_size=53, max_seq_len=max_seq_len)
 
 
 def per_token_reference(model, ids: list[int], context: int, stride: int) -> tuple[float, int]:

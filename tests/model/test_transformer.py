@@ -7,27 +7,22 @@ from lmforge.errors import LMForgeError
 from lmforge.generate.cache import KVCache
 from lmforge.model import Transformer
 from lmforge.model.attention import single_query_attention
+from tiny import tiny_config
 
 CONFIGS = {
-    "gpt": ModelConfig.preset("gpt-tiny", vocab_size=64, n_layer=2, d_model=32, max_seq_len=32),
-    "llama-gqa": ModelConfig.preset(
-        "llama-tiny", vocab_size=64, n_layer=2, d_model=32, d_mlp=48, max_seq_len=32
-    ),
-    "mqa-window": ModelConfig.preset(
-        "llama-tiny", vocab_size=64, n_layer=2, d_model=32, n_kv_head=1, sliding_window=4, max_seq_len=32
-    ),
-    "sinusoidal-postnorm": ModelConfig(
+    "gpt": tiny_config("gpt2", vocab_size=64, max_seq_len=32),
+    "llama-gqa": tiny_config("llama", vocab_size=64, d_mlp=48, max_seq_len=32),
+    "mqa-window": tiny_config("llama", vocab_size=64, n_kv_head=1, sliding_window=4, max_seq_len=32),
+    "sinusoidal-postnorm": tiny_config(
+        "gpt2",
         vocab_size=64,
-        n_layer=2,
-        n_head=2,
-        d_model=32,
         max_seq_len=32,
         position="sinusoidal",
         norm_placement="post",
         final_norm=False,
         mlp="geglu",
     ),
-    "bert": ModelConfig.preset("bert-tiny", vocab_size=64, n_layer=2, d_model=32, max_seq_len=32),
+    "bert": tiny_config("bert", vocab_size=64, max_seq_len=32),
 }
 
 
