@@ -6,84 +6,17 @@ Sources: an asset name (`smollm2`, `minilm`), an lmforge or Hugging Face checkpo
 
 from __future__ import annotations
 
-import json
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lmforge.assets import ASSETS, asset_path
 from lmforge.config import ModelConfig
 from lmforge.errors import LMForgeError
 from lmforge.io import checkpoint
+from lmforge.io.load import read_model
+from lmforge.io.sentence_transformers import EmbeddingSpec
 from lmforge.model import Transformer
-
-
-@dataclass
-class EmbeddingSpec:
-    """How an encoder turns token states into one vector (sentence-transformers' Pooling/Normalize)."""
-
-    pooling: str = "mean"  # mean | cls | max | last
-    normalize: bool = False
-    max_len: int | None = None
-    do_lower_case: bool = False
-
-    @classmethod
-    def from_dir(cls, path: Path) -> EmbeddingSpec | None:
-        modules_file = path / "modules.json"
-        if not modules_file.is_file():
-            return None
-        spec = cls()
-        for module in json.loads(modules_file.read_text()):
-            kind = module.get("type", "")
-            if kind.endswith("Pooling"):
-                pooling = json.loads((path / module["path"] / "config.json").read_text())
-                for mode in ("cls_token", "mean_tokens", "max_tokens", "lasttoken"):
-                    if pooling.get(f"pooling_mode_{mode}"):
-                        spec.pooling = {
-                            "cls_token": "cls",
-                            "mean_tokens": "mean",
-                            "max_tokens": "max",
-                            "lasttoken": "last",
-                        }[mode]
-                        break
-            elif kind.endswith("Normalize"):
-                spec.normalize = True
-        st_config = path / "sentence_bert_config.json"
-        if st_config.is_file():
-            data = json.loads(st_config.read_text())
-            spec.max_len = data.get("max_seq_length")
-            spec.do_lower_case = data.get("do_lower_case", False)
-        return spec
-
-    def files(self, dim: int) -> dict[str, str]:
-        """The sentence-transformers files that describe this recipe (written by `LM.save`)."""
-        modules = [
-            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        ]
-        if self.normalize:
-            modules.append(
-                {
-                    "idx": 2,
-                    "name": "2",
-                    "path": "2_Normalize",
-                    "type": "sentence_transformers.models.Normalize",
-                }
-            )
-        modes = {"cls": "cls_token", "mean": "mean_tokens", "max": "max_tokens", "last": "lasttoken"}
-        pooling = {"word_embedding_dimension": dim}
-        pooling.update({f"pooling_mode_{m}": m == modes[self.pooling] for m in modes.values()})
-        files = {
-            "modules.json": json.dumps(modules, indent=2),
-            "1_Pooling/config.json": json.dumps(pooling, indent=2),
-            "sentence_bert_config.json": json.dumps(
-                {"max_seq_length": self.max_len, "do_lower_case": self.do_lower_case}, indent=2
-            ),
-        }
-        return files
 
 
 class LM:
@@ -245,101 +178,15 @@ def pool(h: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     raise LMForgeError(f"unknown pooling '{how}'; use mean, max, cls or last")
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    """fp32 on CPU (bf16 matmuls are ~10x slower there); bf16 on a GPU that supports it."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
-
-
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
-
-
-def resolve_source(source: str | Path) -> Path:
-    """Map an asset name or a path to a local path; explain hub names instead of downloading."""
-    if isinstance(source, str) and source in ASSETS:
-        return asset_path(source)
-    path = Path(source).expanduser()
-    if path.exists():
-        return path
-    text = str(source)
-    looks_like_hub = re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", text) is not None and path.suffix not in (
-        ".gguf",
-        ".safetensors",
-        ".bin",
-        ".json",
-    )
-    if looks_like_hub:
-        raise LMForgeError(
-            f"'{text}' is not a local path, and lmforge never downloads models. Fetch the checkpoint "
-            f"elsewhere and pass its directory, e.g. lmforge.load('/path/to/{text.split('/')[-1]}'); "
-            f"shipped assets: {', '.join(n for n in ASSETS if n != 'shakespeare')}"
-        )
-    raise LMForgeError(f"no such file or directory: {text}")
-
-
 def load(
     source: str | Path,
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
 ) -> LM:
-    """Load a model from an asset name, a checkpoint directory or a GGUF file."""
-    device = torch.device(device) if device is not None else default_device()
-    if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise LMForgeError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}")
-        dtype = DTYPES[dtype]
-    dtype = dtype or default_dtype(device)
-    path = resolve_source(source)
-    if path.is_file():
-        if path.suffix != ".gguf":
-            raise LMForgeError(
-                f"{path}: unknown model file type; expected a .gguf file or a checkpoint directory"
-            )
-        from lmforge.io.gguf import read_gguf
+    """Load a model from an asset name, a checkpoint directory or a GGUF file.
 
-        config, get, names, meta = read_gguf(path)
-        from lmforge.io.hf import state_from_hf
-
-        state = state_from_hf(config, names, get, str(path))
-        from lmforge.tokenizer import Tokenizer
-
-        tokenizer = Tokenizer.from_gguf_metadata(meta)
-        generation_config = {
-            k: meta[f"tokenizer.ggml.{g}"]
-            for k, g in [
-                ("bos_token_id", "bos_token_id"),
-                ("eos_token_id", "eos_token_id"),
-                ("pad_token_id", "padding_token_id"),
-            ]
-            if f"tokenizer.ggml.{g}" in meta
-        }
-        embedding = None
-    else:
-        config, naming = checkpoint.read_config(path)
-        state = checkpoint.read_state(path, config, naming)
-        has_tokenizer = (path / "tokenizer.json").is_file() or (path / "vocab.txt").is_file()
-        tokenizer = None
-        if has_tokenizer:
-            from lmforge.tokenizer import Tokenizer
-
-            tokenizer = Tokenizer.from_dir(path)
-        gen_path = path / "generation_config.json"
-        generation_config = json.loads(gen_path.read_text()) if gen_path.is_file() else {}
-        embedding = EmbeddingSpec.from_dir(path)
-    with torch.device("meta"):
-        model = Transformer(config)
-    checkpoint.load_into(model, state, str(path), dtype, device)
-    model.eval()
-    return LM(model, tokenizer, generation_config, embedding, source=str(source))
+    `dtype` is a torch dtype or a name (`bf16`, `float32`, ...); the defaults are fp32 on CPU and bf16
+    on a GPU that supports it. Reading the formats is `lmforge.io.load.read_model`'s job.
+    """
+    loaded = read_model(source, dtype, device)
+    return LM(loaded.model, loaded.tokenizer, loaded.generation_config, loaded.embedding, source=str(source))
