@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from lmforge.assets import asset_path, shakespeare_files
 from lmforge.errors import LMForgeError
 from lmforge.tokenizer import Tokenizer
-from lmforge.tokenizer.loaders import TIKTOKEN_GPT2_PATTERN, from_sentencepiece, from_tiktoken
+from lmforge.tokenizer.loaders import from_sentencepiece, from_tiktoken
 
 PLAY = shakespeare_files()[2].read_text(encoding="utf-8")
 EXTRA = ["  Hello  world!\n\n  x  \t\n", "123456 1,000.5", "naïve café 日本語 🎭👩‍👩‍👧", "don't WON'T I'll"]
@@ -20,17 +20,19 @@ EXTRA = ["  Hello  world!\n\n  x  \t\n", "123456 1,000.5", "naïve café 日本�
 
 @pytest.fixture(scope="module")
 def gpt2_pair():
+    """Ours from the rank file, and tiktoken's own gpt2 encoding: its constructor in
+    tiktoken_ext.openai_public gives the pattern, special tokens and vocabulary size, and only the ranks
+    it would download are read from the same local file."""
     import tiktoken
     import tiktoken.load
+    from tiktoken_ext import openai_public
 
     path = asset_path("gpt2.tiktoken")
-    oracle = tiktoken.Encoding(
-        name="gpt2",
-        pat_str=TIKTOKEN_GPT2_PATTERN,
-        mergeable_ranks=tiktoken.load.load_tiktoken_bpe(str(path)),
-        special_tokens={"<|endoftext|>": 50256},
-    )
-    return from_tiktoken(path), oracle
+    ranks = tiktoken.load.load_tiktoken_bpe(str(path))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(openai_public, "data_gym_to_mergeable_bpe_ranks", lambda **_: ranks)
+        spec = openai_public.gpt2()
+    return from_tiktoken(path), tiktoken.Encoding(**spec)
 
 
 def test_gpt2_ranks_match_tiktoken_on_a_corpus(gpt2_pair):
