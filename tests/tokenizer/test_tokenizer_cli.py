@@ -24,7 +24,12 @@ def trained(tmp_path_factory, corpus):
     for algorithm in ["bpe", "wordpiece", "unigram"]:
         out = tmp_path_factory.mktemp(algorithm)
         args = ["tokenizer", "train", str(corpus), "--output", str(out), "--algorithm", algorithm]
-        assert main([*args, "--vocab-size", "500", "--no-progress", "--special-tokens", "<|im_start|>"]) == 0
+        assert (
+            main(
+                [*args, "--vocab-size", "500", "--no-show-progress", "--extra-special-tokens", "<|im_start|>"]
+            )
+            == 0
+        )
         outs[algorithm] = out
     return outs
 
@@ -73,8 +78,17 @@ def test_stats_compares_tokenizers(trained, capsys, tmp_path):
 def test_special_tokens_map_replaces_defaults(corpus, tmp_path):
     out = tmp_path / "tok"
     names = '{"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}'
-    args = ["tokenizer", "train", str(corpus), "--output", str(out), "--vocab-size", "400", "--no-progress"]
-    assert main([*args, "--special-tokens-map", names]) == 0
+    args = [
+        "tokenizer",
+        "train",
+        str(corpus),
+        "--output",
+        str(out),
+        "--vocab-size",
+        "400",
+        "--no-show-progress",
+    ]
+    assert main([*args, "--special-tokens", names]) == 0
     tok = Tokenizer.from_dir(out)
     assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (0, 1, 2)
     assert tok.token_to_id("<|endoftext|>") is None
@@ -82,7 +96,10 @@ def test_special_tokens_map_replaces_defaults(corpus, tmp_path):
 
 def test_errors_are_one_line(tmp_path, capsys):
     capsys.readouterr()
-    assert main(["tokenizer", "train", str(tmp_path), "--output", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert (
+        main(["tokenizer", "train", str(tmp_path), "--output", str(tmp_path / "o"), "--no-show-progress"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("lmforge: error:") and err.count("\n") == 1 and "no text files" in err
     assert main(["tokenizer", "encode", "no-such-tokenizer", "hi"]) == 2

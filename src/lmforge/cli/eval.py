@@ -1,64 +1,43 @@
-"""`lmforge eval ...`: evaluate models on tasks, compare reports, score prediction files."""
+"""`lmforge eval ...`: evaluate models on tasks, compare reports, score prediction files.
+
+`lmforge eval` takes every `EvalConfig` field as an option (`--seed`, `--n-resamples`, `--output`, ...),
+appended from the config dataclass; only the options a user types are passed on.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
-from lmforge.errors import LMForgeError
+import lmforge
+from lmforge.options import with_options
 
 
 def _say(message: str) -> None:
     print(f"[eval] {message}", file=sys.stderr, flush=True)
 
 
-def eval_models(
-    model: list[str] | None = None,
-    task: list[str] | None = None,
-    output: Path = Path("eval-results"),
-    task_options: dict | None = None,
-    seed: int = 0,
-    n_resamples: int = 1000,
-    confidence: float = 0.95,
-    device: str | None = None,
-    dtype: str | None = None,
-    plots: bool = True,
-) -> dict:
+@with_options(lmforge.EvalConfig)
+def eval_models(model: list[str] | None = None, task: list[str] | None = None, **options: Any) -> dict:
     """Evaluate one or more models on one or more tasks, side by side; write report.json and report.md.
 
-    Examples: `lmforge eval --model smollm2 --task shakespeare-perplexity`;
+    Examples: `lmforge eval --model smollm2 --task shakespeare-perplexity --output runs/a`;
     `lmforge eval --model smollm2 --model ckpt/ --task my-task.yaml --task simple-qa`.
     Shipped tasks: `lmforge eval tasks`. Subcommands: `eval compare`, `eval metric`, `eval tasks`.
 
     Args:
         model: model(s) to evaluate: asset name (smollm2, minilm), checkpoint directory or .gguf file.
         task: task(s): a shipped task name or a .yaml/.jsonl task file.
-        output: folder for report.json, report.md and one PNG plot per task.
-        task_options: JSON object overriding task options, e.g. '{"max_chars": 20000, "limit": 10}'.
-        seed: seed for bootstrap resampling and any sampling.
-        n_resamples: bootstrap resamples for the confidence intervals.
-        confidence: two-sided confidence level of the intervals.
-        device: cpu or cuda (default: cuda when available).
-        dtype: float32, bfloat16 or float16 (default: float32 on CPU).
-        plots: also draw one PNG bar chart per task.
     """
-    from lmforge.eval.harness import RunSettings, evaluate
-    from lmforge.eval.report import summary_table, write_report
-
-    report = evaluate(
-        model or [],
-        task or [],
-        settings=RunSettings(seed=seed, n_resamples=n_resamples, confidence=confidence),
-        task_options=task_options,
-        device=device,
-        dtype=dtype,
-        progress=_say,
-    )
-    paths = write_report(report, output, plots=plots)
-    print(summary_table(report))
-    print(f"wrote {paths['json']} and {paths['markdown']}")
-    return report
+    result = lmforge.evaluate(model or [], task or [], progress=_say, **options)
+    print(result.summary())
+    if result.paths:
+        print(f"wrote {result.paths['json']} and {result.paths['markdown']}")
+    else:
+        _say("report not saved: give --output DIR for report.json, report.md and plots")
+    return result.report
 
 
 def eval_compare(a: Path, b: Path, output: Path | None = None) -> str:
@@ -69,36 +48,9 @@ def eval_compare(a: Path, b: Path, output: Path | None = None) -> str:
         b: the report to compare with it.
         output: also write the comparison table (Markdown) to this file.
     """
-    from lmforge.eval.report import compare, load_report
-    from lmforge.io.atomic import atomic_write_text
-
-    table = compare(
-        load_report(a), load_report(b), a_name=Path(a).parent.name or "A", b_name=Path(b).parent.name or "B"
-    )
+    table = lmforge.compare_reports(a, b, output=output)
     print(table, end="")
-    if output is not None:
-        atomic_write_text(output, table)
     return table
-
-
-def _read_lines_or_jsonl(path: Path, what: str) -> list:
-    if not path.is_file():
-        raise LMForgeError(f"{what} file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        out = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise LMForgeError(f"{path} line {lineno}: not valid JSON ({exc.msg})") from None
-        return out
-    return text.splitlines()
-
-
-METRIC_NAMES = ("bleu", "chrf", "chrf++", "ter", "rouge", "meteor", "bertscore")
 
 
 def eval_metric(
@@ -116,29 +68,16 @@ def eval_metric(
         encoder: BERTScore encoder (asset name or checkpoint directory).
         idf: BERTScore with idf weighting computed on the references.
     """
-    from lmforge.eval.metrics import embedding, text
-
-    if name not in METRIC_NAMES:
-        raise LMForgeError(f"unknown metric '{name}'; known: {', '.join(METRIC_NAMES)}")
-    preds = _read_lines_or_jsonl(predictions, "predictions")
-    refs = _read_lines_or_jsonl(references, "references")
-    if name == "bertscore":
-        import lmforge
-
-        scores = embedding.bertscore(preds, refs, lmforge.load(encoder), idf=idf).to_dict()
-    else:
-        scores = text.text_metric(name)(preds, refs)
+    scores = lmforge.score(name, predictions, references, encoder=encoder, idf=idf)
     print(json.dumps(scores, indent=2))
     return scores
 
 
 def eval_tasks() -> list[str]:
     """List the shipped evaluation tasks with their type and description."""
-    from lmforge.eval.harness import list_tasks, load_task
-
-    names = list_tasks()
+    names = lmforge.list_tasks()
     for name in names:
-        task = load_task(name)
+        task = lmforge.load_task(name)
         print(f"{name:28s} {task.type:16s} {task.description}")
     return names
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Literal
 
-from lmforge.lm import load
+import lmforge
 
 
 def info(model: str, json_output: bool = False) -> dict:
@@ -15,7 +15,7 @@ def info(model: str, json_output: bool = False) -> dict:
         model: asset name (smollm2, minilm), checkpoint directory or .gguf file.
         json_output: print JSON instead of a table.
     """
-    facts = load(model, device="cpu").info()
+    facts = lmforge.load(model, device="cpu").info()
     if json_output:
         print(json.dumps(facts, indent=2))
     else:
@@ -36,7 +36,7 @@ def convert(src: str, dst: str, dtype: Literal["float32", "bfloat16", "float16"]
         dst: output directory (written atomically; an existing one is replaced).
         dtype: weight dtype to store.
     """
-    lm = load(src, dtype=dtype, device="cpu")
+    lm = lmforge.load(src, dtype=dtype, device="cpu")
     path = lm.save(dst)
     print(f"wrote {path} ({lm.config.family}, {lm.model.num_parameters():,} parameters, {dtype})")
     return str(path)

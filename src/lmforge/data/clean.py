@@ -31,6 +31,9 @@ from typing import Literal
 
 import numpy as np
 
+from lmforge.errors import LMForgeError
+from lmforge.options import check_types, option
+
 NormalForm = Literal["NFC", "NFKC", "none"]
 
 _KEEP_CONTROL = {"\n", "\t"}
@@ -68,21 +71,44 @@ def normalize_text(text: str, form: NormalForm = "NFC") -> str:
 
 @dataclass
 class QualityConfig:
-    """Thresholds of the quality rules; None switches a rule off."""
+    """Thresholds of the quality rules; None switches a rule off (`none` on the command line; a
+    list-valued rule is also off when given no values)."""
 
-    min_chars: int | None = 200
-    max_chars: int | None = None
-    min_words: int | None = 30
-    min_mean_word_length: float | None = 3.0
-    max_mean_word_length: float | None = 10.0
-    max_symbol_ratio: float | None = 0.25
-    max_hash_ellipsis_ratio: float | None = 0.1
-    min_alpha_word_fraction: float | None = 0.8
-    max_duplicate_line_fraction: float | None = 0.3
-    max_duplicate_line_char_fraction: float | None = 0.2
-    min_line_chars: int = 20
-    max_top_ngram_fraction: tuple[float, float, float] | None = (0.20, 0.18, 0.16)  # n = 2, 3, 4
-    max_duplicate_ngram_fraction: tuple[float, ...] | None = (0.15, 0.14, 0.13, 0.12, 0.11, 0.10)  # 5..10
+    min_chars: int | None = option(200, "shortest document kept, in characters")
+    max_chars: int | None = option(None, "longest document kept, in characters")
+    min_words: int | None = option(30, "fewest words a kept document has")
+    min_mean_word_length: float | None = option(3.0, "shortest mean word length, in characters")
+    max_mean_word_length: float | None = option(10.0, "longest mean word length, in characters")
+    max_symbol_ratio: float | None = option(0.25, "most symbols per alphanumeric character")
+    max_hash_ellipsis_ratio: float | None = option(0.1, "most `#` and `...` per word")
+    min_alpha_word_fraction: float | None = option(0.8, "least fraction of words with a letter")
+    max_duplicate_line_fraction: float | None = option(
+        0.3, "most lines (of min_line_chars characters or more) that repeat an earlier line"
+    )
+    max_duplicate_line_char_fraction: float | None = option(
+        0.2, "most characters of lines that repeat an earlier line"
+    )
+    min_line_chars: int = option(20, "shorter lines do not count in the duplicate-line rules")
+    max_top_ngram_fraction: tuple[float, float, float] | None = option(
+        (0.20, 0.18, 0.16),
+        "most characters covered by the most frequent word 2-, 3- and 4-gram (no values: rule off)",
+    )
+    max_duplicate_ngram_fraction: tuple[float, ...] | None = option(
+        (0.15, 0.14, 0.13, 0.12, 0.11, 0.10),
+        "most characters covered by repeated word 5-, 6-, ... 10-grams (up to six limits; no values: rule off)",
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("max_top_ngram_fraction", "max_duplicate_ngram_fraction"):
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple)):  # the command line gives a list; none given: rule off
+                setattr(self, name, tuple(value) or None)
+        check_types(self)
+        if self.max_duplicate_ngram_fraction is not None and len(self.max_duplicate_ngram_fraction) > 6:
+            raise LMForgeError(
+                "QualityConfig: option max_duplicate_ngram_fraction takes at most 6 limits (n = 5..10), "
+                f"got {len(self.max_duplicate_ngram_fraction)}"
+            )
 
 
 RULES = (

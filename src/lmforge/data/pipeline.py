@@ -41,6 +41,7 @@ from lmforge.data.shards import (
 )
 from lmforge.errors import LMForgeError
 from lmforge.io.atomic import atomic_dir
+from lmforge.options import check_types, option
 
 EXAMPLES_PER_RULE = 3
 EXAMPLE_CHARS = 160
@@ -48,21 +49,43 @@ EXAMPLE_CHARS = 160
 
 @dataclass
 class PrepareOptions:
-    """What `prepare` does; every field is a `lmforge prepare` option."""
+    """What `prepare` does; every field is a `lmforge prepare` option, and so is every field of
+    `quality_rules` (the thresholds, applied unless `quality` is off)."""
 
-    jsonl_field: str = "text"
-    normalize: NormalForm = "NFC"
-    dedup: bool = True
-    near_dup: bool = True
-    near_dup_threshold: float = 0.8
-    num_perm: int = 128
-    shingle_words: int = 5
-    quality: QualityConfig | None = field(default_factory=QualityConfig)
-    pii: bool = True
-    val_fraction: float = 0.05
-    seed: int = 1234
-    workers: int = 2
-    shard_tokens: int = 100_000_000
+    jsonl_field: str = option("text", "field of each JSONL record that holds the text")
+    normalize: NormalForm = option(
+        "NFC", "Unicode normalization form (control characters are removed in every case)"
+    )
+    dedup: bool = option(True, "remove exact duplicates (content hash)")
+    near_dup: bool = option(True, "remove near-duplicates (MinHash + LSH)")
+    near_dup_threshold: float = option(
+        0.8, "Jaccard similarity of word-shingle sets above which documents are near-duplicates"
+    )
+    num_perm: int = option(128, "MinHash permutations (more: finer similarity estimates, slower)")
+    shingle_words: int = option(5, "words per shingle of the near-duplicate comparison")
+    quality: bool = option(True, "apply the Gopher-style quality rules with the QualityConfig thresholds")
+    quality_rules: QualityConfig = field(default_factory=QualityConfig)
+    pii: bool = option(True, "replace emails, phone numbers, IP addresses and credit-card numbers by tags")
+    val_fraction: float = option(0.05, "fraction of documents held out for validation")
+    seed: int = option(1234, "seed of the near-duplicate hashing and of the train/val split")
+    workers: int = option(2, "processes for the per-document work and the tokenization")
+    shard_tokens: int = option(100_000_000, "tokens per shard file (shards end at document boundaries)")
+
+    def __post_init__(self) -> None:
+        if self.quality is None:  # the older spelling of "no quality rules"
+            self.quality = False
+        check_types(self)
+        checks = {
+            "near_dup_threshold": (0.0 < self.near_dup_threshold <= 1.0, "in (0, 1]"),
+            "val_fraction": (0.0 <= self.val_fraction < 1.0, "in [0, 1)"),
+        }
+        for name in ("num_perm", "shingle_words", "workers", "shard_tokens"):
+            checks[name] = (getattr(self, name) >= 1, "at least 1")
+        for name, (ok, bounds) in checks.items():
+            if not ok:
+                raise LMForgeError(
+                    f"PrepareOptions: option {name} must be {bounds}, got {getattr(self, name)}"
+                )
 
 
 def _nbytes(text: str) -> int:
@@ -200,11 +223,11 @@ def _clean(
         docs = [d for i, d in enumerate(docs) if i not in dups]
     progress("exact_dup", docs)
     # 3. quality rules
-    if opts.quality is not None:
+    if opts.quality:
         for rule in RULES:
             report.ensure(f"quality:{rule}", "removed")
         out = []
-        verdicts = pmap(functools.partial(quality_verdict, config=opts.quality), [d.text for d in docs])
+        verdicts = pmap(functools.partial(quality_verdict, config=opts.quality_rules), [d.text for d in docs])
         for doc, failed in zip(docs, verdicts):
             if failed is None:
                 out.append(doc)
@@ -320,9 +343,6 @@ def prepare(
     opts = options or PrepareOptions()
     output = Path(output)
     _check_output(output)
-    if not 0.0 < opts.near_dup_threshold <= 1.0:
-        raise LMForgeError(f"--near-dup-threshold must be in (0, 1], got {opts.near_dup_threshold}")
-    split_train_val(2, opts.val_fraction, opts.seed)  # validates val_fraction before the slow steps
     if tokenizer.eos_token_id is None:
         raise LMForgeError("the tokenizer has no EOS token, which separates documents in the shards")
 

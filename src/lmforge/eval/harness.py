@@ -36,6 +36,7 @@ import numpy as np
 from lmforge.errors import LMForgeError
 from lmforge.eval.bootstrap import Interval, bootstrap_ci, mean_ci
 from lmforge.io.jsonl import iter_jsonl
+from lmforge.options import check_types, option
 
 TASK_TYPES = ("perplexity", "multiple-choice", "generation", "retrieval", "speed")
 GENERATION_METRICS = ("bleu", "chrf", "chrf++", "ter", "rouge", "meteor", "bertscore", "mauve")
@@ -330,9 +331,37 @@ def _plain(value: float) -> dict[str, float]:
 
 @dataclass
 class RunSettings:
-    seed: int = 0
-    n_resamples: int = 1000
-    confidence: float = 0.95
+    """What running a task needs besides the model and the task: the seed and the intervals."""
+
+    seed: int = option(0, "seed for bootstrap resampling and any sampling")
+    n_resamples: int = option(1000, "bootstrap resamples for the confidence intervals")
+    confidence: float = option(0.95, "two-sided confidence level of the intervals")
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        if self.n_resamples < 1:
+            raise LMForgeError(
+                f"{type(self).__name__}: option n_resamples must be at least 1, got {self.n_resamples}"
+            )
+        if not 0.0 < self.confidence < 1.0:
+            raise LMForgeError(
+                f"{type(self).__name__}: option confidence must be in (0, 1), got {self.confidence}"
+            )
+
+
+@dataclass
+class EvalConfig(RunSettings):
+    """How `lmforge.evaluate` runs: the run settings, where the models run, and where the report goes."""
+
+    device: str | None = option(None, "cpu or cuda (none: cuda when available)")
+    dtype: str | None = option(None, "float32, bfloat16 or float16 (none: float32 on CPU)")
+    task_options: dict | None = option(
+        None, 'JSON object overriding task options, e.g. \'{"max_chars": 20000, "limit": 10}\''
+    )
+    output: Path | None = option(
+        None, "folder for report.json, report.md and one PNG plot per task (none: nothing is written)"
+    )
+    plots: bool = option(True, "with an output folder, also draw one PNG bar chart per task")
 
 
 # --- task types --------------------------------------------------------------------------------------
@@ -603,14 +632,7 @@ def run_task(lm, task: Task, model_name: str, settings: RunSettings | None = Non
 
 
 def evaluate(
-    models: Sequence[str],
-    tasks: Sequence[str],
-    *,
-    settings: RunSettings | None = None,
-    task_options: dict[str, Any] | None = None,
-    device: str | None = None,
-    dtype: str | None = None,
-    progress: Any = None,
+    models: Sequence[str], tasks: Sequence[str], config: EvalConfig, progress: Any = None
 ) -> dict[str, Any]:
     """Run every model on every task (models loaded one at a time) and return the report dict."""
     import lmforge
@@ -622,24 +644,25 @@ def evaluate(
         raise LMForgeError(
             f"no task given: pass --task NAME or a task file; shipped: {', '.join(list_tasks())}"
         )
-    settings = settings or RunSettings()
-    loaded_tasks = [load_task(t, task_options) for t in tasks]  # fail on a bad task before loading models
+    # fail on a bad task before loading models
+    loaded_tasks = [load_task(t, config.task_options) for t in tasks]
     results, identities = [], []
     for name in models:
-        lm = lmforge.load(name, dtype=dtype, device=device)
+        lm = lmforge.load(name, dtype=config.dtype, device=config.device)
         identities.append(model_identity(name, lm))
         for task in loaded_tasks:
             if progress:
                 progress(f"{name}: {task.name} ({task.type})")
-            results.append(run_task(lm, task, name, settings).to_dict())
+            results.append(run_task(lm, task, name, config).to_dict())
         del lm
-    config = {
+    report_config = {
         "models": list(models),
         "tasks": list(tasks),
-        "task_options": task_options or {},
-        "n_resamples": settings.n_resamples,
-        "confidence": settings.confidence,
-        "device": device,
-        "dtype": dtype,
+        "task_options": config.task_options or {},
+        "n_resamples": config.n_resamples,
+        "confidence": config.confidence,
+        "device": config.device,
+        "dtype": config.dtype,
     }
-    return build_report(results, identities, [t.to_dict() for t in loaded_tasks], config, settings.seed)
+    tasks_info = [t.to_dict() for t in loaded_tasks]
+    return build_report(results, identities, tasks_info, report_config, config.seed)

@@ -14,11 +14,12 @@ a warning rather than stopping a long run for one bad byte.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from tokenizers import AddedToken, decoders, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as Backend
@@ -26,6 +27,7 @@ from tokenizers.models import BPE, Unigram, WordPiece
 
 from lmforge.errors import LMForgeError
 from lmforge.io.jsonl import iter_jsonl
+from lmforge.options import check_types, option, unknown_error
 from lmforge.tokenizer.core import SPECIAL_NAMES, Tokenizer
 
 Algorithm = Literal["bpe", "wordpiece", "unigram"]
@@ -216,43 +218,69 @@ def _trainer(
     )
 
 
+@dataclass
+class TokenizerTrainConfig:
+    """How a tokenizer is trained; every field is a `lmforge tokenizer train` option."""
+
+    algorithm: Algorithm = option(
+        "bpe", "bpe (byte-level, lossless), wordpiece (BERT) or unigram (SentencePiece style)"
+    )
+    vocab_size: int = option(8000, "vocabulary size, special tokens included")
+    min_frequency: int = option(2, "minimum count of a merge (bpe, wordpiece)")
+    special_tokens: dict[str, str] | None = option(
+        None,
+        "JSON mapping of roles to texts replacing the algorithm's named special tokens, e.g. "
+        '\'{"bos_token": "<s>", "eos_token": "</s>"}\' (wordpiece needs an unk_token; none: the defaults)',
+    )
+    extra_special_tokens: list[str] = option(
+        help='more special tokens, e.g. "<|im_start|>" "<|im_end|>"', default_factory=list
+    )
+    lowercase: bool | None = option(None, "lowercase the text (none: on for wordpiece, off otherwise)")
+    strip_accents: bool | None = option(
+        None, "remove accents (none: follow lowercase for wordpiece, off otherwise)"
+    )
+    jsonl_field: str = option("text", "text field of .jsonl inputs given without :FIELD")
+    show_progress: bool = option(True, "show the trainer's progress bars")
+    chat_template: str | None = option(None, "a Jinja chat template to store with the tokenizer")
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise LMForgeError(
+                f"unknown tokenizer algorithm '{self.algorithm}'; choose one of {', '.join(ALGORITHMS)}"
+            )
+        self.extra_special_tokens = list(self.extra_special_tokens)
+        check_types(self)
+
+
 def train_tokenizer(
     inputs: Sequence[str | Path] = (),
-    algorithm: Algorithm = "bpe",
-    vocab_size: int = 8000,
-    min_frequency: int = 2,
-    special_tokens: dict[str, str] | None = None,
-    extra_special_tokens: Sequence[str] = (),
-    lowercase: bool | None = None,
-    strip_accents: bool | None = None,
-    jsonl_field: str = "text",
+    algorithm: Algorithm | None = None,
+    vocab_size: int | None = None,
+    *,
     texts: Iterable[str] | None = None,
-    show_progress: bool = True,
     output: str | Path | None = None,
-    chat_template: str | None = None,
+    config: TokenizerTrainConfig | None = None,
+    **options: Any,
 ) -> Tokenizer:
     """Train a tokenizer on files/directories/JSONL/`shakespeare` (or on `texts`) and optionally save it.
 
     Args:
         inputs: files, directories, `file.jsonl[:field]`, or `shakespeare`.
-        algorithm: `bpe` (byte-level), `wordpiece` (BERT) or `unigram` (SentencePiece style).
-        vocab_size: final vocabulary size, special tokens included.
-        min_frequency: a merge (BPE/WordPiece) must be seen this often.
-        special_tokens: role -> text, replacing the algorithm's defaults (e.g. {"eos_token": "</s>"}).
-        extra_special_tokens: more special tokens (e.g. "<|im_start|>", "<|im_end|>").
-        lowercase: lowercase the text (default: True for wordpiece, False otherwise).
-        strip_accents: remove accents (default: follow `lowercase` for wordpiece, off otherwise).
-        jsonl_field: the text field of .jsonl inputs without an explicit `:field`.
+        algorithm: the config's algorithm, also taken positionally (None: the config's).
+        vocab_size: the config's vocab_size, also taken positionally (None: the config's).
         texts: an iterable of strings to train on instead of (or besides) `inputs`.
-        show_progress: show the trainer's progress bars.
         output: directory to write tokenizer.json + tokenizer_config.json into.
-        chat_template: a Jinja chat template to store with the tokenizer.
+        config: a TokenizerTrainConfig to start from (default: the defaults).
+        **options: TokenizerTrainConfig fields (`min_frequency`, `special_tokens`, `lowercase`, ...).
     """
-    if algorithm not in ALGORITHMS:
-        raise LMForgeError(
-            f"unknown tokenizer algorithm '{algorithm}'; choose one of {', '.join(ALGORITHMS)}"
-        )
-    specials = dict(DEFAULT_SPECIALS[algorithm]) if special_tokens is None else dict(special_tokens)
+    positional = {"algorithm": algorithm, "vocab_size": vocab_size}
+    options.update({k: v for k, v in positional.items() if v is not None})
+    names = [f.name for f in dataclasses.fields(TokenizerTrainConfig)]
+    if unknown := set(options) - set(names):
+        raise unknown_error(unknown, names, "train_tokenizer")
+    c = dataclasses.replace(config or TokenizerTrainConfig(), **options)
+    algorithm, vocab_size, lowercase = c.algorithm, c.vocab_size, c.lowercase
+    specials = dict(DEFAULT_SPECIALS[algorithm]) if c.special_tokens is None else dict(c.special_tokens)
     for role, text in specials.items():
         if role not in SPECIAL_NAMES or not isinstance(text, str) or not text:
             raise LMForgeError(
@@ -260,7 +288,7 @@ def train_tokenizer(
             )
     if algorithm == "wordpiece" and "unk_token" not in specials:
         raise LMForgeError("wordpiece needs an unk_token among the special tokens")
-    ordered = list(dict.fromkeys([*specials.values(), *extra_special_tokens]))
+    ordered = list(dict.fromkeys([*specials.values(), *c.extra_special_tokens]))
     min_size = len(ordered) + (256 if algorithm == "bpe" else 1)
     if vocab_size < min_size:
         what = "256 bytes" if algorithm == "bpe" else "its alphabet"
@@ -269,8 +297,8 @@ def train_tokenizer(
         )
     if lowercase is None:
         lowercase = algorithm == "wordpiece"
-    backend, specials = build_untrained(algorithm, specials, lowercase, strip_accents)
-    sources = resolve_inputs(inputs, jsonl_field) if inputs else []
+    backend, specials = build_untrained(algorithm, specials, lowercase, c.strip_accents)
+    sources = resolve_inputs(inputs, c.jsonl_field) if inputs else []
     if not sources and texts is None:
         raise LMForgeError(
             "no training input: give text files, directories, file.jsonl[:field] or 'shakespeare'"
@@ -283,7 +311,7 @@ def train_tokenizer(
             yield stats.count(text)
 
     trainer = _trainer(
-        algorithm, vocab_size, min_frequency, ordered, specials.get("unk_token"), show_progress
+        algorithm, vocab_size, c.min_frequency, ordered, specials.get("unk_token"), c.show_progress
     )
     try:
         backend.train_from_iterator(corpus(), trainer=trainer)
@@ -325,7 +353,7 @@ def train_tokenizer(
             single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, vocab[bos])]
         )
         add_bos = True
-    tok = Tokenizer(backend, specials, chat_template=chat_template, add_bos_token=add_bos)
+    tok = Tokenizer(backend, specials, chat_template=c.chat_template, add_bos_token=add_bos)
     if output is not None:
         tok.save(output)
     return tok
