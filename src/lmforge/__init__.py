@@ -18,30 +18,43 @@ from lmforge.generate.config import GenerationConfig
 from lmforge.lm import LM, load
 from lmforge.tokenizer import Tokenizer
 from lmforge.tokenizer.train import TokenizerTrainConfig, train_tokenizer
+from lmforge.train.api import QuickstartResult, finetune, merge_lora, pretrain, quickstart
+from lmforge.train.config import FinetuneConfig, PretrainConfig, QuickstartConfig
+from lmforge.train.trainer import TrainConfig, TrainResult
 
 __version__ = "0.1.0"
 
 __all__ = [
     "EvalConfig",
     "EvalResult",
+    "FinetuneConfig",
     "GenerationConfig",
     "LM",
     "LMForgeError",
     "ModelConfig",
     "PrepareOptions",
     "PrepareResult",
+    "PretrainConfig",
     "QualityConfig",
+    "QuickstartConfig",
+    "QuickstartResult",
     "Tokenizer",
     "TokenizerComparison",
     "TokenizerTrainConfig",
+    "TrainConfig",
+    "TrainResult",
     "__version__",
     "compare_reports",
     "compare_tokenizers",
     "evaluate",
+    "finetune",
     "list_tasks",
     "load",
     "load_task",
+    "merge_lora",
     "prepare",
+    "pretrain",
+    "quickstart",
     "score",
     "train_tokenizer",
 ]

@@ -1,13 +1,12 @@
-"""Shared fixtures: a tiny byte-level BPE tokenizer, prepared shards of two Shakespeare plays, and a
-tiny GPT config. Everything is built once per session in a temporary directory (a few seconds)."""
+"""Shared fixtures: a tiny byte-level BPE tokenizer and prepared shards of two Shakespeare plays, built
+once per session in a temporary directory (a few seconds). The tiny model is the suite's shared one
+(tests/tiny.py), in its gpt2 variant."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
-from lmforge.config import ModelConfig
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -78,22 +77,6 @@ def shards(tmp_path_factory, tiny_tok, tiny_tok_dir, corpus_files) -> Path:
     options = PrepareOptions(near_dup=False, quality=None, pii=False, val_fraction=0.1, seed=0, workers=1)
     prepare([str(src)], tiny_tok, out, options, tokenizer_source=str(tiny_tok_dir))
     return out
-
-
-def tiny_config(vocab_size: int = 320, **overrides) -> ModelConfig:
-    base = dict(
-        vocab_size=vocab_size,
-        n_layer=2,
-        n_head=2,
-        d_model=32,
-        max_seq_len=64,
-        mlp="gelu_tanh",
-        family="gpt2",
-        qkv_bias=True,
-        attn_out_bias=True,
-        mlp_bias=True,
-    )
-    return ModelConfig(**{**base, **overrides})
 
 
 @pytest.fixture(autouse=True)

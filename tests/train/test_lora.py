@@ -10,13 +10,12 @@ from lmforge.errors import LMForgeError
 from lmforge.model import Transformer
 from lmforge.train import lora as lora_lib
 from lmforge.train.lora import LoRAConfig, LoRALinear
-
-from .conftest import tiny_config
+from tiny import tiny_config
 
 
 def _model(**overrides) -> Transformer:
     torch.manual_seed(0)
-    model = Transformer(tiny_config(**overrides))
+    model = Transformer(tiny_config("gpt2", vocab_size=320, **overrides))
     model.init_weights(0)
     return model.eval()
 
@@ -54,7 +53,7 @@ def test_qv_slices_equal_separate_q_and_v_adapters():
     _randomise_adapters(model)
     layer = model.blocks[0].attn.qkv
     x = torch.randn(3, 32)
-    d = 32  # n_head * head_dim = n_kv_head * head_dim
+    d = 32  # n_head * head_dim = n_kv_head * head_dim (4 x 8)
     ref = layer.base(x).clone()
     (a_q, a_v), (b_q, b_v) = layer.lora_A, layer.lora_B
     ref[:, :d] += 2.0 * x @ a_q.T @ b_q.T

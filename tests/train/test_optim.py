@@ -6,8 +6,7 @@ import torch
 from lmforge.errors import LMForgeError
 from lmforge.model import Transformer
 from lmforge.train.optim import LRSchedule, build_optimizer, param_groups
-
-from .conftest import tiny_config
+from tiny import tiny_config
 
 
 def test_cosine_schedule_values():
@@ -38,7 +37,7 @@ def test_schedule_rejects_bad_settings():
 
 
 def test_param_groups_decay_only_matrices():
-    model = Transformer(tiny_config())
+    model = Transformer(tiny_config("gpt2"))
     groups = {g["weight_decay"]: set(g["names"]) for g in param_groups(model, 0.1)}
     decay, no_decay = groups[0.1], groups[0.0]
     assert "blocks.0.attn.qkv.weight" in decay and "blocks.1.mlp.proj.weight" in decay
@@ -53,7 +52,7 @@ def test_param_groups_decay_only_matrices():
 
 def test_weight_decay_is_decoupled_and_skips_no_decay_group():
     """With zero gradients AdamW only applies decay: w <- w - lr * wd * w on matrices, nothing else."""
-    model = Transformer(tiny_config())
+    model = Transformer(tiny_config("gpt2"))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = build_optimizer(model, lr=0.1, weight_decay=0.5)
     for p in model.parameters():
@@ -68,7 +67,7 @@ def test_weight_decay_is_decoupled_and_skips_no_decay_group():
 
 
 def test_frozen_parameters_are_left_out():
-    model = Transformer(tiny_config())
+    model = Transformer(tiny_config("gpt2"))
     model.tok_emb.weight.requires_grad_(False)
     names = {n for g in param_groups(model, 0.1) for n in g["names"]}
     assert "tok_emb.weight" not in names and "blocks.0.attn.qkv.weight" in names

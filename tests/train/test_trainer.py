@@ -15,15 +15,14 @@ from lmforge.train import checkpoint as ckpt
 from lmforge.train.batches import CLMBatches, clm_val_set
 from lmforge.train.logging import read_log
 from lmforge.train.trainer import TrainConfig, Trainer, loss_fn
-
-from .conftest import tiny_config
+from tiny import tiny_config
 
 QUIET = dict(progress=False, tensorboard=False, log_every=1)
 
 
 def _model(seed: int = 0, **overrides) -> Transformer:
     torch.manual_seed(seed)
-    model = Transformer(tiny_config(**overrides))
+    model = Transformer(tiny_config("gpt2", vocab_size=320, **overrides))
     model.init_weights(seed)
     return model
 
@@ -133,9 +132,9 @@ def test_checkpoints_are_complete_pruned_and_loadable(tmp_path):
 
 
 def test_sequence_longer_than_context_is_refused(tmp_path):
-    cfg = TrainConfig(steps=1, batch_size=2, seq_len=128, **QUIET)  # tiny_config has 64 positions
-    with pytest.raises(LMForgeError, match="exceeds the model's context of 64"):
-        Trainer(_model(), cfg, CLMBatches(_tokens(), 2, 128), tmp_path / "run")
+    cfg = TrainConfig(steps=1, batch_size=2, seq_len=256, **QUIET)  # the tiny model has 128 positions
+    with pytest.raises(LMForgeError, match="exceeds the model's context of 128"):
+        Trainer(_model(), cfg, CLMBatches(_tokens(), 2, 256), tmp_path / "run")
 
 
 def test_resume_with_another_config_is_refused(tmp_path):

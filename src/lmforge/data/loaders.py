@@ -1,4 +1,4 @@
-"""Batches for training from prepared shards: causal-LM windows and MLM masking.
+"""Batches for training from prepared shards: causal-LM windows, MLM masking, document packing.
 
 ```python
 from lmforge.data.loaders import CLMBatchSampler, MLMCollator, check_tokenizer
@@ -8,8 +8,7 @@ sampler = CLMBatchSampler("data/shakespeare", split="train", batch_size=16, seq_
 x, y = sampler.next_batch()          # (B, T) int64 each; y is x shifted left by one token
 state = sampler.state_dict()         # {"index": ..., ...}: save it with the trainer state
 sampler.load_state_dict(state)       # the next batch is exactly the one that would have come
-collate = MLMCollator(mask_token_id=tok.mask_token_id, vocab_size=tok.vocab_size,
-                      special_token_ids=[...], whole_word=False)
+collate = MLMCollator.for_tokenizer(tok, whole_word=False)   # or MLMCollator(mask_token_id=..., ...)
 inputs, labels = collate(x, generator=torch.Generator().manual_seed(step))
 ```
 
@@ -177,6 +176,18 @@ class CLMBatchSampler:
         self.index = int(state["index"])
 
 
+def pack_documents(tokenizer: Any, texts: Iterable[str]) -> list[int]:
+    """The documents' tokens in one stream, each followed by EOS (when the tokenizer has one), as in
+    nanoGPT's packing: training windows then cut across document boundaries."""
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    for tokens in tokenizer.encode_batch(list(texts)):
+        ids.extend(tokens)
+        if eos is not None:
+            ids.append(eos)
+    return ids
+
+
 def word_continuation_table(vocab: dict[str, int], vocab_size: int | None = None) -> np.ndarray:
     """bool[vocab_size]: True for tokens that continue the previous token's word (for whole-word
     masking). WordPiece marks continuations with a leading `##`; byte-level BPE (`Ġ`) and
@@ -230,6 +241,27 @@ class MLMCollator:
         self.whole_word = whole_word
         self.continuation = (
             torch.as_tensor(np.asarray(continuation, dtype=bool)) if continuation is not None else None
+        )
+
+    @classmethod
+    def for_tokenizer(
+        cls, tokenizer: Any, whole_word: bool = False, mlm_probability: float = 0.15
+    ) -> MLMCollator:
+        """The collator for a tokenizer's mask token, specials and (for whole words) vocabulary."""
+        mask = tokenizer.special_tokens.get("mask_token")
+        mask_id = tokenizer.token_to_id(mask) if mask else tokenizer.token_to_id("[MASK]")
+        if mask_id is None:
+            raise LMForgeError("masked-LM pretraining needs a tokenizer with a mask token ([MASK])")
+        continuation = (
+            word_continuation_table(tokenizer.get_vocab(), tokenizer.vocab_size) if whole_word else None
+        )
+        return cls(
+            mask_token_id=mask_id,
+            vocab_size=tokenizer.vocab_size,
+            special_token_ids=tokenizer.all_special_ids,
+            mlm_probability=mlm_probability,
+            whole_word=whole_word,
+            continuation=continuation,
         )
 
     def __call__(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -84,24 +85,6 @@ class CLMBatches:
         starts = rng.integers(0, len(self.tokens) - self.seq_len, size=self.batch_size)
         windows = torch.from_numpy(np.stack([self.tokens.read(int(s), self.seq_len + 1) for s in starts]))
         return {"input_ids": windows[:, :-1].contiguous(), "labels": windows[:, 1:].contiguous()}
-
-
-class MLMBatches:
-    """BERT-masked random windows: the data pipeline's `MLMCollator` (15%, 80/10/10, optional whole
-    words) applied with a generator seeded by the batch index, so masking is resumable too."""
-
-    def __init__(self, tokens: Any, batch_size: int, seq_len: int, collator: Any, seed: int = 0):
-        self.windows = CLMBatches(tokens, batch_size, seq_len - 1, seed)  # windows of seq_len tokens
-        self.collator, self.seed = collator, seed
-
-    def batch(self, index: int) -> dict[str, torch.Tensor]:
-        w = self.windows.batch(index)
-        ids = torch.cat([w["input_ids"], w["labels"][:, -1:]], dim=1)  # (B, seq_len)
-        generator = torch.Generator().manual_seed(
-            int(np.random.default_rng([self.seed, index, 1]).integers(2**62))
-        )
-        inputs, labels = self.collator(ids, generator=generator)
-        return {"input_ids": inputs, "labels": labels}
 
 
 class ShardBatches:
@@ -194,6 +177,25 @@ def clm_val_set(tokens: Any, batch_size: int, seq_len: int, max_batches: int, to
         batches.append({"input_ids": w[:, :-1].contiguous(), "labels": w[:, 1:].contiguous()})
         if tokenizer is not None:
             num_bytes.append(sum(len(tokenizer.decode(row.tolist()).encode("utf-8")) for row in w[:, 1:]))
+    return ValSet(batches, num_bytes)
+
+
+def shard_val_set(
+    data_dir: str | Path, batch_size: int, seq_len: int, max_batches: int, tokenizer=None
+) -> ValSet:
+    """The first sequential windows of a prepared directory's val split (a window never crosses a
+    shard), at most `max_batches` batches; raises LMForgeError when the split has no full window."""
+    from lmforge.data.loaders import CLMBatchSampler
+
+    sampler = CLMBatchSampler(
+        data_dir, split="val", batch_size=batch_size, seq_len=seq_len, mode="sequential"
+    )
+    batches, num_bytes = [], []
+    for g in range(min(max_batches, sampler.batches_per_epoch())):
+        x, y = sampler.batch(g)
+        batches.append({"input_ids": x, "labels": y})
+        if tokenizer is not None:
+            num_bytes.append(sum(len(tokenizer.decode(row.tolist()).encode("utf-8")) for row in y))
     return ValSet(batches, num_bytes)
 
 

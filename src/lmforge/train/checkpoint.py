@@ -87,6 +87,18 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return dirs[-1][1] if dirs else None
 
 
+def check_run_dir(run_dir: str | Path, resume: bool) -> None:
+    """Refuse to start a run over an earlier one's checkpoints, or to resume a run that has none
+    (cheap: callers check this before loading a model or reading data)."""
+    has_checkpoints = bool(step_dirs(run_dir))
+    if resume and not has_checkpoints:
+        raise LMForgeError(f"nothing to resume in {run_dir}: it has no complete checkpoint")
+    if not resume and has_checkpoints:
+        raise LMForgeError(
+            f"{run_dir} already holds checkpoints; pass --resume to continue it or choose a new --out"
+        )
+
+
 def write_model_files(
     directory: Path,
     model: nn.Module,
@@ -189,6 +201,7 @@ RESUMABLE_CHANGES = {
     "device",
     "progress",
     "tensorboard",
+    "resume",
     "grad_accum",  # compared as grad_accum × world size (the global batch) below
     "world_size",
 }

@@ -15,7 +15,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -23,6 +23,7 @@ from torch import nn
 
 from lmforge.errors import LMForgeError
 from lmforge.io.atomic import atomic_dir
+from lmforge.options import check_types, option
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -31,13 +32,19 @@ SHORTHANDS = ("q", "k", "v", "qkv", "o", "mlp")
 
 @dataclass
 class LoRAConfig:
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    targets: list[str] = field(default_factory=lambda: ["q", "v"])
+    """An adapter's shape; saved as adapter_config.json beside its weights."""
+
+    rank: int = option(8, "LoRA rank r")
+    alpha: float = option(16.0, "LoRA alpha (the update is scaled by alpha / r)")
+    dropout: float = option(0.0, "dropout on the LoRA input")
+    targets: list[str] = option(
+        default_factory=lambda: ["q", "v"],
+        help="modules to adapt: q k v qkv o mlp, or globs over module names (blocks.*.mlp.fc)",
+    )
 
     def __post_init__(self) -> None:
-        if not isinstance(self.rank, int) or self.rank <= 0:
+        check_types(self, "LoRA options")
+        if self.rank <= 0:
             raise LMForgeError(f"LoRA rank must be a positive integer, got {self.rank!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise LMForgeError(f"LoRA dropout must be in [0, 1), got {self.dropout}")

@@ -28,11 +28,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.errors import LMForgeError
+from lmforge.options import check_types, option
 from lmforge.train import checkpoint as ckpt
 from lmforge.train import distributed as dist_lib
 from lmforge.train.batches import IGNORE, BatchSource, ValSet
 from lmforge.train.logging import RunLogger
-from lmforge.train.lora import LoRAConfig
+from lmforge.train.lora import LoRAConfig, LoRALinear
 from lmforge.train.optim import LRSchedule, build_optimizer
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -41,50 +42,98 @@ AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass
 class TrainConfig:
-    """Every training setting; the CLI exposes each as a flag (and a YAML key)."""
+    """Every setting of a training run, each declared here once with its help: `lmforge pretrain` and
+    `finetune` take each as a flag and a config-file key (`lmforge.options`)."""
 
-    objective: Literal["clm", "mlm", "sft"] = "clm"
-    steps: int = 1000  # optimizer steps
-    batch_size: int = 8  # sequences per micro-batch (per process)
-    grad_accum: int = 1  # micro-batches per optimizer step
-    seq_len: int = 256
-    lr: float = 1e-3
-    min_lr: float | None = None  # None: lr / 10
-    warmup_steps: int = 100
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0  # max global L2 norm; 0 = no clipping (the norm is still logged)
-    label_smoothing: float = 0.0
-    precision: Precision = "fp32"
-    compile: bool = False
-    seed: int = 1337
-    eval_every: int = 200  # steps; 0 = only at the end
-    eval_batches: int = 20
-    save_every: int = 0  # steps; 0 = only at the end
-    keep_last: int = 2  # periodic checkpoints kept
-    log_every: int = 1
-    # Stop (and save) after this much training time; the schedule then also follows the clock, reaching
-    # min_lr by the deadline or by `steps`, whichever comes first (such runs are not bit-reproducible).
-    max_minutes: float | None = None
-    device: str | None = None  # default: cuda if available, else cpu
-    distributed: Literal["ddp", "fsdp"] = "ddp"
-    progress: bool = True
-    tensorboard: bool = True
+    steps: int = option(1000, "optimizer steps to train for")
+    batch_size: int = option(8, "sequences per micro-batch (per process)")
+    grad_accum: int = option(1, "micro-batches accumulated per optimizer step")
+    seq_len: int = option(256, "tokens per training sequence (at most the model's context)")
+    lr: float = option(1e-3, "peak learning rate")
+    min_lr: float | None = option(None, "learning rate at the end of the decay (none: lr / 10)")
+    warmup_steps: int = option(100, "linear warmup steps")
+    schedule: Literal["cosine", "linear", "constant"] = option("cosine", "decay after warmup")
+    weight_decay: float = option(
+        0.1, "decoupled AdamW weight decay (matrices only; none on norms, biases, embeddings)"
+    )
+    beta1: float = option(0.9, "AdamW beta1")
+    beta2: float = option(0.95, "AdamW beta2")
+    eps: float = option(1e-8, "AdamW epsilon")
+    grad_clip: float = option(
+        1.0, "clip the global gradient norm to this (0: no clipping; the norm is logged either way)"
+    )
+    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy")
+    dropout: float | None = option(
+        None, "dropout while training: embedding, residual and attention (none: the model's own)"
+    )
+    precision: Precision = option(
+        "fp32", "fp32 (CPU default), or bf16/fp16 autocast (fp16 with loss scaling)"
+    )
+    compile: bool = option(False, "torch.compile the model")
+    seed: int = option(1337, "seed of initialisation, data order, masking and dropout")
+    eval_every: int = option(200, "validate every N steps (0: only at the end)")
+    eval_batches: int = option(20, "validation batches per evaluation")
+    save_every: int = option(0, "checkpoint every N steps (0: only at the end)")
+    keep_last: int = option(2, "periodic checkpoints to keep")
+    log_every: int = option(1, "write a training record every N steps")
+    # the schedule then follows the clock too, reaching min_lr by the deadline or by `steps`, whichever
+    # comes first (such runs are not bit-reproducible)
+    max_minutes: float | None = option(None, "stop (and checkpoint) after this many minutes of training")
+    device: str | None = option(None, "cpu, cuda, cuda:1, ... (none: cuda if available)")
+    distributed: Literal["ddp", "fsdp"] = option(
+        "ddp", "under torchrun: ddp (replicated model) or fsdp (sharded)"
+    )
+    progress: bool = option(True, "show progress (a bar on a terminal, periodic lines otherwise)")
+    tensorboard: bool = option(True, "also log to TensorBoard when it is installed")
+    resume: bool = option(False, "continue the run in the run directory from its latest checkpoint")
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "grad_accum", "seq_len", "eval_batches"):
+        check_types(self)
+        for name in ("steps", "batch_size", "grad_accum", "seq_len", "eval_batches", "log_every"):
             if getattr(self, name) <= 0:
-                raise LMForgeError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        for name in ("eval_every", "save_every", "keep_last", "warmup_steps"):
+                raise LMForgeError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("eval_every", "save_every", "keep_last", "warmup_steps", "weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
-                raise LMForgeError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise LMForgeError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise LMForgeError(f"unknown precision '{self.precision}'; use fp32, bf16 or fp16")
+                raise LMForgeError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0 or (self.min_lr is not None and not 0 <= self.min_lr <= self.lr):
+            raise LMForgeError(f"need lr > 0 and 0 <= min_lr <= lr, got lr {self.lr}, min_lr {self.min_lr}")
+        for name in ("beta1", "beta2", "label_smoothing") + (
+            ("dropout",) if self.dropout is not None else ()
+        ):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise LMForgeError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.eps <= 0 or (self.max_minutes is not None and self.max_minutes <= 0):
+            raise LMForgeError(f"eps and max_minutes must be positive, got {self.eps} and {self.max_minutes}")
+
+    def training(self) -> TrainConfig:
+        """The plain `TrainConfig` part of a config that extends it (what the Trainer and its resume
+        check see)."""
+        return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
+
+
+@dataclass
+class TrainResult:
+    """What a training run returns: where it wrote, how far it got, its last losses and timings.
+    Reads like the summary dict it replaces (`result["steps"]`); `to_dict()` gives JSON-ready values."""
+
+    run_dir: Path
+    final: Path  # the checkpoint directory `lmforge.load` reads (the adapter, for a LoRA run)
+    steps: int
+    train_loss: float
+    best_val_loss: float
+    val: dict[str, float]
+    elapsed_s: float  # the training loop
+    total_s: float | None = None  # the whole call: loading, data, training (set by the API functions)
+    rank: int = 0  # this process's rank under torchrun (only rank 0 writes)
+    merged: Path | None = None  # finetune --merge: the checkpoint with the LoRA adapters folded in
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in {f.name for f in dataclasses.fields(self)}:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
 
 
 def loss_fn(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -98,6 +147,36 @@ def loss_fn(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float =
         label_smoothing=label_smoothing,
     )
     return total / (flat != IGNORE).sum().clamp(min=1)
+
+
+def set_dropout(model: nn.Module, p: float) -> None:
+    """Set a model's embedding, residual and attention dropout (its config too, so checkpoints record
+    it); LoRA's own input dropout keeps its setting."""
+    lora_dropouts = {id(m.dropout) for m in model.modules() if isinstance(m, LoRALinear)}
+    config = getattr(model, "config", None)
+    if config is not None:
+        config.dropout = config.attn_dropout = p
+    for m in model.modules():
+        if isinstance(m, nn.Dropout) and id(m) not in lora_dropouts:
+            m.p = p
+
+
+def calibrate_steps(
+    model: nn.Module, batch: dict[str, torch.Tensor], seconds: float, grad_accum: int = 1
+) -> int:
+    """Optimizer steps that fit in `seconds`, from the fastest of a few timed forward/backward passes
+    of `batch` (after two warm-up passes); a run's `max_minutes` still stops it if the machine gets
+    busier. The model's gradients are cleared afterwards."""
+    times = []
+    for i in range(6):
+        start = time.perf_counter()
+        logits = model(batch["input_ids"])
+        loss_fn(logits, batch["labels"]).backward()
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    model.zero_grad(set_to_none=True)
+    per_step = min(times) * grad_accum * 1.25  # + optimizer step, logging, validation
+    return max(10, int(seconds / per_step))
 
 
 def flops_per_token(model: nn.Module, seq_len: int) -> float:
@@ -180,6 +259,8 @@ class Trainer:
                 f"--seq-len {config.seq_len} exceeds the model's context of {model_config.max_seq_len}; "
                 f"lower --seq-len or build the model with a larger max_seq_len"
             )
+        if config.dropout is not None:
+            set_dropout(model, config.dropout)
         self.model = model.to(self.device)
         self.model.train()
         min_lr = config.lr / 10 if config.min_lr is None else config.min_lr
@@ -343,15 +424,14 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------
 
-    def fit(self, resume: bool = False) -> dict[str, Any]:
-        """Train to `config.steps` (or `max_minutes`); returns a summary of the run."""
+    def fit(self, resume: bool | None = None) -> TrainResult:
+        """Train to `config.steps` (or `max_minutes`); `resume` (default: `config.resume`) continues
+        the run directory from its latest checkpoint."""
         cfg, info = self.config, self.dist
+        resume = cfg.resume if resume is None else resume
+        ckpt.check_run_dir(self.run_dir, resume)
         if resume:
             self._resume()
-        elif ckpt.step_dirs(self.run_dir):
-            raise LMForgeError(
-                f"{self.run_dir} already holds checkpoints; pass --resume to continue it or choose a new --out"
-            )
         if info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             ckpt.write_run_config(self.run_dir, self.run_config())
@@ -463,15 +543,16 @@ class Trainer:
             bar.close()
         self.save("final")
         total = time.perf_counter() - start_time
-        summary = {
-            "steps": self.step,
-            "train_loss": train_loss,
-            "best_val_loss": self.best_val,
-            "val": val_metrics,
-            "elapsed_s": total,
-            "run_dir": str(self.run_dir),
-        }
         if info.is_main:
             self.logger.plot()
             self.logger.close()
-        return summary
+        return TrainResult(
+            run_dir=self.run_dir,
+            final=self.run_dir / "final",
+            steps=self.step,
+            train_loss=train_loss,
+            best_val_loss=self.best_val,
+            val=val_metrics,
+            elapsed_s=total,
+            rank=info.rank,
+        )

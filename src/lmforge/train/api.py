@@ -1,0 +1,293 @@
+"""The training capabilities as API functions: `pretrain`, `finetune`, `quickstart` and `merge_lora`.
+
+```python
+import lmforge
+result = lmforge.pretrain("data/shakespeare", out="runs/gpt", preset="gpt-nano", steps=2000)
+result = lmforge.finetune("smollm2", out="runs/sft", chat_data="chat.jsonl", lora=True, merge=True)
+result = lmforge.pretrain("data/shakespeare", lmforge.PretrainConfig(steps=10), out="runs/x")
+result.final, result.steps, result.val["bits_per_byte"], result.to_dict()
+```
+Options come as keywords, as one config object (`PretrainConfig`, `FinetuneConfig`, `QuickstartConfig`;
+keywords given beside it win), or both; every option is validated before a model is loaded or data is
+read. The CLI commands (`lmforge pretrain ...`) call these and print the result. Everything here runs
+unchanged under `torchrun --nproc-per-node N`: only rank 0 writes and reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmforge.config import ModelConfig
+from lmforge.errors import LMForgeError
+from lmforge.train import checkpoint as ckpt
+from lmforge.train import sources
+from lmforge.train.config import FinetuneConfig, PretrainConfig, QuickstartConfig, check_context, configure
+from lmforge.train.trainer import Trainer, TrainResult, calibrate_steps
+
+
+def pretrain(
+    data: str | Path, config: PretrainConfig | None = None, *, out: str | Path, **options: Any
+) -> TrainResult:
+    """Pretrain a transformer from scratch on a `lmforge.prepare` directory: next-token (clm) or
+    masked (mlm). Writes OUT/log.jsonl, OUT/plot.png, OUT/checkpoints/step-N, OUT/best and OUT/final."""
+    start = time.perf_counter()
+    cfg = configure(PretrainConfig, config, options, "pretrain")
+    ckpt.check_run_dir(out, cfg.resume)
+    tok = _shards_tokenizer(data, cfg.tokenizer)
+    defaults = {"vocab_size": tok.vocab_size}
+    if tok.pad_token_id is not None:
+        defaults["pad_token_id"] = tok.pad_token_id
+    model = _new_model(cfg.model_config(**defaults), cfg.seed)
+    collator = None
+    if cfg.objective == "mlm":
+        from lmforge.data.loaders import MLMCollator
+
+        collator = MLMCollator.for_tokenizer(tok, cfg.whole_word, cfg.mask_prob)
+    batches = sources.shard_batches(data, tok, cfg, collator)
+    identity = {
+        "data": str(Path(data).resolve()),
+        "tokenizer": tok.fingerprint,
+        "objective": cfg.objective,
+        "mask_prob": cfg.mask_prob,
+        "whole_word": cfg.whole_word,
+    }
+    trainer = Trainer(
+        model,
+        cfg.training(),
+        batches.train,
+        out,
+        batches.val,
+        tok,
+        _generation_config(tok),
+        identity=identity,
+    )
+    if trainer.dist.is_main and cfg.progress:
+        millions = model.num_parameters() / 1e6
+        _say(f"model: {cfg.preset} ({millions:.2f}M parameters), {cfg.objective}, {batches.description}")
+    return dataclasses.replace(trainer.fit(), total_s=time.perf_counter() - start)
+
+
+def finetune(
+    model: str | Path, config: FinetuneConfig | None = None, *, out: str | Path, **options: Any
+) -> TrainResult:
+    """Fine-tune a loadable model (asset name, checkpoint directory or .gguf): instruction tuning on
+    chat JSONL, or continued pretraining on text or shards; all weights or LoRA adapters (a LoRA run
+    saves only the adapter in OUT/final and, with `merge`, a merged checkpoint in OUT/merged)."""
+    from lmforge.lm import load
+    from lmforge.train import lora as lora_lib
+
+    start = time.perf_counter()
+    cfg = configure(FinetuneConfig, config, options, "finetune")
+    ckpt.check_run_dir(out, cfg.resume)
+    lm = load(model, dtype=torch.float32, device="cpu")
+    tok = lm.tokenizer
+    if tok is None:
+        raise LMForgeError(f"{model} has no tokenizer; fine-tuning needs one")
+    check_context(cfg.seq_len, lm.config.max_seq_len)
+    torch.manual_seed(cfg.seed)
+    lora = cfg.lora_config()
+    if lora is not None:
+        lora_lib.apply_lora(lm.model, lora)
+    if cfg.chat_data:
+        batches = sources.chat_batches(cfg.chat_data, tok, cfg, cfg.val_fraction)
+    elif cfg.text:
+        batches = sources.text_batches(cfg.text, tok, cfg, cfg.val_fraction)
+    else:
+        batches = sources.shard_batches(cfg.data, tok, cfg)
+    data = cfg.chat_data or cfg.text or cfg.data
+    identity = {
+        "model": str(model),
+        "data": str(data),
+        "objective": cfg.objective,
+        "val_fraction": cfg.val_fraction,
+    }
+    trainer = Trainer(
+        lm.model,
+        cfg.training(),
+        batches.train,
+        out,
+        batches.val,
+        tok,
+        lm.generation_config,
+        lora=lora,
+        base_model=str(model),
+        identity=identity,
+    )
+    if trainer.dist.is_main and cfg.progress:
+        trainable = sum(p.numel() for p in lm.model.parameters() if p.requires_grad) / 1e6
+        kind = "LoRA" if lora else "full"
+        _say(f"fine-tuning {model} ({kind}, {trainable:.2f}M trainable parameters) on {batches.description}")
+    result = trainer.fit()
+    if cfg.merge and trainer.dist.is_main:
+        lora_lib.merge_lora(lm.model)
+        result.merged = lm.save(Path(out) / "merged")
+    return dataclasses.replace(result, total_s=time.perf_counter() - start)
+
+
+def merge_lora(model: str | Path, adapter: str | Path, out: str | Path) -> Path:
+    """Fold a LoRA adapter (OUT/final of a LoRA fine-tuning run) into its base model and write a plain
+    checkpoint directory; returns its path."""
+    from lmforge.lm import load
+    from lmforge.train import lora as lora_lib
+
+    lora_lib.read_adapter_config(adapter)  # a bad adapter directory fails before the model loads
+    lm = load(model, dtype=torch.float32, device="cpu")
+    lora_lib.load_adapter(lm.model, adapter)
+    lora_lib.merge_lora(lm.model)
+    return lm.save(out)
+
+
+@dataclass
+class QuickstartResult(TrainResult):
+    """A quickstart's training result plus what it made around it."""
+
+    tokenizer: Path | None = None
+    data: Path | None = None
+    samples: list[str] = field(default_factory=list)
+
+
+def quickstart(config: QuickstartConfig | None = None, **options: Any) -> QuickstartResult:
+    """Train a BPE tokenizer on Shakespeare, prepare shards, pretrain a small GPT for a few minutes,
+    measure validation bits-per-byte and generate samples. A second call reuses OUT/tokenizer and
+    OUT/data and trains a new OUT/run-N."""
+    start = time.perf_counter()
+    cfg = configure(QuickstartConfig, config, options, "quickstart")
+    say = _say if cfg.progress else (lambda message: None)
+    root = Path(cfg.out)
+    tok = _quickstart_tokenizer(root / "tokenizer", cfg, say)
+    _quickstart_data(root / "data", root / "tokenizer", tok, cfg, say)
+    run_dir = next(root / f"run-{i}" for i in range(1, 10_000) if not (root / f"run-{i}").exists())
+    model = _new_model(cfg.model_config(vocab_size=tok.vocab_size, max_seq_len=cfg.seq_len), cfg.seed)
+    train = cfg.training()
+    batches = sources.shard_batches(root / "data", tok, train)
+    from lmforge.train.distributed import pick_device
+
+    device = pick_device(cfg.device)
+    probe = {k: v.to(device) for k, v in batches.train.batch(0).items()}
+    # a generous bound on the steps that fit (timings drift on a shared machine): the schedule follows
+    # the clock (max_minutes) and ends the run on time
+    steps = 3 * calibrate_steps(model.to(device), probe, cfg.minutes * 60)
+    train = dataclasses.replace(
+        train,
+        steps=steps,
+        warmup_steps=min(100, steps // 10),
+        eval_every=max(steps // 4, 1),
+        max_minutes=cfg.minutes,
+    )
+    millions = model.num_parameters() / 1e6
+    say(
+        f"[3/4] pretraining {cfg.preset} ({millions:.2f}M parameters) for {cfg.minutes:g} min "
+        f"(at most {steps} steps of {cfg.batch_size}x{cfg.seq_len} tokens) -> {run_dir}"
+    )
+    generation = _generation_config(tok)
+    result = Trainer(model, train, batches.train, run_dir, batches.val, tok, generation).fit()
+    loss, bpb = result.val.get("loss", float("nan")), result.val.get("bits_per_byte", float("nan"))
+    say(f"[4/4] validation: loss {loss:.3f} nats/token, {bpb:.3f} bits/byte")
+    samples = _samples(model.eval(), tok, generation, cfg, run_dir / "final")
+    values = {f.name: getattr(result, f.name) for f in dataclasses.fields(TrainResult)}
+    values["total_s"] = time.perf_counter() - start
+    return QuickstartResult(**values, tokenizer=root / "tokenizer", data=root / "data", samples=samples)
+
+
+# -- pieces ----------------------------------------------------------------------------------------
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _generation_config(tokenizer: Any) -> dict[str, int]:
+    """The special-token ids generation needs, from the tokenizer a model was trained with."""
+    ids = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    return {k: v for k, v in ids.items() if v is not None}
+
+
+def _new_model(config: ModelConfig, seed: int) -> torch.nn.Module:
+    from lmforge.model import Transformer
+
+    torch.manual_seed(seed)
+    model = Transformer(config)
+    model.init_weights(seed)
+    return model
+
+
+def _shards_tokenizer(data: str | Path, source: str | Path | None) -> Any:
+    """The tokenizer of a prepared directory (the one its manifest names unless `source` is given),
+    checked against the shards."""
+    from lmforge.data.loaders import check_tokenizer
+    from lmforge.data.shards import read_manifest
+    from lmforge.tokenizer import Tokenizer
+
+    source = source or read_manifest(data)["tokenizer"].get("source")
+    if not source:
+        raise LMForgeError(f"{data}/manifest.json names no tokenizer; pass --tokenizer")
+    tok = Tokenizer.load(source)
+    check_tokenizer(data, tok.fingerprint, tok.vocab_size)
+    return tok
+
+
+def _quickstart_tokenizer(directory: Path, cfg: QuickstartConfig, say: Any) -> Any:
+    """A byte-level BPE trained on the Shakespeare training plays (reused when `directory` has one)."""
+    from lmforge.tokenizer import Tokenizer
+    from lmforge.tokenizer.train import train_tokenizer
+
+    if (directory / "tokenizer.json").is_file():
+        tok = Tokenizer.from_dir(directory)
+        say(f"[1/4] tokenizer: reusing {directory} ({tok.vocab_size} tokens)")
+        return tok
+    start = time.perf_counter()
+    tok = train_tokenizer(["shakespeare-train"], "bpe", cfg.vocab_size, show_progress=False, output=directory)
+    say(
+        f"[1/4] tokenizer: trained byte-level BPE, {tok.vocab_size} tokens ({time.perf_counter() - start:.0f}s)"
+    )
+    return tok
+
+
+def _quickstart_data(directory: Path, tokenizer_dir: Path, tok: Any, cfg: QuickstartConfig, say: Any) -> None:
+    """Shards of the Shakespeare training plays (reused when `directory` has them)."""
+    from lmforge.data.pipeline import PrepareOptions
+    from lmforge.data.pipeline import prepare as run_prepare
+
+    if (directory / "manifest.json").is_file():
+        say(f"[2/4] data: reusing {directory}")
+        return
+    start = time.perf_counter()
+    options = PrepareOptions(seed=cfg.seed)
+    report = run_prepare(["shakespeare-train"], tok, directory, options, tokenizer_source=str(tokenizer_dir))
+    splits = report["splits"]
+    say(
+        f"[2/4] data: {report['kept']['documents']} documents -> {splits['train']['tokens']:,} train / "
+        f"{splits['val']['tokens']:,} val tokens ({time.perf_counter() - start:.0f}s)"
+    )
+
+
+def _samples(
+    model: torch.nn.Module, tok: Any, generation: dict, cfg: QuickstartConfig, final: Path
+) -> list[str]:
+    """`cfg.samples` sampled continuations of the prompt (temperature 0.8, top-k 50), prompt included."""
+    from lmforge.lm import LM
+
+    lm = LM(model, tok, generation, source=str(final))
+    texts = []
+    for i in range(cfg.samples):
+        completion = lm.generate(
+            cfg.prompt,
+            max_new_tokens=cfg.max_new_tokens,
+            do_sample=True,
+            temperature=0.8,
+            top_k=50,
+            seed=cfg.seed + i,
+        )
+        texts.append(cfg.prompt + completion.text)
+    return texts

@@ -1,0 +1,212 @@
+"""The options of the training capabilities, each declared once, with its help, as a config field.
+
+- `TrainConfig` (trainer.py): the Trainer's settings, shared by every command that trains;
+- `ModelShape`: the model a run builds from scratch, a preset with any field changed;
+- `PretrainConfig` = TrainConfig + ModelShape + the objective and the shards' tokenizer;
+- `FinetuneConfig` = TrainConfig with fine-tuning's own defaults (fewer steps, a lower lr, ...) + the
+  data source, LoRA and merging;
+- `QuickstartConfig` = ModelShape + the time budget, tokenizer size and samples of `lmforge quickstart`.
+
+The CLI flags, `--help` lines and config-file keys of `lmforge pretrain/finetune/quickstart` are derived
+from these fields (`lmforge.options`). Validation runs at construction, so `lmforge.pretrain(...)` and
+friends refuse a bad option before loading a model or reading data. Where a config offers an option
+another one declares (finetune's `lora_rank` is LoRAConfig's `rank`), `same_as` reuses its help and,
+unless a different default is the point, its default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from lmforge.config import PRESETS, ModelConfig
+from lmforge.errors import LMForgeError
+from lmforge.generate.config import GenerationConfig
+from lmforge.options import MISSING, build, check_types, option
+from lmforge.train.lora import LoRAConfig
+from lmforge.train.trainer import TrainConfig
+
+
+def same_as(cls: type, name: str, default: Any = MISSING) -> Any:
+    """Field `name` of config class `cls` declared again for another config: the same help, and the
+    same default unless `default` is given."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if default is MISSING and f.default_factory is not MISSING:
+        return option(default_factory=f.default_factory, help=f.metadata["help"])
+    return option(f.default if default is MISSING else default, f.metadata["help"])
+
+
+@dataclass
+class ModelShape:
+    """The model a run builds from scratch: a preset with any `ModelConfig` field changed."""
+
+    preset: str = option("gpt-tiny", f"model preset: {', '.join(PRESETS)}")
+    model_overrides: dict[str, Any] | None = option(
+        None, 'any ModelConfig fields as JSON, e.g. \'{"position": "rope", "norm": "rmsnorm"}\''
+    )
+    n_layer: int | None = option(None, "transformer blocks (overrides the preset)")
+    n_head: int | None = option(None, "attention heads (overrides the preset)")
+    d_model: int | None = option(None, "model width (overrides the preset)")
+
+    def model_config(self, **defaults: Any) -> ModelConfig:
+        """The preset with `defaults` (e.g. the tokenizer's vocab_size), then model_overrides, then
+        n_layer / n_head / d_model applied; raises LMForgeError naming an invalid field."""
+        sizes = {"n_layer": self.n_layer, "n_head": self.n_head, "d_model": self.d_model}
+        overrides = {**defaults, **(self.model_overrides or {})}
+        overrides.update({k: v for k, v in sizes.items() if v is not None})
+        return ModelConfig.preset(self.preset, **overrides)
+
+
+@dataclass
+class PretrainConfig(TrainConfig, ModelShape):
+    """Every option of `lmforge.pretrain`: the model to build, the objective and the training run."""
+
+    objective: Literal["clm", "mlm"] = option(
+        "clm", "clm (causal next-token) or mlm (BERT masking; needs an encoder preset like bert-tiny)"
+    )
+    tokenizer: Path | None = option(
+        None, "tokenizer the shards were made with (none: the one their manifest names)"
+    )
+    whole_word: bool = option(False, "mlm: mask whole words")
+    mask_prob: float = option(0.15, "mlm: fraction of tokens selected for masking")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 < self.mask_prob < 1.0:
+            raise LMForgeError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
+        model = self.model_config()  # the preset's own vocabulary stands in for the tokenizer's
+        if self.objective == "mlm" and model.head != "mlm":
+            raise LMForgeError(
+                f"objective mlm needs an encoder with an MLM head (e.g. preset bert-tiny), not {self.preset}"
+            )
+        if self.objective == "clm" and not model.causal:
+            raise LMForgeError(f"objective clm needs a causal decoder preset, not {self.preset}")
+        check_context(self.seq_len, model.max_seq_len)
+
+
+def check_context(seq_len: int, max_seq_len: int) -> None:
+    if seq_len > max_seq_len:
+        raise LMForgeError(
+            f"--seq-len {seq_len} exceeds the model's context of {max_seq_len}; lower --seq-len "
+            "or build the model with a larger max_seq_len"
+        )
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    """Every option of `lmforge.finetune`: one data source, full or LoRA training, and the training run
+    (with fine-tuning's defaults: 100 steps of 4 x 512 tokens at lr 2e-4, no weight decay)."""
+
+    steps: int = same_as(TrainConfig, "steps", 100)
+    batch_size: int = same_as(TrainConfig, "batch_size", 4)
+    seq_len: int = same_as(TrainConfig, "seq_len", 512)
+    lr: float = same_as(TrainConfig, "lr", 2e-4)
+    warmup_steps: int = same_as(TrainConfig, "warmup_steps", 10)
+    weight_decay: float = same_as(TrainConfig, "weight_decay", 0.0)
+    eval_every: int = same_as(TrainConfig, "eval_every", 50)
+    chat_data: Path | None = option(
+        None, 'JSONL file of {"messages": [{"role": ..., "content": ...}]}; loss on assistant tokens only'
+    )
+    text: list[str] | None = option(
+        None, "text files, directories, .jsonl or built-in corpora for continued pretraining"
+    )
+    data: Path | None = option(
+        None, "a `lmforge prepare` directory made with the model's tokenizer (continued pretraining)"
+    )
+    val_fraction: float = option(
+        0.1, "share of the examples (or tokens) held out for validation; 0 validates on the training examples"
+    )
+    lora: bool = option(False, "train LoRA adapters instead of all weights")
+    lora_rank: int = same_as(LoRAConfig, "rank")
+    lora_alpha: float = same_as(LoRAConfig, "alpha")
+    lora_dropout: float = same_as(LoRAConfig, "dropout")
+    lora_targets: list[str] = same_as(LoRAConfig, "targets")
+    merge: bool = option(False, "LoRA: also write OUT/merged with the adapters merged into the weights")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.text, (list, tuple)):
+            self.text = [str(t) if isinstance(t, Path) else t for t in self.text]
+        super().__post_init__()
+        sources = [s for s in (self.chat_data, self.text, self.data) if s]
+        if len(sources) != 1:
+            raise LMForgeError("pass exactly one of chat_data, text or data (--chat-data, --text, --data)")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise LMForgeError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.merge and not self.lora:
+            raise LMForgeError("merge only applies to LoRA runs (--lora)")
+        self.lora_config()  # validates the LoRA options
+        if self.chat_data is not None and not Path(self.chat_data).is_file():
+            raise LMForgeError(f"chat data file not found: {self.chat_data}")
+        if self.data is not None and not (Path(self.data) / "manifest.json").is_file():
+            raise LMForgeError(f"{self.data}: not a `lmforge prepare` directory (no manifest.json)")
+
+    @property
+    def objective(self) -> str:
+        return "sft" if self.chat_data else "clm"
+
+    def lora_config(self) -> LoRAConfig | None:
+        if not self.lora:
+            return None
+        return LoRAConfig(self.lora_rank, self.lora_alpha, self.lora_dropout, list(self.lora_targets))
+
+
+@dataclass
+class QuickstartConfig(ModelShape):
+    """Every option of `lmforge.quickstart`: the tokenizer, model, time budget and samples."""
+
+    out: Path = option(Path("runs/quickstart"), "working directory (tokenizer/, data/, run-N/)")
+    minutes: float = option(4.0, "training time budget (the schedule is sized to end within it)")
+    vocab_size: int = option(4096, "BPE vocabulary size")
+    seq_len: int = same_as(TrainConfig, "seq_len", 128)
+    batch_size: int = same_as(TrainConfig, "batch_size", 16)
+    lr: float = same_as(TrainConfig, "lr", 3e-3)
+    samples: int = option(2, "samples to generate at the end")
+    max_new_tokens: int = same_as(GenerationConfig, "max_new_tokens", 120)
+    prompt: str = option("ROMEO:", "text the samples start from")
+    seed: int = same_as(TrainConfig, "seed")
+    device: str | None = same_as(TrainConfig, "device")
+    progress: bool = same_as(TrainConfig, "progress")
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        if self.minutes <= 0 or self.lr <= 0:
+            raise LMForgeError(f"minutes and lr must be positive, got {self.minutes} and {self.lr}")
+        for name in ("vocab_size", "seq_len", "batch_size", "max_new_tokens"):
+            if getattr(self, name) <= 0:
+                raise LMForgeError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.samples < 0:
+            raise LMForgeError(f"samples must be >= 0, got {self.samples}")
+        if self.vocab_size < 260:
+            raise LMForgeError(
+                f"vocab_size must be at least 260 (256 bytes + specials), got {self.vocab_size}"
+            )
+        self.model_config(vocab_size=self.vocab_size, max_seq_len=self.seq_len)
+
+    def training(self, **changes: Any) -> TrainConfig:
+        """The Trainer's settings for this quickstart (the steps are sized later, from the clock)."""
+        return TrainConfig(
+            **{
+                "steps": 1,
+                "batch_size": self.batch_size,
+                "seq_len": self.seq_len,
+                "lr": self.lr,
+                "warmup_steps": 0,
+                "seed": self.seed,
+                "device": self.device,
+                "eval_batches": 16,
+                "progress": self.progress,
+                "tensorboard": False,
+                **changes,
+            }
+        )
+
+
+def configure(cls: type, config: Any, options: dict[str, Any], where: str) -> Any:
+    """A `cls` from a config object (a `cls`, or a base such as TrainConfig) and/or keyword options;
+    the options win. Unknown names and wrong types are refused, naming the nearest valid option."""
+    if config is not None and not (isinstance(config, cls) or type(config) in cls.__mro__[1:-1]):
+        raise LMForgeError(f"{where}: config must be a {cls.__name__}, not {type(config).__name__}")
+    base = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)} if config is not None else {}
+    return build(cls, {**base, **options}, f"{where} options")
