@@ -3,13 +3,18 @@ deterministic; bad input is a one-line error."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 from data_helpers import paragraph
 
+import lmforge
+from lmforge import cli
 from lmforge.cli import main
+from lmforge.data.clean import QualityConfig
 from lmforge.data.pipeline import PrepareOptions, prepare
 from lmforge.errors import LMForgeError
 
@@ -91,7 +96,7 @@ def test_prepare_is_deterministic_and_seed_changes_split(tmp_path, corpus, tiny_
 
 
 def test_steps_can_be_switched_off(tmp_path, corpus, tiny_tok):
-    opts = PrepareOptions(dedup=False, near_dup=False, quality=None, pii=False, workers=1)
+    opts = PrepareOptions(dedup=False, near_dup=False, quality=False, pii=False, workers=1)
     report = prepare(corpus, tiny_tok, tmp_path / "out", opts)
     assert report["kept"]["documents"] == 20
     assert {r["rule"] for r in report["rules"]} == {"normalize", "empty"}
@@ -120,6 +125,106 @@ def test_cli_prepare(tmp_path, corpus, tiny_tok, tiny_tok_dir, capsys):
     # running again over an earlier output replaces it
     assert main(["prepare", *corpus, "--tokenizer", str(tiny_tok_dir), "--output", str(out), "--no-pii"]) == 0
     assert json.loads((out / "report.json").read_text())["kept"]["documents"] == 16
+
+
+def _prepare_flags() -> dict[str, argparse.Action]:
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["prepare"]
+    return {s: action for action in sub._actions for s in action.option_strings}
+
+
+def test_every_option_field_is_a_prepare_flag():
+    flags = _prepare_flags()
+    fields = [f for cls in (PrepareOptions, QualityConfig) for f in dataclasses.fields(cls)]
+    names = [f.name for f in fields if f.name != "quality_rules"]  # its fields are the QualityConfig ones
+    assert len(names) == 13 + 13
+    for name in names:
+        action = flags.get("--" + name.replace("_", "-"))
+        assert action is not None, f"lmforge prepare has no --{name}"
+        assert action.default is argparse.SUPPRESS
+    assert "--no-quality" in flags and "--no-pii" in flags
+
+
+def test_cli_options_reach_the_pipeline(tmp_path, corpus, tiny_tok_dir):
+    out = tmp_path / "out"
+    args = ["prepare", *corpus, "--tokenizer", str(tiny_tok_dir), "--output", str(out), "--workers", "1"]
+    rules = ["--min-chars", "0", "--max-chars", "none", "--min-words", "none", "--max-top-ngram-fraction"]
+    assert main([*args, *rules, "--max-duplicate-ngram-fraction", "0.5", "0.4", "--shingle-words", "3"]) == 0
+    options = json.loads((out / "manifest.json").read_text())["options"]
+    assert options["shingle_words"] == 3 and options["quality"] is True
+    quality = options["quality_rules"]
+    assert quality["min_chars"] == 0 and quality["max_chars"] is None and quality["min_words"] is None
+    assert quality["max_top_ngram_fraction"] is None and quality["max_duplicate_ngram_fraction"] == [0.5, 0.4]
+    report = json.loads((out / "report.json").read_text())
+    removed = {r["rule"]: r["documents"] for r in report["rules"] if r["documents"]}
+    assert "quality:length" not in removed  # "Too short to keep." stays: no length rule is left
+    assert main([*args, "--no-quality"]) == 0
+    options = json.loads((out / "manifest.json").read_text())["options"]
+    assert options["quality"] is False
+    assert not any(
+        r["rule"].startswith("quality:") for r in json.loads((out / "report.json").read_text())["rules"]
+    )
+
+
+class _Stop(Exception):
+    """Raised by the spy in place of a run."""
+
+
+def test_cli_passes_only_typed_options_even_when_equal_to_the_default(monkeypatch):
+    seen = {}
+
+    def spy(inputs, **kwargs):
+        seen.clear()
+        seen.update(kwargs)
+        raise _Stop
+
+    monkeypatch.setattr(lmforge, "prepare", spy)
+    args = ["prepare", "a.txt", "--tokenizer", "t", "--output", "o"]
+    with pytest.raises(_Stop):
+        cli.run([*args, "--min-chars", "200", "--seed", "1234", "--quality"])
+    assert (seen["min_chars"], seen["seed"], seen["quality"]) == (200, 1234, True)
+    assert "min_words" not in seen and "max_chars" not in seen
+    with pytest.raises(_Stop):
+        cli.run(args)
+    assert set(seen) == {"tokenizer", "output", "log"}  # nothing typed: the config defaults apply
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"min_chars": "200"}, "QualityConfig: option min_chars must be an integer or null, got '200'"),
+        ({"max_top_ngram_fraction": (0.2, 0.1)}, "option max_top_ngram_fraction must be a list of numbers"),
+        ({"near_dup_threshold": 1.5}, r"option near_dup_threshold must be in \(0, 1\], got 1.5"),
+        ({"workers": 0}, "option workers must be at least 1, got 0"),
+        ({"normalize": "NFD"}, "option normalize must be one of 'NFC', 'NFKC', 'none'"),
+        ({"min_charz": 3}, r"unknown option\(s\) in prepare: min_charz \(did you mean min_chars\?\)"),
+    ],
+)
+def test_api_checks_options_before_reading_anything(tmp_path, monkeypatch, options, message):
+    import lmforge.data.pipeline as pipeline
+
+    def read_corpus(*args):
+        raise AssertionError("the corpus was read before the options were checked")
+
+    monkeypatch.setattr(pipeline, "read_corpus", read_corpus)
+    with pytest.raises(LMForgeError, match=message) as info:
+        lmforge.prepare(["no-such-input"], tokenizer="no-such-tokenizer", output=tmp_path / "out", **options)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_api_prepare_takes_flat_options_or_an_options_object(tmp_path, corpus, tiny_tok, tiny_tok_dir):
+    flat = lmforge.prepare(
+        corpus, tokenizer=tiny_tok_dir, output=tmp_path / "a", workers=1, pii=False, min_chars=0, min_words=0
+    )
+    assert isinstance(flat, lmforge.PrepareResult)
+    assert (flat.documents_read, flat.documents_kept) == (20, 17)  # the short document stays
+    assert flat.paths["manifest"].is_file() and flat.tokens["train"] > 0
+    base = PrepareOptions(workers=1, pii=False, quality_rules=QualityConfig(min_chars=0, min_words=0))
+    same = lmforge.prepare(corpus, tokenizer=tiny_tok, output=tmp_path / "b", options=base)
+    assert same.report["rules"] == flat.report["rules"] and same.tokens == flat.tokens
+    on_top = lmforge.prepare(corpus, tokenizer=tiny_tok, output=tmp_path / "c", options=base, min_chars=200)
+    assert on_top.documents_kept == 16 and base.quality_rules.min_chars == 0
 
 
 @pytest.mark.parametrize(

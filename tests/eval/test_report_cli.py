@@ -173,3 +173,56 @@ def test_format_and_compare_helpers() -> None:
     b = {"results": [{"task": "t", "model": "m", "metrics": {"acc": {"value": 0.7}}}]}
     table = report_mod.compare(a, b)
     assert "| t | m | acc | 0.5000 [0.4000, 0.6000] | 0.7000 | +0.2 * | +40.00% |" in table
+
+
+def _without_timing(report: dict) -> dict:
+    """A report less what differs between two runs of the same evaluation: the time it was made and took."""
+    out = {k: v for k, v in report.items() if k != "created"}
+    out["results"] = [{k: v for k, v in r.items() if k != "seconds"} for r in report["results"]]
+    return out
+
+
+def test_api_evaluate_gives_the_cli_report(patched_load, tmp_path: Path, capsys) -> None:
+    task = tmp_path / "ppl.jsonl"
+    task.write_text(
+        "".join(json.dumps({"text": f"line {i}: all the world's a stage"}) + "\n" for i in range(5))
+    )
+    out = tmp_path / "cli"
+    args = ["--task", str(task), "--output", str(out), "--n-resamples", "60", "--seed", "7", "--no-plots"]
+    assert main(["eval", "--model", "tiny-a", "--model", "tiny-b", *args]) == 0
+    from_cli = json.loads((out / "report.json").read_text())
+    result = lmforge.evaluate(["tiny-a", "tiny-b"], [str(task)], n_resamples=60, seed=7)
+    assert isinstance(result, lmforge.EvalResult) and result.paths == {}  # no output: nothing written
+    assert _without_timing(json.loads(json.dumps(result.report))) == _without_timing(from_cli)
+    assert result.summary() in capsys.readouterr().out
+    config = lmforge.EvalConfig(seed=7, n_resamples=60, output=tmp_path / "api", plots=False)
+    written = lmforge.evaluate("tiny-a", str(task), config=config)
+    assert written.paths["json"] == tmp_path / "api" / "report.json" and written.paths["markdown"].is_file()
+    assert written.report["results"][0]["metrics"] == from_cli["results"][0]["metrics"]
+
+
+def test_api_evaluate_checks_options_before_loading(patched_load, monkeypatch) -> None:
+    monkeypatch.setattr(lmforge, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(
+        lmforge.LMForgeError, match=r"unknown option\(s\) in evaluate: n_resample \(did you mean"
+    ):
+        lmforge.evaluate(["tiny-a"], ["speed"], n_resample=10)
+    with pytest.raises(lmforge.LMForgeError, match="EvalConfig: option seed must be an integer, got '3'"):
+        lmforge.evaluate(["tiny-a"], ["speed"], seed="3")
+    with pytest.raises(lmforge.LMForgeError, match=r"option confidence must be in \(0, 1\), got 95"):
+        lmforge.evaluate(["tiny-a"], ["speed"], confidence=95)
+
+
+def test_api_score_and_compare_reports(tmp_path: Path) -> None:
+    preds = ["the cat sat on the mat", "a dog ran in the park today"]
+    refs = ["the cat sat on a mat", "the dog runs in the park"]
+    assert lmforge.score("bleu", preds, refs)["bleu"] == pytest.approx(
+        sacrebleu.corpus_bleu(preds, [refs]).score
+    )
+    (tmp_path / "p.txt").write_text("\n".join(preds) + "\n")
+    assert lmforge.score("bleu", tmp_path / "p.txt", refs) == lmforge.score("bleu", preds, refs)
+    a = {"results": [{"task": "t", "model": "m", "metrics": {"acc": {"value": 0.5}}}]}
+    b = {"results": [{"task": "t", "model": "m", "metrics": {"acc": {"value": 0.75}}}]}
+    table = lmforge.compare_reports(a, b, output=tmp_path / "cmp.md")
+    assert "| t | m | acc | 0.5000 | 0.7500 | +0.25 | +50.00% |" in table
+    assert (tmp_path / "cmp.md").read_text() == table

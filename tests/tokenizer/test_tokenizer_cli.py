@@ -104,3 +104,23 @@ def test_errors_are_one_line(tmp_path, capsys):
     assert err.startswith("lmforge: error:") and err.count("\n") == 1 and "no text files" in err
     assert main(["tokenizer", "encode", "no-such-tokenizer", "hi"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_train_options_are_the_config_fields():
+    """`tokenizer train` and `train_tokenizer` take the same options, declared once in TokenizerTrainConfig."""
+    import argparse
+    import dataclasses
+
+    import lmforge
+    from lmforge import cli
+
+    tokenizer = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    tokenizer = tokenizer.choices["tokenizer"]
+    train = next(a for a in tokenizer._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
+    flags = {s for action in train._actions for s in action.option_strings}
+    for field in dataclasses.fields(lmforge.TokenizerTrainConfig):
+        assert "--" + field.name.replace("_", "-") in flags
+    with pytest.raises(lmforge.LMForgeError, match=r"vocab_sise \(did you mean vocab_size\?\)"):
+        lmforge.train_tokenizer(["/no/such/file.txt"], vocab_sise=300)
+    with pytest.raises(lmforge.LMForgeError, match="option min_frequency must be an integer, got '2'"):
+        lmforge.train_tokenizer(["/no/such/file.txt"], min_frequency="2")
