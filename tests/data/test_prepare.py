@@ -221,9 +221,9 @@ def test_api_prepare_takes_flat_options_or_an_options_object(tmp_path, corpus, t
     assert (flat.documents_read, flat.documents_kept) == (20, 17)  # the short document stays
     assert flat.paths["manifest"].is_file() and flat.tokens["train"] > 0
     base = PrepareOptions(workers=1, pii=False, quality_rules=QualityConfig(min_chars=0, min_words=0))
-    same = lmforge.prepare(corpus, tokenizer=tiny_tok, output=tmp_path / "b", options=base)
+    same = lmforge.prepare(corpus, tokenizer=tiny_tok, output=tmp_path / "b", config=base)
     assert same.report["rules"] == flat.report["rules"] and same.tokens == flat.tokens
-    on_top = lmforge.prepare(corpus, tokenizer=tiny_tok, output=tmp_path / "c", options=base, min_chars=200)
+    on_top = lmforge.prepare(corpus, tokenizer=tiny_tok, output=tmp_path / "c", config=base, min_chars=200)
     assert on_top.documents_kept == 16 and base.quality_rules.min_chars == 0
 
 

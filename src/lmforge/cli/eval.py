@@ -21,7 +21,8 @@ def _say(message: str) -> None:
 
 @with_options(lmforge.EvalConfig)
 def eval_models(model: list[str] | None = None, task: list[str] | None = None, **options: Any) -> dict:
-    """Evaluate one or more models on one or more tasks, side by side; write report.json and report.md.
+    """Evaluate one or more models on one or more tasks, side by side; print a summary, and with --output
+    write report.json, report.md and plots there.
 
     Examples: `lmforge eval --model smollm2 --task shakespeare-perplexity --output runs/a`;
     `lmforge eval --model smollm2 --model ckpt/ --task my-task.yaml --task simple-qa`.

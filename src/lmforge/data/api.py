@@ -54,19 +54,21 @@ class PrepareResult:
 
 
 def prepare_options(
-    options: PrepareOptions | None = None, where: str = "prepare", **values: Any
+    config: PrepareOptions | None = None, where: str = "prepare", **options: Any
 ) -> PrepareOptions:
-    """`options` (or the defaults) with flat `values` of PrepareOptions and QualityConfig fields on
+    """`config` (or the defaults) with flat `options` (PrepareOptions and QualityConfig fields) on
     top; unknown names and wrong types are one-line errors naming the option."""
     names = [f.name for f in dataclasses.fields(PrepareOptions)] + [
         f.name for f in dataclasses.fields(QualityConfig)
     ]
-    unknown = set(values) - set(names)
+    unknown = set(options) - set(names)
     if unknown:
         raise unknown_error(unknown, names, where)
-    base = options or PrepareOptions()
-    rules = dataclasses.replace(base.quality_rules, **pick(values, QualityConfig))
-    return dataclasses.replace(base, **{**pick(values, PrepareOptions), "quality_rules": rules})
+    base = config or PrepareOptions()
+    rules = options.get("quality_rules", base.quality_rules)
+    if isinstance(rules, QualityConfig):  # anything else: PrepareOptions names the field and the type
+        rules = dataclasses.replace(rules, **pick(options, QualityConfig))
+    return dataclasses.replace(base, **{**pick(options, PrepareOptions), "quality_rules": rules})
 
 
 def prepare(
@@ -74,9 +76,9 @@ def prepare(
     *,
     tokenizer: str | Path | TokenizerLike,
     output: str | Path,
-    options: PrepareOptions | None = None,
+    config: PrepareOptions | None = None,
     log: Callable[[str], None] | None = None,
-    **values: Any,
+    **options: Any,
 ) -> PrepareResult:
     """Clean, deduplicate, scrub and tokenize a corpus into memory-mapped shards with a report.
 
@@ -88,11 +90,11 @@ def prepare(
         tokenizer: a loaded tokenizer, or anything `Tokenizer.load` takes (directory, tokenizer.json,
             .gguf file, asset name).
         output: output directory (an earlier prepare output there is replaced).
-        options: a PrepareOptions to start from (default: the defaults).
+        config: a PrepareOptions to start from (default: the defaults).
         log: called with one progress line per finished step.
-        **values: PrepareOptions and QualityConfig fields, e.g. `min_chars=0`, `quality=False`.
+        **options: PrepareOptions and QualityConfig fields, e.g. `min_chars=0`, `quality=False`.
     """
-    opts = prepare_options(options, **values)
+    opts = prepare_options(config, **options)
     inputs = [str(inputs)] if isinstance(inputs, (str, Path)) else [str(i) for i in inputs]
     source = None
     if isinstance(tokenizer, (str, Path)):

@@ -48,11 +48,6 @@ class EvalResult:
 
         return summary_table(self.report)
 
-    def markdown(self) -> str:
-        from lmforge.eval.report import markdown
-
-        return markdown(self.report)
-
 
 def evaluate(
     models: str | Sequence[str],

@@ -353,13 +353,13 @@ class RunSettings:
 class EvalConfig(RunSettings):
     """How `lmforge.evaluate` runs: the run settings, where the models run, and where the report goes."""
 
-    device: str | None = option(None, "cpu or cuda (none: cuda when available)")
-    dtype: str | None = option(None, "float32, bfloat16 or float16 (none: float32 on CPU)")
+    device: str | None = option(None, "cpu or cuda (unset: cuda when available)")
+    dtype: str | None = option(None, "float32, bfloat16 or float16 (unset: float32 on CPU)")
     task_options: dict | None = option(
         None, 'JSON object overriding task options, e.g. \'{"max_chars": 20000, "limit": 10}\''
     )
     output: Path | None = option(
-        None, "folder for report.json, report.md and one PNG plot per task (none: nothing is written)"
+        None, "folder for report.json, report.md and one PNG plot per task (unset: nothing is written)"
     )
     plots: bool = option(True, "with an output folder, also draw one PNG bar chart per task")
 

@@ -230,14 +230,14 @@ class TokenizerTrainConfig:
     special_tokens: dict[str, str] | None = option(
         None,
         "JSON mapping of roles to texts replacing the algorithm's named special tokens, e.g. "
-        '\'{"bos_token": "<s>", "eos_token": "</s>"}\' (wordpiece needs an unk_token; none: the defaults)',
+        '\'{"bos_token": "<s>", "eos_token": "</s>"}\' (wordpiece needs an unk_token)',
     )
     extra_special_tokens: list[str] = option(
         help='more special tokens, e.g. "<|im_start|>" "<|im_end|>"', default_factory=list
     )
-    lowercase: bool | None = option(None, "lowercase the text (none: on for wordpiece, off otherwise)")
+    lowercase: bool | None = option(None, "lowercase the text (unset: on for wordpiece, off otherwise)")
     strip_accents: bool | None = option(
-        None, "remove accents (none: follow lowercase for wordpiece, off otherwise)"
+        None, "remove accents (unset: as lowercase for wordpiece, off otherwise)"
     )
     jsonl_field: str = option("text", "text field of .jsonl inputs given without :FIELD")
     show_progress: bool = option(True, "show the trainer's progress bars")
