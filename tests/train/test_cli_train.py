@@ -94,73 +94,212 @@ def test_sequence_length_above_context_is_refused(shards, tmp_path):
         run(["pretrain", str(shards), "--out", str(tmp_path / "x"), "--seq-len", "512", *QUIET])
 
 
-def _pretrain_cmd(shards: Path, out: Path, extra: list[str] = ()) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "lmforge.cli",
-        "pretrain",
-        str(shards),
-        "--out",
-        str(out),
-        *TINY,
-        "--steps",
-        "30",
-        "--save-every",
-        "5",
-        "--eval-every",
-        "10",
-        "--eval-batches",
-        "2",
-        "--warmup-steps",
-        "3",
-        "--dropout",
-        "0.1",
-        *QUIET,
-        *extra,
-    ]
+# the resume runs: one set of options, passed as flags (CLI) or keywords (API)
+RESUME_RUN = dict(
+    n_layer=2,
+    n_head=2,
+    d_model=32,
+    seq_len=32,
+    batch_size=4,
+    steps=30,
+    save_every=5,
+    eval_every=10,
+    eval_batches=2,
+    warmup_steps=3,
+    dropout=0.1,
+    progress=False,
+    tensorboard=False,
+)
+API_SCRIPT = (
+    "import json, sys, lmforge; lmforge.pretrain(sys.argv[1], out=sys.argv[2], **json.loads(sys.argv[3]))"
+)
 
 
-def test_killed_run_resumes_with_identical_losses(shards, tmp_path):
-    """SIGKILL a run right after a checkpoint, resume it, and compare its JSONL log with a run that was
-    never interrupted: every train and validation loss is equal (exactly: same ops, same order)."""
-    full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run(_pretrain_cmd(shards, full), env=_env(), check=True, capture_output=True)
+def _flags(options: dict) -> list[str]:
+    flags = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        else:
+            flags += [flag, str(value)]
+    return flags
 
-    proc = subprocess.Popen(_pretrain_cmd(shards, killed), env=_env(), stderr=subprocess.DEVNULL)
+
+def _cli_cmd(shards: Path, out: Path, options: dict) -> list[str]:
+    return [sys.executable, "-m", "lmforge.cli", "pretrain", str(shards), "--out", str(out), *_flags(options)]
+
+
+def _api_cmd(shards: Path, out: Path, options: dict) -> list[str]:
+    return [sys.executable, "-c", API_SCRIPT, str(shards), str(out), json.dumps(options)]
+
+
+def _kill_after_first_checkpoint(cmd: list[str], out: Path) -> None:
+    """Start a 30-step run and SIGKILL it once its step-5 checkpoint is complete."""
+    proc = subprocess.Popen(cmd, env=_env(), stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not (killed / "checkpoints" / "step-000005").is_dir() and time.time() < deadline:
+    while not (out / "checkpoints" / "step-000005").is_dir() and time.time() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
-    done = [r["step"] for r in read_log(killed / "log.jsonl") if r["kind"] == "train"]
-    assert max(done) < 30 and not (killed / "final").exists()
+    done = [r["step"] for r in read_log(out / "log.jsonl") if r["kind"] == "train"]
+    assert max(done) < 30 and not (out / "final").exists()
 
-    subprocess.run(_pretrain_cmd(shards, killed, ["--resume"]), env=_env(), check=True, capture_output=True)
-    assert _losses(killed) == _losses(full)
-    assert len(_losses(full)) == 30 + 4  # 30 train records, validation at 0, 10, 20, 30
+
+@pytest.fixture(scope="module")
+def uninterrupted(shards, tmp_path_factory) -> Path:
+    """The 30-step run, never interrupted (through the CLI)."""
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    subprocess.run(_cli_cmd(shards, out, RESUME_RUN), env=_env(), check=True, capture_output=True)
+    assert len(_losses(out)) == 30 + 4  # 30 train records, validation at 0, 10, 20, 30
+    return out
+
+
+def test_killed_run_resumes_with_identical_losses(shards, tmp_path, uninterrupted):
+    """SIGKILL a run right after a checkpoint, resume it, and compare its JSONL log with a run that was
+    never interrupted: every train and validation loss is equal (exactly: same ops, same order)."""
+    killed = tmp_path / "killed"
+    _kill_after_first_checkpoint(_cli_cmd(shards, killed, RESUME_RUN), killed)
+    resume = _cli_cmd(shards, killed, {**RESUME_RUN, "resume": True})
+    subprocess.run(resume, env=_env(), check=True, capture_output=True)
+    assert _losses(killed) == _losses(uninterrupted)
+
+
+def test_killed_api_run_resumes_through_the_api(shards, tmp_path, uninterrupted):
+    """The same through `lmforge.pretrain`: killed in a subprocess, resumed in this process with
+    `resume=True`; the log equals the CLI's uninterrupted run (the CLI passes exactly these options)."""
+    killed = tmp_path / "killed"
+    _kill_after_first_checkpoint(_api_cmd(shards, killed, RESUME_RUN), killed)
+    result = lmforge.pretrain(shards, out=killed, resume=True, **RESUME_RUN)
+    assert result.steps == 30 and result.final.is_dir()
+    assert _losses(killed) == _losses(uninterrupted)
+
+
+def _torchrun() -> str:
+    return shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+
+
+DDP_RUN = dict(
+    n_layer=2,
+    n_head=2,
+    d_model=32,
+    seq_len=32,
+    batch_size=4,
+    steps=6,
+    eval_every=3,
+    eval_batches=2,
+    warmup_steps=2,
+    progress=False,
+    tensorboard=False,
+)
+
+
+def _check_ddp_matches_accumulation(ddp_dir: Path, acc_dir: Path) -> None:
+    """2 processes with micro-batch 4 equal 1 process with grad_accum 2: both see the same 8 rows per
+    step and average the same gradients. Tolerance: 1e-5 relative (the all-reduce sums in another
+    order than accumulation does)."""
+    ddp, acc = _losses(ddp_dir), _losses(acc_dir)
+    assert [r[:2] for r in ddp] == [r[:2] for r in acc] and len(ddp) == 6 + 3
+    for (_, _, a), (_, _, b) in zip(ddp, acc):
+        assert a == pytest.approx(b, rel=1e-5)
+    run_config = json.loads((ddp_dir / "run_config.json").read_text())
+    assert run_config["world_size"] == 2
+    # only rank 0 wrote: one log, one set of checkpoints
+    assert len(list((ddp_dir / "checkpoints").iterdir())) == 1
 
 
 @pytest.mark.parametrize("strategy", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
 def test_ddp_two_processes_match_one_process_with_accumulation(shards, tmp_path, strategy):
-    """torchrun with 2 CPU processes (gloo), micro-batch 4, equals 1 process with --grad-accum 2: both
-    see the same 8 rows per step and average the same gradients. Tolerance: 1e-5 relative (the
-    all-reduce sums in another order than accumulation does)."""
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-    common = [*TINY, *"--steps 6 --eval-every 3 --eval-batches 2 --warmup-steps 2".split(), *QUIET]  # noqa: SIM905
-    ddp_cmd = [torchrun, "--nproc-per-node", "2", "-m", "lmforge.cli", "pretrain", str(shards)]
-    ddp_cmd += ["--out", str(tmp_path / "ddp"), "--distributed", strategy, *common]
+    """`torchrun --nproc-per-node 2 -m lmforge.cli pretrain` against `lmforge pretrain --grad-accum 2`."""
+    options = {**DDP_RUN, "distributed": strategy}
+    ddp_cmd = [_torchrun(), "--nproc-per-node", "2", *_cli_cmd(shards, tmp_path / "ddp", options)[1:]]
     subprocess.run(ddp_cmd, env=_env(), check=True, capture_output=True)
-    acc_cmd = [sys.executable, "-m", "lmforge.cli", "pretrain", str(shards), "--out", str(tmp_path / "acc")]
-    subprocess.run([*acc_cmd, "--grad-accum", "2", *common], env=_env(), check=True, capture_output=True)
-    ddp, acc = _losses(tmp_path / "ddp"), _losses(tmp_path / "acc")
-    assert [r[:2] for r in ddp] == [r[:2] for r in acc] and len(ddp) == 6 + 3
-    for (_, _, a), (_, _, b) in zip(ddp, acc):
-        assert a == pytest.approx(b, rel=1e-5)
-    run_config = json.loads((tmp_path / "ddp" / "run_config.json").read_text())
-    assert run_config["world_size"] == 2
-    # only rank 0 wrote: one log, one set of checkpoints
-    assert len(list((tmp_path / "ddp" / "checkpoints").iterdir())) == 1
+    acc_cmd = _cli_cmd(shards, tmp_path / "acc", {**options, "grad_accum": 2})
+    subprocess.run(acc_cmd, env=_env(), check=True, capture_output=True)
+    _check_ddp_matches_accumulation(tmp_path / "ddp", tmp_path / "acc")
+
+
+def test_ddp_through_the_api(shards, tmp_path):
+    """A script calling `lmforge.pretrain` under torchrun against `lmforge.pretrain(grad_accum=2)` here;
+    every rank gets a result, rank 0's says so."""
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import json, sys\nimport lmforge\n"
+        "result = lmforge.pretrain(sys.argv[1], out=sys.argv[2], **json.loads(sys.argv[3]))\n"
+        "print(json.dumps({'rank': result.rank, 'steps': result.steps}))\n"
+    )
+    cmd = [
+        _torchrun(),
+        "--nproc-per-node",
+        "2",
+        str(script),
+        str(shards),
+        str(tmp_path / "ddp"),
+        json.dumps(DDP_RUN),
+    ]
+    done = subprocess.run(cmd, env=_env(), check=True, capture_output=True, text=True)
+    reports = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    reports.sort(key=lambda r: r["rank"])
+    assert reports == [{"rank": 0, "steps": 6}, {"rank": 1, "steps": 6}]
+    result = lmforge.pretrain(shards, out=tmp_path / "acc", grad_accum=2, **DDP_RUN)
+    assert result.rank == 0 and result.steps == 6
+    _check_ddp_matches_accumulation(tmp_path / "ddp", tmp_path / "acc")
+
+
+def _recorder(monkeypatch, name: str, result) -> list:
+    """Replace `lmforge.<name>` by a function that records its arguments and returns `result`."""
+    calls = []
+
+    def record(*args, **kwargs):
+        calls.append((args, kwargs))
+        return result
+
+    monkeypatch.setattr(lmforge, name, record)
+    return calls
+
+
+def _result(tmp_path, cls=lmforge.TrainResult, **extra):
+    return cls(tmp_path, tmp_path / "final", 0, 0.0, 0.0, {}, 0.0, total_s=0.0, **extra)
+
+
+def test_typed_values_equal_to_the_defaults_reach_the_api(monkeypatch, tmp_path):
+    """The CLI passes exactly the options typed (on the command line or in --config), even those equal
+    to the library's default, and nothing else: each command's API function sees them."""
+    calls = _recorder(monkeypatch, "pretrain", _result(tmp_path))
+    config = tmp_path / "run.yaml"
+    config.write_text("lr: 0.001\nobjective: clm\n")
+    run(["pretrain", "d", "--out", "o", "--steps", "1000", "--seq-len", "256", "--config", str(config)])
+    assert calls == [(("d",), {"out": "o", "steps": 1000, "seq_len": 256, "lr": 0.001, "objective": "clm"})]
+
+    calls = _recorder(monkeypatch, "finetune", _result(tmp_path))
+    run(
+        ["finetune", "--model", "m", "--out", "o", "--text", "t.txt", "--batch-size", "4", "--lora-rank", "8"]
+    )
+    assert calls == [(("m",), {"out": "o", "text": ["t.txt"], "batch_size": 4, "lora_rank": 8})]
+
+    calls = _recorder(monkeypatch, "quickstart", _result(tmp_path, lmforge.QuickstartResult))
+    run(["quickstart", "--minutes", "4", "--seq-len", "128", "--no-progress"])
+    assert calls == [((), {"minutes": 4.0, "seq_len": 128, "progress": False})]
+
+    calls = _recorder(monkeypatch, "merge_lora", tmp_path / "merged")
+    run(["lora", "merge", "--model", "m", "--adapter", "a", "--out", "o"])
+    assert calls == [(("m", "a", "o"), {})]
+
+
+def test_training_commands_are_thin():
+    """cli/train.py imports only the public API and keeps every function under 40 lines."""
+    import ast
+    import inspect
+
+    import lmforge.cli.train as module
+
+    tree = ast.parse(inspect.getsource(module))
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert imported <= {"__future__", "typing", "lmforge", "lmforge.errors", "lmforge.options"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef):
+            assert node.end_lineno - node.lineno < 40, node.name
 
 
 @pytest.mark.slow

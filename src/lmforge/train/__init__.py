@@ -1,6 +1,10 @@
 """Training: one Trainer for causal-LM and masked-LM pretraining and (instruction / LoRA) fine-tuning.
 
-- trainer.py: `TrainConfig`, `Trainer` (accumulation, clipping, autocast, validation, exact resume)
+- api.py: `pretrain`, `finetune`, `quickstart`, `merge_lora` — the functions `lmforge` exports
+- config.py: their options, each declared once (`PretrainConfig`, `FinetuneConfig`, `QuickstartConfig`)
+- trainer.py: `TrainConfig`, `Trainer` (accumulation, clipping, autocast, validation, exact resume),
+  `TrainResult`
+- sources.py: a run's batches from shards, chat JSONL or text, with its validation set
 - batches.py: batch sources addressed by micro-batch index (CLM windows, MLM masking, SFT examples)
 - optim.py: AdamW parameter groups (no decay on norms, biases, embeddings) and LR schedules
 - checkpoint.py: atomic checkpoint directories + `trainer_state.pt`, keep-last-k, resume checks
