@@ -7,6 +7,8 @@ STAMP := $(VENV)/.lmforge-installed
 .PHONY: setup quickstart test test-slow bench lint format clean
 
 setup: $(STAMP)
+	# llama.cpp's llama-tokenize, the tokenizer tests' oracle: built once into ~/.cache/lmforge (minutes), then found
+	PYTHON=$(PY) scripts/build_llama_cpp.sh || echo "llama-tokenize not built: tests/tokenizer/test_tokenizer_llama_cpp.py will fail"
 
 $(STAMP): pyproject.toml scripts/setup_assets.py
 	$(PYTHON) -m venv $(VENV)
