@@ -298,10 +298,6 @@ class TokenAutomaton:
         """(V,) bool: tokens allowed in `state` (stop tokens only where the text so far matches)."""
         return ~self.forbidden(state)
 
-    def mask(self, states: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
-        """(B, V) bool: allowed tokens of each row's state."""
-        return ~self.forbidden_mask(states, device)
-
     def forbidden_mask(self, states: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
         """(B, V) bool: forbidden tokens of each row's state."""
         return torch.stack([self.forbidden(s, device) for s in states])
@@ -445,10 +441,6 @@ class Constraint:
     @property
     def size(self) -> int:
         return len(self.states)
-
-    def allowed_mask(self, device: torch.device | str = "cpu") -> torch.Tensor:
-        """(B, V) bool of allowed tokens."""
-        return self.automaton.mask(self.states, device)
 
     def mask(self, scores: torch.Tensor) -> torch.Tensor:
         """Scores (B, V) with forbidden tokens at -inf. If an earlier processor already removed every

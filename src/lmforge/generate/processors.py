@@ -21,8 +21,8 @@ candidates first (one `topk`) and sort the whole vocabulary only when those hold
 `benchmarks/processors.py`.
 
 Padding: the engine left-pads prompts, so `input_ids` holds pad tokens before short prompts. Pass
-`valid=(B, T) bool` (1 = a real token, e.g. the engine's slot mask) to the pipeline call to keep
-padding out of every penalty, so a batched row is processed exactly like the same prompt alone.
+`valid=(B, T) bool` (True = a real token, e.g. the engine's `Batch.valid_slots()`) to the pipeline call
+to keep padding out of every penalty, so a batched row is processed exactly like the same prompt alone.
 Without `valid`, every slot counts (what Hugging Face does). `prompt_length` (an int for left-padded
 batches, or a (B,) tensor) marks where generated tokens start.
 """
@@ -388,7 +388,6 @@ def build_pipeline(
     prompt_length: PromptLength = None,
     *,
     constraint: Any = None,
-    prompt_lengths: PromptLength = None,
 ) -> LogitsPipeline:
     """The processor pipeline for `config`, in Hugging Face's order (see the module docstring).
 
@@ -397,13 +396,11 @@ def build_pipeline(
         vocab_size: width of the scores (the model's output vocabulary).
         eos_token_id: stop token id(s) that `min_new_tokens` holds back.
         prompt_length: where generated tokens start in `input_ids`: an int (left-padded batch) or a
-            (B,) tensor; None treats every token as generated. `prompt_lengths` is an alias.
+            (B,) tensor; None treats every token as generated.
         constraint: an optional `lmforge.generate.constraints.Constraint`; its mask runs after the
             penalties and before temperature/top-k/top-p, so the warpers choose among allowed tokens.
     """
     config.validate(vocab_size)
-    if prompt_length is None:
-        prompt_length = prompt_lengths
     eos = (
         []
         if eos_token_id is None

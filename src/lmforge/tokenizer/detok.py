@@ -99,9 +99,6 @@ class IncrementalDecoder:
             return self._emit(full[len(prefix) :])
         return ""
 
-    def add_many(self, token_ids: list[int]) -> str:
-        return "".join(self.add(t) for t in token_ids)
-
     def flush(self) -> str:
         """The text still held back (an incomplete character at the end becomes U+FFFD, as in decode)."""
         full = self._decode(self.ids)
