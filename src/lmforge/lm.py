@@ -13,6 +13,7 @@ import torch
 
 from lmforge.config import ModelConfig
 from lmforge.errors import LMForgeError
+from lmforge.generate.engine import COMPILE_MODES, CompileMode, Engine
 from lmforge.io import checkpoint
 from lmforge.io.load import read_model
 from lmforge.io.sentence_transformers import EmbeddingSpec
@@ -20,7 +21,13 @@ from lmforge.model import Transformer
 
 
 class LM:
-    """A loaded model: `.model` (pure nn.Module), `.tokenizer`, `.config`, generation defaults."""
+    """A loaded model: `.model` (pure nn.Module), `.tokenizer`, `.config`, generation defaults, and one
+    long-lived `.engine` that every `generate`/`stream`/`chat` call (and a `ContinuousBatcher`) runs on.
+
+    `compile` is how the engine's one-token decode steps run unless a call says otherwise: "auto" (the
+    ahead-of-time compiled step when its package is already on disk, else eager), "eager", "compile"
+    (torch.compile) or "aot" (compiled ahead of time, kept on disk); see `lmforge.generate.engine`.
+    """
 
     def __init__(
         self,
@@ -29,12 +36,25 @@ class LM:
         generation_config: dict[str, Any] | None = None,
         embedding: EmbeddingSpec | None = None,
         source: str | None = None,
+        compile: CompileMode = "auto",
     ):
+        if compile not in COMPILE_MODES:
+            raise LMForgeError(f"unknown compile mode {compile!r}; use one of {', '.join(COMPILE_MODES)}")
         self.model = model
         self.tokenizer = tokenizer
         self.generation_config = generation_config or {}
         self.embedding = embedding
         self.source = source
+        self.compile = compile
+        self._engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        """The model's engine, built on first use and kept (with its compiled decode steps); a new one
+        if `.model` was replaced."""
+        if self._engine is None or self._engine.model is not self.model:
+            self._engine = Engine(self.model, compile=self.compile)
+        return self._engine
 
     @property
     def config(self) -> ModelConfig:
@@ -182,11 +202,25 @@ def load(
     source: str | Path,
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
+    compile: CompileMode = "auto",
 ) -> LM:
     """Load a model from an asset name, a checkpoint directory or a GGUF file.
 
     `dtype` is a torch dtype or a name (`bf16`, `float32`, ...); the defaults are fp32 on CPU and bf16
     on a GPU that supports it. Reading the formats is `lmforge.io.load.read_model`'s job.
+    `compile` picks the decode step generation uses (a call's `compile=`/`aot=` options override it):
+    "auto" uses the ahead-of-time compiled step when its package is already kept on disk (nothing to
+    wait for), else eager steps; "eager"; "compile" (torch.compile, compiled on first use); "aot"
+    (compiled ahead of time on first use, tens of seconds, then kept on disk for "auto" to find).
     """
+    if compile not in COMPILE_MODES:
+        raise LMForgeError(f"unknown compile mode {compile!r}; use one of {', '.join(COMPILE_MODES)}")
     loaded = read_model(source, dtype, device)
-    return LM(loaded.model, loaded.tokenizer, loaded.generation_config, loaded.embedding, source=str(source))
+    return LM(
+        loaded.model,
+        loaded.tokenizer,
+        loaded.generation_config,
+        loaded.embedding,
+        source=str(source),
+        compile=compile,
+    )

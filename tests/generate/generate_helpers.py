@@ -111,12 +111,14 @@ class ScriptedModel(torch.nn.Module):
         return logits.scatter(2, self.table[step][..., None], 10.0)
 
 
-def tiny_lm(model=None, tokenizer=None, **generation_config):
-    """An `LM` around a tiny model and the byte tokenizer (what `lmforge.load` returns)."""
+def tiny_lm(model=None, tokenizer=None, compile="eager", **generation_config):
+    """An `LM` around a tiny model and the byte tokenizer (what `lmforge.load` returns). Eager decode
+    steps unless `compile` says otherwise: `load`'s default "auto" would depend on AOT packages that
+    other runs left on disk."""
     from lmforge.lm import LM
 
     model = model if model is not None else tiny_model("llama", seed=0, scale=20.0)
-    return LM(model, tokenizer or ByteTokenizer(), generation_config, source="tiny")
+    return LM(model, tokenizer or ByteTokenizer(), generation_config, source="tiny", compile=compile)
 
 
 CHAT_TEMPLATE = (

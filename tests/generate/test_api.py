@@ -221,3 +221,38 @@ def test_empty_prompt_list_and_empty_prompt_are_refused():
         generate(tiny_lm(), [])
     with pytest.raises(LMForgeError, match="empty"):
         generate(tiny_lm(), [[], [1, 2]], max_new_tokens=3)  # a batch whose first prompt has no tokens
+
+
+def test_calls_share_the_lms_engine_and_say_which_decode_step_ran():
+    lm = tiny_lm()
+    engine = lm.engine
+    one = lm.generate("Hello", max_new_tokens=5, ignore_eos=True)
+    two = generate(lm, ["Hello", "Hi"], max_new_tokens=5, ignore_eos=True)
+    deltas = list(
+        chat(lm, [{"role": "user", "content": "Hi"}], stream=True, max_new_tokens=5, ignore_eos=True)
+    )
+    assert lm.engine is engine and engine.step_counts == {"eager": 3 * 4}
+    assert one.decode_step == "eager" and {c.decode_step for c in two} == {"eager"}
+    assert deltas[-1].decode_step == "eager" and {d.decode_step for d in deltas[:-1]} == {None}
+    assert generate(lm, "Hello", max_new_tokens=1).decode_step == "none"  # only the prompt ran
+    lm.model = tiny_model("llama", seed=1)
+    assert lm.engine is not engine and lm.engine.model is lm.model
+
+
+def test_draft_and_amateur_lms_run_on_their_own_engines():
+    lm = tiny_lm()
+    helper = tiny_lm(tiny_model("llama", seed=6, scale=20.0, n_layer=1))
+    generate(lm, "Hello", draft=helper, max_new_tokens=8, ignore_eos=True)
+    drafted = sum(helper.engine.step_counts.values())
+    assert drafted > 0
+    generate(lm, "Hello", amateur=helper, max_new_tokens=8, ignore_eos=True)
+    assert sum(helper.engine.step_counts.values()) == drafted + 7
+
+
+def test_unknown_compile_mode_is_refused():
+    import lmforge
+
+    with pytest.raises(LMForgeError, match="unknown compile mode 'fast'"):
+        lmforge.load("smollm2", compile="fast")
+    with pytest.raises(LMForgeError, match="unknown compile mode"):
+        tiny_lm(compile=True)

@@ -10,7 +10,7 @@ from generate_helpers import tiny_model
 from scipy.stats import chisquare
 
 from lmforge.generate.engine import Engine, StopChecker
-from lmforge.generate.search import decode_steps
+from lmforge.generate.search import DecodeOptions, decode_steps
 from lmforge.generate.speculative import SpeculativeStats, prompt_lookup, speculative_steps
 
 
@@ -34,8 +34,7 @@ def speculative(target, prompt, n, draft=None, k=4, do_sample=False, seed=0, sto
         stopper,
         draft=Engine(draft) if draft is not None else None,
         num_draft_tokens=k,
-        do_sample=do_sample,
-        generator=torch.Generator().manual_seed(seed),
+        options=DecodeOptions(do_sample=do_sample, generator=torch.Generator().manual_seed(seed)),
         stats=stats,
     )
     return [int(s.tokens[0]) for s in steps], stats

@@ -13,19 +13,23 @@ once and called through AOTInductor's C++ runner:
 
 The package serves batch 1 without padding, the case where per-step cost matters most. The engine
 sends every other step (batches, padding, a step that fills the cache's last slot) to `compile=True`'s
-path. Packages are kept on disk in `$LMFORGE_CACHE/aot` (default `~/.cache/lmforge/aot`). They hold no
-weights (3.4 MB for SmolLM2). Their key is the model's config, the dtype, the device, torch's version
-and the source of the modules the graph is traced from, so an edited model file compiles anew. The first
+path, or to the eager step under `compile="auto"`. Packages are kept on disk in `$LMFORGE_CACHE/aot`
+(default `~/.cache/lmforge/aot`). They hold no weights (3.4 MB for SmolLM2). Their key is the model's
+config, the dtype, the device, torch's version, the number of threads (inductor builds its parallel loops
+for it), the CPU's instruction set (`torch.backends.cpu.get_cpu_capability()` and the relevant CPU
+flags, `lmforge.hardware`: the kernels are built for them) and
+the source of the modules the graph is traced from, so an edited model file compiles anew. The first
 compile of SmolLM2 takes about 75 s on a 2-core CPU; loading a kept package takes well under a second.
+Each `Engine` owns its `AOTStep` (`LM.engine` lives as long as the model).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
-import weakref
 from pathlib import Path
 
 import torch
@@ -33,6 +37,7 @@ from torch import nn
 
 from lmforge.errors import LMForgeError
 from lmforge.generate.cache import KVCache
+from lmforge.hardware import FLAGS, cpu_flags
 from lmforge.io.atomic import atomic_file
 
 # the files whose code the exported graph is traced from: editing one must not reuse an old package
@@ -63,15 +68,35 @@ class _Step(nn.Module):
 
 
 def package_key(model: nn.Module, dtype: torch.dtype) -> str:
-    root = Path(__file__).resolve().parents[1]
+    """What the compiled package depends on, hashed: config, dtype, device, torch, threads, CPU
+    instruction set and the traced source files."""
     parts = {
         "config": dataclasses.asdict(model.config),
         "dtype": str(dtype),
         "device": next(model.parameters()).device.type,
         "torch": torch.__version__,
-        "code": [hashlib.sha256((root / name).read_bytes()).hexdigest() for name in _TRACED],
+        "threads": torch.get_num_threads(),
+        "cpu": torch.backends.cpu.get_cpu_capability(),
+        "cpu_flags": [flag for flag in FLAGS if flag in cpu_flags()],
+        "code": _code_hashes(),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+@functools.cache
+def _code_hashes() -> tuple[str, ...]:
+    """The traced files' hashes, read once per process (the code that runs is the code loaded)."""
+    root = Path(__file__).resolve().parents[1]
+    return tuple(hashlib.sha256((root / name).read_bytes()).hexdigest() for name in _TRACED)
+
+
+def package_path(model: nn.Module, dtype: torch.dtype) -> Path:
+    return cache_dir() / f"{package_key(model, dtype)}.pt2"
+
+
+def package_kept(model: nn.Module, dtype: torch.dtype) -> bool:
+    """Whether this model's package is already on disk (`compile="auto"` then uses it)."""
+    return package_path(model, dtype).exists()
 
 
 class AOTStep:
@@ -79,11 +104,11 @@ class AOTStep:
     `rope` is RoPE's (cos, sin) for the positions, or None for a model without RoPE."""
 
     def __init__(self, model: nn.Module, dtype: torch.dtype):
-        self.config, self.dtype = model.config, dtype
+        self.config, self.dtype, self.threads = model.config, dtype, torch.get_num_threads()
         device = next(model.parameters()).device
         # filled[:n] carries the fill level n (no data: only its length is read)
         self.filled = torch.empty(self.config.max_seq_len, 0, device=device)
-        self.path = cache_dir() / f"{package_key(model, dtype)}.pt2"
+        self.path = package_path(model, dtype)
         if not self.path.exists():
             self._compile(model, dtype)
         try:
@@ -112,6 +137,12 @@ class AOTStep:
         self.runner.load_constants(
             {n: tensors[n.removeprefix("model.")] for n in names}, check_full_update=True, user_managed=True
         )
+
+    def current(self, model: nn.Module, dtype: torch.dtype) -> bool:
+        """Whether this runner still fits `model`: same dtype and thread count, and the model's tensors
+        where the runner reads them (`model.to(...)` or a parameter given new data moves them)."""
+        same = dtype == self.dtype and torch.get_num_threads() == self.threads
+        return same and storage(model_tensors(model)) == self.storage
 
     def _compile(self, model: nn.Module, dtype: torch.dtype) -> None:
         """Export with example shapes unrelated to the caller's (capacity 64, 32 filled), so every
@@ -144,9 +175,6 @@ class AOTStep:
         return self.runner.loader.run(inputs)[0]
 
 
-_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter and buffer by name, a tied weight under each of its names (the runner asks for
     constants by the names the exported graph used)."""
@@ -158,18 +186,6 @@ def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 def storage(tensors: dict[str, torch.Tensor]) -> tuple[int, ...]:
     """Where each tensor's data lives: the runner reads these addresses."""
     return tuple(t.data_ptr() for t in tensors.values())
-
-
-def aot_step(model: nn.Module, dtype: torch.dtype) -> AOTStep:
-    """The model's `AOTStep`, built (or loaded from disk) once per model and process, and again when
-    the model's tensors moved since (`model.to(...)`, a parameter given new data): the runner would
-    read the old ones."""
-    step = _steps.get(model)
-    if step is not None and (step.dtype != dtype or storage(model_tensors(model)) != step.storage):
-        step = None
-    if step is None:
-        step = _steps[model] = AOTStep(model, dtype)
-    return step
 
 
 def serves(batch_size: int, padded: bool, end: int, capacity: int) -> bool:

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from lmforge.generate.engine import Batch, Engine, StopChecker
-from lmforge.generate.search import Pipeline, Step, choose, emit_step, process
+from lmforge.generate.search import DecodeOptions, Step, choose, emit_step, process
 
 
 def contrastive_search_steps(
@@ -36,19 +35,17 @@ def contrastive_search_steps(
     *,
     top_k: int,
     penalty_alpha: float,
-    pipeline: Pipeline | None = None,
-    constraint: Any | None = None,
-    pad_token_id: int = 0,
-    logprobs: bool = False,
-    top_logprobs: int = 0,
+    options: DecodeOptions | None = None,
 ) -> Iterator[Step]:
-    """Contrastive search over an un-prefilled batch (it needs the prompt's hidden states)."""
+    """Contrastive search over an un-prefilled batch (it needs the prompt's hidden states); it is
+    deterministic, so `options.do_sample` does not apply."""
+    options = options or DecodeOptions()
     logits, context = engine.prefill_hidden(batch)  # (B, V), (B, prompt_slots, C)
     B, k = batch.size, top_k
-    context_mask = batch.slot_mask[:, : batch.prompt_slots].bool()  # (B, L) real tokens
+    context_mask = batch.valid_slots(batch.prompt_slots)  # (B, L) real tokens
     rows = torch.arange(B, device=logits.device)
     while True:
-        scores = process(batch, logits, pipeline)
+        scores = process(batch, logits, options.pipeline)
         probs = torch.softmax(scores, dim=-1)
         top_p, top_ids = probs.topk(k, dim=-1)  # (B, k)
 
@@ -64,9 +61,7 @@ def contrastive_search_steps(
         score = score.masked_fill(top_p <= 0, -math.inf)  # never pick a token the processors removed
         best = score.argmax(dim=-1)  # (B,)
 
-        step = emit_step(
-            top_ids[rows, best], logits, stopper, constraint, pad_token_id, logprobs, top_logprobs
-        )
+        step = emit_step(top_ids[rows, best], logits, stopper, options)
         tokens, active = step.tokens, step.active
         yield step
         if stopper.all_finished:
@@ -89,23 +84,18 @@ def contrastive_decoding_steps(
     stopper: StopChecker,
     *,
     alpha: float = 0.1,
-    pipeline: Pipeline | None = None,
-    constraint: Any | None = None,
-    do_sample: bool = False,
-    generator: torch.Generator | None = None,
-    pad_token_id: int = 0,
-    logprobs: bool = False,
-    top_logprobs: int = 0,
+    options: DecodeOptions | None = None,
 ) -> Iterator[Step]:
     """Contrastive decoding with an expert and an amateur over two un-prefilled batches of the same prompts."""
+    options = options or DecodeOptions()
     expert_logits = expert.prefill(batch)
     amateur_logits = amateur.prefill(amateur_batch)
     log_alpha = math.log(alpha)
     while True:
-        expert_scores = process(batch, expert_logits, pipeline)  # the options shape the expert
+        expert_scores = process(batch, expert_logits, options.pipeline)  # the options shape the expert
         scores = contrastive_scores(expert_scores, amateur_logits, log_alpha)
-        tokens = choose(scores, do_sample, generator)
-        step = emit_step(tokens, expert_logits, stopper, constraint, pad_token_id, logprobs, top_logprobs)
+        tokens = choose(scores, options.do_sample, options.generator)
+        step = emit_step(tokens, expert_logits, stopper, options)
         yield step
         if stopper.all_finished:
             return

@@ -2,19 +2,27 @@
 
 The model is pure (`forward(input_ids, positions, cache, attention_mask) -> logits`); the engine owns
 everything that changes while generating, in one `Batch`:
-- one `KVCache` shared by every row, filled to the same slot count (`cache.length`);
-- prompts of different lengths are **left-padded** so every row's next token lands in the same slot;
-- each row keeps its own positions (0 at its first real token), so padding never shifts RoPE or learned
-  positions, and a 0/1 mask over cache slots hides the padding keys;
+- one `KVCache` shared by every row: a step writes every row's next token at one shared slot (the
+  clock, `cache.length`), and each row's sequence fills the slots from its own start slot to the clock
+  (`cache.starts`, see `lmforge.generate.cache`). Prompts of different lengths are left-padded (the
+  start is the padding width); a sequence can also join or leave a running batch (`Batch.join`,
+  `Batch.release`, `Batch.relayout`: what `lmforge.generate.batching` does for continuous batching);
+- each row's positions are its slots counted from its start (0 at its first real token), so padding
+  never shifts RoPE or learned positions, and a mask over cache slots hides the other slots;
 - the token id of every slot, which the logits processors read as the sequence so far.
-When no row is padded the engine passes `attention_mask=None`, letting attention use its plain causal path.
+When every row starts at slot 0 the engine passes `attention_mask=None`, letting attention use its plain
+causal path.
 
-With `compile=True` the one-token decode step runs the model through `torch.compile` (see
-`compiled_forward`): one graph per model in which the batch size and the cache fill level are symbolic,
-so it serves every step of every call. An eager SmolLM2 step makes about 4,900 ATen calls (160 per
-layer); the compiled step fuses the small ones and leaves mostly the weight reads (README: Generation).
-With `aot=True` a batch-1 step skips dynamo altogether: it calls a package compiled ahead of time
-(`lmforge.generate.aot`), and other steps take the `compile=True` path.
+An engine lives as long as its model (`LM.engine`), and owns the compiled decode steps, built on first
+use: with `compile="compile"` the one-token decode step runs the model through `torch.compile` (see
+`compile_forward`): one graph in which the batch size and the cache fill level are symbolic, so it
+serves every step of every call. An eager SmolLM2 step makes about 4,900 ATen calls (160 per layer); the
+compiled step fuses the small ones and leaves mostly the weight reads (README: Generation). With
+`compile="aot"` a batch-1 step skips dynamo altogether: it calls a package compiled ahead of time
+(`lmforge.generate.aot`), and other steps take the compiled path. `compile="auto"` uses the AOT step
+when its package is already on disk (no compile to wait for), else eager steps. A call can override the
+engine's choice (`Engine.mode(compile=..., aot=...)`); each batch counts which steps ran
+(`Batch.decode_step`).
 
 `StopChecker` decides per row when to stop: stop token ids (EOS and friends), stop strings (checked on the
 text decoded so far) and `max_new_tokens`; finished rows keep stepping with padding until all are done.
@@ -23,29 +31,51 @@ text decoded so far) and `max_new_tokens`; finished rows keep stepping with padd
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
 
 from lmforge.errors import LMForgeError
-from lmforge.generate.aot import aot_step, serves
-from lmforge.generate.cache import KVCache
+from lmforge.generate.aot import AOTStep, package_kept, serves
+from lmforge.generate.cache import KVCache, move_slots
+
+CompileMode = Literal["auto", "eager", "compile", "aot"]
+COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
+STEP_KINDS = ("aot", "compile", "eager")  # how a decode step ran, in the order `decode_step` names them
+
+
+def decode_step_name(kinds: Iterable[str]) -> str:
+    """ "aot", "compile", "eager", or those that ran "+"-joined (e.g. "aot+compile"); "none" for none."""
+    ran = set(kinds)
+    return "+".join(kind for kind in STEP_KINDS if kind in ran) or "none"
+
+
+@dataclass(frozen=True)
+class StepMode:
+    """How one batch's one-token decode steps run (prefill and multi-token steps are always eager)."""
+
+    aot: bool = False  # batch-1, unpadded steps through the ahead-of-time package
+    compile: bool = False  # the other one-token steps through torch.compile
 
 
 @dataclass
 class Batch:
-    """Generation state of B rows sharing one KV cache (slots 0..cache.length-1 are filled)."""
+    """Generation state of B rows sharing one KV cache: row b's sequence fills slots
+    [cache.starts[b], cache.length)."""
 
     cache: KVCache
-    tokens: torch.Tensor  # (B, capacity) token id in every slot; pad id in padding slots
-    slot_mask: torch.Tensor  # (B, capacity) 1 where the slot holds a real token
-    next_position: torch.Tensor  # (B,) position of each row's next token
+    tokens: torch.Tensor  # (B, capacity) token id in every slot; pad id (or stale ids) outside a row
     prompt_slots: int  # slots taken by the left-padded prompts
-    padded: bool  # some row has padding: attention needs the mask
+    padded: bool  # some row starts after slot 0: attention needs the mask
+    mode: StepMode = StepMode()
+    step_counts: Counter = field(default_factory=Counter)  # one-token decode steps by kind (STEP_KINDS)
+    last_step: str | None = None  # the kind of the latest step
+    aot_checked: bool = False  # the engine's AOT runner was checked against the model for this batch
 
     @property
     def length(self) -> int:
@@ -59,29 +89,59 @@ class Batch:
     def capacity(self) -> int:
         return self.tokens.shape[1]
 
-    def sequences(self) -> torch.Tensor:
-        """(B, length) every slot so far, prompt padding included (what processors see)."""
-        return self.tokens[:, : self.length]
+    @property
+    def next_position(self) -> torch.Tensor:
+        """(B,) position of each row's next token: its fill level."""
+        return self.cache.fill_levels
 
-    def generated(self) -> torch.Tensor:
-        """(B, length - prompt_slots) the tokens generated so far."""
-        return self.tokens[:, self.prompt_slots : self.length]
+    @property
+    def decode_step(self) -> str:
+        """Which decode steps ran: "aot", "compile", "eager", "+"-joined when several did (e.g.
+        "aot+compile"), "none" when the batch was only prefilled."""
+        return decode_step_name(kind for kind, n in self.step_counts.items() if n)
+
+    def valid_slots(self, end: int | None = None) -> torch.Tensor:
+        """(B, end) True at each row's own slots among the first `end` (default: the clock)."""
+        end = self.length if end is None else end
+        return torch.arange(end, device=self.tokens.device)[None, :] >= self.cache.starts[:, None]
 
     @torch.inference_mode()
     def reorder(self, index: torch.Tensor) -> None:
         """Select/reorder rows (beam search, candidate expansion); `index` may repeat rows."""
         self.cache.reorder(index)
         self.tokens = self.tokens.index_select(0, index)
-        self.slot_mask = self.slot_mask.index_select(0, index)
-        self.next_position = self.next_position.index_select(0, index)
 
     @torch.inference_mode()
     def crop(self, length: int) -> None:
         """Forget slots from `length` on (rejected speculative tokens)."""
-        removed = self.length - length
         self.cache.crop(length)
-        self.next_position = self.next_position - self.slot_mask[:, length : length + removed].sum(dim=1)
-        self.slot_mask[:, length:] = 0
+
+    @torch.inference_mode()
+    def relayout(self, length: int, capacity: int | None = None) -> None:
+        """Move every row's slots so they end at slot `length` (the new clock), in place or, with
+        `capacity`, into a cache of that many slots; every row keeps its tokens and positions."""
+        end, capacity = self.length, capacity or self.capacity
+        self.cache.relayout(length, capacity)
+        self.tokens = move_slots(self.tokens, 1, end, length, capacity)
+        self._check_padding()
+
+    @torch.inference_mode()
+    def join(self, row: int, source: Batch, source_row: int = 0) -> None:
+        """Put `source_row` of another batch of the same model (a sequence prefilled alone) into `row`,
+        ending at the clock; its next token then goes to the clock's slot like every row's."""
+        start, end = int(source.cache.starts[source_row]), source.length
+        self.cache.insert(row, source.cache, source_row)
+        self.tokens[row, self.length - (end - start) : self.length] = source.tokens[source_row, start:end]
+        self._check_padding()
+
+    @torch.inference_mode()
+    def release(self, rows: int | list[int]) -> None:
+        """Empty rows: their slots are masked out from now on and a `join` can reuse them."""
+        self.cache.release(rows)
+        self._check_padding()
+
+    def _check_padding(self) -> None:
+        self.padded = bool(self.cache.starts.any())
 
 
 def _forward(model: nn.Module, tokens, positions, cache, attention_mask, rope) -> torch.Tensor:
@@ -89,20 +149,18 @@ def _forward(model: nn.Module, tokens, positions, cache, attention_mask, rope) -
     return model(tokens, positions=positions, cache=cache, attention_mask=attention_mask, **extra)
 
 
-_compiled: Any = None
+def compile_forward() -> Callable[..., torch.Tensor]:
+    """`model(tokens, positions=..., cache=..., attention_mask=..., rope=...)` under torch.compile; each
+    engine builds one on its first compiled step.
 
-
-def compiled_forward() -> Any:
-    """`model(tokens, positions=..., cache=..., attention_mask=..., rope=...)` under torch.compile, built
-    once.
-
-    The model is an argument, so dynamo keeps one entry per model (guarded on it) in a single compiled
-    function. `dynamic=True` makes the batch size and the cache fill level symbolic: the first call
-    compiles (tens of seconds on a small CPU; inductor keeps its kernels on disk for the next process),
-    later steps and later calls reuse the graph. Batch size 1 is specialised, so a first batched call
-    compiles once more, and so does a first padded batch (it has a mask). Models of the same shapes
-    share a graph. Dynamo's default of 8 graphs per function would be 2-4 models; past it, steps fall
-    back to eager with only a warning, so the limit here is 64.
+    The model is an argument, and dynamo keeps its graphs on `_forward`'s code, so every engine's
+    compiled function shares them (guarded on the model): a second engine over a model of the same
+    shapes reuses the graph. `dynamic=True` makes the batch size and the cache fill level symbolic: the
+    first call compiles (tens of seconds on a small CPU; inductor keeps its kernels on disk for the next
+    process), later steps and later calls reuse the graph. Batch size 1 is specialised, so a first
+    batched call compiles once more, and so does a first padded batch (it has a mask). Dynamo's default
+    of 8 graphs per function would be 2-4 models; past it, steps fall back to eager with only a warning,
+    so the limit here is 64.
 
     These settings trim the fixed cost every step repeats (a SmolLM2 step is about 20 ms of weight
     reads on a 2-core CPU, so each 0.5 ms counts; `benchmarks/step_overhead.py` measures them):
@@ -120,13 +178,10 @@ def compiled_forward() -> Any:
       cached key; it keeps reused exp/log/tanh results but not cos/sin. That was 1.4 ms of a
       ~22 ms SmolLM2 step.
     """
-    global _compiled
-    if _compiled is None:
-        options = {"cpp_wrapper": True, "size_asserts": False}
-        compiled = torch.compile(_forward, dynamic=True, options=options)
-        dynamo = {"specialize_float": True, "use_recursive_dict_tags_for_guards": True, "recompile_limit": 64}
-        _compiled = torch._dynamo.config.patch(dynamo)(compiled)
-    return _compiled
+    options = {"cpp_wrapper": True, "size_asserts": False}
+    compiled = torch.compile(_forward, dynamic=True, options=options)
+    dynamo = {"specialize_float": True, "use_recursive_dict_tags_for_guards": True, "recompile_limit": 64}
+    return torch._dynamo.config.patch(dynamo)(compiled)
 
 
 def check_compiler() -> None:
@@ -167,30 +222,53 @@ class Engine:
     Args:
         model: a decoder `Transformer` (or anything with the same `forward` and a `config`).
         max_seq_len: context length to enforce; defaults to `model.config.max_seq_len`.
-        compile: run one-token decode steps through `compiled_forward` (prefill and multi-token
-            verification steps stay eager: their lengths vary, and they run once per call or round).
-        aot: run batch-1, unpadded one-token steps through an ahead-of-time compiled package
-            (`lmforge.generate.aot`), without dynamo's per-step cost; implies `compile` for the others.
+        compile: how one-token decode steps run unless a call says otherwise (prefill and multi-token
+            verification steps stay eager: their lengths vary, and they run once per call or round):
+            "eager"; "compile" (torch.compile, `compile_forward`); "aot" (batch-1, unpadded steps through
+            an ahead-of-time compiled package, `lmforge.generate.aot`, the others compiled); "auto"
+            (the AOT step when its package is already on disk, else eager).
     """
 
-    def __init__(
-        self, model: nn.Module, max_seq_len: int | None = None, compile: bool = False, aot: bool = False
-    ):
+    def __init__(self, model: nn.Module, max_seq_len: int | None = None, compile: CompileMode = "eager"):
+        if compile not in COMPILE_MODES:
+            raise LMForgeError(f"unknown compile mode {compile!r}; use one of {', '.join(COMPILE_MODES)}")
         self.model = model
-        self.compile = compile or aot
-        self.aot = aot
-        self._aot_step = None
+        self.compile_mode = compile
         self.config = model.config
         if getattr(self.config, "head", "lm") != "lm" or not getattr(self.config, "causal", True):
             raise LMForgeError("generation needs a causal decoder with an LM head (this model is an encoder)")
         self.max_seq_len = max_seq_len or self.config.max_seq_len
-        param = next(model.parameters())
-        self.dtype, self.device = param.dtype, param.device
-        if self.compile and self.device.type == "cpu":
-            check_compiler()
         # a Transformer exposes its trunk and head separately: prefill can skip the head on the prompt
         self._split_head = hasattr(model, "hidden_states") and getattr(model, "lm_head", None) is not None
         self._rope = getattr(model, "rope", None) is not None
+        self.compiled_forward: Callable[..., torch.Tensor] | None = None  # built on the first compiled step
+        self.aot_step: AOTStep | None = None  # loaded (or compiled) on the first AOT step
+        self.step_counts: Counter = Counter()  # one-token decode steps by kind, over the engine's life
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def aot_ready(self) -> bool:
+        """Whether a batch-1 AOT step is at hand without compiling: loaded already, or kept on disk."""
+        if self.aot_step is not None and self.aot_step.current(self.model, self.dtype):
+            return True
+        return package_kept(self.model, self.dtype)
+
+    def mode(self, compile: bool | None = None, aot: bool | None = None) -> StepMode:
+        """The decode steps of one call: the engine's choice, with a call's `compile`/`aot` on top
+        (None keeps the engine's; `aot=True` also compiles the steps the package does not serve)."""
+        default_aot = self.compile_mode == "aot" or (self.compile_mode == "auto" and self.aot_ready())
+        use_aot = default_aot if aot is None else aot
+        use_compile = compile if compile is not None else bool(aot) or self.compile_mode in ("compile", "aot")
+        needs_compiler = use_compile or (use_aot and not self.aot_ready())
+        if needs_compiler and self.device.type == "cpu":
+            check_compiler()
+        return StepMode(aot=use_aot, compile=use_compile)
 
     def check_context(
         self, prompts: list[list[int]], max_new_tokens: int, truncate: bool = False
@@ -218,25 +296,35 @@ class Engine:
         return out
 
     @torch.inference_mode()
-    def new_batch(self, prompts: list[list[int]], capacity: int, pad_token_id: int = 0) -> Batch:
-        """Allocate the cache for `capacity` slots and lay the prompts out left-padded (not run yet)."""
-        B, width = len(prompts), max(len(p) for p in prompts)
+    def new_batch(
+        self, prompts: list[list[int]], capacity: int, pad_token_id: int = 0, mode: StepMode | None = None
+    ) -> Batch:
+        """Allocate the cache for `capacity` slots and lay the prompts out left-padded (not run yet);
+        `mode` (default: the engine's) says how its one-token steps run."""
+        width = max(len(p) for p in prompts)
         if capacity < width:
             raise ValueError(f"capacity {capacity} is smaller than the longest prompt ({width})")
-        capacity = min(capacity, self.max_seq_len)
-        tokens = torch.full((B, capacity), pad_token_id, dtype=torch.long, device=self.device)
-        slot_mask = torch.zeros((B, capacity), dtype=torch.long, device=self.device)
+        batch = self.empty_batch(len(prompts), capacity, pad_token_id, mode)
         for i, ids in enumerate(prompts):
-            tokens[i, width - len(ids) : width] = torch.tensor(ids, dtype=torch.long)
-            slot_mask[i, width - len(ids) : width] = 1
-        cache = KVCache.allocate(self.config, B, capacity, dtype=self.dtype, device=self.device)
+            batch.tokens[i, width - len(ids) : width] = torch.tensor(ids, dtype=torch.long)
+        batch.cache.starts = torch.tensor([width - len(p) for p in prompts], device=self.device)
+        batch.prompt_slots = width
+        batch.padded = any(len(p) != width for p in prompts)
+        return batch
+
+    @torch.inference_mode()
+    def empty_batch(
+        self, rows: int, capacity: int, pad_token_id: int = 0, mode: StepMode | None = None
+    ) -> Batch:
+        """A batch of `rows` empty rows with a cache of `capacity` slots (rows fill up by `Batch.join`)."""
+        capacity = min(capacity, self.max_seq_len)
+        device = self.device
         return Batch(
-            cache=cache,
-            tokens=tokens,
-            slot_mask=slot_mask,
-            next_position=torch.zeros(B, dtype=torch.long, device=self.device),
-            prompt_slots=width,
-            padded=any(len(p) != width for p in prompts),
+            cache=KVCache.allocate(self.config, rows, capacity, dtype=self.dtype, device=device),
+            tokens=torch.full((rows, capacity), pad_token_id, dtype=torch.long, device=device),
+            prompt_slots=0,
+            padded=False,
+            mode=mode if mode is not None else self.mode(),
         )
 
     @torch.inference_mode()
@@ -246,17 +334,19 @@ class Engine:
         Only the last position goes through the LM head (a long prompt would otherwise materialise
         T x V logits that nobody reads)."""
         width = batch.prompt_slots
-        real = batch.slot_mask[:, :width]
-        positions = (real.cumsum(dim=1) - 1).clamp(min=0)  # 0 at each row's first real token
-        mask = batch.slot_mask[:, :width] if batch.padded else None
-        args = dict(positions=positions, cache=batch.cache, attention_mask=mask)
+        args = self._prefill_args(batch)
         if self._split_head:
             logits = self.model.lm_head(self.model.hidden_states(batch.tokens[:, :width], **args)[:, -1])
         else:
             logits = self.model(batch.tokens[:, :width], **args)[:, -1]
         batch.cache.advance(width)
-        batch.next_position = real.sum(dim=1)
         return logits.float()
+
+    def _prefill_args(self, batch: Batch) -> dict[str, Any]:
+        slots = torch.arange(batch.prompt_slots, device=batch.tokens.device)
+        positions = (slots[None, :] - batch.cache.starts[:, None]).clamp(min=0)  # 0 at a row's first token
+        mask = batch.valid_slots(batch.prompt_slots) if batch.padded else None
+        return dict(positions=positions, cache=batch.cache, attention_mask=mask)
 
     @torch.inference_mode()
     def step(self, batch: Batch, tokens: torch.Tensor) -> torch.Tensor:
@@ -269,56 +359,68 @@ class Engine:
         if end > batch.capacity:
             raise LMForgeError(f"generation ran past the allocated {batch.capacity} slots")
         batch.tokens[:, start:end] = tokens
-        batch.slot_mask[:, start:end] = 1
         positions = batch.next_position[:, None] + torch.arange(T, device=tokens.device)
-        mask = batch.slot_mask[:, :end] if batch.padded else None
-        if self.compile and T == 1:
+        mask = batch.valid_slots(end) if batch.padded else None
+        kind = "eager"
+        if T == 1 and batch.mode.aot and serves(batch.size, batch.padded, end, batch.capacity):
+            kind = "aot"
+        elif T == 1 and batch.mode.compile:
+            kind = "compile"
+        if kind == "eager":
+            logits = self.model(tokens, positions=positions, cache=batch.cache, attention_mask=mask)
+        else:
             # the batch's own slots, not the caller's tensor: an inference tensor every time (a plain
             # one would miss the compiled graph's guards and compile it again)
             tokens = batch.tokens[:, start:end]
             rope = self.model.rope(positions, self.dtype) if self._rope else None
-            if self.aot and serves(batch.size, batch.padded, end, batch.capacity):
-                if self._aot_step is None:  # looked up (and checked) once per engine
-                    self._aot_step = aot_step(self.model, self.dtype)
-                logits = self._aot_step(tokens, positions, batch.cache, rope)
+            if kind == "aot":
+                logits = self._aot_step(batch)(tokens, positions, batch.cache, rope)
             else:
+                if self.compiled_forward is None:
+                    self.compiled_forward = compile_forward()
                 torch._dynamo.mark_static(tokens, 1)  # the token dimension is always 1 here
-                logits = compiled_forward()(self.model, tokens, positions, batch.cache, mask, rope)
-        else:
-            logits = self.model(tokens, positions=positions, cache=batch.cache, attention_mask=mask)
+                logits = self.compiled_forward(self.model, tokens, positions, batch.cache, mask, rope)
+        self._count(batch, kind)
         batch.cache.advance(T)
-        batch.next_position = batch.next_position + T
         logits = logits.float()
         return logits[:, 0] if single else logits
+
+    def _aot_step(self, batch: Batch) -> AOTStep:
+        """The engine's AOT runner, checked once per batch against the model (moved tensors, another
+        dtype or thread count need a new one)."""
+        if not batch.aot_checked:
+            if self.aot_step is None or not self.aot_step.current(self.model, self.dtype):
+                self.aot_step = AOTStep(self.model, self.dtype)
+            batch.aot_checked = True
+        return self.aot_step
+
+    def _count(self, batch: Batch, kind: str) -> None:
+        batch.step_counts[kind] += 1
+        batch.last_step = kind
+        self.step_counts[kind] += 1
 
     @torch.inference_mode()
     def step_hidden(self, batch: Batch, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Like `step` for (B,) tokens, but also return the final hidden states (B, C) (contrastive search)."""
         start, end = batch.length, batch.length + 1
+        if end > batch.capacity:
+            raise LMForgeError(f"generation ran past the allocated {batch.capacity} slots")
         batch.tokens[:, start] = tokens
-        batch.slot_mask[:, start] = 1
-        mask = batch.slot_mask[:, :end] if batch.padded else None
+        mask = batch.valid_slots(end) if batch.padded else None
         h = self.model.hidden_states(
             tokens[:, None], positions=batch.next_position[:, None], cache=batch.cache, attention_mask=mask
         )
         logits = self.model.lm_head(h)
+        self._count(batch, "eager")
         batch.cache.advance(1)
-        batch.next_position = batch.next_position + 1
         return logits[:, 0].float(), h[:, 0].float()
 
     @torch.inference_mode()
     def prefill_hidden(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Like `prefill`, but also return the hidden states (B, prompt_slots, C) of the prompt."""
-        width = batch.prompt_slots
-        real = batch.slot_mask[:, :width]
-        positions = (real.cumsum(dim=1) - 1).clamp(min=0)
-        mask = real if batch.padded else None
-        h = self.model.hidden_states(
-            batch.tokens[:, :width], positions=positions, cache=batch.cache, attention_mask=mask
-        )
+        h = self.model.hidden_states(batch.tokens[:, : batch.prompt_slots], **self._prefill_args(batch))
         logits = self.model.lm_head(h[:, -1])
-        batch.cache.advance(width)
-        batch.next_position = real.sum(dim=1)
+        batch.cache.advance(batch.prompt_slots)
         return logits.float(), h.float()
 
 

@@ -1,12 +1,14 @@
 """Search strategies over the engine: greedy, sampling and beam search.
 
-Every strategy reads the same two hooks at each step, so every option means the same thing everywhere:
+Every strategy takes the same `DecodeOptions`, so every option means the same thing everywhere:
 - `pipeline(input_ids, scores, valid) -> scores`: the logits-processor pipeline from
   `lmforge.generate.processors` (bias, penalties, bans, min new tokens, the constraint mask, then
-  temperature/top-k/top-p/...); `valid` is the batch's slot mask, so padding never counts;
+  temperature/top-k/top-p/...); `valid` marks each row's own slots, so padding never counts;
 - `constraint` (optional): the per-row token automaton (choice / regex / JSON schema) from
   `lmforge.generate.constraints` whose mask sits in the pipeline; the strategy advances it on the chosen
-  tokens and reorders it with the beams.
+  tokens and reorders it with the beams;
+- greedy or sampled choice (with a seeded generator), the pad token of finished rows, and whether to
+  return log-probabilities.
 
 `decode_steps` is a generator of per-step tokens, so `generate` collects it and `stream` yields from it.
 `beam_search` follows Hugging Face's vectorised beam search step for step (top 2·beams candidates,
@@ -26,6 +28,19 @@ from lmforge.generate.engine import Batch, Engine, StopChecker
 from lmforge.generate.processors import pick_tokens
 
 Pipeline = Callable[..., torch.Tensor]  # (input_ids, scores, valid=slot_mask) -> scores
+
+
+@dataclass
+class DecodeOptions:
+    """What every decoding strategy is told besides its own parameters."""
+
+    pipeline: Pipeline | None = None  # the shared logits processors (constraint mask included)
+    constraint: Any | None = None  # per-row constraint state, advanced on the chosen tokens
+    do_sample: bool = False  # sample from the processed scores (else argmax)
+    generator: torch.Generator | None = None  # the seeded source of every random draw
+    pad_token_id: int = 0  # what finished rows are fed
+    logprobs: bool = False  # return the model log-prob of each chosen token
+    top_logprobs: int = 0  # and this many most likely alternatives
 
 
 @dataclass
@@ -52,7 +67,7 @@ def process(
     if pipeline is None:
         return scores
     upto = batch.length if upto is None else upto
-    return pipeline(batch.tokens[:, :upto], scores, valid=batch.slot_mask)
+    return pipeline(batch.tokens[:, :upto], scores, valid=batch.valid_slots(upto))
 
 
 def model_logprobs(logits: torch.Tensor, tokens: torch.Tensor, top_n: int) -> dict[str, torch.Tensor]:
@@ -65,25 +80,19 @@ def model_logprobs(logits: torch.Tensor, tokens: torch.Tensor, top_n: int) -> di
 
 
 def emit_step(
-    tokens: torch.Tensor,
-    logits: torch.Tensor,
-    stopper: StopChecker,
-    constraint: Any | None,
-    pad_token_id: int,
-    logprobs: bool,
-    top_logprobs: int,
+    tokens: torch.Tensor, logits: torch.Tensor, stopper: StopChecker, options: DecodeOptions
 ) -> Step:
     """The bookkeeping every decoding loop does with its chosen tokens: finished rows get padding, the
     stop checker and the constraint advance, and log-probabilities are attached when asked for."""
     active = [not f for f in stopper.finished]
     if not all(active):
-        tokens = torch.where(torch.tensor(active, device=tokens.device), tokens, pad_token_id)
+        tokens = torch.where(torch.tensor(active, device=tokens.device), tokens, options.pad_token_id)
     stopper.update(tokens.tolist())
-    if constraint is not None:
-        constraint.advance(tokens)
+    if options.constraint is not None:
+        options.constraint.advance(tokens)
     step = Step(tokens, active)
-    if logprobs or top_logprobs:
-        for name, value in model_logprobs(logits, tokens, top_logprobs).items():
+    if options.logprobs or options.top_logprobs:
+        for name, value in model_logprobs(logits, tokens, options.top_logprobs).items():
             setattr(step, name, value)
     return step
 
@@ -93,20 +102,14 @@ def decode_steps(
     batch: Batch,
     logits: torch.Tensor,
     stopper: StopChecker,
-    *,
-    pipeline: Pipeline | None = None,
-    constraint: Any | None = None,
-    do_sample: bool = False,
-    generator: torch.Generator | None = None,
-    pad_token_id: int = 0,
-    logprobs: bool = False,
-    top_logprobs: int = 0,
+    options: DecodeOptions | None = None,
 ) -> Iterator[Step]:
     """Greedy or sampled decoding from prefilled `logits` (B, V) until every row has stopped."""
+    options = options or DecodeOptions()
     while True:
-        scores = process(batch, logits, pipeline)
-        tokens = choose(scores, do_sample, generator)
-        step = emit_step(tokens, logits, stopper, constraint, pad_token_id, logprobs, top_logprobs)
+        scores = process(batch, logits, options.pipeline)
+        tokens = choose(scores, options.do_sample, options.generator)
+        step = emit_step(tokens, logits, stopper, options)
         yield step
         if stopper.all_finished:
             return
@@ -134,11 +137,7 @@ def beam_search(
     length_penalty: float = 1.0,
     early_stopping: bool | str = False,
     num_return_sequences: int = 1,
-    pipeline: Pipeline | None = None,
-    constraint: Any | None = None,
-    do_sample: bool = False,
-    generator: torch.Generator | None = None,
-    pad_token_id: int = 0,
+    options: DecodeOptions | None = None,
 ) -> list[list[Hypothesis]]:
     """Beam search from a prefilled batch of B rows (one per prompt); returns the best
     `num_return_sequences` hypotheses per prompt, best first.
@@ -148,8 +147,11 @@ def beam_search(
     reach `max_new_tokens`) to the finished set with score / length ** length_penalty, and continues the
     best `num_beams` unfinished ones. `early_stopping`: True stops a prompt once `num_beams` hypotheses
     are finished; False stops when the best running beam (at its current length) cannot beat the worst
-    finished one; "never" uses the best reachable length when length_penalty > 0.
+    finished one; "never" uses the best reachable length when length_penalty > 0. `options.logprobs`
+    does not apply (a hypothesis has a score).
     """
+    options = options or DecodeOptions()
+    pipeline, constraint, pad_token_id = options.pipeline, options.constraint, options.pad_token_id
     B, nb, device = batch.size, num_beams, logits.device
     K = max(2, 1 + len(stop_token_ids)) * nb  # candidates kept per prompt
     stop_ids = torch.tensor(sorted(stop_token_ids), dtype=torch.long, device=device)
@@ -175,8 +177,8 @@ def beam_search(
         log_probs = process(batch, log_probs, pipeline)
         V = log_probs.shape[-1]
         total = (log_probs.view(B, nb, V) + running_scores[:, :, None]).view(B, nb * V)
-        if do_sample:
-            idx = torch.multinomial(torch.softmax(total, dim=-1), K, generator=generator)
+        if options.do_sample:
+            idx = torch.multinomial(torch.softmax(total, dim=-1), K, generator=options.generator)
             cand_scores = total.gather(1, idx)
             cand_scores, order = cand_scores.sort(dim=-1, descending=True)
             idx = idx.gather(1, order)

@@ -24,13 +24,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from lmforge.generate.engine import Batch, Engine, StopChecker
+from lmforge.generate.engine import Batch, Engine, StepMode, StopChecker
 from lmforge.generate.processors import ConstraintMask
-from lmforge.generate.search import Pipeline, Step, choose, model_logprobs, process
+from lmforge.generate.search import DecodeOptions, Step, choose, model_logprobs, process
 
 
 @dataclass
@@ -71,22 +70,22 @@ def speculative_steps(
     stopper: StopChecker,
     *,
     draft: Engine | None = None,
+    draft_mode: StepMode | None = None,
     num_draft_tokens: int = 5,
     max_ngram: int = 3,
-    pipeline: Pipeline | None = None,
-    constraint: Any | None = None,
-    do_sample: bool = False,
-    generator: torch.Generator | None = None,
-    logprobs: bool = False,
-    top_logprobs: int = 0,
+    options: DecodeOptions | None = None,
     stats: SpeculativeStats | None = None,
 ) -> Iterator[Step]:
     """Decode one prefilled prompt (batch of 1) speculatively; yields one `Step` per accepted token.
 
     With `draft=None` the drafter is prompt lookup. `logits` are the target's prefill logits.
+    `draft_mode` says how the draft's one-token steps run (default: its engine's choice).
     """
     if batch.size != 1:
         raise ValueError("speculative decoding runs one prompt at a time")
+    options = options or DecodeOptions()
+    pipeline, constraint, generator = options.pipeline, options.constraint, options.generator
+    do_sample, logprobs, top_logprobs = options.do_sample, options.logprobs, options.top_logprobs
     stats = stats if stats is not None else SpeculativeStats()
     device = logits.device
 
@@ -109,7 +108,7 @@ def speculative_steps(
     draft_batch, draft_logits = None, None
     draft_pipeline = pipeline.without(ConstraintMask) if pipeline is not None else None
     if draft is not None:
-        draft_batch = draft.new_batch([sequence[:-1]], batch.capacity)
+        draft_batch = draft.new_batch([sequence[:-1]], batch.capacity, mode=draft_mode)
         draft.prefill(draft_batch)  # draft cache: every accepted token except the pending one
 
     while not stopper.all_finished:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from lmforge.generate.engine import StopChecker
+from lmforge.generate.engine import Batch, StopChecker
 from lmforge.generate.search import Step
 
 
@@ -25,14 +25,16 @@ class Delta:
     logprobs: list[float] | None = None  # model log-prob of each token (on request)
     top_logprobs: list[dict[int, float]] | None = None  # top-n alternatives per token (on request)
     finish_reason: str | None = None  # set on the last delta of a sequence: "stop" or "length"
+    decode_step: str | None = None  # set on the last delta: which decode step ran (`Completion.decode_step`)
 
 
 class DeltaStream:
     """Follows one group of rows (one `StopChecker`) and emits what each row added at every step."""
 
-    def __init__(self, stopper: StopChecker, first_index: int = 0):
+    def __init__(self, stopper: StopChecker, first_index: int = 0, batch: Batch | None = None):
         self.stopper = stopper
         self.first_index = first_index
+        self.batch = batch  # the rows' batch: its decode steps go on each row's last delta
         self.emitted = [0] * stopper.batch_size
         self.done = [False] * stopper.batch_size
 
@@ -58,5 +60,6 @@ class DeltaStream:
                 ]
             if finished:
                 delta.finish_reason = self.stopper.finish_reason(row)
+                delta.decode_step = self.batch.decode_step if self.batch is not None else None
                 self.done[row] = True
             yield delta
