@@ -1,0 +1,348 @@
+"""Continuous batching: requests join one running batch and leave it at any step, each with its own options.
+
+A server receives requests at any time, of any length. Decoding them one at a time wastes the hardware
+(on a memory-bound CPU a step over 8 rows costs little more than a step over 1); decoding them in fixed
+batches makes every request wait for the longest one. `ContinuousBatcher` keeps one running batch:
+
+```python
+from lmforge.generate import ContinuousBatcher
+batcher = ContinuousBatcher(lm, max_batch=8)
+a = batcher.add("Once upon a time", max_new_tokens=64, do_sample=True, temperature=0.8, seed=1)
+b = batcher.add([1, 2, 3], max_new_tokens=8, stop=["\\n"])       # token ids; its own options
+while not batcher.idle:
+    for event in batcher.step():                                  # one token per running request
+        print(event.request_id, repr(event.text), event.finish_reason)
+```
+
+- `add(prompt, **options)` validates the options like `generate` does (a bad one raises here) and queues
+  the request; `cancel(request_id)` drops it, queued or running.
+- `step()` runs one decode step over every running request, then fills the free rows with queued
+  requests. A new request is prefilled alone (a batch of 1, exactly as a lone `generate` call runs it),
+  takes its first token from that prefill, and its keys and values are copied into a free row of the
+  running cache so that they end at the cache's shared clock (`Batch.join`); from the next step on it
+  decodes with the others. A request that finishes frees its row at once (`Batch.release`).
+- Each request has its own `GenerationConfig`, processor pipeline (it sees only its own tokens), seeded
+  `torch.Generator` (seeded as a lone run seeds it), `StopChecker` and constraint state: it produces the
+  tokens it produces alone, whatever runs beside it (to float rounding: a batched matmul may round
+  differently from a single-row one; the tests check token equality).
+
+The cache keeps a fill level per row (`lmforge.generate.cache`). When the clock reaches the capacity,
+every row moves to end at the longest running row's length (compaction, `Batch.relayout`); the capacity
+doubles, up to the model's context, when compaction would free less than a quarter of it or a new
+request needs more room (unless a fixed `capacity` was given, and then a request that needs more is
+refused at `add`).
+
+Greedy and sampled decoding are supported, with every processor and output constraint. Beam search,
+contrastive search/decoding and speculative decoding advance a request by several rows or tokens at once
+and are refused at `add`; so are `num_return_sequences > 1` (add the prompt several times) and per-request
+`compile`/`aot` (every request shares the batch's steps: the model's load-time choice decides them).
+`step()` is not thread-safe: one loop (a server's scheduler task) calls it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from lmforge.errors import LMForgeError
+from lmforge.generate.api import Completion, _as_list, _Run, engine_of
+from lmforge.generate.engine import Batch, Engine, StopChecker, decode_step_name
+from lmforge.generate.search import DecodeOptions, choose, emit_step, process
+from lmforge.generate.stream import DeltaStream
+
+
+@dataclass
+class Event:
+    """What one request produced in one `step()`: normally one token, and the text it completed."""
+
+    request_id: int
+    token_ids: list[int]
+    text: str  # new text; a possible start of a stop string is held back until it is decided
+    finish_reason: str | None = None  # "stop" or "length" on the request's last event
+    logprobs: list[float] | None = None  # on request: model log-prob of each token
+    top_logprobs: list[dict[int, float]] | None = None  # on request: top-n alternatives per token
+    completion: Completion | None = None  # on the last event: the whole result, as `generate` gives it
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
+class _Request:
+    """One request's own state: its options, stop rules, constraint, generator and output so far."""
+
+    request_id: int
+    prompt: list[int]
+    max_new_tokens: int
+    stopper: StopChecker
+    options: DecodeOptions
+    follower: DeltaStream
+    row: int | None = None  # its row of the running batch, once it joined
+    pending: torch.Tensor | None = None  # (1,) the chosen token the model has not seen yet
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[dict[int, float]] = field(default_factory=list)
+    steps: set[str] = field(default_factory=set)  # the kinds of decode step it went through
+
+    @property
+    def finished(self) -> bool:
+        return self.stopper.finished[0]
+
+
+class _Bare:
+    """An `Engine` given alone: token-id prompts, no tokenizer, no generation defaults."""
+
+    def __init__(self, engine: Engine):
+        self.engine, self.model, self.tokenizer, self.generation_config = engine, engine.model, None, {}
+
+
+class ContinuousBatcher:
+    """Decode many requests in one running batch that they join and leave at any step.
+
+    Args:
+        lm: a loaded `LM` (its engine, tokenizer and generation defaults are used), or an `Engine`
+            (prompts are then token ids, and there is no text).
+        max_batch: rows decoded together; further requests wait in a queue (first come, first served).
+        capacity: cache slots per row. None: sized for the requests and grown as needed, up to the
+            model's context; a number: fixed, and a request that needs more (prompt + max_new_tokens)
+            is refused at `add`.
+    """
+
+    def __init__(self, lm: Any, *, max_batch: int = 8, capacity: int | None = None):
+        self.lm = _Bare(lm) if isinstance(lm, Engine) else lm
+        self.engine = engine_of(self.lm)
+        if not isinstance(max_batch, int) or max_batch < 1:
+            raise LMForgeError(f"max_batch must be an integer >= 1, got {max_batch!r}")
+        if capacity is not None and not 2 <= capacity <= self.engine.max_seq_len:
+            raise LMForgeError(
+                f"capacity={capacity} must be between 2 and the model's context of {self.engine.max_seq_len}"
+            )
+        self.max_batch, self.fixed_capacity = max_batch, capacity
+        self.mode = self.engine.mode()  # the model's load-time choice of decode step
+        self.batch: Batch | None = None  # the running batch, allocated by the first request that joins
+        self._running: dict[int, _Request] = {}  # row -> request
+        self._waiting: deque[_Request] = deque()
+        self._next_id = 0
+
+    # -- the queue -------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> int:
+        """Requests decoding in the batch."""
+        return len(self._running)
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued for a free row."""
+        return len(self._waiting)
+
+    @property
+    def idle(self) -> bool:
+        return not self._running and not self._waiting
+
+    def add(self, prompt: str | Sequence[int], **options: Any) -> int:
+        """Queue one prompt (text, or token ids) with its generation options; return its request id.
+
+        The options are `GenerationConfig`'s fields, checked against the model as `generate` checks them:
+        a bad option, an over-long prompt or an unsupported strategy raises `LMForgeError` here."""
+        prompts, single = _as_list(prompt)
+        if not single:
+            raise LMForgeError(
+                "add() takes one prompt (text or a list of token ids); call it once per prompt"
+            )
+        for name in ("draft", "amateur"):
+            if name in options:
+                raise LMForgeError(f"continuous batching runs greedy or sampled decoding: drop {name}=")
+        for name in ("compile", "aot"):
+            if options.get(name) is not None:
+                raise LMForgeError(
+                    f"{name}= is not a per-request option here: the batch's steps are shared, and run as "
+                    "the model was loaded (lmforge.load(..., compile=...))"
+                )
+        with torch.inference_mode():
+            run = _Run(self.lm, prompts, options, None, None)
+        if run.strategy not in ("greedy", "sample"):
+            raise LMForgeError(
+                f"continuous batching runs greedy or sampled decoding, not {run.strategy.replace('_', ' ')}: "
+                "use generate() for it"
+            )
+        if run.config.num_return_sequences > 1:
+            raise LMForgeError(
+                "continuous batching returns one sequence per request: add the prompt once per sequence "
+                "(with different seeds)"
+            )
+        ids = run.prompts[0]
+        need = len(ids) + run.config.max_new_tokens
+        if self.fixed_capacity is not None and need > self.fixed_capacity:
+            raise LMForgeError(
+                f"the prompt ({len(ids)} tokens) plus max_new_tokens={run.config.max_new_tokens} needs {need} "
+                f"cache slots, more than this batcher's capacity of {self.fixed_capacity}"
+            )
+        constraint = run.constraint(1)
+        options_ = DecodeOptions(
+            pipeline=run.pipeline(len(ids), constraint),  # it sees only its own tokens: unpadded
+            constraint=constraint,
+            do_sample=run.config.do_sample,
+            generator=run.generator,
+            pad_token_id=run.pad,
+            logprobs=run.config.logprobs,
+            top_logprobs=run.config.top_logprobs or 0,
+        )
+        stopper = run.stopper(1)
+        request_id, self._next_id = self._next_id, self._next_id + 1
+        self._waiting.append(
+            _Request(
+                request_id,
+                ids,
+                run.config.max_new_tokens,
+                stopper,
+                options_,
+                DeltaStream(stopper, request_id),
+            )
+        )
+        return request_id
+
+    def cancel(self, request_id: int) -> bool:
+        """Drop a queued or running request (its row is freed at once); False if it is not here."""
+        for request in self._waiting:
+            if request.request_id == request_id:
+                self._waiting.remove(request)
+                return True
+        for row, request in self._running.items():
+            if request.request_id == request_id:
+                self._leave(row)
+                return True
+        return False
+
+    # -- decoding --------------------------------------------------------------------------------
+
+    def step(self) -> list[Event]:
+        """One decode step for every running request, then queued requests into the free rows (each
+        gets its first token from its own prefill). Returns one `Event` per request that advanced."""
+        events: list[Event] = []
+        with torch.inference_mode():
+            if self._running:
+                self._decode(events)
+            while self._waiting and len(self._running) < self.max_batch:
+                self._admit(self._waiting.popleft(), events)
+        return events
+
+    def drain(self) -> Iterator[Event]:
+        """Step until every request has finished, yielding each event."""
+        while not self.idle:
+            yield from self.step()
+
+    def _decode(self, events: list[Event]) -> None:
+        batch = self.batch
+        self._make_room()
+        tokens = torch.full((batch.size,), 0, dtype=torch.long, device=self.engine.device)
+        for row, request in self._running.items():
+            tokens[row] = request.pending[0]
+        logits = self.engine.step(batch, tokens)
+        end = batch.length
+        starts = batch.cache.starts.tolist()
+        for row, request in list(self._running.items()):
+            request.steps.add(batch.last_step)
+            # the request's own tokens, as a lone run's processors see them
+            ids = batch.tokens[row : row + 1, starts[row] : end]
+            scores = request.options.pipeline(ids, logits[row : row + 1])
+            token = choose(scores, request.options.do_sample, request.options.generator)
+            events.append(self._emit(request, token, logits[row : row + 1]))
+            if request.finished:
+                self._leave(row)
+
+    def _admit(self, request: _Request, events: list[Event]) -> None:
+        """Prefill a request alone and take its first token, then move it into a free row."""
+        engine = self.engine
+        alone = engine.new_batch(
+            [request.prompt], len(request.prompt), request.options.pad_token_id, self.mode
+        )
+        logits = engine.prefill(alone)
+        scores = process(alone, logits, request.options.pipeline)
+        token = choose(scores, request.options.do_sample, request.options.generator)
+        events.append(self._emit(request, token, logits))
+        if not request.finished:
+            self._join(request, alone)
+
+    def _emit(self, request: _Request, token: torch.Tensor, logits: torch.Tensor) -> Event:
+        step = emit_step(token, logits, request.stopper, request.options)
+        request.pending = step.tokens
+        (delta,) = request.follower.deltas(step)
+        request.token_ids += delta.token_ids
+        request.logprobs += delta.logprobs or []
+        request.top_logprobs += delta.top_logprobs or []
+        event = Event(
+            request.request_id,
+            delta.token_ids,
+            delta.text,
+            delta.finish_reason,
+            delta.logprobs,
+            delta.top_logprobs,
+        )
+        if request.finished:
+            options = request.options
+            event.completion = Completion(
+                text=request.stopper.texts[0],
+                token_ids=request.token_ids,
+                finish_reason=request.stopper.finish_reason(0),
+                prompt_tokens=len(request.prompt),
+                logprobs=request.logprobs if options.logprobs else None,
+                top_logprobs=request.top_logprobs if options.top_logprobs else None,
+                decode_step=decode_step_name(request.steps),
+            )
+        return event
+
+    # -- rows and slots --------------------------------------------------------------------------
+
+    def _join(self, request: _Request, alone: Batch) -> None:
+        """Copy a prefilled request into a free row, moving the running rows first if the clock is
+        before its length or the cache is too small for it."""
+        length = alone.length
+        need = length + request.max_new_tokens
+        if self.batch is None:
+            capacity = self.fixed_capacity or min(self.engine.max_seq_len, max(need, 256))
+            self.batch = self.engine.empty_batch(
+                self.max_batch, capacity, request.options.pad_token_id, self.mode
+            )
+        batch = self.batch
+        capacity = batch.capacity
+        if need > capacity:  # only without a fixed capacity (add() refused it otherwise)
+            capacity = min(self.engine.max_seq_len, max(need, 2 * capacity))
+        if batch.length < length or capacity != batch.capacity:
+            self._release_free_rows()
+            batch.relayout(max(batch.length, length), capacity)
+        row = min(set(range(batch.size)) - set(self._running))
+        batch.join(row, alone)
+        request.row = row
+        self._running[row] = request
+
+    def _leave(self, row: int) -> None:
+        del self._running[row]
+        self.batch.release(row)
+        if not self._running:  # an empty batch restarts at slot 0: nothing to move
+            self._release_free_rows()
+            self.batch.relayout(0)
+
+    def _release_free_rows(self) -> None:
+        """Free rows keep stepping (with padding); forget what they wrote, so they hold no slots."""
+        free = sorted(set(range(self.batch.size)) - set(self._running))
+        if free:
+            self.batch.release(free)
+
+    def _make_room(self) -> None:
+        """Before a step: when the clock is at the capacity, move every row to end at the longest
+        running row's length (and, without a fixed capacity, double it if that frees too little)."""
+        batch = self.batch
+        if batch.length < batch.capacity:
+            return
+        self._release_free_rows()
+        longest = int(batch.cache.fill_levels.max())
+        capacity = batch.capacity
+        if self.fixed_capacity is None and capacity - longest < capacity // 4:
+            capacity = min(self.engine.max_seq_len, 2 * capacity)
+        batch.relayout(longest, capacity)
