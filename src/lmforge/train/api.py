@@ -29,6 +29,7 @@ from lmforge.errors import LMForgeError
 from lmforge.train import checkpoint as ckpt
 from lmforge.train import sources
 from lmforge.train.config import FinetuneConfig, PretrainConfig, QuickstartConfig, check_context, configure
+from lmforge.train.distributed import pick_device
 from lmforge.train.trainer import Trainer, TrainResult, calibrate_steps
 
 
@@ -167,8 +168,6 @@ def quickstart(config: QuickstartConfig | None = None, **options: Any) -> Quicks
     model = _new_model(cfg.model_config(vocab_size=tok.vocab_size, max_seq_len=cfg.seq_len), cfg.seed)
     train = cfg.training()
     batches = sources.shard_batches(root / "data", tok, train)
-    from lmforge.train.distributed import pick_device
-
     device = pick_device(cfg.device)
     probe = {k: v.to(device) for k, v in batches.train.batch(0).items()}
     # a generous bound on the steps that fit (timings drift on a shared machine): the schedule follows

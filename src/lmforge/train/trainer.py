@@ -393,9 +393,7 @@ class Trainer:
         return path
 
     def _resume(self) -> None:
-        path = ckpt.latest_checkpoint(self.run_dir)
-        if path is None:
-            raise LMForgeError(f"nothing to resume in {self.run_dir}: it has no complete checkpoint")
+        path = ckpt.latest_checkpoint(self.run_dir)  # fit() checked that there is one
         ckpt.check_resume_config(self.run_dir, self.run_config())
         state = ckpt.load_trainer_state(path)
         if self.dist.enabled and self.config.distributed == "fsdp":
