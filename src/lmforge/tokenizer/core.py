@@ -1,7 +1,7 @@
 """The `Tokenizer`: one class over a Hugging Face `tokenizers` engine, whatever the source.
 
-Every loader (tokenizer.json, GGUF metadata, tiktoken ranks, SentencePiece `.model`, BERT `vocab.txt`)
-and every trainer ends in the same place: a `tokenizers.Tokenizer` (the fast Rust pipeline:
+Every format (tokenizer.json here; GGUF metadata, tiktoken ranks, SentencePiece `.model` and BERT
+`vocab.txt` read by loaders.py, which does not import this module) and every trainer ends in the same place: a `tokenizers.Tokenizer` (the fast Rust pipeline:
 normalizer -> pre-tokenizer -> model -> post-processor, and a decoder) plus the few facts the file
 format keeps beside it (special tokens, chat template, whether to add BOS). This class holds both.
 
@@ -28,8 +28,10 @@ from typing import Any, Literal
 from tokenizers import Encoding
 from tokenizers import Tokenizer as Backend
 
+from lmforge.assets import ASSETS, EXTRACTED, asset_path
 from lmforge.errors import LMForgeError
 from lmforge.io.atomic import atomic_write_text
+from lmforge.tokenizer import loaders
 
 SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
 
@@ -129,9 +131,7 @@ class Tokenizer:
         if (path / "tokenizer.json").is_file():
             return cls.from_file(path / "tokenizer.json", config)
         if (path / "vocab.txt").is_file():
-            from lmforge.tokenizer.loaders import from_bert_vocab
-
-            return from_bert_vocab(path / "vocab.txt", config)
+            return cls.from_bert_vocab(path / "vocab.txt", config)
         raise LMForgeError(f"{path}: no tokenizer.json or vocab.txt in this directory")
 
     @classmethod
@@ -156,26 +156,82 @@ class Tokenizer:
         )
 
     @classmethod
-    def from_gguf_metadata(cls, meta: dict[str, Any]) -> Tokenizer:
-        """Build the tokenizer a GGUF file describes from its metadata (see `loaders.read_gguf_metadata`)."""
-        from lmforge.tokenizer.loaders import from_gguf_metadata
+    def from_parts(cls, parts: loaders.TokenizerParts) -> Tokenizer:
+        """The tokenizer a format reader in loaders.py describes."""
+        return cls(
+            parts.backend,
+            parts.special_tokens,
+            chat_template=parts.chat_template,
+            add_bos_token=parts.add_bos_token,
+            add_eos_token=parts.add_eos_token,
+            model_max_length=parts.model_max_length,
+        )
 
-        return from_gguf_metadata(meta)
+    @classmethod
+    def from_gguf_metadata(cls, meta: dict[str, Any]) -> Tokenizer:
+        """The tokenizer a GGUF file's metadata describes (`tokenizer.ggml.*`; see `lmforge.io.gguf.read_metadata`)."""
+        return cls.from_parts(loaders.gguf_parts(meta))
 
     @classmethod
     def from_gguf(cls, path: str | Path) -> Tokenizer:
         """The tokenizer embedded in a `.gguf` file."""
-        from lmforge.tokenizer.loaders import read_gguf_metadata
+        from lmforge.io.gguf import read_metadata  # deferred: the `gguf` package takes 0.3 s to import
 
-        return cls.from_gguf_metadata(read_gguf_metadata(path))
+        try:
+            return cls.from_gguf_metadata(read_metadata(path))
+        except LMForgeError as exc:
+            message = str(exc)
+            raise LMForgeError(message if message.startswith(f"{path}: ") else f"{path}: {message}") from None
+
+    @classmethod
+    def from_tiktoken(
+        cls,
+        path: str | Path,
+        pattern: str = loaders.TIKTOKEN_GPT2_PATTERN,
+        special_tokens: dict[str, int] | None = None,
+        eos_token: str | None = None,
+    ) -> Tokenizer:
+        """A byte-level BPE tokenizer from a tiktoken rank file (`loaders.tiktoken_parts`)."""
+        return cls.from_parts(loaders.tiktoken_parts(path, pattern, special_tokens, eos_token))
+
+    @classmethod
+    def from_sentencepiece(cls, path: str | Path) -> Tokenizer:
+        """A SentencePiece `.model`, BPE or Unigram (`loaders.sentencepiece_parts`)."""
+        return cls.from_parts(loaders.sentencepiece_parts(path))
+
+    @classmethod
+    def from_bert_vocab(cls, path: str | Path, config: dict[str, Any] | None = None) -> Tokenizer:
+        """A BERT WordPiece tokenizer from `vocab.txt` (`loaders.bert_vocab_parts`)."""
+        return cls.from_parts(loaders.bert_vocab_parts(path, config))
 
     @classmethod
     def load(cls, source: str | Path) -> Tokenizer:
         """Load from any supported source: a directory, tokenizer.json, .gguf, .tiktoken, .model,
         vocab.txt, or an asset name (`smollm2`, `minilm`, `gpt2.tiktoken`)."""
-        from lmforge.tokenizer.loaders import load_any
-
-        return load_any(source)
+        path = Path(source)
+        if not path.exists():
+            if str(source) not in ASSETS and str(source) not in EXTRACTED:
+                raise LMForgeError(
+                    f"tokenizer source '{source}' not found: give a directory, tokenizer.json, .gguf, "
+                    ".tiktoken, .model or vocab.txt path, or an asset name (smollm2, minilm, gpt2.tiktoken)"
+                )
+            path = asset_path(str(source))
+        if path.is_dir():
+            return cls.from_dir(path)
+        suffix = path.suffix.lower()
+        if suffix == ".gguf":
+            return cls.from_gguf(path)
+        if suffix == ".tiktoken":
+            return cls.from_tiktoken(path)
+        if suffix == ".model":
+            return cls.from_sentencepiece(path)
+        if path.name == "vocab.txt":
+            return cls.from_bert_vocab(path)
+        if suffix == ".json":
+            return cls.from_file(path)
+        raise LMForgeError(
+            f"{path}: unknown tokenizer file type (expected .json, .gguf, .tiktoken, .model or vocab.txt)"
+        )
 
     # ---- saving --------------------------------------------------------------------------------
 

@@ -1,6 +1,9 @@
-"""Tokenizers from other formats: GGUF metadata, tiktoken rank files, SentencePiece `.model`, BERT vocab.txt.
+"""Tokenizer formats: GGUF metadata, tiktoken rank files, SentencePiece `.model`, BERT vocab.txt.
 
-Each builds the `tokenizers` pipeline the format implies and wraps it in a `Tokenizer`:
+Each reader builds the `tokenizers` pipeline the format implies and returns it with the facts the
+format keeps beside it (special tokens, chat template, BOS/EOS) as `TokenizerParts`; `Tokenizer`
+(core.py) is built from those (`Tokenizer.from_gguf`, `.from_tiktoken`, ...). This module knows nothing
+of `Tokenizer`, so the dependency runs one way: core -> loaders.
 
 | source | model | pre-tokenizer | decoder |
 |---|---|---|---|
@@ -18,15 +21,31 @@ from __future__ import annotations
 import base64
 import functools
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers, processors
 from tokenizers import Tokenizer as Backend
 from tokenizers.models import BPE, Unigram, WordPiece
 
 from lmforge.errors import LMForgeError
-from lmforge.tokenizer.core import Tokenizer
+
+if TYPE_CHECKING:
+    from lmforge.tokenizer.core import Tokenizer
+
+
+@dataclass
+class TokenizerParts:
+    """A tokenizer as a format describes it: the engine and the facts kept beside it (the arguments of
+    `Tokenizer`)."""
+
+    backend: Backend
+    special_tokens: dict[str, str | None] = field(default_factory=dict)
+    chat_template: str | None = None
+    add_bos_token: bool = False
+    add_eos_token: bool = False
+    model_max_length: int | None = None
 
 
 @functools.cache
@@ -94,25 +113,36 @@ GGUF_PRE_SPLITS: dict[str, list[str]] = {
 
 
 def read_gguf_metadata(path: str | Path) -> dict[str, Any]:
-    """A GGUF file's metadata as plain Python values (str, int, float, bool, lists), no tensor data.
+    """A GGUF file's metadata as plain Python values: `lmforge.io.gguf.read_metadata`, the one GGUF reader."""
+    from lmforge.io.gguf import read_metadata  # deferred: the `gguf` package takes 0.3 s to import
 
-    Uses lmforge's struct-based GGUF header parser (`lmforge.io.gguf.GGUFFile`), which reads the
-    49k-entry vocabulary of SmolLM2 in ~0.1 s where `gguf.GGUFReader` takes seconds.
-    """
-    from lmforge.io.gguf import GGUFFile
+    return read_metadata(path)
 
-    path = Path(path)
-    if not path.is_file():
-        raise LMForgeError(f"{path}: no such GGUF file")
-    return dict(GGUFFile(path).metadata)
+
+def _gguf_list(meta: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> list | None:
+    """`meta[key]` checked to be a list of `kind` (None if absent): GGUF metadata is untrusted input."""
+    value = meta.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, kind) for v in value):
+        raise LMForgeError(
+            f"GGUF metadata '{key}' is {value!r:.40}, expected a list of {getattr(kind, '__name__', kind)}"
+        )
+    return value
 
 
 def _post_processor(bos: str | None, eos: str | None, vocab: dict[str, int]) -> processors.TemplateProcessing:
     """`[bos] $A [eos]` (each optional) for single texts; pairs repeat it, as Llama's tokenizer.json does."""
     single = ([f"{bos}:0"] if bos else []) + ["$A:0"] + ([f"{eos}:0"] if eos else [])
     pair = single + ([f"{bos}:1"] if bos else []) + ["$B:1"] + ([f"{eos}:1"] if eos else [])
+    missing = [t for t in (bos, eos) if t and t not in vocab]
+    if missing:
+        raise LMForgeError(f"special token {missing[0]!r:.40} is not in the vocabulary")
     specials = [(t, vocab[t]) for t in {bos, eos} if t]
-    return processors.TemplateProcessing(single=single, pair=pair, special_tokens=specials)
+    try:
+        return processors.TemplateProcessing(single=single, pair=pair, special_tokens=specials)
+    except Exception as exc:  # the Rust side raises plain Exceptions (a token it cannot parse)
+        raise LMForgeError(f"cannot add {bos!r:.40} / {eos!r:.40} around the text ({exc})") from None
 
 
 def _gguf_added_tokens(backend: Backend, tokens: list[str], types: list[int], byte_level: bool) -> None:
@@ -132,13 +162,15 @@ def _gguf_added_tokens(backend: Backend, tokens: list[str], types: list[int], by
         backend.add_tokens(plain)
 
 
-def from_gguf_metadata(meta: dict[str, Any]) -> Tokenizer:
-    """Build the tokenizer a GGUF file's metadata describes (`tokenizer.ggml.*` keys)."""
+def gguf_parts(meta: dict[str, Any]) -> TokenizerParts:
+    """The tokenizer a GGUF file's metadata describes (`tokenizer.ggml.*` keys)."""
     model = meta.get("tokenizer.ggml.model")
-    tokens = meta.get("tokenizer.ggml.tokens")
+    tokens = _gguf_list(meta, "tokenizer.ggml.tokens", str)
     if model is None or not tokens:
         raise LMForgeError("this GGUF file has no tokenizer (no tokenizer.ggml.model / tokens metadata)")
-    types = list(meta.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens))
+    types = _gguf_list(meta, "tokenizer.ggml.token_type", int) or [NORMAL] * len(tokens)
+    if len(types) != len(tokens):
+        raise LMForgeError(f"GGUF tokenizer has {len(tokens)} tokens but {len(types)} token types")
     if model == "gpt2":
         backend = _gguf_byte_level(meta, tokens)
         byte_level = True
@@ -149,7 +181,7 @@ def from_gguf_metadata(meta: dict[str, Any]) -> Tokenizer:
         default_bos = True
     else:
         raise LMForgeError(
-            f"GGUF tokenizer type '{model}' is not supported (supported: gpt2, llama); "
+            f"GGUF tokenizer type {model!r:.40} is not supported (supported: gpt2, llama); "
             "convert the model's tokenizer.json and load the directory instead"
         )
     _gguf_added_tokens(backend, tokens, types, byte_level)
@@ -171,14 +203,28 @@ def from_gguf_metadata(meta: dict[str, Any]) -> Tokenizer:
         specials["bos_token"] if add_bos else None, specials["eos_token"] if add_eos else None, vocab
     )
     max_len = meta.get(f"{meta.get('general.architecture')}.context_length")
-    return Tokenizer(
+    template = meta.get("tokenizer.chat_template")
+    return TokenizerParts(
         backend,
         specials,
-        chat_template=meta.get("tokenizer.chat_template"),
+        chat_template=template if isinstance(template, str) else None,
         add_bos_token=add_bos,
         add_eos_token=add_eos,
         model_max_length=max_len if isinstance(max_len, int) else None,
     )
+
+
+def _bpe(vocab: dict[str, int], merges: list[tuple[str, ...]], **options: Any) -> BPE:
+    """A BPE model, refusing merges the vocabulary cannot hold (the Rust side would panic on them)."""
+    bad = next((m for m in merges if len(m) != 2 or m[0] + m[1] not in vocab), None)
+    if bad is not None:
+        raise LMForgeError(
+            f"tokenizer merge {' '.join(bad)!r:.40} makes a token that is not in the vocabulary"
+        )
+    try:
+        return BPE(vocab, merges, **options)
+    except Exception as exc:  # the Rust side raises plain Exceptions
+        raise LMForgeError(f"invalid BPE tokenizer ({str(exc).splitlines()[0]})") from None
 
 
 def _gguf_byte_level(meta: dict[str, Any], tokens: list[str]) -> Backend:
@@ -187,12 +233,12 @@ def _gguf_byte_level(meta: dict[str, Any], tokens: list[str]) -> Backend:
     vocab = {
         (t if set(t) <= alphabet else byte_level_spelling(t.encode("utf-8"))): i for i, t in enumerate(tokens)
     }
-    merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges") or []]
+    merges = [tuple(m.split(" ", 1)) for m in _gguf_list(meta, "tokenizer.ggml.merges", str) or []]
     if not merges:
         raise LMForgeError("GGUF gpt2-type tokenizer has no tokenizer.ggml.merges; the file is incomplete")
-    backend = Backend(BPE(vocab, merges, fuse_unk=False, byte_fallback=False))
+    backend = Backend(_bpe(vocab, merges, fuse_unk=False, byte_fallback=False))
     pre = meta.get("tokenizer.ggml.pre", "default")
-    splits = GGUF_PRE_SPLITS.get(pre)
+    splits = GGUF_PRE_SPLITS.get(pre) if isinstance(pre, str) else None
     if splits is None:
         import warnings
 
@@ -240,16 +286,20 @@ def _spm_decoder(add_dummy_prefix: bool, byte_fallback: bool) -> decoders.Decode
 
 
 def _gguf_sentencepiece(meta: dict[str, Any], tokens: list[str], types: list[int]) -> Backend:
-    scores = list(meta.get("tokenizer.ggml.scores") or [-float(i) for i in range(len(tokens))])
+    scores = _gguf_list(meta, "tokenizer.ggml.scores", (int, float)) or [
+        -float(i) for i in range(len(tokens))
+    ]
+    if len(scores) != len(tokens):
+        raise LMForgeError(f"GGUF tokenizer has {len(tokens)} tokens but {len(scores)} scores")
     vocab = {t: i for i, t in enumerate(tokens)}
-    if meta.get("tokenizer.ggml.merges"):
-        merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
+    if merges := _gguf_list(meta, "tokenizer.ggml.merges", str):
+        merges = [tuple(m.split(" ", 1)) for m in merges]
     else:
         merges = _spm_merges(tokens, scores, types)
     unk_index = meta.get("tokenizer.ggml.unknown_token_id")
-    unk = tokens[unk_index] if isinstance(unk_index, int) else None
+    unk = tokens[unk_index] if isinstance(unk_index, int) and 0 <= unk_index < len(tokens) else None
     has_bytes = any(t == BYTE for t in types)
-    backend = Backend(BPE(vocab, merges, unk_token=unk, fuse_unk=True, byte_fallback=has_bytes))
+    backend = Backend(_bpe(vocab, merges, unk_token=unk, fuse_unk=True, byte_fallback=has_bytes))
     prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
     # SentencePiece (and llama.cpp) add the dummy prefix even when the text starts with a space;
     # Metaspace skips it then, so a leading space is doubled first
@@ -264,7 +314,7 @@ def _gguf_sentencepiece(meta: dict[str, Any], tokens: list[str], types: list[int
 # ---- BERT vocab.txt -------------------------------------------------------------------------------
 
 
-def from_bert_vocab(path: str | Path, config: dict[str, Any] | None = None) -> Tokenizer:
+def bert_vocab_parts(path: str | Path, config: dict[str, Any] | None = None) -> TokenizerParts:
     """A BERT WordPiece tokenizer from `vocab.txt` (one token per line, id = line number), with the
     normalization options of tokenizer_config.json (`do_lower_case`, `strip_accents`,
     `tokenize_chinese_chars`)."""
@@ -311,7 +361,7 @@ def from_bert_vocab(path: str | Path, config: dict[str, Any] | None = None) -> T
         )
     backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)
     max_len = config.get("model_max_length")
-    return Tokenizer(backend, specials, model_max_length=max_len if isinstance(max_len, int) else None)
+    return TokenizerParts(backend, specials, model_max_length=max_len if isinstance(max_len, int) else None)
 
 
 # ---- tiktoken rank files --------------------------------------------------------------------------
@@ -367,12 +417,12 @@ def tiktoken_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
     return merges
 
 
-def from_tiktoken(
+def tiktoken_parts(
     path: str | Path,
     pattern: str = TIKTOKEN_GPT2_PATTERN,
     special_tokens: dict[str, int] | None = None,
     eos_token: str | None = None,
-) -> Tokenizer:
+) -> TokenizerParts:
     """A byte-level BPE tokenizer from a tiktoken rank file. `pattern` is the pre-tokenization regex
     (GPT-2's by default); `special_tokens` maps text to id. Without it, `<|endoftext|>` gets the first
     id after the ranks, as in GPT-2."""
@@ -399,13 +449,13 @@ def from_tiktoken(
             )
         backend.add_special_tokens([AddedToken(text, normalized=False, special=True)])
     specials = {"eos_token": eos_token, "bos_token": eos_token} if eos_token else {}
-    return Tokenizer(backend, specials)
+    return TokenizerParts(backend, specials)
 
 
 # ---- SentencePiece .model -------------------------------------------------------------------------
 
 
-def from_sentencepiece(path: str | Path) -> Tokenizer:
+def sentencepiece_parts(path: str | Path) -> TokenizerParts:
     """A SentencePiece `.model` (BPE or Unigram) with its normalizer spec, encoding like
     `SentencePieceProcessor.encode` (needs the `sentencepiece` and `protobuf` packages to read the proto)."""
     path = Path(path)
@@ -484,39 +534,29 @@ def from_sentencepiece(path: str | Path) -> Tokenizer:
         "eos_token": piece(trainer.eos_id),
         "pad_token": piece(trainer.pad_id),
     }
-    return Tokenizer(backend, specials)
+    return TokenizerParts(backend, specials)
 
 
-# ---- any source -----------------------------------------------------------------------------------
+# ---- for callers outside the package ------------------------------------------------------------
+# `Tokenizer.from_tiktoken` / `.from_sentencepiece` are the API; these two stay for the callers that
+# import them from here (tests/tokenizer/test_tokenizer_loaders.py, benchmarks/tokenizer.py). They are
+# this module's only way back to core, and only at call time: once those callers move, delete them.
 
 
-def load_any(source: str | Path) -> Tokenizer:
-    """A tokenizer from a directory, tokenizer.json, .gguf, .tiktoken, SentencePiece .model or
-    vocab.txt path, or an asset name (`smollm2`, `minilm`, `gpt2.tiktoken`)."""
-    path = Path(source)
-    if not path.exists():
-        from lmforge.assets import ASSETS, EXTRACTED, asset_path
+def from_tiktoken(
+    path: str | Path,
+    pattern: str = TIKTOKEN_GPT2_PATTERN,
+    special_tokens: dict[str, int] | None = None,
+    eos_token: str | None = None,
+) -> Tokenizer:
+    """`Tokenizer.from_tiktoken`."""
+    from lmforge.tokenizer.core import Tokenizer
 
-        if str(source) in ASSETS or str(source) in EXTRACTED:
-            path = asset_path(str(source))
-        else:
-            raise LMForgeError(
-                f"tokenizer source '{source}' not found: give a directory, tokenizer.json, .gguf, .tiktoken, "
-                ".model or vocab.txt path, or an asset name (smollm2, minilm, gpt2.tiktoken)"
-            )
-    if path.is_dir():
-        return Tokenizer.from_dir(path)
-    suffix = path.suffix.lower()
-    if suffix == ".gguf":
-        return Tokenizer.from_gguf(path)
-    if suffix == ".tiktoken":
-        return from_tiktoken(path)
-    if suffix == ".model":
-        return from_sentencepiece(path)
-    if path.name == "vocab.txt":
-        return from_bert_vocab(path)
-    if suffix == ".json":
-        return Tokenizer.from_file(path)
-    raise LMForgeError(
-        f"{path}: unknown tokenizer file type (expected .json, .gguf, .tiktoken, .model or vocab.txt)"
-    )
+    return Tokenizer.from_tiktoken(path, pattern, special_tokens, eos_token)
+
+
+def from_sentencepiece(path: str | Path) -> Tokenizer:
+    """`Tokenizer.from_sentencepiece`."""
+    from lmforge.tokenizer.core import Tokenizer
+
+    return Tokenizer.from_sentencepiece(path)
