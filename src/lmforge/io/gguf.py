@@ -5,12 +5,19 @@ Every tensor type the `gguf` package can dequantize is supported; weights become
 the requested dtype one at a time, so peak memory stays near one copy of the model. llama.cpp's
 converter permutes the rows of q/k projections for its interleaved RoPE; we undo that so the weights
 fit the rotate-half layout of our attention (as Hugging Face's GGUF loader does).
+
+`read_header` is the one reader of GGUF metadata in lmforge (the model loader, the tokenizer and
+`read_metadata` all go through it). A GGUF file is untrusted input: every count and length in the header
+is checked against the bytes left in the file before anything is built, array nesting is capped, and
+anything malformed is one `LMForgeError` naming the file (tests/io/test_gguf_fuzz.py fuzzes it).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import struct
+import math
+import mmap
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,20 +32,202 @@ from lmforge.errors import LMForgeError
 from lmforge.io.hf import split_sizes
 from lmforge.model.position import rope_inv_freq
 
-_SCALARS = {
-    0: "<B",
-    1: "<b",
-    2: "<H",
-    3: "<h",
-    4: "<I",
-    5: "<i",
-    6: "<f",
-    7: "<?",
-    10: "<Q",
-    11: "<q",
-    12: "<d",
+# ---- the header --------------------------------------------------------------------------------------
+
+GGUF_VERSIONS = (2, 3)
+MAX_DIMS = 4  # llama.cpp's GGML_MAX_DIMS
+MAX_ARRAY_DEPTH = 8  # arrays of arrays nest no deeper; real files use one level
+_SCALARS = {  # GGUF value type -> numpy dtype (little-endian)
+    0: np.dtype("<u1"),
+    1: np.dtype("<i1"),
+    2: np.dtype("<u2"),
+    3: np.dtype("<i2"),
+    4: np.dtype("<u4"),
+    5: np.dtype("<i4"),
+    6: np.dtype("<f4"),
+    7: np.dtype("?"),
+    10: np.dtype("<u8"),
+    11: np.dtype("<i8"),
+    12: np.dtype("<f8"),
 }
 _STRING, _ARRAY = 8, 9
+# the fewest bytes a value of each type takes: a count read from the file is checked against it
+_MIN_BYTES = {**{t: d.itemsize for t, d in _SCALARS.items()}, _STRING: 8, _ARRAY: 12}
+
+
+def _quote(text: str) -> str:
+    """A name read from the file, for a message: quoted, escaped (one line) and cut short."""
+    quoted = repr(text)
+    return quoted if len(quoted) <= 60 else quoted[:57] + "..."
+
+
+class _Corrupt(Exception):
+    """The header contradicts itself or the file's size; `read_header` names the file."""
+
+
+class _Cursor:
+    """Little-endian reads from a buffer. Every count and length is checked against the bytes left
+    before anything is built, so a header cannot make us allocate more than the file holds."""
+
+    def __init__(self, buf: bytes | mmap.mmap):
+        self.buf, self.pos = buf, 0
+
+    def left(self) -> int:
+        return len(self.buf) - self.pos
+
+    def take(self, n: int, what: str) -> bytes:
+        if n > self.left():
+            raise _Corrupt(f"{what} needs {n} bytes at offset {self.pos}, {self.left()} are left")
+        self.pos += n
+        return self.buf[self.pos - n : self.pos]
+
+    def u32(self, what: str) -> int:
+        return int.from_bytes(self.take(4, what), "little")
+
+    def u64(self, what: str) -> int:
+        return int.from_bytes(self.take(8, what), "little")
+
+    def count(self, what: str, item_bytes: int) -> int:
+        """A u64 count of items that each take at least `item_bytes`."""
+        n = self.u64(what)
+        if n * item_bytes > self.left():
+            raise _Corrupt(f"{what} is {n}, more than the {self.left()} bytes left can hold")
+        return n
+
+    def string(self, what: str) -> str:
+        n = self.u64(f"{what} length")
+        try:
+            return str(self.take(n, what), "utf-8")
+        except UnicodeDecodeError:
+            raise _Corrupt(f"{what} at offset {self.pos - n} is not UTF-8") from None
+
+    def value(self, vtype: int, what: str, depth: int = 0) -> Any:
+        if vtype in _SCALARS:
+            dtype = _SCALARS[vtype]
+            return np.frombuffer(self.take(dtype.itemsize, what), dtype)[0].item()
+        if vtype == _STRING:
+            return self.string(what)
+        if vtype != _ARRAY:
+            raise _Corrupt(f"{what} has unknown value type {vtype}")
+        if depth >= MAX_ARRAY_DEPTH:
+            raise _Corrupt(f"{what} nests arrays deeper than {MAX_ARRAY_DEPTH} levels")
+        item_type = self.u32(f"{what} item type")
+        if item_type not in _MIN_BYTES:
+            raise _Corrupt(f"{what} has unknown item type {item_type}")
+        n = self.count(f"{what} item count", _MIN_BYTES[item_type])
+        if item_type in _SCALARS:  # one numpy view for the whole array (a 49k-entry score list)
+            dtype = _SCALARS[item_type]
+            return np.frombuffer(self.take(n * dtype.itemsize, what), dtype).tolist()
+        if item_type == _STRING:
+            return self.strings(n, what)
+        return [self.value(item_type, what, depth + 1) for _ in range(n)]
+
+    def strings(self, n: int, what: str) -> list[str]:
+        """`n` strings in a row: `string` unrolled, as a vocabulary holds tens of thousands."""
+        buf, pos, end, out = self.buf, self.pos, len(self.buf), []
+        for _ in range(n):
+            if pos + 8 > end:
+                break
+            length = int.from_bytes(buf[pos : pos + 8], "little")
+            if length > end - pos - 8:
+                break
+            pos += 8 + length
+            out.append(buf[pos - length : pos])
+        self.pos = pos
+        if len(out) < n:
+            self.string(f"{what} item {len(out)}")  # raises, naming what ran past the end
+        try:
+            return [str(item, "utf-8") for item in out]
+        except UnicodeDecodeError:
+            raise _Corrupt(f"{what} holds a string that is not UTF-8") from None
+
+
+@dataclasses.dataclass
+class TensorInfo:
+    name: str
+    dims: tuple[int, ...]  # GGUF order: the fastest-varying dimension first
+    qtype: GGMLQuantizationType
+    offset: int  # from the start of the data section
+    nbytes: int
+
+
+@dataclasses.dataclass
+class GGUFHeader:
+    version: int
+    metadata: dict[str, Any]
+    tensors: list[TensorInfo]
+    data_start: int  # where the (aligned) tensor data section begins
+
+
+def read_header(path: str | Path) -> GGUFHeader:
+    """The metadata and tensor table of a GGUF file (v2/v3, little-endian), checked against its size.
+
+    The one reader of GGUF headers in lmforge. A GGUF file is untrusted input: anything malformed
+    (truncated, counts past the end, unknown types, tensors outside the file) is one `LMForgeError`
+    that names the file, and nothing read from the header can make it allocate more than the file's size.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                raise LMForgeError(f"{path}: not a readable GGUF file (it is empty)")
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                return _parse_header(buf)
+    except OSError as exc:
+        raise LMForgeError(f"{path}: cannot read GGUF file ({exc.strerror or exc})") from None
+    except _Corrupt as exc:
+        raise LMForgeError(f"{path}: not a readable GGUF file ({exc})") from None
+
+
+def _parse_header(buf: bytes | mmap.mmap) -> GGUFHeader:
+    cur = _Cursor(buf)
+    if bytes(buf[:4]) != b"GGUF":
+        raise _Corrupt("bad magic bytes")
+    cur.pos = 4
+    version = cur.u32("version")
+    if version not in GGUF_VERSIONS:
+        raise _Corrupt(f"unsupported GGUF version {version}; versions 2 and 3 are supported")
+    # a tensor entry takes at least 24 bytes (name length, dimension count, type, offset), a key/value 13
+    n_tensors = cur.count("tensor count", 24)
+    n_kv = cur.count("metadata count", 13)
+    metadata: dict[str, Any] = {}
+    for i in range(n_kv):
+        key = cur.string(f"metadata key {i}")
+        if key in metadata:
+            raise _Corrupt(f"metadata key {_quote(key)} appears twice")
+        metadata[key] = cur.value(cur.u32(f"type of {_quote(key)}"), _quote(key))
+    alignment = metadata.get("general.alignment", 32)
+    if type(alignment) is not int or alignment <= 0 or alignment & (alignment - 1):
+        raise _Corrupt(f"general.alignment is {alignment!r:.40}, not a positive power of two")
+    infos = []
+    for i in range(n_tensors):
+        name = cur.string(f"tensor {i} name")
+        n_dims = cur.u32(f"tensor {_quote(name)} dimension count")
+        if not 1 <= n_dims <= MAX_DIMS:
+            raise _Corrupt(f"tensor {_quote(name)} has {n_dims} dimensions (1 to {MAX_DIMS} are allowed)")
+        dims = tuple(cur.u64(f"tensor {_quote(name)} dimensions") for _ in range(n_dims))
+        code = cur.u32(f"tensor {_quote(name)} type")
+        offset = cur.u64(f"tensor {_quote(name)} offset")
+        try:
+            qtype = GGMLQuantizationType(code)
+        except ValueError:
+            raise _Corrupt(f"tensor {_quote(name)} has unknown type {code}") from None
+        block, type_size = GGML_QUANT_SIZES[qtype]
+        if 0 in dims or dims[0] % block:
+            raise _Corrupt(
+                f"tensor {_quote(name)} has shape {dims}, not whole {qtype.name} blocks of {block}"
+            )
+        infos.append((name, dims, qtype, offset, dims[0] // block * type_size * math.prod(dims[1:])))
+    data_start = -(-cur.pos // alignment) * alignment
+    tensors, names = [], set()
+    for name, dims, qtype, offset, nbytes in infos:
+        if name in names:
+            raise _Corrupt(f"tensor {_quote(name)} appears twice")
+        names.add(name)
+        if data_start + offset + nbytes > len(buf):
+            raise _Corrupt(f"tensor {_quote(name)} runs past the end of the file (truncated?)")
+        tensors.append(TensorInfo(name, dims, qtype, offset, nbytes))
+    return GGUFHeader(version, metadata, tensors, data_start)
 
 
 @dataclasses.dataclass
@@ -50,87 +239,25 @@ class GGUFTensor:
 
 
 class GGUFFile:
-    """A minimal GGUF (v2/v3, little-endian) parser: metadata and memory-mapped tensor data.
+    """A GGUF file: its metadata (`read_header`) and memory-mapped tensor data.
 
     The `gguf` package's reader builds a numpy view per metadata item and takes seconds on a 49k-token
-    vocabulary; reading the header with `struct` takes a fraction of that. Dequantization still uses
-    the `gguf` package.
+    vocabulary; our header reader takes a fraction of that. Dequantization uses the `gguf` package.
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        try:
-            self.buf = np.memmap(self.path, dtype=np.uint8, mode="r")
-            self._parse()
-        except LMForgeError:
-            raise
-        except (struct.error, IndexError, ValueError, UnicodeDecodeError, OSError) as exc:
-            raise LMForgeError(
-                f"{self.path}: not a readable GGUF file (truncated or corrupt: {type(exc).__name__}: {exc})"
-            ) from None
-
-    def _parse(self) -> None:
-        raw = memoryview(self.buf)
-        if bytes(raw[:4]) != b"GGUF":
-            raise LMForgeError(f"{self.path}: not a readable GGUF file (bad magic bytes)")
-        version, n_tensors, n_kv = struct.unpack_from("<IQQ", raw, 4)
-        if version not in (2, 3):
-            raise LMForgeError(f"{self.path}: unsupported GGUF version {version} (2 and 3 are supported)")
-        self.pos = 24
-        self.metadata: dict[str, Any] = {}
-        for _ in range(n_kv):
-            key = self._string(raw)
-            (vtype,) = self._unpack(raw, "<I")
-            self.metadata[key] = self._value(raw, vtype)
-        infos = []
-        for _ in range(n_tensors):
-            name = self._string(raw)
-            (n_dims,) = self._unpack(raw, "<I")
-            dims = self._unpack(raw, f"<{n_dims}Q")
-            qtype, offset = self._unpack(raw, "<IQ")
-            infos.append((name, dims, qtype, offset))
-        align = self.metadata.get("general.alignment", 32)
-        start = -(-self.pos // align) * align
+        header = read_header(self.path)
+        self.metadata = header.metadata
+        buf = np.memmap(self.path, dtype=np.uint8, mode="r")
         self.tensors: dict[str, GGUFTensor] = {}
-        for name, dims, qtype, offset in infos:
-            block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
-            shape = tuple(reversed(dims))
-            row_bytes = dims[0] // block * type_size
-            nbytes = row_bytes * int(np.prod(dims[1:], dtype=np.int64))
-            begin = start + offset
-            if begin + nbytes > len(self.buf):
-                raise LMForgeError(f"{self.path}: truncated GGUF file (tensor '{name}' runs past the end)")
-            data = self.buf[begin : begin + nbytes].reshape(*shape[:-1], row_bytes)
-            self.tensors[name] = GGUFTensor(name, shape, qtype, data)
-
-    def _unpack(self, raw: memoryview, fmt: str) -> tuple:
-        values = struct.unpack_from(fmt, raw, self.pos)
-        self.pos += struct.calcsize(fmt)
-        return values
-
-    def _string(self, raw: memoryview) -> str:
-        (n,) = struct.unpack_from("<Q", raw, self.pos)
-        self.pos += 8 + n
-        if self.pos > len(raw):
-            raise IndexError("string runs past the end of the file")
-        return bytes(raw[self.pos - n : self.pos]).decode("utf-8")
-
-    def _value(self, raw: memoryview, vtype: int) -> Any:
-        if vtype == _STRING:
-            return self._string(raw)
-        if vtype == _ARRAY:
-            item_type, count = self._unpack(raw, "<IQ")
-            if item_type == _STRING:
-                return [self._string(raw) for _ in range(count)]
-            if item_type == _ARRAY:
-                return [self._value(raw, _ARRAY) for _ in range(count)]
-            fmt = _SCALARS[item_type]
-            values = list(struct.unpack_from(f"<{count}{fmt[1]}", raw, self.pos))
-            self.pos += struct.calcsize(fmt) * count
-            return values
-        if vtype not in _SCALARS:
-            raise ValueError(f"unknown GGUF value type {vtype}")
-        return self._unpack(raw, _SCALARS[vtype])[0]
+        for t in header.tensors:
+            block, type_size = GGML_QUANT_SIZES[t.qtype]
+            row_bytes = t.dims[0] // block * type_size
+            shape = tuple(reversed(t.dims))
+            begin = header.data_start + t.offset
+            data = buf[begin : begin + t.nbytes].reshape(*shape[:-1], row_bytes)
+            self.tensors[t.name] = GGUFTensor(t.name, shape, int(t.qtype), data)
 
     def dequantize(self, name: str, dtype: torch.dtype) -> torch.Tensor:
         t = self.tensors[name]
@@ -144,14 +271,14 @@ class GGUFFile:
                 array = dequantize(t.data, qtype)
             except NotImplementedError:
                 raise LMForgeError(
-                    f"{self.path}: tensor '{name}' has type {qtype.name}, which the gguf package cannot dequantize"
+                    f"{self.path}: tensor {name!r} has type {qtype.name}, which the gguf package cannot dequantize"
                 ) from None
         return torch.from_numpy(np.array(array, dtype=np.float32, copy=True)).to(dtype)
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """All key/value metadata of a GGUF file as plain Python values."""
-    return GGUFFile(path).metadata
+    """All key/value metadata of a GGUF file as plain Python values (str, int, float, bool, lists)."""
+    return read_header(path).metadata
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,28 +363,60 @@ def hf_names(gguf_name: str, arch: Arch) -> list[str]:
     return [t.replace("{i}", block) for t in targets] if block is not None else targets
 
 
-def _get(meta: dict[str, Any], arch: str, path: str | Path) -> Callable[..., Any]:
-    def get(key: str, default: Any = None) -> Any:
-        value = meta.get(f"{arch}.{key}", default)
-        if value is None:
-            raise LMForgeError(f"{path}: GGUF metadata lacks '{arch}.{key}'")
+_REQUIRED = object()
+
+
+def _typed_getter(meta: dict[str, Any], arch: str, path: str | Path) -> Callable[..., Any]:
+    """`get(key, default, kind)` for `{arch}.{key}`: a missing required key or a value of the wrong
+    type (a string where a count belongs) is a one-line error naming the key."""
+
+    def get(key: str, default: Any = _REQUIRED, kind: type = int) -> Any:
+        full = f"{arch}.{key}"
+        if full not in meta:
+            if default is _REQUIRED:
+                raise LMForgeError(f"{path}: GGUF metadata lacks '{full}'")
+            return default
+        value = meta[full]
+        if kind is float and type(value) is int:
+            value = float(value)
+        if type(value) is not kind:
+            raise LMForgeError(f"{path}: GGUF metadata '{full}' is {value!r:.40}, expected {kind.__name__}")
         return value
 
     return get
 
 
+def _block_count(tensor_names: set[str]) -> int:
+    """How many transformer blocks the tensors hold (`blk.{i}.*`)."""
+    return len({n.split(".")[1] for n in tensor_names if n.startswith("blk.") and n.count(".") >= 2})
+
+
 def config_from_metadata(meta: dict[str, Any], tensor_names: set[str], path: str | Path) -> ModelConfig:
+    """Our ModelConfig for a GGUF file's metadata; a value ModelConfig refuses is an error naming the file."""
+    try:
+        return _config_from_metadata(meta, tensor_names, path)
+    except LMForgeError as exc:
+        message = str(exc)
+        raise LMForgeError(message if message.startswith(f"{path}: ") else f"{path}: {message}") from None
+
+
+def _config_from_metadata(meta: dict[str, Any], tensor_names: set[str], path: str | Path) -> ModelConfig:
     name = meta.get("general.architecture")
-    if name not in ARCHITECTURES:
+    if not isinstance(name, str) or name not in ARCHITECTURES:
         raise LMForgeError(
-            f"{path}: unsupported GGUF architecture '{name}'; supported: {', '.join(ARCHITECTURES)}"
+            f"{path}: unsupported GGUF architecture {name!r:.40}; supported: {', '.join(ARCHITECTURES)}"
         )
-    arch, get = ARCHITECTURES[name], _get(meta, name, path)
-    d, nh = get("embedding_length"), get("attention.head_count")
-    vocab = meta.get(f"{name}.vocab_size") or len(meta.get("tokenizer.ggml.tokens", []))
+    arch, get = ARCHITECTURES[name], _typed_getter(meta, name, path)
+    d, nh, n_layer = get("embedding_length"), get("attention.head_count"), get("block_count")
+    if n_layer != _block_count(tensor_names):
+        raise LMForgeError(
+            f"{path}: GGUF metadata says {n_layer} blocks, the file has tensors for {_block_count(tensor_names)}"
+        )
+    tokens = meta.get("tokenizer.ggml.tokens", [])
+    vocab = get("vocab_size", None) or (len(tokens) if isinstance(tokens, list) else None)
     common = dict(
         vocab_size=vocab,
-        n_layer=get("block_count"),
+        n_layer=n_layer,
         n_head=nh,
         d_model=d,
         d_mlp=get("feed_forward_length"),
@@ -268,7 +427,7 @@ def config_from_metadata(meta: dict[str, Any], tensor_names: set[str], path: str
         return ModelConfig(
             **common,
             norm="layernorm",
-            norm_eps=get("attention.layer_norm_epsilon", 1e-5),
+            norm_eps=get("attention.layer_norm_epsilon", 1e-5, float),
             mlp="gelu_tanh",
             position="learned",
             qkv_bias=True,
@@ -277,24 +436,22 @@ def config_from_metadata(meta: dict[str, Any], tensor_names: set[str], path: str
             family=arch.family,
         )
     scaling = None
-    if meta.get(f"{name}.rope.scaling.type") == "linear":
-        scaling = {"rope_type": "linear", "factor": meta[f"{name}.rope.scaling.factor"]}
+    if get("rope.scaling.type", None, str) == "linear":
+        scaling = {"rope_type": "linear", "factor": get("rope.scaling.factor", kind=float)}
     if any(t.startswith("rope_factors") for t in tensor_names):
         raise LMForgeError(
             f"{path}: RoPE with per-dimension factors (LongRoPE, as in Phi-3's 128k models) is not supported"
         )
-    window = meta.get(f"{name}.attention.sliding_window") if arch.sliding_window else None
+    window = get("attention.sliding_window", None) if arch.sliding_window else None
     return ModelConfig(
         **common,
         n_kv_head=get("attention.head_count_kv", nh),
-        head_dim=meta.get(f"{name}.attention.key_length")
-        or meta.get(f"{name}.rope.dimension_count")
-        or d // nh,
+        head_dim=get("attention.key_length", None) or get("rope.dimension_count", None),
         norm="rmsnorm",
-        norm_eps=get("attention.layer_norm_rms_epsilon", 1e-5),
+        norm_eps=get("attention.layer_norm_rms_epsilon", 1e-5, float),
         mlp="swiglu",
         position="rope",
-        rope_theta=float(get("rope.freq_base", 10000.0)),
+        rope_theta=get("rope.freq_base", 10000.0, float),
         rope_scaling=scaling,
         qkv_bias="blk.0.attn_q.bias" in tensor_names,
         sliding_window=window or None,
@@ -333,6 +490,13 @@ def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
     gguf_file = GGUFFile(path)
     meta = gguf_file.metadata
     config = config_from_metadata(meta, set(gguf_file.tensors), path)
+    # the embedding table pins vocab_size and d_model to the file's real tensors before a model is built
+    embedding = gguf_file.tensors.get("token_embd.weight")
+    if embedding is None or embedding.shape != (config.vocab_size, config.d_model):
+        raise LMForgeError(
+            f"{path}: token_embd.weight has shape {embedding.shape if embedding else None}, the metadata "
+            f"says vocab_size={config.vocab_size} x embedding_length={config.d_model}"
+        )
     if "rope_freqs.weight" in gguf_file.tensors:
         factors = gguf_file.dequantize("rope_freqs.weight", torch.float32)
         config = dataclasses.replace(config, rope_scaling=rope_scaling_from_factors(config, factors, path))
@@ -343,7 +507,7 @@ def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
         if not targets:
             if name == "rope_freqs.weight":  # read into the config above
                 continue
-            raise LMForgeError(f"{path}: unexpected GGUF tensor '{name}' for architecture '{arch.family}'")
+            raise LMForgeError(f"{path}: unexpected GGUF tensor {name!r} for architecture '{arch.family}'")
         sizes = [-1]  # the whole tensor
         if len(targets) > 1:  # Phi-3's fused tensors hold their rows as our attn.qkv and mlp.fc do
             sizes = split_sizes(config, ".attn.qkv." if "attn_qkv" in name else ".mlp.fc.", len(targets))
@@ -360,10 +524,16 @@ def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
             last.clear()
             last[name] = gguf_file.dequantize(name, dtype)
         w = last[name] if rows < 0 else last[name][start : start + rows]
-        if arch.permuted and target.endswith(("q_proj.weight", "q_proj.bias")):
-            w = unpermute(w, config.n_head)
-        elif arch.permuted and target.endswith(("k_proj.weight", "k_proj.bias")):
-            w = unpermute(w, config.n_kv_head)
+        if arch.permuted and target.endswith(
+            ("q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias")
+        ):
+            heads = config.n_head if ".q_proj." in target else config.n_kv_head
+            if w.shape[0] != heads * config.head_dim:  # the metadata's head counts disagree with the tensor
+                raise LMForgeError(
+                    f"{path}: tensor {name!r} has {w.shape[0]} rows, the metadata says {heads} heads "
+                    f"of {config.head_dim}"
+                )
+            w = unpermute(w, heads)
         elif arch.layout == "gpt2" and w.dim() == 2 and ".h." in target:
             w = w.t()  # llama.cpp stores GPT-2's Conv1D weights as (out, in); HF keeps (in, out)
         return w

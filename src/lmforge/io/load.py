@@ -123,7 +123,10 @@ def read_model(
 
         config, get, names, meta = read_gguf(path)
         state = state_from_hf(config, names, get, str(path))
-        tokenizer = Tokenizer.from_gguf_metadata(meta)
+        try:
+            tokenizer = Tokenizer.from_gguf_metadata(meta)
+        except LMForgeError as exc:
+            raise LMForgeError(f"{path}: {exc}") from None
         generation_config = gguf_generation_config(meta)
     else:
         config, naming = checkpoint.read_config(path)
