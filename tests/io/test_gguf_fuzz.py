@@ -15,6 +15,21 @@ from gguf import GGMLQuantizationType, GGUFWriter
 from gguf.quants import quantize
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tiny_gguf import (
+    ARRAY,
+    STRING,
+    TINY_LLAMA,
+    U32,
+    U64,
+    VOCAB,
+    f32_gguf,
+    gguf_string,
+    header,
+    kv,
+    nested_arrays,
+    tensor,
+    tiny_llama_tensors,
+)
 
 import lmforge
 from lmforge.errors import LMForgeError
@@ -26,7 +41,6 @@ FUZZ = settings(
     derandomize=True,  # the same examples on every run and in CI
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
-U32, U64, STRING, ARRAY = 4, 10, 8, 9  # GGUF value types
 INTERESTING_U64 = [0, 1, 7, 255, 2**31, 2**32 - 1, 2**32, 2**62, 2**63, 2**64 - 1]
 
 
@@ -137,33 +151,6 @@ def test_every_truncation(valid, target):
 # ---- hand-built headers -----------------------------------------------------------------------------
 
 
-def gguf_string(text: str | bytes) -> bytes:
-    raw = text.encode() if isinstance(text, str) else text
-    return struct.pack("<Q", len(raw)) + raw
-
-
-def header(
-    kvs: list[bytes], tensors: list[bytes] = (), n_kv: int | None = None, n_tensors: int | None = None
-):
-    counts = struct.pack(
-        "<IQQ", 3, len(tensors) if n_tensors is None else n_tensors, len(kvs) if n_kv is None else n_kv
-    )
-    return b"GGUF" + counts + b"".join(kvs) + b"".join(tensors)
-
-
-def kv(key: str, vtype: int, payload: bytes) -> bytes:
-    return gguf_string(key) + struct.pack("<I", vtype) + payload
-
-
-def tensor(name: str, dims: list[int], qtype: int = 0, offset: int = 0) -> bytes:
-    return gguf_string(name) + struct.pack(f"<I{len(dims)}QIQ", len(dims), *dims, qtype, offset)
-
-
-def nested_arrays(depth: int) -> bytes:
-    """An array holding one array holding one array ... `depth` levels, ending in an empty u8 array."""
-    return struct.pack("<IQ", ARRAY, 1) * (depth - 1) + struct.pack("<IQ", 0, 0)
-
-
 NAME = kv("general.name", STRING, gguf_string("x"))
 CASES = {
     "bad magic": b"GGUG" + bytes(40),
@@ -221,49 +208,13 @@ def test_a_directory_or_missing_file_is_one_line(tmp_path):
 
 # ---- through lmforge.load: wrong values and types in the metadata ---------------------------------
 
-D, HEADS, KV_HEADS, FFN, VOCAB = 8, 2, 1, 16, 16
-TINY_LLAMA = {
-    "general.architecture": "llama",
-    "llama.block_count": 2,
-    "llama.context_length": 32,
-    "llama.embedding_length": D,
-    "llama.feed_forward_length": FFN,
-    "llama.attention.head_count": HEADS,
-    "llama.attention.head_count_kv": KV_HEADS,
-    "llama.rope.freq_base": 10000.0,
-    "llama.vocab_size": VOCAB,
-    "tokenizer.ggml.model": "gpt2",
-    "tokenizer.ggml.tokens": [chr(c) for c in range(ord("a"), ord("a") + VOCAB - 1)] + ["ab"],
-    "tokenizer.ggml.merges": ["a b"],
-    "tokenizer.ggml.bos_token_id": 0,
-    "tokenizer.ggml.eos_token_id": 1,
-}
+
+TENSORS = tiny_llama_tensors()
 
 
-def tiny_llama_tensors() -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    shapes = {"token_embd.weight": (VOCAB, D), "output_norm.weight": (D,)}
-    kv = D // HEADS * KV_HEADS
-    for i in range(TINY_LLAMA["llama.block_count"]):
-        b = f"blk.{i}."
-        shapes |= {b + "attn_norm.weight": (D,), b + "ffn_norm.weight": (D,), b + "attn_q.weight": (D, D)}
-        shapes |= {
-            b + "attn_k.weight": (kv, D),
-            b + "attn_v.weight": (kv, D),
-            b + "attn_output.weight": (D, D),
-        }
-        shapes |= {
-            b + "ffn_gate.weight": (FFN, D),
-            b + "ffn_up.weight": (FFN, D),
-            b + "ffn_down.weight": (D, FFN),
-        }
-    return {name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()}
-
-
-def test_the_tiny_llama_loads(tmp_path):
-    path = tmp_path / "tiny.gguf"
-    path.write_bytes(f32_gguf(TINY_LLAMA, tiny_llama_tensors()))
-    lm = lmforge.load(path, device="cpu")
+def test_the_tiny_llama_loads(target):
+    target.write_bytes(f32_gguf(TINY_LLAMA, TENSORS))
+    lm = lmforge.load(target, device="cpu")
     assert lm.config.n_layer == 2 and lm.tokenizer.encode("ab") == [VOCAB - 1]
 
 
@@ -306,58 +257,31 @@ def test_load_with_odd_metadata(target, changes):
         assert "\n" not in str(exc) and str(exc).startswith(f"{target}: "), str(exc)
 
 
-TENSORS = tiny_llama_tensors()
-
-
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
         ("llama.block_count", "thirty", r"'llama.block_count' is 'thirty', expected int"),
-        ("llama.block_count", 3, "says 3 blocks, the file has tensors for 1"),
+        ("llama.block_count", 3, "says 3 blocks, the file has tensors for 2"),
         ("llama.embedding_length", [64], r"'llama.embedding_length' is \[64\], expected int"),
-        ("llama.attention.head_count", 0, r"tiny.gguf: invalid ModelConfig.n_head=0"),
+        (
+            "llama.embedding_length",
+            2**31,
+            r"token_embd.weight has shape \(16, 8\), .* embedding_length=2147483648",
+        ),
+        ("llama.attention.head_count", 0, r"invalid ModelConfig.n_head=0"),
+        (
+            "llama.attention.head_count",
+            4,
+            r"'blk.0.attn_k.weight' has 4 rows, the metadata says 1 heads of 2",
+        ),
         ("llama.rope.freq_base", "high", "'llama.rope.freq_base' is 'high', expected float"),
         ("general.architecture", 7, "unsupported GGUF architecture 7"),
+        ("tokenizer.ggml.tokens", 7, r"'tokenizer.ggml.tokens' is 7, expected a list of str"),
+        ("tokenizer.ggml.merges", ["x y"], "merge 'x y' makes a token that is not in the vocabulary"),
     ],
 )
-def test_wrong_metadata_types_are_one_line_errors(tmp_path, key, value, message):
-    meta = {
-        "general.architecture": "llama",
-        "llama.block_count": 1,
-        "llama.context_length": 32,
-        "llama.embedding_length": 8,
-        "llama.feed_forward_length": 16,
-        "llama.attention.head_count": 2,
-        "llama.rope.freq_base": 10000.0,
-        "llama.vocab_size": 16,
-    }
-    path = tmp_path / "tiny.gguf"
-    path.write_bytes(f32_gguf(meta | {key: value}, {"blk.0.attn_norm.weight": np.ones(8, np.float32)}))
+def test_wrong_metadata_is_a_one_line_error_naming_the_file(target, key, value, message):
+    target.write_bytes(f32_gguf(TINY_LLAMA | {key: value}, TENSORS))
     with pytest.raises(LMForgeError, match=message) as info:
-        lmforge.load(path, device="cpu")
-    assert "\n" not in str(info.value)
-
-
-def typed_value(value) -> bytes:
-    """A metadata value as GGUF writes it: str, float32, uint32, or an array of str or of uint32."""
-    if isinstance(value, str):
-        return struct.pack("<I", STRING) + gguf_string(value)
-    if isinstance(value, float):
-        return struct.pack("<If", 6, value)
-    if isinstance(value, list) and value and isinstance(value[0], str):
-        return struct.pack("<IIQ", ARRAY, STRING, len(value)) + b"".join(gguf_string(v) for v in value)
-    if isinstance(value, list):
-        return struct.pack(f"<IIQ{len(value)}I", ARRAY, U32, len(value), *value)
-    return struct.pack("<II", U32, value)
-
-
-def f32_gguf(meta: dict, tensors: dict[str, np.ndarray]) -> bytes:
-    """A GGUF file with these metadata values (any key, any type) and float32 tensors."""
-    kvs = [gguf_string(k) + typed_value(v) for k, v in meta.items()]
-    infos, offset = [], 0
-    for name, array in tensors.items():
-        infos.append(tensor(name, list(reversed(array.shape)), offset=offset))
-        offset += -(-array.nbytes // 32) * 32
-    head = header(kvs, infos)
-    data = b"".join(a.tobytes().ljust(-(-a.nbytes // 32) * 32, b"\0") for a in tensors.values())
-    return head.ljust(-(-len(head) // 32) * 32, b"\0") + data
+        lmforge.load(target, device="cpu")
+    assert "\n" not in str(info.value) and str(info.value).startswith(f"{target}: ")
