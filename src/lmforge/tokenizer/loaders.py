@@ -2,8 +2,8 @@
 
 Each reader builds the `tokenizers` pipeline the format implies and returns it with the facts the
 format keeps beside it (special tokens, chat template, BOS/EOS) as `TokenizerParts`; `Tokenizer`
-(core.py) is built from those (`Tokenizer.from_gguf`, `.from_tiktoken`, ...). This module knows nothing
-of `Tokenizer`, so the dependency runs one way: core -> loaders.
+(core.py) is built from those (`Tokenizer.from_gguf`, `.from_tiktoken`, ...). Core imports this module;
+this module reaches `Tokenizer` only in the two compat wrappers at its end, at call time.
 
 | source | model | pre-tokenizer | decoder |
 |---|---|---|---|
