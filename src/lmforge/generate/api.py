@@ -127,8 +127,9 @@ def _check_companion(lm: Any, other: Any, role: str, needed: int) -> None:
         )
 
 
-class _Run:
-    """Everything one call decides before decoding: config, prompts, stop rules, strategy."""
+class Run:
+    """Everything one call decides before decoding: config, prompts, stop rules, strategy, decode step.
+    `generate`/`stream` decode it; `ContinuousBatcher.add` makes one per request (one prompt)."""
 
     def __init__(self, lm: Any, prompts: list[Prompt], options: dict[str, Any], draft: Any, amateur: Any):
         self.lm = lm
@@ -360,7 +361,8 @@ class _Group:
         return {} if s is None else {"acceptance_rate": s.acceptance_rate, "rounds": s.rounds}
 
 
-def _as_list(prompt: Prompt | list[Prompt]) -> tuple[list[Prompt], bool]:
+def prompt_list(prompt: Prompt | list[Prompt]) -> tuple[list[Prompt], bool]:
+    """The prompts of a call, and whether it gave a single one (text or a list of token ids)."""
     if isinstance(prompt, str):
         return [prompt], True
     if isinstance(prompt, torch.Tensor):
@@ -381,9 +383,9 @@ def generate(
     prompt-major (`num_return_sequences` per prompt). `draft`/`amateur` are other loaded LMs with the
     same tokenizer (speculative / contrastive decoding).
     """
-    prompts, single = _as_list(prompt)
+    prompts, single = prompt_list(prompt)
     with torch.inference_mode():
-        run = _Run(lm, prompts, options, draft, amateur)
+        run = Run(lm, prompts, options, draft, amateur)
         if run.strategy == "beam":
             out = run.beam()
         else:
@@ -391,7 +393,7 @@ def generate(
     return out[0] if single and len(out) == 1 else out
 
 
-def _collect(run: _Run) -> list[Completion]:
+def _collect(run: Run) -> list[Completion]:
     n = run.config.num_return_sequences
     rows = [i // n for i in range(len(run.prompts) * n)]
     tokens: dict[int, list[int]] = {r: [] for r in range(len(rows))}
@@ -440,15 +442,15 @@ def stream(
     `num_return_sequences`, `Delta.index` says which sequence a delta belongs to. Beam search cannot
     stream (its best sequence is only known at the end).
     """
-    prompts, _ = _as_list(prompt)
+    prompts, _ = prompt_list(prompt)
     with torch.inference_mode():
-        run = _Run(lm, prompts, options, draft, amateur)
+        run = Run(lm, prompts, options, draft, amateur)
     if run.strategy == "beam":
         raise LMForgeError("beam search cannot stream: its best sequence is known only at the end")
     return _stream(run)
 
 
-def _stream(run: _Run) -> Iterator[Delta]:
+def _stream(run: Run) -> Iterator[Delta]:
     """Decode step by step; inference mode is on while a step runs, never while the caller holds a delta."""
     followers: dict[int, DeltaStream] = {}
     steps = run.groups()

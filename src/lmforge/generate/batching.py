@@ -49,7 +49,7 @@ from typing import Any
 import torch
 
 from lmforge.errors import LMForgeError
-from lmforge.generate.api import Completion, _as_list, _Run, engine_of
+from lmforge.generate.api import Completion, Run, engine_of, prompt_list
 from lmforge.generate.engine import Batch, Engine, StopChecker, decode_step_name
 from lmforge.generate.search import DecodeOptions, choose, emit_step, process
 from lmforge.generate.stream import DeltaStream
@@ -150,7 +150,7 @@ class ContinuousBatcher:
 
         The options are `GenerationConfig`'s fields, checked against the model as `generate` checks them:
         a bad option, an over-long prompt or an unsupported strategy raises `LMForgeError` here."""
-        prompts, single = _as_list(prompt)
+        prompts, single = prompt_list(prompt)
         if not single:
             raise LMForgeError(
                 "add() takes one prompt (text or a list of token ids); call it once per prompt"
@@ -165,7 +165,7 @@ class ContinuousBatcher:
                     "the model was loaded (lmforge.load(..., compile=...))"
                 )
         with torch.inference_mode():
-            run = _Run(self.lm, prompts, options, None, None)
+            run = Run(self.lm, prompts, options, None, None)
         if run.strategy not in ("greedy", "sample"):
             raise LMForgeError(
                 f"continuous batching runs greedy or sampled decoding, not {run.strategy.replace('_', ' ')}: "
