@@ -1,9 +1,10 @@
 """Decoding speed: lmforge vs transformers on the same SmolLM2 weights (fp32, CPU), in one process.
 
-Five sides, two eager and three compiled: lmforge's default engine, lmforge with `compile=True` (the
-one-token decode step under torch.compile), lmforge with `aot=True` (that step compiled ahead of time
+Five sides, two eager and three compiled: lmforge loaded with `compile="eager"`, `compile="compile"`
+(the one-token decode step under torch.compile) and `compile="aot"` (that step compiled ahead of time
 and called through AOTInductor's runner), transformers' default `generate`, and transformers with its
-static cache and torch.compile (its documented compiled path, forced onto the CPU). For batch 1 (32-token
+static cache and torch.compile (its documented compiled path, forced onto the CPU). The headline ratios
+are against both transformers sides, at batch 1 and batch 8. For batch 1 (32-token
 prompt, 128 new tokens, greedy): the first run (which includes any compile), time to first token,
 decode tokens/s, the ratios, and the fraction of the memory-bandwidth limit (the measured bandwidth
 divided by the weight bytes read per token). The bandwidth is measured the way the decoding runs are:
@@ -15,7 +16,9 @@ floor is one pass of the same matrix-vector products a step makes, nothing else:
 these fp32 weights through torch's matmul cannot step faster, so transformers' step time over it bounds
 the ratio such an engine can reach. Then batch 8 throughput, and the speedup of prompt-lookup speculative
 decoding on a repetitive task (continuing a passage quoted twice). Every side must produce the same
-greedy tokens. Prints a table and saves benchmarks/results/generate.json.
+greedy tokens as transformers, at batch 1 and batch 8 (asserted: the run fails otherwise), and each
+lmforge side must report the decode step it was loaded for. Prints a table with the machine's CPU model
+and flags and saves benchmarks/results/generate.json.
 
     python benchmarks/generate.py [--repeats 3] [--threads 2] [--output results/generate.json]
 """
@@ -25,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -106,16 +108,24 @@ def best_times(fns: dict[str, object], repeats: int) -> dict[str, float]:
 
 
 def decode_sides(lm, hf) -> dict[str, Callable[[list[list[int]], int], list[list[int]]]]:
-    """lmforge eager, `compile=True` and `aot=True`, transformers' default `generate` and its static
-    cache + torch.compile path: each maps (prompts, n) to the n greedy tokens generated for every
-    prompt."""
+    """lmforge loaded with each decode step (eager, compile, aot), transformers' default `generate` and
+    its static cache + torch.compile path: each maps (prompts, n) to the n greedy tokens generated for
+    every prompt. An lmforge side checks that its steps ran as it was loaded to run them."""
     import transformers
 
-    from lmforge.generate import generate
+    from lmforge.lm import LM
 
-    def ours(prompts, n, **options):
-        out = generate(lm, prompts, max_new_tokens=n, min_new_tokens=n, **options)
-        return [c.token_ids for c in out]
+    def ours(mode: str, step: str):
+        side = LM(lm.model, lm.tokenizer, lm.generation_config, source=lm.source, compile=mode)
+
+        def run(prompts, n):
+            out = side.generate(prompts, max_new_tokens=n, min_new_tokens=n)
+            steps = {c.decode_step for c in out} - {"none"}
+            expected = {step} if len(prompts) == 1 or mode != "aot" else {"compile"}
+            assert steps <= expected, f"lmforge compile={mode!r} ran {steps}, expected {expected}"
+            return [c.token_ids for c in out]
+
+        return run
 
     compile_config = transformers.CompileConfig(mode="default", dynamic=True)
     compile_config._compile_all_devices = True  # transformers compiles only on accelerators unless told
@@ -136,31 +146,41 @@ def decode_sides(lm, hf) -> dict[str, Callable[[list[list[int]], int], list[list
         return out[:, input_ids.shape[1] :].tolist()
 
     return {
-        "lmforge": ours,
-        "lmforge_compiled": lambda prompts, n: ours(prompts, n, compile=True),
-        "lmforge_aot": lambda prompts, n: ours(prompts, n, aot=True),
+        "lmforge": ours("eager", "eager"),
+        "lmforge_compiled": ours("compile", "compile"),
+        "lmforge_aot": ours("aot", "aot"),
         "transformers": theirs,
         "transformers_compiled": lambda prompts, n: theirs(prompts, n, compiled=True),
     }
 
 
-def first_runs(sides: dict, prompt: list[int], n: int) -> tuple[dict[str, float], dict[str, int]]:
-    """Each side's first full run on `prompt`: it warms the side up and compiles the compiled sides
-    (timed and reported). Every side must give the same greedy tokens as plain transformers; returns
-    the first-run seconds and, per side, for how many leading tokens it agrees."""
+def agreement(outputs: dict[str, list[list[int]]], reference: str) -> dict[str, int]:
+    """Per side, the fewest leading tokens any prompt's output shares with the reference side's."""
+    ref = outputs[reference]
+    return {
+        name: min(
+            next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b), len(mine))
+            for mine, theirs in zip(rows, ref)
+        )
+        for name, rows in outputs.items()
+    }
+
+
+def first_runs(sides: dict, prompts: list[list[int]], n: int) -> tuple[dict[str, float], dict[str, int]]:
+    """Each side's first full run on `prompts`: it warms the side up and compiles the compiled sides
+    (timed and reported). Every side must give the same greedy tokens as plain transformers (asserted);
+    returns the first-run seconds and, per side, for how many leading tokens it agrees."""
     first_run, outputs = {}, {}
     for name, fn in sides.items():
         start = time.perf_counter()
-        outputs[name] = fn([prompt], n)[0]
+        outputs[name] = fn(prompts, n)
         first_run[name] = time.perf_counter() - start
-        print(f"{name}: first run {first_run[name]:.1f} s", flush=True)
-    reference = outputs["transformers"]
-    agree = {
-        name: next((i for i, (a, b) in enumerate(zip(tokens, reference)) if a != b), len(tokens))
-        for name, tokens in outputs.items()
-    }
+        print(f"{name}: first run on {len(prompts)} prompt(s) {first_run[name]:.1f} s", flush=True)
+    agree = agreement(outputs, "transformers")
     for name, k in agree.items():
         print(f"{name}: greedy tokens identical to transformers' for the first {k}/{n} tokens")
+    differ = {name: k for name, k in agree.items() if k < n}
+    assert not differ, f"greedy tokens differ from transformers' (agreeing prefix per side): {differ}"
     return first_run, agree
 
 
@@ -193,13 +213,14 @@ def main() -> None:
     import transformers
 
     import lmforge
+    from lmforge import hardware
     from lmforge.assets import asset_path
     from lmforge.generate import generate
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     path = asset_path("smollm2")
-    lm = lmforge.load("smollm2", dtype=torch.float32, device="cpu")
+    lm = lmforge.load("smollm2", dtype=torch.float32, device="cpu", compile="eager")
     hf = transformers.AutoModelForCausalLM.from_pretrained(
         str(path.parent), gguf_file=path.name, dtype=torch.float32
     ).eval()
@@ -211,8 +232,10 @@ def main() -> None:
     prompt = ids[:32]
     batch_prompts = [ids[i * 8 : i * 8 + 32] for i in range(8)]
 
+    print(f"machine: {hardware.describe()}")
     sides = decode_sides(lm, hf)
-    first_run, agree = first_runs(sides, prompt, n_new)
+    first_run, agree = first_runs(sides, [prompt], n_new)
+    _, agree8 = first_runs(sides, batch_prompts, n_new)
 
     per_token = weight_bytes(lm.model)
     # the limit is measured over windows that move the bytes one decode run reads (n_new steps of
@@ -238,8 +261,8 @@ def main() -> None:
         timed[f"{name}_first"] = lambda fn=fn: fn([prompt], 1)
         timed[f"{name}_all"] = lambda fn=fn: fn([prompt], n_new)
     t = best_times(timed, args.repeats)
-    # aot serves batch 1 (a batch takes compile=True's path); compiled transformers: batch 1 only
-    batch8_sides = ("lmforge", "lmforge_compiled", "transformers")
+    # aot serves batch 1: at batch 8 its steps take the compiled path, the lmforge_compiled side
+    batch8_sides = ("lmforge", "lmforge_compiled", "transformers", "transformers_compiled")
     t8 = best_times({name: lambda fn=sides[name]: fn(batch_prompts, n_new) for name in batch8_sides}, 1)
     rows = {}
     for name in sides:
@@ -301,10 +324,10 @@ def main() -> None:
             "repeats": args.repeats,
             "torch": torch.__version__,
             "transformers": transformers.__version__,
-            "cpu": platform.processor() or platform.machine(),
-            "load_average": os.getloadavg(),
         },
+        "machine": hardware.machine(),
         "greedy_tokens_agree_with_transformers": agree,
+        "batch8_greedy_tokens_agree_with_transformers": agree8,
         "bandwidth_gb_s": bandwidth / 1e9,
         "copy_bandwidth_gb_s": copy / 1e9,
         "copy_window_copies": window,
@@ -324,10 +347,14 @@ def main() -> None:
         / rows["transformers"]["decode_tok_s"],
         "batch1_ratio_compiled_over_hf_compiled": rows["lmforge_compiled"]["decode_tok_s"]
         / rows["transformers_compiled"]["decode_tok_s"],
+        "batch1_ratio_lmforge_aot_over_hf_compiled": rows["lmforge_aot"]["decode_tok_s"]
+        / rows["transformers_compiled"]["decode_tok_s"],
         "batch8_ratio_lmforge_over_hf": rows["lmforge"]["batch8_tok_s"]
         / rows["transformers"]["batch8_tok_s"],
         "batch8_ratio_lmforge_compiled_over_hf": rows["lmforge_compiled"]["batch8_tok_s"]
         / rows["transformers"]["batch8_tok_s"],
+        "batch8_ratio_lmforge_compiled_over_hf_compiled": rows["lmforge_compiled"]["batch8_tok_s"]
+        / rows["transformers_compiled"]["batch8_tok_s"],
         "sides": rows,
         "prompt_lookup": lookup,
     }
@@ -352,14 +379,19 @@ def main() -> None:
             f"{row['bandwidth_fraction']:10.0%}{row['peak_bandwidth_fraction']:9.0%}{batch8}"
         )
     print(
-        f"batch 1, lmforge / transformers: eager {result['batch1_ratio_lmforge_over_hf']:.2f}x, "
+        f"batch 1, lmforge / transformers eager: eager {result['batch1_ratio_lmforge_over_hf']:.2f}x, "
         f"compiled {result['batch1_ratio_lmforge_compiled_over_hf']:.2f}x, "
-        f"aot {result['batch1_ratio_lmforge_aot_over_hf']:.2f}x, "
-        f"compiled / transformers compiled {result['batch1_ratio_compiled_over_hf_compiled']:.2f}x"
+        f"aot {result['batch1_ratio_lmforge_aot_over_hf']:.2f}x"
     )
     print(
-        f"batch 8, lmforge / transformers: eager {result['batch8_ratio_lmforge_over_hf']:.2f}x, "
-        f"compiled {result['batch8_ratio_lmforge_compiled_over_hf']:.2f}x"
+        f"batch 1, lmforge / transformers compiled: compiled "
+        f"{result['batch1_ratio_compiled_over_hf_compiled']:.2f}x, aot "
+        f"{result['batch1_ratio_lmforge_aot_over_hf_compiled']:.2f}x"
+    )
+    print(
+        f"batch 8, lmforge / transformers eager: eager {result['batch8_ratio_lmforge_over_hf']:.2f}x, "
+        f"compiled {result['batch8_ratio_lmforge_compiled_over_hf']:.2f}x; compiled / transformers "
+        f"compiled {result['batch8_ratio_lmforge_compiled_over_hf_compiled']:.2f}x"
     )
     print(
         f"prompt lookup on a repetitive task: {lookup['speedup']:.2f}x ({lookup['plain_tok_s']:.1f} -> "

@@ -8,7 +8,7 @@ K/V heads, tied embeddings and the same ops, but widths so small (d_model 144, d
 that its weights stay in the CPU caches. Both engines run the same random weights (exported to a
 transformers `LlamaForCausalLM`) and must give the same greedy tokens.
 
-Sides: lmforge eager, `compile=True` and `aot=True`, transformers' default `generate` and its static cache +
+Sides: lmforge loaded with `compile="eager"`, `"compile"` and `"aot"`, transformers' default `generate` and its static cache +
 torch.compile path. Prints ms per decode step (prompt 32, 128 new tokens, greedy, batch 1) and the
 ratios; saves benchmarks/results/step_overhead.json.
 
@@ -18,7 +18,6 @@ ratios; saves benchmarks/results/step_overhead.json.
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import torch
@@ -34,6 +33,7 @@ def main() -> None:
     import transformers
 
     import lmforge
+    from lmforge import hardware
     from lmforge.io.hf import llama_config_to_hf, state_to_hf
     from lmforge.lm import LM
     from lmforge.model.transformer import Transformer
@@ -56,7 +56,8 @@ def main() -> None:
     prompt = list(range(100, 132))
 
     sides = decode_sides(lm, hf)
-    first_run, agree = first_runs(sides, prompt, n_new)
+    print(f"machine: {hardware.describe()}")
+    first_run, agree = first_runs(sides, [prompt], n_new)
 
     timed = {}
     for name, fn in sides.items():
@@ -73,8 +74,8 @@ def main() -> None:
             "repeats": args.repeats,
             "torch": torch.__version__,
             "transformers": transformers.__version__,
-            "load_average": os.getloadavg(),
         },
+        "machine": hardware.machine(),
         "greedy_tokens_agree_with_transformers": agree,
         "step_ms": step_ms,
         "first_run_s": first_run,
