@@ -213,7 +213,7 @@ def test_generation_with_bertscore_meteor_and_mauve_on_tiny_models(
     import lmforge
     from lmforge.eval.metrics import embedding, text
 
-    monkeypatch.setattr(lmforge, "load", lambda name, **_: tiny_encoder)
+    monkeypatch.setattr(lmforge.lm, "load", lambda name, **_: tiny_encoder)
     preds = [f"answer number {i}" for i in range(24)]
     refs = [[f"the answer is {i}"] for i in range(24)]
     metrics = harness.score_generations(

@@ -109,7 +109,7 @@ def test_cli_shakespeare_perplexity_writes_reports(tmp_path: Path, capsys) -> No
 
 
 def test_generation_task_end_to_end_with_smollm2(smollm2, minilm, monkeypatch) -> None:
-    monkeypatch.setattr(lmforge, "load", lambda name, **_: minilm if name == "minilm" else smollm2)
+    monkeypatch.setattr(lmforge.lm, "load", lambda name, **_: minilm if name == "minilm" else smollm2)
     task = harness.load_task("simple-qa", {"limit": 2, "generation": {"max_new_tokens": 8}})
     result = harness.run_task(smollm2, task, "smollm2", harness.RunSettings(n_resamples=100))
     for name in ("bleu", "rouge1", "rouge2", "rougeL", "rougeLsum", "chrf", "bertscore_f1"):

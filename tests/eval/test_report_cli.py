@@ -24,7 +24,7 @@ def patched_load(monkeypatch):
             raise lmforge.LMForgeError(f"unknown model {name}")
         return models[name]()
 
-    monkeypatch.setattr(lmforge, "load", fake_load, raising=False)
+    monkeypatch.setattr(lmforge.lm, "load", fake_load, raising=False)
     return fake_load
 
 
@@ -202,7 +202,7 @@ def test_api_evaluate_gives_the_cli_report(patched_load, tmp_path: Path, capsys)
 
 
 def test_api_evaluate_checks_options_before_loading(patched_load, monkeypatch) -> None:
-    monkeypatch.setattr(lmforge, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(lmforge.lm, "load", lambda *a, **k: pytest.fail("a model was loaded"))
     with pytest.raises(
         lmforge.LMForgeError, match=r"unknown option\(s\) in evaluate: n_resample \(did you mean"
     ):

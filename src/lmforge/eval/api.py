@@ -141,9 +141,9 @@ def score(
     preds = read_texts(predictions, "predictions") if isinstance(predictions, (str, Path)) else predictions
     refs = read_texts(references, "references") if isinstance(references, (str, Path)) else references
     if metric == "bertscore":
-        import lmforge
+        from lmforge.lm import load
 
-        return embedding.bertscore(preds, refs, lmforge.load(encoder), idf=idf).to_dict()
+        return embedding.bertscore(preds, refs, load(encoder), idf=idf).to_dict()
     return text.text_metric(metric)(preds, refs)
 
 

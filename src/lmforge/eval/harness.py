@@ -484,9 +484,9 @@ def score_generations(
                     continue
                 metrics[key] = _interval(ci)
         elif name == "bertscore":
-            import lmforge
+            from lmforge.lm import load
 
-            encoder = lmforge.load(options.get("bertscore_model") or "minilm")
+            encoder = load(options.get("bertscore_model") or "minilm")
             bs = embedding.bertscore(
                 predictions,
                 references,
@@ -497,9 +497,9 @@ def score_generations(
             for key in ("precision", "recall", "f1"):
                 metrics[f"bertscore_{key}"] = _interval(mean_ci(bs.per_item[key], **kw))
         elif name == "mauve":
-            import lmforge
+            from lmforge.lm import load
 
-            featurizer = lmforge.load(options.get("mauve_model") or "minilm")
+            featurizer = load(options.get("mauve_model") or "minilm")
             p = embedding.text_features(featurizer, [r[0] for r in references])
             q = embedding.text_features(featurizer, predictions)
             metrics["mauve"] = _plain(embedding.mauve(p, q, seed=settings.seed).mauve)
@@ -635,8 +635,8 @@ def evaluate(
     models: Sequence[str], tasks: Sequence[str], config: EvalConfig, progress: Any = None
 ) -> dict[str, Any]:
     """Run every model on every task (models loaded one at a time) and return the report dict."""
-    import lmforge
     from lmforge.eval.report import build_report, model_identity
+    from lmforge.lm import load
 
     if not models:
         raise LMForgeError("no model given: pass --model NAME_OR_PATH (several for a side-by-side run)")
@@ -648,7 +648,7 @@ def evaluate(
     loaded_tasks = [load_task(t, config.task_options) for t in tasks]
     results, identities = [], []
     for name in models:
-        lm = lmforge.load(name, dtype=config.dtype, device=config.device)
+        lm = load(name, dtype=config.dtype, device=config.device)
         identities.append(model_identity(name, lm))
         for task in loaded_tasks:
             if progress:

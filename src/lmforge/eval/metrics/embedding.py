@@ -121,16 +121,16 @@ def bertscore(
     Args:
         predictions: candidate texts.
         references: one reference (or a list of references) per candidate.
-        lm: a loaded encoder `LM`; default `lmforge.load("minilm")`.
+        lm: a loaded encoder `LM`; default `load("minilm")`.
         layer: block whose output gives the token states (default: the last).
         idf: weight tokens by idf computed on the references (or by the given {token id: weight}).
         batch_size: sentences per encoder forward.
     """
     refs = normalize_references(predictions, references)
     if lm is None:
-        import lmforge
+        from lmforge.lm import load
 
-        lm = lmforge.load("minilm")
+        lm = load("minilm")
     if lm.tokenizer is None:
         raise LMForgeError("BERTScore needs an encoder with a tokenizer")
     flat_refs = [r for rs in refs for r in rs]
