@@ -151,9 +151,7 @@ def test_cli_imports_only_the_public_api():
     bad = [
         str(i)
         for i in all_imports()
-        if within(i.source, "lmforge.cli")
-        and i.target not in PUBLIC
-        and not within(i.target, "lmforge.cli")
+        if within(i.source, "lmforge.cli") and i.target not in PUBLIC and not within(i.target, "lmforge.cli")
     ]
     assert not bad, f"lmforge.cli may import only {', '.join(PUBLIC)} and lmforge.cli.*:\n" + "\n".join(bad)
 

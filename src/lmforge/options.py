@@ -140,6 +140,27 @@ def build(cls: type, values: dict[str, Any], where: str = "options") -> Any:
     return cls(**values)
 
 
+def configure(
+    cls: type, config: Any = None, options: dict[str, Any] | None = None, where: str = "options"
+) -> Any:
+    """A `cls` from a config object (a `cls`, or one of its base classes) and/or flat keyword options
+    on top of it; unknown names and wrong types are refused, naming the nearest valid option. What every
+    API function that takes "options as keywords, or one config object, or both" calls."""
+    if config is not None and not (isinstance(config, cls) or type(config) in cls.__mro__[1:-1]):
+        raise LMForgeError(f"{where}: config must be a {cls.__name__}, not {type(config).__name__}")
+    base = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init} if config else {}
+    return build(cls, {**base, **(options or {})}, where)
+
+
+def same_as(cls: type, name: str, default: Any = MISSING) -> Any:
+    """Field `name` of config class `cls` declared again for another config (fine-tuning's `steps`,
+    LoRA's `rank` as `lora_rank`): the same help, and the same default unless `default` is given."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if default is MISSING and f.default_factory is not MISSING:
+        return option(default_factory=f.default_factory, help=f.metadata["help"])
+    return option(f.default if default is MISSING else default, f.metadata["help"])
+
+
 def check_types(obj: Any, where: str | None = None) -> None:
     """Check every field of a config dataclass instance against its annotation (from __post_init__)."""
     hints = typing.get_type_hints(type(obj))

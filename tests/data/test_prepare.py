@@ -192,8 +192,8 @@ def test_cli_passes_only_typed_options_even_when_equal_to_the_default(monkeypatc
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"min_chars": "200"}, "QualityConfig: option min_chars must be an integer or null, got '200'"),
-        ({"max_top_ngram_fraction": (0.2, 0.1)}, "option max_top_ngram_fraction must be a list of numbers"),
+        ({"min_chars": "200"}, "prepare: option min_chars must be an integer or null, got '200'"),
+        ({"max_top_ngram_fraction": (0.2, 0.1, 0.1, 0.1)}, "max_top_ngram_fraction takes at most 3 limits"),
         ({"near_dup_threshold": 1.5}, r"option near_dup_threshold must be in \(0, 1\], got 1.5"),
         ({"workers": 0}, "option workers must be at least 1, got 0"),
         ({"normalize": "NFD"}, "option normalize must be one of 'NFC', 'NFKC', 'none'"),

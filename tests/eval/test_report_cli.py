@@ -207,7 +207,7 @@ def test_api_evaluate_checks_options_before_loading(patched_load, monkeypatch) -
         lmforge.LMForgeError, match=r"unknown option\(s\) in evaluate: n_resample \(did you mean"
     ):
         lmforge.evaluate(["tiny-a"], ["speed"], n_resample=10)
-    with pytest.raises(lmforge.LMForgeError, match="EvalConfig: option seed must be an integer, got '3'"):
+    with pytest.raises(lmforge.LMForgeError, match="evaluate: option seed must be an integer, got '3'"):
         lmforge.evaluate(["tiny-a"], ["speed"], seed="3")
     with pytest.raises(lmforge.LMForgeError, match=r"option confidence must be in \(0, 1\), got 95"):
         lmforge.evaluate(["tiny-a"], ["speed"], confidence=95)

@@ -130,7 +130,10 @@ def test_non_utf8_bytes_are_replaced_with_a_warning(tmp_path):
         ({"inputs": ["CORPUS"], "vocab_size": 100}, "smaller than 256 bytes"),
         ({"inputs": ["CORPUS"], "algorithm": "wordpiece", "vocab_size": 30}, "smaller than the alphabet"),
         ({"inputs": ["CORPUS"], "algorithm": "unigram", "vocab_size": 20}, "smaller than the alphabet"),
-        ({"inputs": ["CORPUS"], "algorithm": "sentencepiece"}, "unknown tokenizer algorithm"),
+        (
+            {"inputs": ["CORPUS"], "algorithm": "sentencepiece"},
+            "option algorithm must be one of 'bpe', 'wordpiece', 'unigram'",
+        ),
         ({"inputs": ["CORPUS"], "special_tokens": {"start": "<s>"}}, "bad special token"),
         ({"inputs": ["BADJSONL:text"]}, "not valid JSON"),
     ],

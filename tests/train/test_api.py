@@ -12,7 +12,7 @@ import torch
 
 import lmforge
 from lmforge.errors import LMForgeError
-from lmforge.train.config import configure
+from lmforge.options import configure
 from lmforge.train.lora import LoRAConfig
 from lmforge.train.trainer import TrainConfig
 
@@ -72,7 +72,7 @@ def test_bad_options_fail_before_any_data_is_read(tmp_path):
     """The data directory does not exist: each error below is about the option, found first."""
     missing, out = tmp_path / "no-data", tmp_path / "run"
     cases = [
-        ({"stpes": 3}, r"unknown option\(s\) in pretrain options: stpes \(did you mean steps\?\)"),
+        ({"stpes": 3}, r"unknown option\(s\) in pretrain: stpes \(did you mean steps\?\)"),
         ({"steps": "3"}, "option steps must be an integer"),
         ({"steps": 0}, "steps must be positive"),
         ({"precision": "fp8"}, "option precision must be one of 'fp32', 'bf16', 'fp16'"),

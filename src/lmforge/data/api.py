@@ -20,7 +20,7 @@ from lmforge.data.clean import QualityConfig
 from lmforge.data.pipeline import PrepareOptions
 from lmforge.data.pipeline import prepare as run_pipeline
 from lmforge.data.shards import MANIFEST, TokenizerLike
-from lmforge.options import pick, unknown_error
+from lmforge.options import configure, pick, unknown_error
 
 
 @dataclass
@@ -58,17 +58,15 @@ def prepare_options(
 ) -> PrepareOptions:
     """`config` (or the defaults) with flat `options` (PrepareOptions and QualityConfig fields) on
     top; unknown names and wrong types are one-line errors naming the option."""
-    names = [f.name for f in dataclasses.fields(PrepareOptions)] + [
-        f.name for f in dataclasses.fields(QualityConfig)
-    ]
-    unknown = set(options) - set(names)
-    if unknown:
+    flat = {**pick(options, PrepareOptions), **pick(options, QualityConfig)}
+    if unknown := set(options) - set(flat):
+        names = [f.name for cls in (PrepareOptions, QualityConfig) for f in dataclasses.fields(cls)]
         raise unknown_error(unknown, names, where)
-    base = config or PrepareOptions()
-    rules = options.get("quality_rules", base.quality_rules)
-    if isinstance(rules, QualityConfig):  # anything else: PrepareOptions names the field and the type
-        rules = dataclasses.replace(rules, **pick(options, QualityConfig))
-    return dataclasses.replace(base, **{**pick(options, PrepareOptions), "quality_rules": rules})
+    base = configure(PrepareOptions, config, pick(options, PrepareOptions), where)
+    if isinstance(base.quality_rules, QualityConfig):  # anything else: PrepareOptions names the field
+        rules = configure(QualityConfig, base.quality_rules, pick(options, QualityConfig), where)
+        base = dataclasses.replace(base, quality_rules=rules)
+    return base
 
 
 def prepare(

@@ -89,9 +89,10 @@ class QualityConfig:
         0.2, "most characters of lines that repeat an earlier line"
     )
     min_line_chars: int = option(20, "shorter lines do not count in the duplicate-line rules")
-    max_top_ngram_fraction: tuple[float, float, float] | None = option(
+    max_top_ngram_fraction: tuple[float, ...] | None = option(
         (0.20, 0.18, 0.16),
-        "most characters covered by the most frequent word 2-, 3- and 4-gram (no values: rule off)",
+        "most characters covered by the most frequent word 2-, 3- and 4-gram (up to three limits; "
+        "no values: rule off)",
     )
     max_duplicate_ngram_fraction: tuple[float, ...] | None = option(
         (0.15, 0.14, 0.13, 0.12, 0.11, 0.10),
@@ -104,11 +105,15 @@ class QualityConfig:
             if isinstance(value, (list, tuple)):  # the command line gives a list; none given: rule off
                 setattr(self, name, tuple(value) or None)
         check_types(self)
-        if self.max_duplicate_ngram_fraction is not None and len(self.max_duplicate_ngram_fraction) > 6:
-            raise LMForgeError(
-                "QualityConfig: option max_duplicate_ngram_fraction takes at most 6 limits (n = 5..10), "
-                f"got {len(self.max_duplicate_ngram_fraction)}"
-            )
+        for name, most, ns in (
+            ("max_top_ngram_fraction", 3, "2..4"),
+            ("max_duplicate_ngram_fraction", 6, "5..10"),
+        ):
+            value = getattr(self, name)
+            if value is not None and len(value) > most:
+                raise LMForgeError(
+                    f"QualityConfig: option {name} takes at most {most} limits (n = {ns}), got {len(value)}"
+                )
 
 
 RULES = (

@@ -11,7 +11,6 @@ checked before a task or a model is loaded.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,18 +20,9 @@ from typing import Any
 from lmforge.errors import LMForgeError
 from lmforge.eval import harness
 from lmforge.eval.harness import EvalConfig
-from lmforge.options import unknown_error
+from lmforge.options import configure
 
 METRIC_NAMES = ("bleu", "chrf", "chrf++", "ter", "rouge", "meteor", "bertscore")
-
-
-def _config(cls: type, base: Any, values: dict[str, Any], where: str) -> Any:
-    """`base` (or the defaults) with flat `values` on top, refusing unknown names (nearest named)."""
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
-    unknown = set(values) - set(names)
-    if unknown:
-        raise unknown_error(unknown, names, where)
-    return dataclasses.replace(base or cls(), **values)
 
 
 @dataclass
@@ -66,7 +56,7 @@ def evaluate(
         progress: called with a line as each (model, task) starts.
         **options: EvalConfig fields, e.g. `seed=3`, `n_resamples=200`, `output="runs/a"`.
     """
-    cfg = _config(EvalConfig, config, options, "evaluate")
+    cfg = configure(EvalConfig, config, options, "evaluate")
     models = [models] if isinstance(models, (str, Path)) else list(models)
     tasks = [tasks] if isinstance(tasks, (str, Path)) else list(tasks)
     report = harness.evaluate([str(m) for m in models], [str(t) for t in tasks], cfg, progress)

@@ -14,7 +14,6 @@ a warning rather than stopping a long run for one bad byte.
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from tokenizers.models import BPE, Unigram, WordPiece
 
 from lmforge.errors import LMForgeError
 from lmforge.io.jsonl import iter_jsonl
-from lmforge.options import check_types, option, unknown_error
+from lmforge.options import check_types, configure, option
 from lmforge.tokenizer.core import SPECIAL_NAMES, Tokenizer
 
 Algorithm = Literal["bpe", "wordpiece", "unigram"]
@@ -275,10 +274,7 @@ def train_tokenizer(
     """
     positional = {"algorithm": algorithm, "vocab_size": vocab_size}
     options.update({k: v for k, v in positional.items() if v is not None})
-    names = [f.name for f in dataclasses.fields(TokenizerTrainConfig)]
-    if unknown := set(options) - set(names):
-        raise unknown_error(unknown, names, "train_tokenizer")
-    c = dataclasses.replace(config or TokenizerTrainConfig(), **options)
+    c = configure(TokenizerTrainConfig, config, options, "train_tokenizer")
     algorithm, vocab_size, lowercase = c.algorithm, c.vocab_size, c.lowercase
     specials = dict(DEFAULT_SPECIALS[algorithm]) if c.special_tokens is None else dict(c.special_tokens)
     for role, text in specials.items():

@@ -26,9 +26,10 @@ import torch
 
 from lmforge.config import ModelConfig
 from lmforge.errors import LMForgeError
+from lmforge.options import configure
 from lmforge.train import checkpoint as ckpt
 from lmforge.train import sources
-from lmforge.train.config import FinetuneConfig, PretrainConfig, QuickstartConfig, check_context, configure
+from lmforge.train.config import FinetuneConfig, PretrainConfig, QuickstartConfig, check_context
 from lmforge.train.distributed import pick_device
 from lmforge.train.trainer import Trainer, TrainResult, calibrate_steps
 

@@ -16,7 +16,6 @@ unless a different default is the point, its default.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -24,18 +23,9 @@ from typing import Any, Literal
 from lmforge.config import PRESETS, ModelConfig
 from lmforge.errors import LMForgeError
 from lmforge.generate.config import GenerationConfig
-from lmforge.options import MISSING, build, check_types, option
+from lmforge.options import check_types, option, same_as
 from lmforge.train.lora import LoRAConfig
 from lmforge.train.trainer import TrainConfig
-
-
-def same_as(cls: type, name: str, default: Any = MISSING) -> Any:
-    """Field `name` of config class `cls` declared again for another config: the same help, and the
-    same default unless `default` is given."""
-    f = next(f for f in dataclasses.fields(cls) if f.name == name)
-    if default is MISSING and f.default_factory is not MISSING:
-        return option(default_factory=f.default_factory, help=f.metadata["help"])
-    return option(f.default if default is MISSING else default, f.metadata["help"])
 
 
 @dataclass
@@ -201,12 +191,3 @@ class QuickstartConfig(ModelShape):
                 **changes,
             }
         )
-
-
-def configure(cls: type, config: Any, options: dict[str, Any], where: str) -> Any:
-    """A `cls` from a config object (a `cls`, or a base such as TrainConfig) and/or keyword options;
-    the options win. Unknown names and wrong types are refused, naming the nearest valid option."""
-    if config is not None and not (isinstance(config, cls) or type(config) in cls.__mro__[1:-1]):
-        raise LMForgeError(f"{where}: config must be a {cls.__name__}, not {type(config).__name__}")
-    base = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)} if config is not None else {}
-    return build(cls, {**base, **options}, f"{where} options")
