@@ -12,7 +12,6 @@ Targets: `q`, `k`, `v` (slices of `attn.qkv`), `qkv` (all of it), `o` (`attn.pro
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -23,6 +22,7 @@ from torch import nn
 
 from lmforge.errors import LMForgeError
 from lmforge.io.atomic import atomic_dir
+from lmforge.model.swap import linear_layers, matches, set_module, swap_modules
 from lmforge.options import check_types, option
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -121,11 +121,9 @@ def resolve_targets(model: nn.Module, targets: list[str]) -> dict[str, list[tupl
     wanted = set(targets)
     globs = [t for t in targets if t not in SHORTHANDS]
     matched_globs: set[str] = set()
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear) or name.endswith("lm_head"):
-            continue
+    for name, module in linear_layers(model).items():
         whole = [(0, module.out_features)]
-        hit = [g for g in globs if fnmatch.fnmatchcase(name, g) or fnmatch.fnmatchcase(name, f"*.{g}")]
+        hit = [g for g in globs if matches(name, g)]
         matched_globs.update(hit)
         whole_hit = (
             bool(hit)
@@ -146,11 +144,6 @@ def resolve_targets(model: nn.Module, targets: list[str]) -> dict[str, list[tupl
     return chosen
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
-
-
 def apply_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
     """Freeze every parameter and wrap the targeted linear layers; returns the wrapped names."""
     if any(isinstance(m, LoRALinear) for m in model.modules()):
@@ -158,9 +151,7 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
     plan = resolve_targets(model, config.targets)
     for p in model.parameters():
         p.requires_grad_(False)
-    for name, slices in plan.items():
-        _set_module(model, name, LoRALinear(model.get_submodule(name), slices, config))
-    return list(plan)
+    return swap_modules(model, plan, lambda name, linear: LoRALinear(linear, plan[name], config))
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -236,5 +227,5 @@ def merge_lora(model: nn.Module) -> nn.Module:
     if not wrapped:
         raise LMForgeError("the model has no LoRA adapters to merge")
     for name, module in wrapped:
-        _set_module(model, name, module.merged())
+        set_module(model, name, module.merged())
     return model
