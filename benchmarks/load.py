@@ -1,15 +1,22 @@
-"""Load time and peak memory: lmforge.load vs transformers on the same SmolLM2 GGUF, fp32 on CPU.
+"""Import time, load time and peak memory: lmforge vs transformers on the same SmolLM2 GGUF, fp32 on CPU.
 
-Each side runs in a fresh subprocess so peak RSS is its own. Prints a table and the ratios, and
-saves benchmarks/results/load.json.
+Every measurement runs in a fresh subprocess, so each import is cold within its process and peak RSS
+is its own. The child imports torch first (both sides need it; timed apart as `torch_import_s`), then
+times its package's import (`import lmforge` / `import transformers`, nothing of either imported
+before: the parent passes the GGUF path in) and the load of what a user needs to generate:
+`lmforge.load` (model + tokenizer) against `AutoModelForCausalLM` + `AutoTokenizer` (the model alone
+is also recorded). The sides are interleaved (lmforge, transformers, lmforge, ...) so a change in
+machine load hits both alike; figures are medians over `--repeats` runs. Prints a table and saves
+benchmarks/results/load.json with the CPU model, its SIMD flags and the load average.
 
-    python benchmarks/load.py [--repeats 3]
+    python benchmarks/load.py [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -19,81 +26,138 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results" / "load.json"
+SIDES = ("lmforge", "transformers")
+SIMD = ("sse4", "avx", "fma", "f16c", "amx")  # flag prefixes that matter to matmul kernels
 
 
-def measure(side: str) -> dict:
+def machine_info() -> dict:
+    """The CPU model and its SIMD flags (from /proc/cpuinfo), core count and load average: a shared
+    machine's other jobs slow every figure, so results carry the load they were measured under."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():  # the first CPU's entries
+            key, sep, value = line.partition(":")
+            if sep:
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:  # not Linux
+        pass
+    model = fields.get("model name") or platform.processor() or platform.machine()
+    flags = sorted(f for f in fields.get("flags", "").split() if f.startswith(SIMD))
+    return {
+        "cpu": model,
+        "cpu_flags": flags,
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def measure(side: str, gguf: Path) -> dict:
+    """One cold run of `side` in this (fresh) process."""
+    start = time.perf_counter()
     import torch
 
-    from lmforge.assets import asset_path
-
-    path = asset_path("smollm2")
+    torch_import = time.perf_counter() - start
     torch.set_num_threads(2)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     if side == "lmforge":
         import lmforge
 
-        model = lmforge.load(path, device="cpu").model
+        imported = time.perf_counter()
+        model = lmforge.load(gguf, device="cpu").model  # model and tokenizer in one call
+        model_loaded, loaded = None, time.perf_counter()
     else:
         import transformers
 
+        imported = time.perf_counter()
         transformers.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            str(path.parent), gguf_file=path.name, dtype=torch.float32
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
         )
-    seconds = time.perf_counter() - start
+        model_loaded = time.perf_counter()
+        transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        loaded = time.perf_counter()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
     return {
-        "seconds": seconds,
+        "torch_import_s": torch_import,
+        "import_s": imported - start,
+        "load_s": loaded - imported,
+        **({"model_load_s": model_loaded - imported} if model_loaded is not None else {}),
+        "import_and_load_s": loaded - start,
         "peak_rss_mb": peak / 1024,
-        "load_rss_mb": (peak - base) / 1024,
-        "weights_mb": weights / 2**20,
+        "rss_over_torch_mb": (peak - base) / 1024,
+        "weights_mb": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--side", choices=["lmforge", "transformers"], help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--gguf", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
-        print(json.dumps(measure(args.side)))
+        print(json.dumps(measure(args.side, args.gguf)))
         return
-    results = {}
-    for side in ("lmforge", "transformers"):
-        runs = []
-        for _ in range(args.repeats):
-            out = subprocess.run(
-                [sys.executable, __file__, "--side", side], capture_output=True, text=True, check=True
+
+    from lmforge.assets import asset_path  # the parent only: the children start cold
+
+    gguf = asset_path("smollm2")
+    before = machine_info()
+    runs: dict[str, list[dict]] = {side: [] for side in SIDES}
+    for i in range(args.repeats):
+        for side in SIDES:  # interleaved: A B A B ...
+            cmd = [sys.executable, __file__, "--side", side, "--gguf", str(gguf)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            runs[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            r = runs[side][-1]
+            print(
+                f"  run {i + 1} {side:12} import {r['import_s']:.2f} s, load {r['load_s']:.2f} s", flush=True
             )
-            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        results[side] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    results = {side: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for side, rs in runs.items()}
+
     ours, ref = results["lmforge"], results["transformers"]
-    print(f"{'':14}{'load s':>10}{'peak RSS MB':>14}{'load RSS MB':>14}{'weights MB':>12}")
+    print(f"\nmedians of {args.repeats} interleaved cold runs (fresh process each), fp32 on CPU, 2 threads\n")
+    print("| | import s | load s (model + tokenizer) | model only s | import + load s | peak RSS MB |")
+    print("|---|---:|---:|---:|---:|---:|")
     for side, r in results.items():
+        model_only = f"{r['model_load_s']:.2f}" if "model_load_s" in r else "—"
         print(
-            f"{side:14}{r['seconds']:>10.2f}{r['peak_rss_mb']:>14.0f}{r['load_rss_mb']:>14.0f}{r['weights_mb']:>12.0f}"
+            f"| {side} | {r['import_s']:.2f} | {r['load_s']:.2f} | {model_only} | "
+            f"{r['import_and_load_s']:.2f} | {r['peak_rss_mb']:.0f} |"
         )
-    speedup = ref["seconds"] / ours["seconds"]
-    memory = ours["load_rss_mb"] / ref["load_rss_mb"]
-    print(f"lmforge is {speedup:.2f}x faster to load and uses {memory:.2f}x the memory of transformers")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "benchmark": "load SmolLM2-135M-Instruct Q4_1 GGUF to fp32 on CPU (median of repeats)",
-                "command": "python benchmarks/load.py",
-                "repeats": args.repeats,
-                "machine": platform.processor() or platform.machine(),
-                "results": results,
-                "speedup_vs_transformers": speedup,
-                "memory_ratio_vs_transformers": memory,
-            },
-            indent=2,
-        )
+    torch_import = statistics.median(r["torch_import_s"] for rs in runs.values() for r in rs)
+    print(f"| (torch, imported first on both sides) | {torch_import:.2f} |")
+    ratios = {
+        "import": ref["import_s"] / ours["import_s"],
+        "load": ref["load_s"] / ours["load_s"],
+        "import_and_load": ref["import_and_load_s"] / ours["import_and_load_s"],
+        "peak_rss": ours["peak_rss_mb"] / ref["peak_rss_mb"],
+    }
+    print(
+        f"\ntransformers / lmforge time: import {ratios['import']:.2f}x, load {ratios['load']:.2f}x, "
+        f"both {ratios['import_and_load']:.2f}x; lmforge's peak RSS is {ratios['peak_rss']:.2f}x transformers'"
     )
+
+    from lmforge.io.atomic import atomic_write_text
+
+    result = {
+        "benchmark": "cold import + load of SmolLM2-135M-Instruct (Q4_1 GGUF -> fp32, CPU), model + tokenizer",
+        "command": f"python benchmarks/load.py --repeats {args.repeats}",
+        "repeats": args.repeats,
+        "statistic": "median of interleaved runs, one fresh process each",
+        "machine": {**machine_info(), "load_average_before": before["load_average"]},
+        "results": results,
+        "runs": runs,
+        "transformers_over_lmforge_time": {k: v for k, v in ratios.items() if k != "peak_rss"},
+        "lmforge_over_transformers_peak_rss": ratios["peak_rss"],
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(RESULTS, json.dumps(result, indent=2))
+    print(f"saved {RESULTS}")
 
 
 if __name__ == "__main__":

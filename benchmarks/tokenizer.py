@@ -1,13 +1,16 @@
-"""Tokenizer training time and encode throughput, lmforge vs tiktoken vs raw `tokenizers`, one run.
+"""Tokenizer training time and encode throughput, lmforge vs tiktoken vs raw `tokenizers`.
 
-Training: byte-level BPE and WordPiece with 8k and 32k vocabularies on the Shakespeare corpus
-(`--unigram` adds Unigram at 8k and 32k, minutes on 2 cores). Throughput: the same GPT-2 vocabulary three ways
-(lmforge's Tokenizer built from the tiktoken rank file, tiktoken's Encoding on the same ranks, and the
-raw `tokenizers.Tokenizer` under lmforge's wrapper), on one long text (single call) and on the
-same text cut into ~4 KB documents (batch call), in MB of UTF-8 per second, best of `--repeats`; ids are checked equal.
-SmolLM2's tokenizer (lmforge) is measured too. Prints a table, saves benchmarks/results/tokenizer.json.
+Training: byte-level BPE and WordPiece with 8k and 32k vocabularies on the Shakespeare corpus, one run
+each (`--unigram` adds Unigram at 8k and 32k, minutes on 2 cores). Throughput: the same GPT-2 vocabulary
+three ways (lmforge's Tokenizer built from the tiktoken rank file; tiktoken's own gpt2 encoding, built by
+its `tiktoken_ext.openai_public.gpt2` with the same local ranks; the raw `tokenizers.Tokenizer` under
+lmforge's wrapper), on one long text (single call) and on the same text cut into ~4 KB documents (batch
+call), in MB of UTF-8 per second; ids are checked equal. SmolLM2's tokenizer (lmforge) is measured too.
+The contenders are interleaved (each repeat times every contender once, in turn), so a change in machine
+load hits all of them; figures are medians over `--repeats`. Prints a table and saves
+benchmarks/results/tokenizer.json with the CPU model, its SIMD flags and the load average.
 
-    python benchmarks/tokenizer.py [--repeats 3] [--megabytes 2] [--unigram]
+    python benchmarks/tokenizer.py [--repeats 5] [--megabytes 2] [--unigram]
 """
 
 from __future__ import annotations
@@ -15,20 +18,36 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import statistics
 import time
 from pathlib import Path
+
+from load import machine_info  # benchmarks/load.py: CPU model and flags, load average
 
 RESULTS = Path(__file__).parent / "results" / "tokenizer.json"
 
 
-def best_of(repeats: int, fn) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
+def timed(fn) -> tuple[float, object]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def tiktoken_gpt2(ranks_path: Path):
+    """tiktoken's own gpt2 encoding (pattern, special tokens, vocabulary size from its
+    `tiktoken_ext.openai_public.gpt2`), with the ranks it would download read from the local file."""
+    import tiktoken
+    import tiktoken.load
+    from tiktoken_ext import openai_public
+
+    ranks = tiktoken.load.load_tiktoken_bpe(str(ranks_path))
+    download = openai_public.data_gym_to_mergeable_bpe_ranks
+    openai_public.data_gym_to_mergeable_bpe_ranks = lambda **_: ranks
+    try:
+        spec = openai_public.gpt2()
+    finally:
+        openai_public.data_gym_to_mergeable_bpe_ranks = download
+    return tiktoken.Encoding(**spec)
 
 
 def bench_training(unigram: bool) -> list[dict]:
@@ -52,12 +71,9 @@ def bench_training(unigram: bool) -> list[dict]:
 
 
 def bench_encode(repeats: int, megabytes: float) -> list[dict]:
-    import tiktoken
-    import tiktoken.load
-
     from lmforge.assets import asset_path, shakespeare_files
     from lmforge.tokenizer import Tokenizer
-    from lmforge.tokenizer.loaders import TIKTOKEN_GPT2_PATTERN, from_tiktoken
+    from lmforge.tokenizer.loaders import from_tiktoken
 
     text = "".join(p.read_text(encoding="utf-8") for p in shakespeare_files())
     limit = int(megabytes * 1e6)
@@ -74,12 +90,7 @@ def bench_encode(repeats: int, megabytes: float) -> list[dict]:
 
     ranks_path = asset_path("gpt2.tiktoken")
     ours = from_tiktoken(ranks_path)
-    oracle = tiktoken.Encoding(
-        name="gpt2",
-        pat_str=TIKTOKEN_GPT2_PATTERN,
-        mergeable_ranks=tiktoken.load.load_tiktoken_bpe(str(ranks_path)),
-        special_tokens={"<|endoftext|>": 50256},
-    )
+    oracle = tiktoken_gpt2(ranks_path)
     raw = ours.backend
     smollm = Tokenizer.from_gguf(asset_path("smollm2"))
     contenders = {
@@ -91,15 +102,23 @@ def bench_encode(repeats: int, megabytes: float) -> list[dict]:
         ),
         "lmforge (smollm2)": (smollm.encode, smollm.encode_batch),
     }
+    times = {name: {"single": [], "batch": []} for name in contenders}
+    outputs = {}
+    for _ in range(repeats):
+        for kind, arg in (("single", text), ("batch", lines)):
+            for name, fns in contenders.items():  # interleaved: every contender once per repeat
+                seconds, ids = timed(lambda f=fns[kind == "batch"], x=arg: f(x))
+                times[name][kind].append(seconds)
+                outputs[name, kind] = ids
     reference = None
     rows = []
-    for name, (single, batch) in contenders.items():
-        t_single, ids = best_of(repeats, lambda single=single: single(text))
-        t_batch, batch_ids = best_of(repeats, lambda batch=batch: batch(lines))
+    for name in contenders:
+        ids, batch_ids = outputs[name, "single"], outputs[name, "batch"]
         if "gpt2" in name:
             flat = [i for row in batch_ids for i in row]
             reference = reference or (ids, flat)
             assert ids == reference[0] and flat == reference[1], f"{name} gives different ids"
+        t_single, t_batch = (statistics.median(times[name][k]) for k in ("single", "batch"))
         rows.append(
             {
                 "tokenizer": name,
@@ -108,6 +127,8 @@ def bench_encode(repeats: int, megabytes: float) -> list[dict]:
                 "batch_MBps": mb / t_batch,
                 "single_s": t_single,
                 "batch_s": t_batch,
+                "single_runs_s": times[name]["single"],
+                "batch_runs_s": times[name]["batch"],
             }
         )
         print(
@@ -119,11 +140,12 @@ def bench_encode(repeats: int, megabytes: float) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--megabytes", type=float, default=2.0, help="size of the throughput text")
     parser.add_argument("--unigram", action="store_true", help="also train Unigram 8k and 32k (slow)")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    before = machine_info()["load_average"]
     print("training on the Shakespeare corpus ...")
     training = bench_training(args.unigram)
     print("encoding ...")
@@ -140,12 +162,8 @@ def main() -> None:
     for r in encoding:
         print(f"| {r['tokenizer']} | {r['tokens']:,} | {r['single_MBps']:.2f} | {r['batch_MBps']:.2f} |")
     result = {
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "load_average_1m": os.getloadavg()[0],  # other jobs on a shared machine slow every figure
-        },
+        "machine": {**machine_info(), "load_average_before": before},
+        "statistic": "median of interleaved repeats (encoding); one run each (training)",
         "command": "python benchmarks/tokenizer.py "
         + " ".join(f"--{k}={v}" for k, v in vars(args).items() if v is not False),
         "training": training,
