@@ -16,6 +16,7 @@ from lmforge.eval.api import (
 from lmforge.eval.harness import EvalConfig, list_tasks, load_task
 from lmforge.generate.config import GenerationConfig
 from lmforge.lm import LM, load
+from lmforge.serve import ServeConfig, serve
 from lmforge.tokenizer import Tokenizer
 from lmforge.tokenizer.train import TokenizerTrainConfig, train_tokenizer
 from lmforge.train.api import QuickstartResult, finetune, merge_lora, pretrain, quickstart
@@ -38,6 +39,7 @@ __all__ = [
     "QualityConfig",
     "QuickstartConfig",
     "QuickstartResult",
+    "ServeConfig",
     "Tokenizer",
     "TokenizerComparison",
     "TokenizerTrainConfig",
@@ -56,5 +58,6 @@ __all__ = [
     "pretrain",
     "quickstart",
     "score",
+    "serve",
     "train_tokenizer",
 ]
