@@ -8,8 +8,8 @@ import hashlib
 
 import torch
 
-from lmforge.config import ModelConfig
 from lmforge.model import Transformer
+from tiny import tiny_config  # the one tiny model every test folder shares (tests/tiny.py)
 
 
 class ByteTokenizer:
@@ -50,35 +50,6 @@ class _ByteDecoder:
 
     def flush(self) -> str:
         return self._utf8.decode(b"", final=True)
-
-
-def tiny_config(family: str = "llama", vocab_size: int = 259, **overrides) -> ModelConfig:
-    if family == "llama":
-        base = dict(
-            n_layer=2,
-            n_head=4,
-            n_kv_head=2,
-            d_model=32,
-            d_mlp=64,
-            max_seq_len=128,
-            norm="rmsnorm",
-            mlp="swiglu",
-            position="rope",
-            family="llama",
-        )
-    else:
-        base = dict(
-            n_layer=2,
-            n_head=4,
-            d_model=32,
-            max_seq_len=128,
-            mlp="gelu_tanh",
-            family="gpt2",
-            qkv_bias=True,
-            attn_out_bias=True,
-            mlp_bias=True,
-        )
-    return ModelConfig(vocab_size=vocab_size, **{**base, **overrides})
 
 
 def tiny_model(family: str = "llama", seed: int = 0, scale: float = 1.0, **overrides) -> Transformer:
