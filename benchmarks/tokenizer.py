@@ -73,7 +73,6 @@ def bench_training(unigram: bool) -> list[dict]:
 def bench_encode(repeats: int, megabytes: float) -> list[dict]:
     from lmforge.assets import asset_path, shakespeare_files
     from lmforge.tokenizer import Tokenizer
-    from lmforge.tokenizer.loaders import from_tiktoken
 
     text = "".join(p.read_text(encoding="utf-8") for p in shakespeare_files())
     limit = int(megabytes * 1e6)
@@ -89,7 +88,7 @@ def bench_encode(repeats: int, megabytes: float) -> list[dict]:
     mb = len(text.encode("utf-8")) / 1e6
 
     ranks_path = asset_path("gpt2.tiktoken")
-    ours = from_tiktoken(ranks_path)
+    ours = Tokenizer.from_tiktoken(ranks_path)
     oracle = tiktoken_gpt2(ranks_path)
     raw = ours.backend
     smollm = Tokenizer.from_gguf(asset_path("smollm2"))

@@ -6,12 +6,12 @@ import pytest
 
 from lmforge.assets import asset_path, shakespeare_files
 from lmforge.errors import LMForgeError
+from lmforge.io.gguf import read_metadata
 from lmforge.tokenizer import Tokenizer
-from lmforge.tokenizer.loaders import read_gguf_metadata
 
 
 def test_read_gguf_metadata_plain_values():
-    meta = read_gguf_metadata(asset_path("smollm2"))
+    meta = read_metadata(asset_path("smollm2"))
     assert meta["tokenizer.ggml.model"] == "gpt2"
     assert len(meta["tokenizer.ggml.tokens"]) == 49152
     assert all(isinstance(t, str) for t in meta["tokenizer.ggml.tokens"][:100])

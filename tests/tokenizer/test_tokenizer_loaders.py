@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from lmforge.assets import asset_path, shakespeare_files
 from lmforge.errors import LMForgeError
 from lmforge.tokenizer import Tokenizer
-from lmforge.tokenizer.loaders import from_sentencepiece, from_tiktoken
 
 PLAY = shakespeare_files()[2].read_text(encoding="utf-8")
 EXTRA = ["  Hello  world!\n\n  x  \t\n", "123456 1,000.5", "naïve café 日本語 🎭👩‍👩‍👧", "don't WON'T I'll"]
@@ -32,7 +31,7 @@ def gpt2_pair():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(openai_public, "data_gym_to_mergeable_bpe_ranks", lambda **_: ranks)
         spec = openai_public.gpt2()
-    return from_tiktoken(path), tiktoken.Encoding(**spec)
+    return Tokenizer.from_tiktoken(path), tiktoken.Encoding(**spec)
 
 
 def test_gpt2_ranks_match_tiktoken_on_a_corpus(gpt2_pair):
@@ -58,7 +57,7 @@ def test_bad_rank_file(tmp_path):
     bad = tmp_path / "bad.tiktoken"
     bad.write_text("IQ== 0\nnot-base64 1\n")
     with pytest.raises(LMForgeError, match="bad.tiktoken:2"):
-        from_tiktoken(bad)
+        Tokenizer.from_tiktoken(bad)
 
 
 def _train_spm(tmp_path, model_type: str, **options) -> str:
@@ -92,7 +91,7 @@ def test_sentencepiece_model_matches_sentencepiece(tmp_path, model_type, options
 
     path = _train_spm(tmp_path, model_type, **options)
     oracle = spm.SentencePieceProcessor(model_file=path)
-    tok = from_sentencepiece(path)
+    tok = Tokenizer.from_sentencepiece(path)
     lines = [line for line in HELD_OUT if line.strip()]
     for line in lines + ["a <|user|> b"]:
         assert tok.encode(line) == oracle.encode(line), line
@@ -160,7 +159,7 @@ def test_load_any_dispatch(tmp_path):
 
 @pytest.fixture(scope="module")
 def spm_tok(tmp_path_factory):
-    return from_sentencepiece(_train_spm(tmp_path_factory.mktemp("spm"), "bpe", byte_fallback=True))
+    return Tokenizer.from_sentencepiece(_train_spm(tmp_path_factory.mktemp("spm"), "bpe", byte_fallback=True))
 
 
 @settings(max_examples=100, deadline=None)

@@ -3,7 +3,7 @@
 Each reader builds the `tokenizers` pipeline the format implies and returns it with the facts the
 format keeps beside it (special tokens, chat template, BOS/EOS) as `TokenizerParts`; `Tokenizer`
 (core.py) is built from those (`Tokenizer.from_gguf`, `.from_tiktoken`, ...). Core imports this module;
-this module reaches `Tokenizer` only in the two compat wrappers at its end, at call time.
+this module never imports core.
 
 | source | model | pre-tokenizer | decoder |
 |---|---|---|---|
@@ -32,7 +32,7 @@ from tokenizers.models import BPE, Unigram, WordPiece
 from lmforge.errors import LMForgeError
 
 if TYPE_CHECKING:
-    from lmforge.tokenizer.core import Tokenizer
+    pass
 
 
 @dataclass
@@ -110,13 +110,6 @@ GGUF_PRE_SPLITS: dict[str, list[str]] = {
     **dict.fromkeys(["gpt-4o", "llama4"], [GPT4O_REGEX]),
     "tekken": [TEKKEN_REGEX],
 }
-
-
-def read_gguf_metadata(path: str | Path) -> dict[str, Any]:
-    """A GGUF file's metadata as plain Python values: `lmforge.io.gguf.read_metadata`, the one GGUF reader."""
-    from lmforge.io.gguf import read_metadata  # deferred: the `gguf` package takes 0.3 s to import
-
-    return read_metadata(path)
 
 
 def _gguf_list(meta: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> list | None:
@@ -535,28 +528,3 @@ def sentencepiece_parts(path: str | Path) -> TokenizerParts:
         "pad_token": piece(trainer.pad_id),
     }
     return TokenizerParts(backend, specials)
-
-
-# ---- for callers outside the package ------------------------------------------------------------
-# `Tokenizer.from_tiktoken` / `.from_sentencepiece` are the API; these two stay for the callers that
-# import them from here (tests/tokenizer/test_tokenizer_loaders.py, benchmarks/tokenizer.py). They are
-# this module's only way back to core, and only at call time: once those callers move, delete them.
-
-
-def from_tiktoken(
-    path: str | Path,
-    pattern: str = TIKTOKEN_GPT2_PATTERN,
-    special_tokens: dict[str, int] | None = None,
-    eos_token: str | None = None,
-) -> Tokenizer:
-    """`Tokenizer.from_tiktoken`."""
-    from lmforge.tokenizer.core import Tokenizer
-
-    return Tokenizer.from_tiktoken(path, pattern, special_tokens, eos_token)
-
-
-def from_sentencepiece(path: str | Path) -> Tokenizer:
-    """`Tokenizer.from_sentencepiece`."""
-    from lmforge.tokenizer.core import Tokenizer
-
-    return Tokenizer.from_sentencepiece(path)
