@@ -105,3 +105,18 @@ def test_generation_schema_covers_every_field():
     schema = json_schema(lmforge.GenerationConfig)
     assert set(schema["properties"]) == {f.name for f in dataclasses.fields(lmforge.GenerationConfig)}
     assert schema["properties"]["temperature"]["type"] == "number"
+
+
+def test_cli_functions_are_thin():
+    """Commands parse, call one API function and print: no function in lmforge.cli over 40 lines."""
+    import ast
+    from pathlib import Path
+
+    folder = Path(cli.__file__).parent
+    long = [
+        f"{path.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for path in sorted(folder.glob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > 40
+    ]
+    assert not long, long

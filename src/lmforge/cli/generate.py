@@ -61,7 +61,11 @@ def generate(
             print()
         return []
     out = lm.generate(inputs if len(inputs) > 1 else inputs[0], **companions, **options)
-    completions = out if isinstance(out, list) else [out]
+    return _print_completions(out if isinstance(out, list) else [out], json_output)
+
+
+def _print_completions(completions: list[Any], json_output: bool) -> list[dict[str, Any]]:
+    """One JSON object per completion, or its text (with a header when there are several)."""
     records = [dataclasses.asdict(c) for c in completions]
     for c, record in zip(completions, records):
         if json_output:
