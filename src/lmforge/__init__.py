@@ -16,6 +16,7 @@ from lmforge.eval.api import (
 from lmforge.eval.harness import EvalConfig, list_tasks, load_task
 from lmforge.generate.config import GenerationConfig
 from lmforge.lm import LM, load
+from lmforge.quant import QuantizeConfig, QuantizeResult, quantize
 from lmforge.serve import ServeConfig, serve
 from lmforge.tokenizer import Tokenizer
 from lmforge.tokenizer.train import TokenizerTrainConfig, train_tokenizer
@@ -37,6 +38,8 @@ __all__ = [
     "PrepareResult",
     "PretrainConfig",
     "QualityConfig",
+    "QuantizeConfig",
+    "QuantizeResult",
     "QuickstartConfig",
     "QuickstartResult",
     "ServeConfig",
@@ -56,6 +59,7 @@ __all__ = [
     "merge_lora",
     "prepare",
     "pretrain",
+    "quantize",
     "quickstart",
     "score",
     "serve",

@@ -29,7 +29,7 @@ from typing import Any
 from lmforge.errors import LMForgeError
 
 # Modules of this package that define COMMANDS; each area adds its own.
-COMMAND_MODULES = ["model", "eval", "data", "train", "generate", "tokenizer", "serve"]
+COMMAND_MODULES = ["model", "eval", "data", "train", "generate", "tokenizer", "quant", "serve"]
 
 
 def all_commands() -> dict[str, Callable]:

@@ -80,14 +80,17 @@ def package_key(model: nn.Module, dtype: torch.dtype) -> str:
         "cpu_flags": [flag for flag in FLAGS if flag in cpu_flags()],
         "code": _code_hashes(),
     }
+    if getattr(model, "quantization", None):  # a quantized model's graph differs (lmforge.quant)
+        parts["quantization"] = model.quantization
+        parts["quant_code"] = _code_hashes(("quant/modules.py", "quant/kernels.py"))
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 @functools.cache
-def _code_hashes() -> tuple[str, ...]:
+def _code_hashes(files: tuple[str, ...] = _TRACED) -> tuple[str, ...]:
     """The traced files' hashes, read once per process (the code that runs is the code loaded)."""
     root = Path(__file__).resolve().parents[1]
-    return tuple(hashlib.sha256((root / name).read_bytes()).hexdigest() for name in _TRACED)
+    return tuple(hashlib.sha256((root / name).read_bytes()).hexdigest() for name in files)
 
 
 def package_path(model: nn.Module, dtype: torch.dtype) -> Path:

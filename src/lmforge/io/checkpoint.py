@@ -44,6 +44,15 @@ def read_config(path: Path) -> tuple[ModelConfig, str]:
     return hf.config_from_hf(cfg), "hf"
 
 
+def read_quantization(path: Path) -> dict[str, Any] | None:
+    """The `lmforge.quantization` block of a checkpoint's config.json (scheme, method, group size,
+    which layers), or None for a float checkpoint."""
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        return None
+    return (_read_json(cfg_path).get("lmforge") or {}).get("quantization")
+
+
 def _safetensors_getter(files: list[Path]) -> tuple[list[str], Getter]:
     from safetensors import SafetensorError, safe_open
 
@@ -114,7 +123,8 @@ def load_into(
     """Assign loaded tensors to a model built on the meta device, checking names and shapes."""
     expected = model.state_dict()
     if model.config.tie_embeddings:
-        expected = {k: v for k, v in expected.items() if k not in ("lm_head.weight", "mlm.decoder.weight")}
+        tied = ("lm_head.weight", "mlm.decoder.weight", *_quantized_tied(model))
+        expected = {k: v for k, v in expected.items() if k not in tied}
     missing = sorted(set(expected) - set(state))
     if missing:
         raise LMForgeError(f"{source}: missing tensors: {', '.join(missing[:5])}")
@@ -127,18 +137,37 @@ def load_into(
                 f"{source}: tensor '{name}' has shape {tuple(tensor.shape)}, "
                 f"the config expects {tuple(expected[name].shape)}"
             )
-        state[name] = tensor.to(device=device, dtype=dtype)
+        # tensors a module declares in its own dtype (a quantized layer's integer codes and bf16
+        # scales) keep it; the float weights take the load dtype
+        own = expected[name].dtype != torch.get_default_dtype()
+        state[name] = tensor.to(device=device, dtype=expected[name].dtype if own else dtype)
     model.load_state_dict(state, strict=False, assign=True)
-    model.tie_weights()
+    if getattr(model, "quantization", None):
+        from lmforge.quant.convert import tie
+
+        tie(model)
+    else:
+        model.tie_weights()
     model.init_buffers(device)
 
 
-def save_state(path: Path, config: ModelConfig, state: dict[str, torch.Tensor]) -> str:
-    """Write weights (HF names when the family can express the config); returns the naming used."""
+def _quantized_tied(model: torch.nn.Module) -> list[str]:
+    if not getattr(model, "quantization", None):
+        return []
+    from lmforge.quant.convert import tied_names
+
+    return tied_names(model)
+
+
+def save_state(
+    path: Path, config: ModelConfig, state: dict[str, torch.Tensor], quantized: bool = False
+) -> str:
+    """Write weights (HF names when the family can express the config and the weights are not
+    quantized: HF has no names for our integer codes); returns the naming used."""
     from safetensors.torch import save_file
 
     family = hf.FAMILIES.get(config.family)
-    if family and family.expressible(config):
+    if family and family.expressible(config) and not quantized:
         state, naming = hf.state_to_hf(config, state), "hf"
     else:
         naming = "lmforge"
@@ -166,7 +195,9 @@ def save_state(path: Path, config: ModelConfig, state: dict[str, torch.Tensor]) 
     return naming
 
 
-def config_json(config: ModelConfig, naming: str, dtype: torch.dtype) -> dict[str, Any]:
+def config_json(
+    config: ModelConfig, naming: str, dtype: torch.dtype, quantization: dict[str, Any] | None = None
+) -> dict[str, Any]:
     family = hf.FAMILIES.get(config.family)
     out: dict[str, Any] = {}
     if naming == "hf" and family is not None:
@@ -175,6 +206,8 @@ def config_json(config: ModelConfig, naming: str, dtype: torch.dtype) -> dict[st
         out["model_type"] = "lmforge"
     out["torch_dtype"] = str(dtype).removeprefix("torch.")
     out["lmforge"] = {"config": config.to_dict(), "weight_names": naming}
+    if quantization:
+        out["lmforge"]["quantization"] = quantization
     return out
 
 
@@ -189,13 +222,15 @@ def write_checkpoint(
     path = Path(path)
     config: ModelConfig = model.config
     state = model.state_dict()
+    quantization = getattr(model, "quantization", None)
     if config.tie_embeddings:
-        state.pop("lm_head.weight", None)
-        state.pop("mlm.decoder.weight", None)
+        for name in ("lm_head.weight", "mlm.decoder.weight", *_quantized_tied(model)):
+            state.pop(name, None)
     dtype = next(model.parameters()).dtype
     with atomic_dir(path) as tmp:
-        naming = save_state(tmp, config, state)
-        (tmp / "config.json").write_text(json.dumps(config_json(config, naming, dtype), indent=2))
+        naming = save_state(tmp, config, state, quantized=bool(quantization and quantization.get("layers")))
+        meta = config_json(config, naming, dtype, quantization)
+        (tmp / "config.json").write_text(json.dumps(meta, indent=2))
         if generation_config:
             (tmp / "generation_config.json").write_text(json.dumps(generation_config, indent=2))
         if tokenizer is not None:

@@ -108,7 +108,7 @@ def read_model(
     """Read a model from an asset name, a checkpoint directory or a `.gguf` file, with its weights in
     `dtype` on `device` (defaults: `default_device()` and `default_dtype(device)`)."""
     device = torch.device(device) if device is not None else default_device()
-    dtype = resolve_dtype(dtype, device)
+    requested, dtype = dtype, resolve_dtype(dtype, device)
     path = resolve_source(source)
     from lmforge.tokenizer import Tokenizer  # deferred: `import lmforge` need not load `tokenizers`
 
@@ -136,8 +136,14 @@ def read_model(
         gen_path = path / "generation_config.json"
         generation_config = json.loads(gen_path.read_text()) if gen_path.is_file() else {}
         embedding = EmbeddingSpec.from_dir(path)
+    quantization = None if path.is_file() else checkpoint.read_quantization(path)
     with torch.device("meta"):
         model = Transformer(config)
+        if quantization:  # the same quantized modules, empty; float tensors load in their saved dtype
+            from lmforge.quant.convert import prepare_for_load
+
+            saved = prepare_for_load(model, quantization)
+            dtype = saved if requested is None else dtype
     checkpoint.load_into(model, state, str(path), dtype, device)
     model.eval()
     return LoadedModel(model, tokenizer, generation_config, embedding)

@@ -1,0 +1,129 @@
+"""`lmforge.quantize`: a model (or its name/path) in, a quantized `LM` out, optionally saved with its card."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmforge.errors import LMForgeError
+from lmforge.options import configure
+from lmforge.quant import kernels, report
+from lmforge.quant.config import QuantizeConfig
+from lmforge.quant.convert import describe, plan, quantize_model, rtn_weights
+from lmforge.quant.modules import is_quantized
+
+
+@dataclass
+class QuantizeResult:
+    lm: Any  # the quantized LM
+    card: dict[str, Any] = field(default_factory=dict)
+    out: Path | None = None
+
+    @property
+    def markdown(self) -> str:
+        return report.markdown(self.card)
+
+
+def quantize(
+    model: Any, config: QuantizeConfig | None = None, *, out: str | Path | None = None, **options: Any
+) -> QuantizeResult:
+    """Quantize a model given as an `LM`, an asset name, a checkpoint directory or a GGUF file.
+
+    Options are `QuantizeConfig`'s fields as keywords, or a config object, or both. The original is not
+    changed: the result holds a quantized copy. With `out`, the quantized checkpoint is written there
+    (scheme, method and group size in config.json's `lmforge.quantization` block; `lmforge.load(out)`
+    gives the same modules back) with the quality card (quant_report.json and .md) beside it.
+    """
+    config = configure(QuantizeConfig, config, options, "quantize")
+    original = _as_lm(model)
+    if is_quantized(original.model) or getattr(original.model, "quantization", None):
+        raise LMForgeError(
+            f"{original.source} is already quantized ({describe(original.model.quantization)}); "
+            "quantize the original float model"
+        )
+    if original.dtype != torch.float32:
+        raise LMForgeError(f"quantize starts from float32 weights; {original.source} is {original.dtype}")
+    model_copy = copy.deepcopy(original.model)
+    weights = kept = None
+    if config.bits:
+        targets, kept = plan(model_copy, config)
+        if config.method == "gptq":
+            from lmforge.quant.calibrate import calibration_windows, gptq_weights
+
+            windows = calibration_windows(original.tokenizer, config)
+            weights = gptq_weights(model_copy, targets, config, windows)
+        else:
+            weights = rtn_weights(model_copy, targets, config)
+    quantize_model(model_copy, config, weights, kept)
+    from lmforge.lm import LM
+
+    quantized = LM(
+        model_copy,
+        original.tokenizer,
+        original.generation_config,
+        original.embedding,
+        source=f"{original.source} ({describe(model_copy.quantization)})",
+        compile=original.compile,
+    )
+    card = build_card(original, quantized, config)
+    result = QuantizeResult(quantized, card)
+    if out is not None:
+        result.out = Path(out)
+        quantized.save(result.out)
+        card["disk_mb_after"] = _weights_mb(result.out)
+        (result.out / "quant_report.json").write_text(json.dumps(report.finite(card), indent=2))
+        (result.out / "quant_report.md").write_text(report.markdown(card))
+    return result
+
+
+def build_card(original, quantized, config: QuantizeConfig) -> dict[str, Any]:
+    record = quantized.model.quantization
+    paths = sorted({row["path"] for row in report.layer_errors(original.model, quantized.model)} - {""})
+    card: dict[str, Any] = {
+        "model": str(original.source),
+        "description": describe(record),
+        "quantization": record,
+        "kernels": _kernels_line(paths),
+        "disk_mb_before": report.checkpoint_bytes(original.model) / 2**20,
+        "disk_mb_after": report.checkpoint_bytes(quantized.model) / 2**20,
+        "memory_mb_before": report.memory_bytes(original.model) / 2**20,
+        "memory_mb_after": report.memory_bytes(quantized.model) / 2**20,
+        "layers": report.layer_errors(original.model, quantized.model),
+    }
+    if config.report and original.tokenizer is not None and original.config.causal:
+        from lmforge.assets import HELD_OUT_PLAY, asset_path
+
+        text = (asset_path("shakespeare") / HELD_OUT_PLAY).read_text(encoding="utf-8")[: config.report_chars]
+        card["text"] = f"The Tempest, first {len(text)} characters"
+        card["quality"] = report.quality(original, quantized, text)
+        card["speed"] = {"before": report.speed(original, text), "after": report.speed(quantized, text)}
+    return card
+
+
+def _kernels_line(paths: list[str]) -> str:
+    if not paths:
+        return "none (float weights)"
+    if paths == ["kernel"]:
+        return f"torch CPU int8/int4 weight-only kernels, activations in {kernels.fast_dtype()}".replace(
+            "torch.", ""
+        )
+    return "some layers dequantize and use F.linear: the CPU kernel is missing for them (see layers)"
+
+
+def _weights_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.glob("*.safetensors")) / 2**20
+
+
+def _as_lm(model: Any):
+    from lmforge.lm import LM, load
+
+    if isinstance(model, LM):
+        return model
+    if isinstance(model, (str, Path)):
+        return load(model, dtype=torch.float32, device="cpu")
+    raise LMForgeError(f"quantize takes an LM, an asset name or a path, not {type(model).__name__}")

@@ -1,0 +1,79 @@
+"""`QuantizeConfig`: every option of `lmforge.quantize` / `lmforge quantize`, each declared once."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, get_args
+
+from lmforge.errors import LMForgeError
+from lmforge.options import check_types, option
+from lmforge.quant.formats import GROUP_SIZES
+
+Scheme = Literal["bf16", "fp16", "int8", "int4"]
+SCHEMES: tuple[str, ...] = get_args(Scheme)
+Method = Literal["rtn", "gptq"]
+
+
+@dataclass
+class QuantizeConfig:
+    """How to quantize: the scheme (storage format), the method (how codes are chosen), what stays in
+    higher precision, the calibration data (GPTQ) and the quality card."""
+
+    scheme: Scheme = option("int8", "bf16 | fp16 (half-precision weights), int8 (per channel), int4 (groups)")
+    method: Method = option("rtn", "how int codes are chosen: rtn (round to nearest) or gptq (Hessian-aware)")
+    group_size: int = option(64, "int4: input columns per scale/zero group (32, 64, 128 or 256)")
+    symmetric: bool = option(False, "int4: scale only (zero = 0) instead of scale + zero per group")
+    keep_indivisible: bool = option(
+        False,
+        "int4: layers whose input width the group size does not divide stay as they are (else an error)",
+    )
+    keep: list[str] = option(default_factory=list, help="globs of linear layers to leave unquantized")
+    lm_head: Literal["int8", "float"] = option(
+        "int8", "int8/int4 schemes: the LM head (and a tied embedding) as int8 per row, or left in float"
+    )
+    compute_dtype: Literal["auto", "bfloat16", "float32"] = option(
+        "auto",
+        "int8/int4: dtype of activations, norms and biases (auto: bfloat16 where its kernels are faster)",
+    )
+    calibration: str = option(
+        "shakespeare", "gptq: calibration text (shakespeare, held-out play excluded, or a .txt file)"
+    )
+    calibration_samples: int = option(64, "gptq: calibration sequences")
+    calibration_length: int = option(256, "gptq: tokens per calibration sequence")
+    damping: float = option(0.01, "gptq: fraction of the mean Hessian diagonal added to it")
+    act_order: bool = option(True, "gptq: quantize the columns with the largest Hessian diagonal first")
+    report: bool = option(
+        True, "measure the quality card (perplexity, KL, SQNR, size, speed) before and after"
+    )
+    report_chars: int = option(8000, "characters of the held-out Tempest the card scores")
+    seed: int = option(0, "seed for choosing calibration windows")
+
+    def __post_init__(self) -> None:
+        check_types(self, "quantize options")
+        if self.scheme == "int4" and self.group_size not in GROUP_SIZES:
+            raise LMForgeError(f"group size {self.group_size} is not supported; use one of {GROUP_SIZES}")
+        if self.calibration_samples <= 0 or self.calibration_length < 2:
+            raise LMForgeError("calibration_samples must be positive and calibration_length at least 2")
+        if not 0 <= self.damping < 1:
+            raise LMForgeError(f"damping must be in [0, 1), got {self.damping}")
+        if self.method == "gptq" and self.scheme not in ("int8", "int4"):
+            raise LMForgeError(f"method gptq chooses integer codes; scheme {self.scheme} has none")
+
+    @property
+    def bits(self) -> int | None:
+        return {"int8": 8, "int4": 4}.get(self.scheme)
+
+    def record(self) -> dict[str, Any]:
+        """What a checkpoint's config.json keeps (the `lmforge.quantization` block)."""
+        keys = ("scheme", "method", "lm_head", "keep")
+        out = {k: v for k, v in asdict(self).items() if k in keys}
+        if self.scheme == "int4":
+            out.update(group_size=self.group_size, symmetric=self.symmetric)
+        if self.method == "gptq":
+            out.update(
+                calibration=self.calibration,
+                calibration_samples=self.calibration_samples,
+                damping=self.damping,
+                act_order=self.act_order,
+            )
+        return out

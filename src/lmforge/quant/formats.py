@@ -1,0 +1,120 @@
+"""The integer weight formats, as arithmetic: what a stored code means, and round-to-nearest into it.
+
+- int8, per output channel, symmetric: w[n, k] ≈ q[n, k] · s[n], q in −127..127, s = max|w[n]| / 127.
+- int4, group-wise along the input (K/g groups of g columns per row), codes q in 0..15:
+  w[n, k] ≈ (q[n, k] − 8) · s[n, k // g] + z[n, k // g] — the form torch's CPU int4 kernel computes.
+  Asymmetric: s = (max − min) / 15 and z = min + 8·s, so code 0 is the group's minimum;
+  symmetric: s = max|w| / 7 and z = 0 (codes 1..15, code 0 unused).
+Scales and zeros are stored in bfloat16 (what the kernels read); codes are computed against the
+rounded scale and zero, so a stored code is the nearest one for the parameters actually stored.
+`QuantizedWeight` is what every method (RTN, GPTQ) returns and every quantized module is built from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lmforge.errors import LMForgeError
+
+PARAM_DTYPE = torch.bfloat16  # scales and zeros
+GROUP_SIZES = (32, 64, 128, 256)  # what torch's CPU int4 kernel accepts
+
+
+@dataclass
+class QuantizedWeight:
+    """Integer codes with their scales (and zeros): int8 → codes (N, K) int8, scale (N,);
+    int4 → codes (N, K) uint8 in 0..15, scale and zero (N, K/g)."""
+
+    bits: int
+    codes: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor | None = None
+    group_size: int | None = None
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        if self.bits == 8:
+            return dequantize_int8(self.codes, self.scale, dtype)
+        return dequantize_int4(self.codes, self.scale, self.zero, self.group_size, dtype)
+
+
+def int8_scale(w: torch.Tensor) -> torch.Tensor:
+    """(N,) per-row symmetric scales, rounded to the stored dtype; never zero."""
+    return (w.float().abs().amax(dim=1) / 127).clamp(min=1e-8).to(PARAM_DTYPE)
+
+
+def int8_codes(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return torch.round(w.float() / scale.float()[:, None]).clamp(-127, 127).to(torch.int8)
+
+
+def dequantize_int8(codes: torch.Tensor, scale: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    return (codes.float() * scale.float()[:, None]).to(dtype)
+
+
+def int4_params(w: torch.Tensor, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero of each row of `w` (rows are groups here: callers reshape (N, K/g, g) → rows)."""
+    w = w.float()
+    if symmetric:
+        scale = (w.abs().amax(dim=-1) / 7).clamp(min=1e-8)
+        return scale.to(PARAM_DTYPE), torch.zeros_like(scale, dtype=PARAM_DTYPE)
+    low, high = w.amin(dim=-1), w.amax(dim=-1)
+    scale = ((high - low) / 15).clamp(min=1e-8).to(PARAM_DTYPE)
+    zero = (low + 8 * scale.float()).to(PARAM_DTYPE)
+    return scale, zero
+
+
+def int4_codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """Nearest codes 0..15 of `w` (..., g) for scale and zero (...,)."""
+    q = torch.round((w.float() - zero.float()[..., None]) / scale.float()[..., None]) + 8
+    return q.clamp(0, 15).to(torch.uint8)
+
+
+def groups(w: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(N, K) as (N, K/g, g)."""
+    n, k = w.shape
+    return w.reshape(n, k // group_size, group_size)
+
+
+def dequantize_int4(
+    codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int, dtype=torch.float32
+) -> torch.Tensor:
+    q = groups(codes, group_size).float() - 8
+    w = q * scale.float()[..., None] + zero.float()[..., None]
+    return w.reshape(codes.shape).to(dtype)
+
+
+def check_group_size(group_size: int, in_features: int, name: str) -> None:
+    """A one-line error naming the layer whose input width the group size does not divide."""
+    if group_size not in GROUP_SIZES:
+        raise LMForgeError(f"group size {group_size} is not supported; use one of {GROUP_SIZES}")
+    if in_features % group_size:
+        raise LMForgeError(
+            f"group size {group_size} does not divide the input width {in_features} of layer {name}; "
+            f"use {', '.join(str(g) for g in GROUP_SIZES if in_features % g == 0) or 'another scheme'}"
+            " or --keep-indivisible to keep such layers in higher precision"
+        )
+
+
+def rtn(
+    w: torch.Tensor, bits: int, group_size: int | None = None, symmetric: bool = False
+) -> QuantizedWeight:
+    """Round to nearest: the codes closest to `w` (N, K) for min-max (or absmax) parameters."""
+    w = w.detach().float()
+    if bits == 8:
+        scale = int8_scale(w)
+        return QuantizedWeight(8, int8_codes(w, scale), scale)
+    if bits != 4 or group_size is None:
+        raise LMForgeError(f"no {bits}-bit format (int8, or int4 with a group size)")
+    g = groups(w, group_size)
+    scale, zero = int4_params(g, symmetric)
+    codes = int4_codes(g, scale, zero).reshape(w.shape)
+    return QuantizedWeight(4, codes, scale, zero, group_size)
+
+
+def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio in dB: 10·log10(|ref|² / |ref − approx|²)."""
+    reference, approx = reference.float(), approx.float()
+    noise = (reference - approx).pow(2).sum().item()
+    signal = reference.pow(2).sum().item()
+    return float("inf") if noise == 0 else 10 * torch.log10(torch.tensor(signal / noise)).item()

@@ -1,0 +1,159 @@
+"""torch's CPU weight-only kernels, which of them this machine runs fast, and the int4 packing.
+
+- `aten._weight_int8pack_mm(x (M, K), codes int8 (N, K), scales (N,)) -> (M, N)`;
+- `aten._weight_int4pack_mm_for_cpu(x (M, K), packed, group_size, scale_and_zero (K/g, N, 2))`, with
+  `packed = aten._convert_weight_to_int4pack_for_cpu(codes int32 (N, K), inner_k_tiles)`: a layout
+  chosen by the kernel (it may depend on the CPU), so checkpoints store the codes two to a byte
+  (`nibbles`) and a module packs them for the kernel when built; `unpack_int4` reads the kernel's
+  layout back by packing index digits through the kernel itself (no assumption about the layout).
+Both kernels run fast with bfloat16 activations on CPUs with AVX-512 BF16 / AMX and about 10x slower
+with float32 ones; `fast_dtype()` measures which (once per process) instead of trusting the flags.
+Where a kernel is missing (another device, an older torch), `available()` says so and the modules
+dequantize and use `F.linear` — the same arithmetic, slower.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+import torch.nn.functional as F
+
+from lmforge.hardware import cpu_flags
+
+INNER_K_TILES = 8  # what the CPU packer expects for K ≥ 64 (tiles of 8 × 16 × 2 values)
+
+
+@functools.cache
+def available(kind: str) -> bool:
+    """Whether torch has the CPU kernel for `kind` ("int8" or "int4") and it runs here."""
+    x = torch.randn(1, 64, dtype=torch.bfloat16)
+    try:
+        if kind == "int8":
+            codes = torch.ones(32, 64, dtype=torch.int8)
+            torch.ops.aten._weight_int8pack_mm(x, codes, torch.ones(32, dtype=torch.bfloat16))
+        else:
+            packed = pack_int4(torch.ones(32, 64, dtype=torch.uint8))
+            scale_zero = torch.ones(2, 32, 2, dtype=torch.bfloat16)
+            torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, 32, scale_zero)
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
+@functools.cache
+def fast_dtype() -> torch.dtype:
+    """bfloat16 where the int8 kernel runs faster with bf16 activations than with fp32 (measured on
+    a 1536 × 576 matrix-vector product, SmolLM2's MLP shape), else float32. Without the BF16 flags
+    bf16 is emulated and slow, so the measurement is skipped."""
+    if not available("int8") or not {"avx512_bf16", "amx_bf16"} & cpu_flags():
+        return torch.float32
+    codes = torch.randint(-127, 128, (1536, 576), dtype=torch.int8)
+    times = {}
+    for dtype in (torch.bfloat16, torch.float32):
+        x, scale = torch.randn(1, 576, dtype=dtype), torch.rand(1536, dtype=dtype)
+        times[dtype] = _cpu_time(lambda x=x, scale=scale: torch.ops.aten._weight_int8pack_mm(x, codes, scale))
+    return min(times, key=times.get)
+
+
+def aligned(t: torch.Tensor) -> torch.Tensor:
+    """`t`, copied when its data is not 64-byte aligned (the kernels' vector loads need it)."""
+    return t if t.device.type == "meta" or t.data_ptr() % 64 == 0 else t.clone()
+
+
+def int8_mm(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten._weight_int8pack_mm(x, codes, scale.to(x.dtype))
+
+
+def int4_mm(x: torch.Tensor, packed: torch.Tensor, group_size: int, scale_zero: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group_size, scale_zero.to(x.dtype))
+
+
+def scale_and_zero(scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """(N, K/g) scale and zero as the kernel's (K/g, N, 2)."""
+    return torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous()
+
+
+def pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    """Codes 0..15 (N, K) in the CPU int4 kernel's packed layout."""
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), INNER_K_TILES)
+
+
+@functools.lru_cache(maxsize=4)
+def _int4_layout(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each packed byte, the flat (N·K) index of the code in its low and its high nibble: pack
+    the flat index of every element four bits at a time and read the digits back."""
+    index = torch.arange(n * k, dtype=torch.int64).reshape(n, k)
+    low = torch.zeros(n * k // 2, dtype=torch.int64)
+    high = torch.zeros(n * k // 2, dtype=torch.int64)
+    shift = 0
+    while (n * k - 1) >> shift:
+        packed = pack_int4(((index >> shift) & 15).to(torch.uint8)).reshape(-1).to(torch.int64)
+        low |= (packed & 15) << shift
+        high |= (packed >> 4) << shift
+        shift += 4
+    return low, high
+
+
+def unpack_int4(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """The codes (N, K) uint8 that `pack_int4` packed."""
+    low, high = _int4_layout(n, k)
+    flat = packed.reshape(-1)
+    codes = torch.empty(n * k, dtype=torch.uint8)
+    codes[low] = flat & 15
+    codes[high] = flat >> 4
+    return codes.reshape(n, k)
+
+
+def nibbles(codes: torch.Tensor) -> torch.Tensor:
+    """Codes 0..15 (N, K) two to a byte (N, K/2): column 2j in the low nibble, 2j+1 in the high one."""
+    return (codes[:, 0::2] | (codes[:, 1::2] << 4)).to(torch.uint8)
+
+
+def from_nibbles(packed: torch.Tensor) -> torch.Tensor:
+    return torch.stack([packed & 15, packed >> 4], dim=-1).reshape(packed.shape[0], -1)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The fallback: `F.linear` on dequantized weights, in the activations' dtype."""
+    return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+
+@functools.cache
+def int8_rows() -> int:
+    """The most input rows for which `_weight_int8pack_mm` beats dequantizing to `fast_dtype()` and a
+    plain matmul, measured once per process on a 1536 × 576 weight; 0 when the kernel is missing. Decode steps (a
+    few rows) take the kernel, prefill (its cost grows with the rows, the matmul's hardly) the other."""
+    if not available("int8"):
+        return 0
+    dtype = fast_dtype()
+    codes = torch.randint(-127, 128, (1536, 576), dtype=torch.int8)
+    scale = torch.rand(1536, dtype=dtype)
+
+    best = 1
+    for rows in (2, 4, 8, 16, 32, 64, 128, 256):
+        x = torch.randn(rows, 576, dtype=dtype)
+        kernel = _cpu_time(lambda x=x: int8_mm(x, codes, scale))
+        dequantized = _cpu_time(lambda x=x: F.linear(x, codes.to(dtype) * scale[:, None]))
+        if kernel > dequantized:
+            break
+        best = rows
+    return best
+
+
+def _cpu_time(fn, runs: int = 5) -> float:
+    """The fastest of a few runs of `fn` on one thread, in CPU time: what other processes on the
+    machine do moves it little."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fn()
+        times = []
+        for _ in range(runs):
+            start = time.thread_time()
+            fn()
+            times.append(time.thread_time() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return min(times)

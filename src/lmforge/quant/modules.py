@@ -1,0 +1,171 @@
+"""Quantized modules that take the place of `nn.Linear` / `nn.Embedding` (through `lmforge.model.swap`).
+
+- `Int8Linear`: int8 codes (N, K) and per-row scales; decode-sized inputs go through
+  `aten._weight_int8pack_mm`, larger ones (prefill) through a bfloat16 matmul on weights dequantized on
+  the fly when that is faster on this CPU (`kernels.int8_rows`, measured).
+- `Int4Linear`: group-wise codes packed for `aten._weight_int4pack_mm_for_cpu`, scale and zero per
+  group. Its checkpoint form is portable (`qweight`: codes two to a byte); the kernel's own layout
+  is built when the module is made or loaded, and is the only copy of the codes held in memory.
+- `Int8Embedding`: rows of int8 codes with a scale each; with tied embeddings it reads the LM head's
+  codes (one copy serves both: a row scale of the embedding is an output-channel scale of the head).
+Activations enter the kernels in `kernels.fast_dtype()` (bf16 on CPUs with AVX-512 BF16 / AMX) and
+leave in the dtype they came in. Where a kernel is missing each module dequantizes and uses `F.linear`
+(`.path` says which: "kernel" or "dequantize").
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmforge.quant import kernels
+from lmforge.quant.formats import QuantizedWeight, dequantize_int4, dequantize_int8
+
+
+def _bias(linear_bias: torch.Tensor | None, dtype: torch.dtype) -> nn.Parameter | None:
+    return None if linear_bias is None else nn.Parameter(linear_bias.detach().to(dtype), requires_grad=False)
+
+
+class Int8Linear(nn.Module):
+    """y = x · (codes · scale)ᵀ + bias, weights int8 per output channel."""
+
+    def __init__(self, weight: QuantizedWeight, bias: torch.Tensor | None = None, dtype=torch.float32):
+        super().__init__()
+        self.out_features, self.in_features = weight.codes.shape
+        self.register_buffer("qweight", weight.codes.to(torch.int8))
+        self.register_buffer("scale", weight.scale.to(torch.bfloat16))
+        self.bias = _bias(bias, dtype)
+        self.path = self._path()
+
+    def _path(self) -> str:
+        return "kernel" if kernels.available("int8") and self.qweight.device.type == "cpu" else "dequantize"
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        # a tensor read from a safetensors file may start anywhere in it; the kernel needs alignment
+        self.qweight, self.scale = kernels.aligned(self.qweight), kernels.aligned(self.scale)
+        self.path = self._path()
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return dequantize_int8(self.qweight, self.scale, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)
+        if self.path == "kernel" and rows.shape[0] <= kernels.int8_rows():
+            y = kernels.int8_mm(rows.to(kernels.fast_dtype()), self.qweight, self.scale).to(x.dtype)
+            y = y if self.bias is None else y + self.bias
+        else:
+            dtype = kernels.fast_dtype() if self.path == "kernel" else x.dtype
+            y = kernels.linear(rows.to(dtype), self.dequantize(dtype), self.bias).to(x.dtype)
+        return y.view(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, path={self.path}"
+
+
+class Int4Linear(nn.Module):
+    """y = x · ((codes − 8) · scale + zero)ᵀ + bias, codes 0..15 in groups of `group_size` inputs."""
+
+    def __init__(self, weight: QuantizedWeight, bias: torch.Tensor | None = None, dtype=torch.float32):
+        super().__init__()
+        self.out_features, self.in_features = weight.codes.shape
+        self.group_size = weight.group_size
+        self.register_buffer("scale", weight.scale.to(torch.bfloat16))
+        self.register_buffer("zero", weight.zero.to(torch.bfloat16))
+        self.bias = _bias(bias, dtype)
+        meta = weight.codes.device.type == "meta"
+        fits = self.out_features % 16 == 0 and not meta and weight.codes.device.type == "cpu"
+        self.path = "kernel" if kernels.available("int4") and (fits or meta) else "dequantize"
+        self._set_codes(weight.codes)
+
+    def _set_codes(self, codes: torch.Tensor) -> None:
+        """Hold the codes in the form the forward path reads: the kernel's packing, or plain codes."""
+        if codes.device.type == "meta":
+            held = torch.empty(self.out_features, self.in_features // 2, dtype=torch.uint8, device="meta")
+        elif self.path == "kernel":
+            held = kernels.pack_int4(codes)
+        else:
+            held = codes.to(torch.uint8)
+        self.register_buffer("codes", held, persistent=False)
+        self.register_buffer("scale_zero", kernels.scale_and_zero(self.scale, self.zero), persistent=False)
+
+    def int_codes(self) -> torch.Tensor:
+        """The codes (N, K) in 0..15."""
+        if self.path == "kernel":
+            return kernels.unpack_int4(self.codes, self.out_features, self.in_features)
+        return self.codes
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return dequantize_int4(self.int_codes(), self.scale, self.zero, self.group_size, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)
+        if self.path == "kernel":
+            dtype = kernels.fast_dtype()
+            y = kernels.int4_mm(rows.to(dtype), self.codes, self.group_size, self.scale_zero).to(x.dtype)
+            y = y if self.bias is None else y + self.bias
+        else:
+            y = kernels.linear(rows, self.dequantize(x.dtype), self.bias)
+        return y.view(*x.shape[:-1], self.out_features)
+
+    # the checkpoint holds the codes two to a byte (`qweight`), not the kernel's CPU-specific layout
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.codes.device.type == "meta":
+            shape = (self.out_features, self.in_features // 2)
+            destination[prefix + "qweight"] = torch.empty(shape, dtype=torch.uint8, device="meta")
+        else:
+            destination[prefix + "qweight"] = kernels.nibbles(self.int_codes())
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+        qweight = state_dict.pop(prefix + "qweight", None)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
+        if qweight is None:
+            missing.append(prefix + "qweight")
+            return
+        codes = kernels.from_nibbles(qweight)
+        self.path = "kernel" if kernels.available("int4") and self.out_features % 16 == 0 else "dequantize"
+        self._set_codes(codes.cpu() if self.path == "kernel" else codes)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"group_size={self.group_size}, path={self.path}"
+        )
+
+
+class Int8Embedding(nn.Module):
+    """Rows of int8 codes times their scale; `tied_to` an `Int8Linear` LM head, it reads the head's."""
+
+    def __init__(
+        self, weight: QuantizedWeight | None, dtype=torch.float32, tied_to: Int8Linear | None = None
+    ):
+        super().__init__()
+        self.dtype = dtype
+        if tied_to is not None:
+            self.tie(tied_to)
+        else:
+            self.register_buffer("qweight", weight.codes.to(torch.int8))
+            self.register_buffer("scale", weight.scale.to(torch.bfloat16))
+        self.num_embeddings, self.embedding_dim = self.qweight.shape
+
+    def tie(self, head: Int8Linear) -> None:
+        """Read the head's codes and scales (the same tensors, not copies)."""
+        self.register_buffer("qweight", head.qweight)
+        self.register_buffer("scale", head.scale)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.qweight).to(self.dtype) * F.embedding(ids, self.scale[:, None]).to(
+            self.dtype
+        )
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return dequantize_int8(self.qweight, self.scale, dtype)
+
+
+QUANT_MODULES = (Int8Linear, Int4Linear, Int8Embedding)
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return any(isinstance(m, QUANT_MODULES) for m in model.modules())

@@ -1,0 +1,122 @@
+"""Every forward path of the quantized modules equals dequantize-then-matmul, and the formats mean
+what their definition says (a reference written here from the definition, not from our code)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmforge.quant import kernels
+from lmforge.quant.formats import rtn
+from lmforge.quant.modules import Int4Linear, Int8Embedding, Int8Linear
+
+BF16_ULP = 2**-7  # relative spacing of bfloat16: the kernels round their output to it
+
+
+def _weight(n=96, k=128, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, k, generator=g) * 0.05, torch.randn(n, generator=g) * 0.1
+
+
+def _reference_int4(w: torch.Tensor, group: int, symmetric: bool) -> torch.Tensor:
+    """Group-wise RTN straight from the definition: per group of `group` inputs, scale = (max − min) / 15
+    and codes round((w − min) / scale) (symmetric: scale = max|w| / 7, codes round(w / scale) in −7..7),
+    with scale and zero rounded to bfloat16 first, as stored."""
+    out = torch.empty_like(w)
+    for n in range(w.shape[0]):
+        for start in range(0, w.shape[1], group):
+            x = w[n, start : start + group]
+            if symmetric:
+                s = (x.abs().max() / 7).to(torch.bfloat16).float()
+                out[n, start : start + group] = torch.clamp(torch.round(x / s), -8, 7) * s
+            else:
+                s = ((x.max() - x.min()) / 15).to(torch.bfloat16).float()
+                z = (x.min() + 8 * s).to(torch.bfloat16).float()
+                q = torch.clamp(torch.round((x - z) / s) + 8, 0, 15)
+                out[n, start : start + group] = (q - 8) * s + z
+    return out
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("group", [32, 64])
+def test_int4_rtn_matches_the_definition(group, symmetric):
+    w, _ = _weight()
+    ours = rtn(w, 4, group, symmetric).dequantize()
+    torch.testing.assert_close(ours, _reference_int4(w, group, symmetric), rtol=0, atol=1e-6)
+    # RTN error is at most half a step of each group
+    steps = (w.reshape(96, -1, group).amax(-1) - w.reshape(96, -1, group).amin(-1)) / 15
+    if not symmetric:
+        assert ((ours - w).abs().reshape(96, -1, group).amax(-1) <= steps * 0.51 + 1e-6).all()
+
+
+def test_int8_rtn_matches_the_definition():
+    w, _ = _weight()
+    scale = (w.abs().amax(1) / 127).to(torch.bfloat16).float()
+    expected = torch.clamp(torch.round(w / scale[:, None]), -127, 127) * scale[:, None]
+    torch.testing.assert_close(rtn(w, 8).dequantize(), expected, rtol=0, atol=1e-7)
+
+
+def _check_against_dequantized(module, x: torch.Tensor) -> None:
+    y = module(x)
+    assert y.dtype == x.dtype and y.shape == (*x.shape[:-1], module.out_features)
+    w = module.dequantize(torch.float64)
+    bias = 0 if module.bias is None else module.bias.double()
+    bf16 = x.dtype == torch.bfloat16 or (module.path == "kernel" and kernels.fast_dtype() == torch.bfloat16)
+    if bf16:
+        # x (and the weights, on the matmul path) enter in bf16 and the output is rounded to bf16:
+        # the reference takes the same input, and the tolerance is a few bf16 steps of the output
+        ref = x.to(torch.bfloat16).double() @ w.T + bias
+        tol = dict(rtol=2 * BF16_ULP, atol=4 * BF16_ULP * ref.abs().max().item())
+    else:
+        ref = x.double() @ w.T + bias
+        tol = dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y.double(), ref, **tol)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 300])  # decode, a few rows, prefill (past int8_rows)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_linear_paths_equal_dequantize_then_matmul(rows, dtype):
+    w, b = _weight()
+    module = Int8Linear(rtn(w, 8), b, dtype)
+    x = torch.randn(rows, 128).to(dtype)
+    _check_against_dequantized(module, x)
+    module.path = "dequantize"  # the fallback where the kernel is missing
+    _check_against_dequantized(module, x)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("rows", [1, 5])
+def test_int4_linear_paths_equal_dequantize_then_matmul(rows, symmetric):
+    w, b = _weight()
+    q = rtn(w, 4, 32, symmetric)
+    module = Int4Linear(q, b)
+    assert module.path == ("kernel" if kernels.available("int4") else "dequantize")
+    torch.testing.assert_close(module.dequantize(), q.dequantize(), rtol=0, atol=0)  # unpacked codes exact
+    x = torch.randn(2, rows, 128)
+    _check_against_dequantized(module, x)
+    fallback = Int4Linear(q, b)
+    fallback.path = "dequantize"
+    fallback._set_codes(q.codes)
+    _check_against_dequantized(fallback, x)
+
+
+def test_int4_rows_not_a_multiple_of_16_fall_back():
+    w, _ = _weight(n=40)
+    module = Int4Linear(rtn(w, 4, 32), None)
+    assert module.path == "dequantize"  # the CPU packer needs N % 16 == 0
+    _check_against_dequantized(module, torch.randn(3, 128))
+
+
+def test_int4_kernel_layout_unpacks_exactly():
+    codes = torch.randint(0, 16, (48, 192), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(kernels.unpack_int4(kernels.pack_int4(codes), 48, 192), codes)
+    assert torch.equal(kernels.from_nibbles(kernels.nibbles(codes)), codes)
+
+
+def test_tied_embedding_reads_the_head_rows():
+    w, _ = _weight(n=50, k=64)
+    head = Int8Linear(rtn(w, 8), None)
+    emb = Int8Embedding(None, torch.float32, tied_to=head)
+    assert emb.qweight.data_ptr() == head.qweight.data_ptr()
+    ids = torch.tensor([[0, 7, 49]])
+    torch.testing.assert_close(emb(ids), head.dequantize()[ids], rtol=0, atol=0)

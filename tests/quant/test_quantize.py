@@ -1,0 +1,122 @@
+"""lmforge.quantize and `lmforge quantize` on tiny models: quantize → save → load gives identical outputs
+in the same modules, the options and their errors, decode steps on quantized weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import lmforge
+from lmforge.cli import main
+from lmforge.io.checkpoint import write_checkpoint
+from lmforge.lm import LM
+from lmforge.quant.modules import Int4Linear, Int8Embedding, Int8Linear
+from tiny import tiny_model
+
+IDS = torch.randint(0, 320, (2, 11), generator=torch.Generator().manual_seed(0))
+
+
+def _lm(family="llama", **overrides) -> LM:
+    return LM(tiny_model(family, vocab_size=320, **overrides), compile="eager")
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"scheme": "int8"},
+        {"scheme": "int4", "group_size": 32},
+        {"scheme": "int4", "group_size": 32, "symmetric": True, "compute_dtype": "float32"},
+        {"scheme": "bf16"},
+    ],
+)
+def test_quantize_save_load_gives_identical_outputs(tmp_path, family, options):
+    lm = _lm(family)
+    before = lm.model(IDS)
+    result = lmforge.quantize(lm, out=tmp_path / "q", report=False, **options)
+    assert torch.equal(lm.model(IDS), before)  # the original is left as it was
+    out = result.lm.model(IDS)
+    assert (out.float() - before).abs().max() < 0.1 * before.abs().max()
+    loaded = lmforge.load(tmp_path / "q", device="cpu", compile="eager")
+    assert [type(m) for m in loaded.model.modules()] == [type(m) for m in result.lm.model.modules()]
+    assert torch.equal(loaded.model(IDS), out)
+    record = json.loads((tmp_path / "q" / "config.json").read_text())["lmforge"]["quantization"]
+    assert record["scheme"] == options["scheme"]
+    if options["scheme"] == "int4":
+        assert record["group_size"] == 32 and record["symmetric"] == options.get("symmetric", False)
+        assert isinstance(loaded.model.blocks[0].mlp.fc, Int4Linear)
+    if options["scheme"] in ("int8", "int4"):
+        assert isinstance(loaded.model.lm_head, Int8Linear)
+        assert isinstance(loaded.model.tok_emb, Int8Embedding)  # tied: reads the head's rows
+        assert loaded.model.tok_emb.qweight.data_ptr() == loaded.model.lm_head.qweight.data_ptr()
+    assert (tmp_path / "q" / "quant_report.json").is_file() and (tmp_path / "q" / "quant_report.md").is_file()
+
+
+def test_quantized_decode_steps_equal_a_full_forward():
+    """Greedy decoding over the KV cache picks the tokens a full forward pass would pick."""
+    q = lmforge.quantize(_lm(), scheme="int8", report=False, compute_dtype="float32").lm
+    prompt = IDS[0, :5].tolist()
+    tokens = q.generate([prompt], max_new_tokens=6, ignore_eos=True)[0].token_ids
+    seq = prompt[:]
+    for _ in range(6):
+        seq.append(int(q.model(torch.tensor([seq]))[0, -1].argmax()))
+    assert tokens == seq[len(prompt) :]
+
+
+def test_group_size_that_does_not_divide_a_layer(tmp_path):
+    lm = _lm(d_model=48, n_head=4, d_mlp=96)  # inputs 48 and 96: group 64 divides neither
+    with pytest.raises(lmforge.LMForgeError, match=r"group size 64 does not divide .*blocks\.0\.attn\.qkv"):
+        lmforge.quantize(lm, scheme="int4", group_size=64, report=False)
+    lm = _lm(d_model=32, d_mlp=96)  # 32 not divisible by 64 either: keep those
+    result = lmforge.quantize(lm, scheme="int4", group_size=32, keep=["mlp.proj"], report=False)
+    kept = result.lm.model.quantization["kept"]
+    assert set(kept) == {"blocks.0.mlp.proj", "blocks.1.mlp.proj"}
+    result = lmforge.quantize(
+        _lm(d_mlp=96), scheme="int4", group_size=64, keep_indivisible=True, report=False
+    )
+    kept = result.lm.model.quantization["kept"]
+    assert "blocks.0.attn.qkv" in kept and "does not divide" in kept["blocks.0.attn.qkv"]
+    assert "kept in" in result.markdown
+
+
+def test_bad_options_and_already_quantized():
+    with pytest.raises(lmforge.LMForgeError, match="one of 'bf16', 'fp16', 'int8', 'int4'"):
+        lmforge.quantize(_lm(), scheme="int3")
+    with pytest.raises(lmforge.LMForgeError, match="group size 48 is not supported"):
+        lmforge.quantize(_lm(), scheme="int4", group_size=48)
+    with pytest.raises(lmforge.LMForgeError, match="did you mean scheme"):
+        lmforge.quantize(_lm(), schme="int8")
+    with pytest.raises(lmforge.LMForgeError, match="match no linear layer"):
+        lmforge.quantize(_lm(), keep=["nothing.here"], report=False)
+    q = lmforge.quantize(_lm(), scheme="int8", report=False).lm
+    with pytest.raises(lmforge.LMForgeError, match="already quantized"):
+        lmforge.quantize(q, scheme="int4")
+    with pytest.raises(lmforge.LMForgeError, match="needs calibration text"):
+        lmforge.quantize(_lm(), method="gptq", report=False)
+
+
+def test_cli_quantize(tmp_path, capsys):
+    model = tiny_model("gpt2", vocab_size=320)
+    write_checkpoint(tmp_path / "float", model)
+    code = main(
+        [
+            "quantize",
+            str(tmp_path / "float"),
+            "--scheme",
+            "int4",
+            "--group-size",
+            "32",
+            "--no-report",
+            "--out",
+            str(tmp_path / "q"),
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "int4 rtn g32" in printed and "wrote" in printed
+    loaded = lmforge.load(tmp_path / "q", device="cpu", compile="eager")
+    assert loaded.model.quantization["group_size"] == 32
+    assert main(["quantize", str(tmp_path / "q"), "--out", str(tmp_path / "q2"), "--no-report"]) == 2
+    assert "already quantized" in capsys.readouterr().err
