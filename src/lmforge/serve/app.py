@@ -283,7 +283,7 @@ def parse_generation(
     """A checked generation request: options validated against the model, each prompt fitted into the
     context (max_tokens defaulted or refused)."""
     options, source = p.generation_options(body, lm)
-    logprobs = logprobs_asked(body)
+    logprobs = logprobs_asked(body, chat=param == "messages")
     if logprobs is not None:
         options.update(logprobs=True, top_logprobs=logprobs)
     p.validate_options(options, source, lm)
@@ -299,16 +299,17 @@ def parse_generation(
         stream=body.get("stream", False),
         include_usage=p.include_usage(body),
         logprobs=logprobs,
+        sources=source,
     )
 
 
-def logprobs_asked(body: dict[str, Any]) -> int | None:
+def logprobs_asked(body: dict[str, Any], chat: bool) -> int | None:
     """How many alternatives per token a request asks for with its log-probs (None: no log-probs)."""
-    top = body.get("top_logprobs")
-    if isinstance(body.get("logprobs"), bool):  # chat
-        if top is not None and not body["logprobs"]:
+    if chat:
+        top, wanted = body.get("top_logprobs"), body.get("logprobs", False)
+        if top is not None and not wanted:
             raise p.bad_request("top_logprobs needs logprobs: true", "top_logprobs")
-        count, field = (top or 0, "top_logprobs") if body["logprobs"] else (None, "logprobs")
+        count, field = (top or 0, "top_logprobs") if wanted else (None, "logprobs")
     else:  # completions: logprobs is the count
         count, field = body.get("logprobs"), "logprobs"
     if count is not None and not 0 <= count <= p.MAX_TOP_LOGPROBS:
@@ -316,10 +317,11 @@ def logprobs_asked(body: dict[str, Any]) -> int | None:
     return count
 
 
-async def precompile(lm: LM, parsed: p.Parsed, source: str) -> None:
+async def precompile(lm: LM, parsed: p.Parsed) -> None:
     """Compile an output constraint off the scheduler thread (compiled automata are cached), so a slow
     or bad one delays or fails this request alone."""
-    if not parsed.constrained:
+    kind = parsed.constraint
+    if kind is None:
         return
     from lmforge.generate.api import Run
 
@@ -330,7 +332,9 @@ async def precompile(lm: LM, parsed: p.Parsed, source: str) -> None:
     try:
         await asyncio.to_thread(check)
     except LMForgeError as exc:
-        raise p.option_error(exc, {"json_schema": source} if source else {}) from None
+        error = p.option_error(exc, parsed.sources)
+        error.param = error.param or parsed.sources.get(kind, kind)
+        raise error from None
 
 
 # -- the app -----------------------------------------------------------------------------------------
@@ -471,7 +475,7 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         except LMForgeError as exc:
             raise p.bad_request(str(exc), "messages") from None
         parsed = parse_generation(body, lm, [ids], "messages", config)
-        await precompile(lm, parsed, "response_format" if body.get("response_format") else "json_schema")
+        await precompile(lm, parsed)
         reply = Reply(True, config.model_id, state.tokens, parsed.logprobs, len(ids))
         return await answer(request, Job(state.scheduler, parsed), parsed, reply)
 
@@ -481,7 +485,7 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         lm = state.generation_model(body.get("model"))
         prompts, texts = encode_prompts(lm, p.prompt_items(body["prompt"]))
         parsed = parse_generation(body, lm, prompts, "prompt", config)
-        await precompile(lm, parsed, "response_format" if body.get("response_format") else "json_schema")
+        await precompile(lm, parsed)
         echo = [texts[i // parsed.n] for i in range(len(prompts) * parsed.n)] if body.get("echo") else None
         reply = Reply(False, config.model_id, state.tokens, parsed.logprobs, sum(map(len, prompts)), echo)
         return await answer(request, Job(state.scheduler, parsed), parsed, reply)

@@ -187,6 +187,9 @@ class Parsed:
     stream: bool = False
     include_usage: bool = False
     logprobs: int | None = None  # None: off; else how many alternatives per token
+    sources: dict[str, str] = dataclasses.field(
+        default_factory=dict
+    )  # option -> the request field it came from
 
     def choice_options(self, prompt: int, choice: int) -> dict[str, Any]:
         """Options of one choice for one prompt: a given seed moves on by one per choice."""
@@ -195,8 +198,11 @@ class Parsed:
         return options if seed is None else {**options, "seed": seed + choice}
 
     @property
-    def constrained(self) -> bool:
-        return any(self.options[0].get(k) is not None for k in ("json_schema", "regex", "choices"))
+    def constraint(self) -> str | None:
+        """The output constraint asked for (its option name), if any."""
+        return next(
+            (k for k in ("json_schema", "regex", "choices") if self.options[0].get(k) is not None), None
+        )
 
 
 def check_fields(body: Any, fields: type, generation: bool = True) -> dict[str, Any]:
@@ -292,8 +298,6 @@ def option_error(exc: Exception, source: dict[str, str]) -> APIError:
     message = str(exc)
     match = re.search(r"option (\w+)", message)
     name = match.group(1) if match else None
-    if "output constraint" in message:
-        name = "json_schema" if "json_schema" in source else None
     param = source.get(name, name) if name else None
     if param and param != name:
         message = f"{message} (from {param})"
