@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml scripts/setup_assets.py
 	# WordNet 3.0 database for METEOR (Debian's wordnet-base; skipped where present or without apt/root)
 	test -f /usr/share/wordnet/data.noun || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 		apt-get update -qq && apt-get install -y -qq wordnet-base >/dev/null; } || echo "wordnet-base not installed: METEOR unavailable"
+	# Debian's Chromium + chromedriver for the chat-page browser test (tests/serve/test_chat_page.py fails without them)
+	test -x /usr/bin/chromium || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; } || echo "chromium not installed: the chat-page test will fail"
 	touch $(STAMP)
 
 quickstart: setup
