@@ -5,6 +5,7 @@ HTTP (the official `openai` client, httpx, a browser). Started once per session 
   (tests/tiny.py's model, 1,024-token context): fast, for most tests;
 - `limits_server`: the same checkpoint behind an API key, one row, a one-request queue and a 4 KiB body
   limit, for 401, 413 and 429;
+- `fuzz_server`: the tiny model with a 96-token context (every fuzzed request stays short);
 - `smollm2_server`: SmolLM2-135M-Instruct with all-MiniLM-L6-v2 for /v1/embeddings.
 """
 
@@ -61,6 +62,16 @@ def limits_server(tiny_checkpoint, tmp_path_factory):
 def smollm2_server(tmp_path_factory):
     server = start_server(
         "smollm2", tmp_path_factory.mktemp("logs"), embedding_model="minilm", compile="eager", max_batch=4
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def fuzz_server(tmp_path_factory):
+    checkpoint = save_tiny_checkpoint(tmp_path_factory.mktemp("serve") / "tiny96", context=96)
+    server = start_server(
+        str(checkpoint), tmp_path_factory.mktemp("logs"), max_batch=4, max_queue=4, compile="eager"
     )
     yield server
     server.stop()

@@ -28,8 +28,8 @@ TEXTS = [
 API_KEY = "test-key-123"
 
 
-def save_tiny_checkpoint(path: Path) -> Path:
-    """A tiny random Llama (2 layers, 32 wide, 1,024-token context) with a byte-level BPE tokenizer
+def save_tiny_checkpoint(path: Path, context: int = 1024) -> Path:
+    """A tiny random Llama (2 layers, 32 wide, a `context`-token context) with a byte-level BPE tokenizer
     whose chat template uses <|im_start|>/<|im_end|>, saved as an lmforge checkpoint directory."""
     from tokenizers import Tokenizer as Backend
     from tokenizers import decoders, models, pre_tokenizers, trainers
@@ -51,7 +51,7 @@ def save_tiny_checkpoint(path: Path) -> Path:
     specials = {"bos_token": "<|endoftext|>", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
     tokenizer = Tokenizer(backend, specials, chat_template=CHAT_TEMPLATE)
     model = tiny_model(
-        "llama", seed=7, vocab_size=backend.get_vocab_size(), max_seq_len=1024, tie_embeddings=False
+        "llama", seed=7, vocab_size=backend.get_vocab_size(), max_seq_len=context, tie_embeddings=False
     )
     with torch.no_grad():  # sharper attention and next-token distributions: varied, prompt-dependent text
         model.lm_head.weight.mul_(3.0)

@@ -75,6 +75,10 @@ def test_bad_bodies_and_completion_prompts_are_400(tiny_server):
         check_envelope(http.post("/v1/completions", json={"prompt": []}), 400, "prompt")
         check_envelope(http.post("/v1/completions", json={"prompt": [10**9]}), 400, "prompt")
         check_envelope(http.post("/v1/completions", json={"prompt": "a", "logprobs": 21}), 400, "logprobs")
+        more_than_it_holds = {"prompt": ["a"] * 5, "n": 15}  # 75 sequences; 8 rows + 64 queued
+        check_envelope(http.post("/v1/completions", json=more_than_it_holds), 400, "n")
+        wrong_type = {"prompt": "a", "stop_token_ids": 0.0}  # found by the fuzz: once a TypeError, a 500
+        check_envelope(http.post("/v1/completions", json=wrong_type), 400, "stop_token_ids")
         check_envelope(http.post("/tokenize", json={}), 400, "prompt")
         check_envelope(http.post("/detokenize", json={"tokens": [-1]}), 400, "tokens")
         check_envelope(http.post("/v1/embeddings", json={"input": "x"}), 400, "model")  # no embedding model

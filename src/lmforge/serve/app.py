@@ -295,7 +295,7 @@ def parse_generation(
         model=config.model_id,
         prompts=prompts,
         options=per_prompt,
-        n=p.check_n(body.get("n", 1), config.max_batch + config.max_queue),
+        n=p.check_n(body.get("n", 1), len(prompts), config.max_batch + config.max_queue),
         stream=body.get("stream", False),
         include_usage=p.include_usage(body),
         logprobs=logprobs,
@@ -415,8 +415,8 @@ def add_error_handlers(app: FastAPI) -> None:
         )
 
 
-def body_schema(fields: type, generation: bool = True) -> dict[str, Any]:
-    schema = p.request_schema(fields, generation)
+def body_schema(fields: type, generation: bool, models: list[str]) -> dict[str, Any]:
+    schema = p.request_schema(fields, generation, models)
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
@@ -434,6 +434,7 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
             )
 
     guarded = [Depends(authorized)]
+    ids = state.model_ids()
 
     async def body_of(request: Request, fields: type, generation: bool = True) -> dict[str, Any]:
         return p.check_fields(await read_json(request, config.max_body_bytes), fields, generation)
@@ -463,7 +464,9 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
             data.append(entry)
         return {"object": "list", "data": data}
 
-    @app.post("/v1/chat/completions", dependencies=guarded, openapi_extra=body_schema(p.ChatRequest))
+    @app.post(
+        "/v1/chat/completions", dependencies=guarded, openapi_extra=body_schema(p.ChatRequest, True, ids)
+    )
     async def chat_completions(request: Request) -> Response:
         body = await body_of(request, p.ChatRequest)
         lm = state.generation_model(body.get("model"))
@@ -479,7 +482,9 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         reply = Reply(True, config.model_id, state.tokens, parsed.logprobs, len(ids))
         return await answer(request, Job(state.scheduler, parsed), parsed, reply)
 
-    @app.post("/v1/completions", dependencies=guarded, openapi_extra=body_schema(p.CompletionRequest))
+    @app.post(
+        "/v1/completions", dependencies=guarded, openapi_extra=body_schema(p.CompletionRequest, True, ids)
+    )
     async def completions(request: Request) -> Response:
         body = await body_of(request, p.CompletionRequest)
         lm = state.generation_model(body.get("model"))
@@ -490,21 +495,23 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         reply = Reply(False, config.model_id, state.tokens, parsed.logprobs, sum(map(len, prompts)), echo)
         return await answer(request, Job(state.scheduler, parsed), parsed, reply)
 
-    @app.post("/v1/embeddings", dependencies=guarded, openapi_extra=body_schema(p.EmbeddingRequest, False))
+    @app.post(
+        "/v1/embeddings", dependencies=guarded, openapi_extra=body_schema(p.EmbeddingRequest, False, ids)
+    )
     async def embeddings(request: Request) -> dict[str, Any]:
         body = await body_of(request, p.EmbeddingRequest, generation=False)
         name = body.get("model")
         lm = state.embedding_model(name)
         return await embed(state, lm, name or config.embedding_model or config.model_id, body)
 
-    @app.post("/tokenize", dependencies=guarded, openapi_extra=body_schema(p.TokenizeRequest, False))
+    @app.post("/tokenize", dependencies=guarded, openapi_extra=body_schema(p.TokenizeRequest, False, ids))
     async def tokenize(request: Request) -> dict[str, Any]:
         body = await body_of(request, p.TokenizeRequest, generation=False)
         lm = tokenizer_model(state, body.get("model"))
         ids = tokenize_body(lm, body)
         return {"count": len(ids), "max_model_len": lm.config.max_seq_len, "tokens": ids}
 
-    @app.post("/detokenize", dependencies=guarded, openapi_extra=body_schema(p.DetokenizeRequest, False))
+    @app.post("/detokenize", dependencies=guarded, openapi_extra=body_schema(p.DetokenizeRequest, False, ids))
     async def detokenize(request: Request) -> dict[str, Any]:
         body = await body_of(request, p.DetokenizeRequest, generation=False)
         lm = tokenizer_model(state, body.get("model"))

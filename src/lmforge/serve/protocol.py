@@ -158,8 +158,31 @@ def generation_fields() -> list[str]:
     return [f.name for f in dataclasses.fields(GenerationConfig) if f.name not in skip]
 
 
-def request_schema(fields: type, generation: bool = True) -> dict[str, Any]:
-    """The JSON schema of a request body: the endpoint's own fields (+ the served GenerationConfig options)."""
+MESSAGE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "role": {"enum": ["system", "developer", "user", "assistant"]},
+        "content": {
+            "anyOf": [
+                {"type": "string"},
+                {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {"type": {"enum": ["text"]}, "text": {"type": "string"}},
+                        "required": ["type", "text"],
+                    },
+                },
+            ]
+        },
+    },
+    "required": ["role", "content"],
+}
+
+
+def request_schema(fields: type, generation: bool = True, models: list[str] | None = None) -> dict[str, Any]:
+    """The JSON schema of a request body: the endpoint's own fields (+ the served GenerationConfig
+    options); `models` names the ids `model` may take."""
     schema = json_schema(fields)
     required = [f.name for f in dataclasses.fields(fields) if f.default is dataclasses.MISSING]
     properties = dict(schema["properties"])
@@ -170,7 +193,21 @@ def request_schema(fields: type, generation: bool = True) -> dict[str, Any]:
             "description": extra["stop"]["description"],
         }
         properties = {**properties, **extra}
+    if "messages" in properties:  # the shape chat_messages accepts
+        described = {"description": properties["messages"].get("description", "")}
+        item = {"type": "array", "items": MESSAGE_SCHEMA}
+        nullable = "messages" not in required
+        properties["messages"] = {**({"anyOf": [item, {"type": "null"}]} if nullable else item), **described}
+    if models and "model" in properties:
+        properties["model"] = {
+            "anyOf": [{"enum": models}, {"type": "null"}],
+            **_described(properties["model"]),
+        }
     return {**schema, "properties": properties, "required": required}
+
+
+def _described(prop: dict[str, Any]) -> dict[str, Any]:
+    return {"description": prop["description"]} if "description" in prop else {}
 
 
 # -- parsing -----------------------------------------------------------------------------------------
@@ -285,11 +322,20 @@ def response_format_schema(fmt: dict[str, Any]) -> dict[str, Any] | None:
 def validate_options(options: dict[str, Any], source: dict[str, str], lm: Any) -> GenerationConfig:
     """Check options as every lmforge front end does (GenerationConfig against the model's vocabulary);
     a refusal names the request field it came from."""
+    hints = typing.get_type_hints(GenerationConfig)
+    for name, value in options.items():  # JSON types first: the loose forms the CLI may give are text
+        if not (name == "stop" and isinstance(value, str)):
+            try:
+                check_value(name, value, hints[name], "request")
+            except LMForgeError as exc:
+                raise option_error(exc, source) from None
     try:
         config = GenerationConfig.from_hf(getattr(lm, "generation_config", None) or {}, **options)
         config.validate(lm.model.config.vocab_size)
     except LMForgeError as exc:
         raise option_error(exc, source) from None
+    except (TypeError, ValueError, OverflowError) as exc:  # a value no check foresaw: still the request's
+        raise bad_request(f"invalid generation options: {type(exc).__name__}: {exc}") from None
     return config
 
 
@@ -316,9 +362,13 @@ def include_usage(body: dict[str, Any]) -> bool:
     return value
 
 
-def check_n(n: int, limit: int) -> int:
-    if not 1 <= n <= limit:
-        raise bad_request(f"n must be between 1 and {limit} (this server's batch plus queue)", "n")
+def check_n(n: int, prompts: int, limit: int) -> int:
+    """n, when the request's n x prompts sequences fit the server at all (else retrying cannot help)."""
+    if n < 1:
+        raise bad_request("n must be at least 1", "n")
+    if n * prompts > limit:
+        what = f"n={n} choices for {prompts} prompts" if prompts > 1 else f"n={n} choices"
+        raise bad_request(f"{what} exceed the {limit} sequences this server holds (batch plus queue)", "n")
     return n
 
 
