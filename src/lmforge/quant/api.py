@@ -13,7 +13,7 @@ import torch
 from lmforge.errors import LMForgeError
 from lmforge.options import configure
 from lmforge.quant import kernels, report
-from lmforge.quant.config import QuantizeConfig
+from lmforge.quant.config import CALIBRATED, QuantizeConfig
 from lmforge.quant.convert import describe, plan, quantize_model, rtn_weights
 from lmforge.quant.modules import is_quantized
 
@@ -50,16 +50,26 @@ def quantize(
         raise LMForgeError(f"quantize starts from float32 weights; {original.source} is {original.dtype}")
     model_copy = copy.deepcopy(original.model)
     weights = kept = None
+    smoothed: list[str] = []
     if config.bits:
         targets, kept = plan(model_copy, config)
-        if config.method == "gptq":
-            from lmforge.quant.calibrate import calibration_windows, gptq_weights
+        if config.method in CALIBRATED:
+            from lmforge.quant.calibrate import calibration_windows
 
             windows = calibration_windows(original.tokenizer, config)
+        if config.method == "gptq":
+            from lmforge.quant.calibrate import gptq_weights
+
             weights = gptq_weights(model_copy, targets, config, windows)
         else:
+            if config.method == "smoothquant":
+                from lmforge.quant.smoothquant import smooth
+
+                smoothed = smooth(model_copy, list(targets), config.alpha, windows)
             weights = rtn_weights(model_copy, targets, config)
     quantize_model(model_copy, config, weights, kept)
+    if smoothed:
+        model_copy.quantization["smoothed"] = smoothed
     from lmforge.lm import LM
 
     quantized = LM(
@@ -108,10 +118,13 @@ def build_card(original, quantized, config: QuantizeConfig) -> dict[str, Any]:
 def _kernels_line(paths: list[str]) -> str:
     if not paths:
         return "none (float weights)"
-    if paths == ["kernel"]:
-        return f"torch CPU int8/int4 weight-only kernels, activations in {kernels.fast_dtype()}".replace(
-            "torch.", ""
-        )
+    text = []
+    if "kernel" in paths:
+        text.append(f"torch CPU int8/int4 weight-only kernels, activations in {kernels.fast_dtype()}")
+    if "int_mm" in paths:
+        text.append("per-token int8 activations × int8 weights through torch._int_mm (int32 sums)")
+    if "dequantize" not in paths:
+        return "; ".join(text).replace("torch.bfloat16", "bfloat16").replace("torch.float32", "float32")
     return "some layers dequantize and use F.linear: the CPU kernel is missing for them (see layers)"
 
 

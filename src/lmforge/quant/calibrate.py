@@ -28,7 +28,7 @@ CHUNK = 8  # windows per forward pass
 def calibration_windows(tokenizer, config: QuantizeConfig) -> torch.Tensor:
     """(samples, length) token ids."""
     if tokenizer is None:
-        raise LMForgeError("gptq needs calibration text, so a model with a tokenizer")
+        raise LMForgeError(f"{config.method} needs calibration text, so a model with a tokenizer")
     n, length = config.calibration_samples, config.calibration_length
     if config.calibration == "shakespeare":
         from lmforge.assets import shakespeare_files

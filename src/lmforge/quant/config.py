@@ -9,9 +9,10 @@ from lmforge.errors import LMForgeError
 from lmforge.options import check_types, option
 from lmforge.quant.formats import GROUP_SIZES
 
-Scheme = Literal["bf16", "fp16", "int8", "int4"]
+Scheme = Literal["bf16", "fp16", "int8", "int4", "w8a8-dynamic"]
 SCHEMES: tuple[str, ...] = get_args(Scheme)
-Method = Literal["rtn", "gptq"]
+Method = Literal["rtn", "gptq", "smoothquant", "llm-int8"]
+CALIBRATED = ("gptq", "smoothquant")  # methods that read calibration text
 
 
 @dataclass
@@ -19,8 +20,16 @@ class QuantizeConfig:
     """How to quantize: the scheme (storage format), the method (how codes are chosen), what stays in
     higher precision, the calibration data (GPTQ) and the quality card."""
 
-    scheme: Scheme = option("int8", "bf16 | fp16 (half-precision weights), int8 (per channel), int4 (groups)")
-    method: Method = option("rtn", "how int codes are chosen: rtn (round to nearest) or gptq (Hessian-aware)")
+    scheme: Scheme = option(
+        "int8",
+        "bf16 | fp16 (half-precision weights), int8 (per channel), int4 (groups), "
+        "w8a8-dynamic (int8 weights and per-token int8 activations)",
+    )
+    method: Method = option(
+        "rtn",
+        "rtn (round to nearest), gptq (Hessian-aware), smoothquant (w8a8-dynamic: migrate activation "
+        "outliers into the weights), llm-int8 (int8 / w8a8-dynamic: outlier input columns in float)",
+    )
     group_size: int = option(64, "int4: input columns per scale/zero group (32, 64, 128 or 256)")
     symmetric: bool = option(False, "int4: scale only (zero = 0) instead of scale + zero per group")
     keep_indivisible: bool = option(
@@ -35,10 +44,15 @@ class QuantizeConfig:
         "auto",
         "int8/int4: dtype of activations, norms and biases (auto: bfloat16 where its kernels are faster)",
     )
-    calibration: str = option(
-        "shakespeare", "gptq: calibration text (shakespeare, held-out play excluded, or a .txt file)"
+    alpha: float = option(0.5, "smoothquant: migration strength, s = max|x|^alpha / max|w|^(1-alpha)")
+    threshold: float = option(
+        6.0, "llm-int8: input columns with any |x| >= threshold (per batch) stay in floating point"
     )
-    calibration_samples: int = option(64, "gptq: calibration sequences")
+    calibration: str = option(
+        "shakespeare",
+        "gptq, smoothquant: calibration text (shakespeare, held-out play excluded, or a .txt file)",
+    )
+    calibration_samples: int = option(64, "gptq, smoothquant: calibration sequences")
     calibration_length: int = option(256, "gptq: tokens per calibration sequence")
     damping: float = option(0.01, "gptq: fraction of the mean Hessian diagonal added to it")
     act_order: bool = option(True, "gptq: quantize the columns with the largest Hessian diagonal first")
@@ -56,12 +70,29 @@ class QuantizeConfig:
             raise LMForgeError("calibration_samples must be positive and calibration_length at least 2")
         if not 0 <= self.damping < 1:
             raise LMForgeError(f"damping must be in [0, 1), got {self.damping}")
-        if self.method == "gptq" and self.scheme not in ("int8", "int4"):
+        if self.method == "gptq" and self.scheme not in ("int8", "int4", "w8a8-dynamic"):
             raise LMForgeError(f"method gptq chooses integer codes; scheme {self.scheme} has none")
+        if self.method == "smoothquant" and self.scheme != "w8a8-dynamic":
+            raise LMForgeError(
+                f"method smoothquant quantizes activations: use scheme w8a8-dynamic, not {self.scheme}"
+            )
+        if self.method == "llm-int8" and self.scheme not in ("int8", "w8a8-dynamic"):
+            raise LMForgeError(f"method llm-int8 is an int8 method: use scheme int8, not {self.scheme}")
+        if not 0 <= self.alpha <= 1:
+            raise LMForgeError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.threshold < 0:
+            raise LMForgeError(f"threshold must be at least 0, got {self.threshold}")
 
     @property
     def bits(self) -> int | None:
-        return {"int8": 8, "int4": 4}.get(self.scheme)
+        return {"int8": 8, "int4": 4, "w8a8-dynamic": 8}.get(self.scheme)
+
+    @property
+    def activations(self) -> str | None:
+        """How linear layers in the blocks take their inputs: None (float), "w8a8" or "llm-int8"."""
+        if self.method == "llm-int8":
+            return "llm-int8"
+        return "w8a8" if self.scheme == "w8a8-dynamic" else None
 
     def record(self) -> dict[str, Any]:
         """What a checkpoint's config.json keeps (the `lmforge.quantization` block)."""
@@ -69,6 +100,12 @@ class QuantizeConfig:
         out = {k: v for k, v in asdict(self).items() if k in keys}
         if self.scheme == "int4":
             out.update(group_size=self.group_size, symmetric=self.symmetric)
+        if self.method == "smoothquant":
+            out.update(
+                alpha=self.alpha, calibration=self.calibration, calibration_samples=self.calibration_samples
+            )
+        if self.method == "llm-int8":
+            out.update(threshold=self.threshold)
         if self.method == "gptq":
             out.update(
                 calibration=self.calibration,

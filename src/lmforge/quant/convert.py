@@ -27,6 +27,7 @@ from lmforge.quant import kernels
 from lmforge.quant.config import QuantizeConfig
 from lmforge.quant.formats import QuantizedWeight, check_group_size, rtn
 from lmforge.quant.modules import Int4Linear, Int8Embedding, Int8Linear, is_quantized
+from lmforge.quant.w8a8 import LLMInt8Linear, W8A8Linear
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 
@@ -100,24 +101,36 @@ def quantize_model(
         weights = rtn_weights(model, targets, config)
     model.to(dtype)  # what stays in float: embeddings, norms, biases, kept layers
     model.init_buffers(device)
-    _swap(model, {n: (w.bits, w.group_size) for n, w in weights.items()}, dtype, lambda n, m: weights[n])
+    layers = {n: _kind(n, w.bits, config.activations) for n, w in weights.items()}
     model.quantization = {
         **config.record(),
         "compute_dtype": str(dtype).removeprefix("torch."),
-        "layers": {n: w.bits for n, w in weights.items()},
+        "layers": layers,
         "kept": kept or {},
     }
+    _swap(model, model.quantization, dtype, lambda n, m: weights[n])
     return model.quantization
+
+
+def _kind(name: str, bits: int, activations: str | None) -> int | str:
+    """A layer's entry in the record: 8 or 4 (weight-only), or "w8a8" / "llm-int8" (int8 activations
+    too; the LM head stays weight-only int8: its error reaches the logits unmixed)."""
+    return bits if activations is None or name == "lm_head" else activations
 
 
 def _swap(
     model: nn.Module,
-    layers: dict[str, tuple[int, int | None]],
+    record: dict[str, Any],
     dtype: torch.dtype,
     weight_of: Callable[[str, nn.Module], QuantizedWeight],
 ) -> None:
+    layers = record.get("layers", {})
+
     def make(name: str, linear: nn.Module) -> nn.Module:
-        cls = Int8Linear if layers[name][0] == 8 else Int4Linear
+        kind = layers[name]
+        if kind == "llm-int8":
+            return LLMInt8Linear(weight_of(name, linear), linear.bias, dtype, record.get("threshold", 6.0))
+        cls = {8: Int8Linear, 4: Int4Linear, "w8a8": W8A8Linear}[kind]
         return cls(weight_of(name, linear), linear.bias, dtype)
 
     swap_modules(model, list(layers), make)
@@ -156,14 +169,14 @@ def prepare_for_load(model: nn.Module, record: dict[str, Any]) -> torch.dtype:
     def empty(name: str, linear: nn.Module) -> QuantizedWeight:
         n, k = linear.out_features, linear.in_features
         bits = layers[name]
-        if bits == 8:
+        if bits != 4:
             return QuantizedWeight(8, torch.empty(n, k, dtype=torch.int8), torch.empty(n))
         shape = (n, k // group)
         return QuantizedWeight(
             4, torch.empty(n, k, dtype=torch.uint8), torch.empty(shape), torch.empty(shape), group
         )
 
-    _swap(model, {n: (b, group) for n, b in layers.items()}, dtype, empty)
+    _swap(model, record, dtype, empty)
     model.quantization = record
     return dtype
 
@@ -172,6 +185,10 @@ def describe(record: dict[str, Any] | None) -> str:
     if not record:
         return "float"
     text = f"{record['scheme']} {record.get('method', 'rtn')}"
+    if record.get("method") == "smoothquant":
+        text += f" alpha {record.get('alpha')}"
+    if record.get("method") == "llm-int8":
+        text += f" threshold {record.get('threshold')}"
     if record.get("group_size") and record["scheme"] == "int4":
         text += f" g{record['group_size']}" + (" symmetric" if record.get("symmetric") else "")
     return text

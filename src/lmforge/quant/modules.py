@@ -164,8 +164,7 @@ class Int8Embedding(nn.Module):
         return dequantize_int8(self.qweight, self.scale, dtype)
 
 
-QUANT_MODULES = (Int8Linear, Int4Linear, Int8Embedding)
-
-
 def is_quantized(model: nn.Module) -> bool:
-    return any(isinstance(m, QUANT_MODULES) for m in model.modules())
+    from lmforge.quant.w8a8 import W8A8Linear
+
+    return any(isinstance(m, (Int8Linear, Int4Linear, Int8Embedding, W8A8Linear)) for m in model.modules())
