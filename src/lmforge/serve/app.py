@@ -180,7 +180,7 @@ class Job:
     """The tickets of one request (one per choice) and the events they send back."""
 
     def __init__(self, scheduler: Scheduler, parsed: p.Parsed):
-        self.scheduler = scheduler
+        self.scheduler, self.parsed = scheduler, parsed
         self.queue: asyncio.Queue = asyncio.Queue()
         self.tickets = [
             Ticket(prompt, parsed.choice_options(i, j), i * parsed.n + j, self.queue)
@@ -211,7 +211,7 @@ class Job:
                 raise Disconnected
             index, item = get.result()
         if isinstance(item, Refused):
-            raise p.option_error(item.cause, {})
+            raise p.option_error(item.cause, self.parsed.sources)
         if isinstance(item, Exception):
             raise p.APIError(500, str(item), code="generation_failed")
         if item.finished:

@@ -1,0 +1,79 @@
+"""The scheduler in-process, where a decode step can be made to fail: the sequences that had started get
+the error, the ones still waiting are added again and give their lone tokens, and the scheduler goes on
+serving; the queue limit is all-or-nothing for a request's tickets."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from lmforge.errors import LMForgeError
+from lmforge.lm import LM
+from lmforge.serve.metrics import Metrics
+from lmforge.serve.scheduler import QueueFull, Scheduler, Ticket
+from tiny import tiny_model
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return LM(tiny_model("llama", seed=3), None, {}, compile="eager")
+
+
+async def collect(queue: asyncio.Queue, count: int) -> dict:
+    """Each ticket's completion (or exception) by index, once `count` of them ended."""
+    results: dict = {}
+    while len(results) < count:
+        index, item = await queue.get()
+        if isinstance(item, Exception):
+            results[index] = item
+        elif item.finished:
+            results[index] = item.completion
+    return results
+
+
+def test_a_failed_step_fails_the_started_sequences_and_keeps_the_waiting_ones(lm):
+    metrics = Metrics()
+    scheduler = Scheduler(lm, max_batch=1, max_queue=4, metrics=metrics)
+    real_step, calls = scheduler.batcher.step, [0]
+
+    def flaky_step():
+        calls[0] += 1
+        if calls[0] == 3:  # the first ticket has started; the second waits for the row
+            raise RuntimeError("boom")
+        return real_step()
+
+    scheduler.batcher.step = flaky_step
+
+    async def run():
+        scheduler.start(asyncio.get_running_loop())
+        queue: asyncio.Queue = asyncio.Queue()
+        scheduler.submit([Ticket([1, 2, 3], {"max_new_tokens": 30}, 0, queue)])
+        scheduler.submit([Ticket([4, 5], {"max_new_tokens": 5}, 1, queue)])
+        first = await collect(queue, 2)
+        again = Ticket([6], {"max_new_tokens": 4}, 2, queue)  # the scheduler still serves
+        scheduler.submit([again])
+        return first | await collect(queue, 1)
+
+    try:
+        results = asyncio.run(run())
+    finally:
+        scheduler.stop()
+    assert isinstance(results[0], LMForgeError) and "boom" in str(results[0])
+    assert results[1].token_ids == lm.generate([4, 5], max_new_tokens=5, aot=False).token_ids
+    assert results[2].token_ids == lm.generate([6], max_new_tokens=4, aot=False).token_ids
+    assert metrics.sequences.labels("error")._value.get() == 1
+    assert scheduler.active == 0
+
+
+def test_the_queue_limit_takes_a_request_whole_or_not_at_all(lm):
+    scheduler = Scheduler(lm, max_batch=2, max_queue=1, metrics=Metrics())
+    queue: asyncio.Queue = asyncio.Queue()
+    tickets = [Ticket([1], {"max_new_tokens": 2}, i, queue) for i in range(4)]
+    with pytest.raises(QueueFull, match="room for 3"):
+        scheduler.submit(tickets)
+    assert scheduler.active == 0
+    scheduler.submit(tickets[:3])
+    assert scheduler.active == 3
+    with pytest.raises(QueueFull):
+        scheduler.submit(tickets[3:])
