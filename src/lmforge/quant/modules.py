@@ -36,27 +36,32 @@ class Int8Linear(nn.Module):
         self.register_buffer("qweight", weight.codes.to(torch.int8))
         self.register_buffer("scale", weight.scale.to(torch.bfloat16))
         self.bias = _bias(bias, dtype)
-        self.path = self._path()
+        self._choose_path()
 
-    def _path(self) -> str:
-        return "kernel" if kernels.available("int8") and self.qweight.device.type == "cpu" else "dequantize"
+    def _choose_path(self) -> None:
+        """The path and its measured limits, fixed here so that forward reads plain attributes (a
+        compiled step traces no measurement)."""
+        on_cpu = self.qweight.device.type in ("cpu", "meta")
+        self.path = "kernel" if kernels.available("int8") and on_cpu else "dequantize"
+        self.kernel_rows = kernels.int8_rows() if self.path == "kernel" else 0
+        self.kernel_dtype = kernels.fast_dtype()
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
         # a tensor read from a safetensors file may start anywhere in it; the kernel needs alignment
         self.qweight, self.scale = kernels.aligned(self.qweight), kernels.aligned(self.scale)
-        self.path = self._path()
+        self._choose_path()
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return dequantize_int8(self.qweight, self.scale, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        if self.path == "kernel" and rows.shape[0] <= kernels.int8_rows():
-            y = kernels.int8_mm(rows.to(kernels.fast_dtype()), self.qweight, self.scale).to(x.dtype)
+        if self.path == "kernel" and rows.shape[0] <= self.kernel_rows:
+            y = kernels.int8_mm(rows.to(self.kernel_dtype), self.qweight, self.scale).to(x.dtype)
             y = y if self.bias is None else y + self.bias
         else:
-            dtype = kernels.fast_dtype() if self.path == "kernel" else x.dtype
+            dtype = self.kernel_dtype if self.path == "kernel" else x.dtype
             y = kernels.linear(rows.to(dtype), self.dequantize(dtype), self.bias).to(x.dtype)
         return y.view(*x.shape[:-1], self.out_features)
 
@@ -77,6 +82,7 @@ class Int4Linear(nn.Module):
         meta = weight.codes.device.type == "meta"
         fits = self.out_features % 16 == 0 and not meta and weight.codes.device.type == "cpu"
         self.path = "kernel" if kernels.available("int4") and (fits or meta) else "dequantize"
+        self.kernel_dtype = kernels.fast_dtype()  # read by forward (nothing measured in a compiled step)
         self._set_codes(weight.codes)
 
     def _set_codes(self, codes: torch.Tensor) -> None:
@@ -102,7 +108,7 @@ class Int4Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
         if self.path == "kernel":
-            dtype = kernels.fast_dtype()
+            dtype = self.kernel_dtype
             y = kernels.int4_mm(rows.to(dtype), self.codes, self.group_size, self.scale_zero).to(x.dtype)
             y = y if self.bias is None else y + self.bias
         else:

@@ -28,8 +28,9 @@ from lmforge.quant.formats import QuantizedWeight, dequantize_int8
 def per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of `x` (M, K) as int8 codes and their fp32 scales (M, 1)."""
     x = x.float()
-    scale = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127
-    return torch.round(x / scale).clamp(-127, 127).to(torch.int8), scale
+    absmax = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-12)
+    # x · (127 / absmax), as bitsandbytes computes it: one rounding a compiled step repeats exactly
+    return torch.round(x * (127 / absmax)).clamp(-127, 127).to(torch.int8), absmax / 127
 
 
 def int8_matmul(q_x: torch.Tensor, q_w: torch.Tensor) -> torch.Tensor:
