@@ -121,3 +121,22 @@ def test_gguf_export_refuses_what_it_cannot_write(tmp_path, smollm2_meta):
         write_gguf(q.model, tmp_path / "x.gguf", "q8_0", smollm2_meta)
     with pytest.raises(lmforge.LMForgeError, match="reads llama.cpp's tokenizer metadata from a .gguf"):
         lmforge.quant.gguf_export.export_gguf(str(tmp_path), tmp_path / "x.gguf")
+
+
+def test_directory_source_writes_its_tokenizer_as_llama_cpps(tmp_path, smollm2, smollm2_meta):
+    """A checkpoint directory (a tiny model with SmolLM2's tokenizer saved as tokenizer.json): the GGUF
+    carries llama.cpp's tokenizer metadata built from it — the same tokens, types, merges, pre-tokenizer
+    name, special ids and chat template as SmolLM2's own GGUF — and loads back tokenizing the same."""
+    from lmforge.io.gguf import read_metadata
+    from lmforge.quant.gguf_export import export_gguf
+
+    model = tiny_model("llama", vocab_size=49152, d_model=64, n_head=4, d_mlp=128)
+    lmforge.LM(model, smollm2.tokenizer).save(tmp_path / "dir")
+    export_gguf(tmp_path / "dir", tmp_path / "out.gguf", "f16")
+    meta = read_metadata(tmp_path / "out.gguf")
+    for key in ("model", "pre", "tokens", "token_type", "merges", "bos_token_id", "eos_token_id"):
+        assert meta[f"tokenizer.ggml.{key}"] == smollm2_meta[f"tokenizer.ggml.{key}"], key
+    assert meta["tokenizer.chat_template"] == smollm2_meta["tokenizer.chat_template"]
+    loaded = lmforge.load(tmp_path / "out.gguf", compile="eager")
+    text = "In 1603, Hamlet said: 'To be, or not to be' — naïve café ✓"
+    assert loaded.encode(text) == smollm2.encode(text)

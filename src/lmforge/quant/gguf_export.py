@@ -11,7 +11,8 @@ bit-exact with ggml's):
 Rules, as llama.cpp's: 1-D tensors (norms, biases) stay F32; a 2-D tensor whose rows are not a multiple
 of 32 is written F16; with Q4_0/Q4_1 the output projection (the token embedding when tied) is Q8_0,
 because its error reaches the logits unmixed (llama.cpp uses Q6_K there, which `gguf` cannot make).
-The tokenizer metadata (`tokenizer.*`) is copied from the source GGUF file, types and all.
+The tokenizer metadata (`tokenizer.*`) is copied from a source GGUF file, or built from a checkpoint
+directory's byte-level BPE tokenizer (`tokenizer_metadata`).
 """
 
 from __future__ import annotations
@@ -169,6 +170,69 @@ def _copy_tokenizer(writer, meta: dict[str, Any]) -> None:
             writer.add_string(key, str(value))
 
 
+NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5  # llama.cpp's token types
+
+
+def _splits(pre: dict[str, Any] | None) -> list[str]:
+    """The regex splits a byte-level pre-tokenizer applies, in order (ByteLevel's own is GPT-2's)."""
+    from lmforge.tokenizer.loaders import GPT2_REGEX
+
+    steps = (pre or {}).get("pretokenizers", [pre] if pre else [])
+    out = []
+    for step in steps:
+        if step["type"] == "Split" and "Regex" in step.get("pattern", {}):
+            out.append(step["pattern"]["Regex"])
+        elif step["type"] == "Digits" and step.get("individual_digits"):
+            out.append(r"\p{N}")
+        elif step["type"] == "ByteLevel" and step.get("use_regex", True):
+            out.append(GPT2_REGEX)
+        elif step["type"] != "ByteLevel":
+            raise LMForgeError(f"GGUF export: no llama.cpp pre-tokenizer for a {step['type']} step")
+    return out
+
+
+def tokenizer_metadata(tokenizer: Any, vocab_size: int) -> dict[str, Any]:
+    """llama.cpp's `tokenizer.*` metadata for a byte-level BPE tokenizer (model "gpt2"): tokens by id
+    (padded with unused ones up to the model's vocabulary), types, merges, the pre-tokenizer named by
+    its regex splits (`loaders.GGUF_PRE_SPLITS` read backwards), special ids, BOS flag, chat template."""
+    import json
+    import tempfile
+
+    from lmforge.tokenizer.loaders import GGUF_PRE_SPLITS
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save(tmp)
+        spec = json.loads((Path(tmp) / "tokenizer.json").read_text(encoding="utf-8"))
+    model = spec["model"]
+    if model.get("type") != "BPE" or (spec.get("decoder") or {}).get("type") != "ByteLevel":
+        raise LMForgeError("GGUF export writes byte-level BPE tokenizers (llama.cpp's gpt2 type) only")
+    splits = _splits(spec.get("pre_tokenizer"))
+    pre = next((name for name, known in GGUF_PRE_SPLITS.items() if known == splits), None)
+    if pre is None:
+        raise LMForgeError(f"GGUF export: no llama.cpp pre-tokenizer splits as {splits}")
+    tokens: dict[int, tuple[str, int]] = {i: (t, NORMAL) for t, i in model["vocab"].items()}
+    for added in spec.get("added_tokens", []):
+        tokens[added["id"]] = (added["content"], CONTROL if added.get("special") else USER_DEFINED)
+    size = max(vocab_size, max(tokens) + 1)
+    table = [tokens.get(i, (f"[PAD{i}]", UNUSED)) for i in range(size)]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    meta: dict[str, Any] = {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": pre,
+        "tokenizer.ggml.tokens": [t for t, _ in table],
+        "tokenizer.ggml.token_type": [k for _, k in table],
+        "tokenizer.ggml.merges": merges,
+        "tokenizer.ggml.add_bos_token": bool(tokenizer.add_bos_token),
+    }
+    for key in ("bos", "eos", "pad"):
+        token_id = getattr(tokenizer, f"{key}_token_id", None)
+        if token_id is not None:
+            meta[f"tokenizer.ggml.{'padding' if key == 'pad' else key}_token_id"] = int(token_id)
+    if tokenizer.chat_template:
+        meta["tokenizer.chat_template"] = tokenizer.chat_template
+    return meta
+
+
 def write_gguf(
     model: torch.nn.Module, path: str | Path, type: GGUFType, tokenizer_meta: dict[str, Any]
 ) -> Path:
@@ -210,8 +274,9 @@ def write_gguf(
 
 
 def export_gguf(source: Any, path: str | Path, type: GGUFType = "q8_0") -> Path:
-    """`lmforge convert SRC OUT.gguf --to gguf --type TYPE`: load `source` (an asset name or a .gguf
-    path) in fp32 and write it; its tokenizer metadata is carried over."""
+    """`lmforge convert SRC OUT.gguf --to gguf --type TYPE`: load `source` (an asset name, a .gguf file
+    or a checkpoint directory) in fp32 and write it. A GGUF source's `tokenizer.*` metadata is copied
+    as it is; a directory's byte-level BPE tokenizer is written out as llama.cpp's (`tokenizer_metadata`)."""
     from lmforge.assets import ASSETS, asset_path
     from lmforge.io.gguf import read_metadata
     from lmforge.lm import load
@@ -219,9 +284,11 @@ def export_gguf(source: Any, path: str | Path, type: GGUFType = "q8_0") -> Path:
     src = Path(source)
     if not src.exists() and str(source) in ASSETS:
         src = asset_path(str(source))
-    if src.suffix.lower() != ".gguf":
-        raise LMForgeError(
-            f"GGUF export reads llama.cpp's tokenizer metadata from a .gguf source; {source} is not one"
-        )
     lm = load(src, dtype=torch.float32, device="cpu", compile="eager")
-    return write_gguf(lm.model, path, type, read_metadata(src))
+    if src.suffix.lower() == ".gguf":
+        meta = read_metadata(src)
+    elif lm.tokenizer is not None:
+        meta = tokenizer_metadata(lm.tokenizer, lm.config.vocab_size)
+    else:
+        raise LMForgeError(f"GGUF export needs a tokenizer for llama.cpp; {source} has none")
+    return write_gguf(lm.model, path, type, meta)
