@@ -147,3 +147,18 @@ def test_bad_method_scheme_pairs():
         lmforge.quantize(lm, scheme="int4", method="llm-int8")
     with pytest.raises(lmforge.LMForgeError, match="smoothquant needs calibration text"):
         lmforge.quantize(lm, scheme="w8a8-dynamic", method="smoothquant", report=False)
+
+
+def test_cli_w8a8_and_llm_int8(tmp_path, capsys):
+    from lmforge.cli import main
+
+    write_checkpoint(tmp_path / "float", tiny_model("gpt2", vocab_size=320))
+    args = ["quantize", str(tmp_path / "float"), "--no-report", "--out"]
+    assert main([*args, str(tmp_path / "a"), "--scheme", "w8a8-dynamic"]) == 0
+    assert "w8a8-dynamic rtn" in capsys.readouterr().out
+    assert main([*args, str(tmp_path / "b"), "--method", "llm-int8", "--threshold", "4"]) == 0
+    assert "int8 llm-int8 threshold 4.0" in capsys.readouterr().out
+    loaded = lmforge.load(tmp_path / "b", device="cpu", compile="eager")
+    assert loaded.model.blocks[0].attn.qkv.threshold == 4.0
+    assert main([*args, str(tmp_path / "c"), "--method", "smoothquant"]) == 2
+    assert "use scheme w8a8-dynamic" in capsys.readouterr().err
