@@ -128,14 +128,17 @@ def model_not_found(name: str, known: list[str]) -> p.APIError:
 
 
 def warm_up(lm: LM, scheduler: Scheduler) -> None:
-    """Run the batch's decode step once (a compiled step compiles here, not on the first request) and
-    read the token table constraints need (about a second for a 50k vocabulary)."""
+    """Run the batch's decode steps before the first request: two sequences of different lengths, so a
+    compiled step compiles here both its graphs (rows that start together, and padded rows with a
+    mask: tens of seconds each on a small CPU); and read the token table constraints need (about a
+    second for a 50k vocabulary)."""
     if lm.tokenizer is not None:
         from lmforge.generate.constraints import token_table
 
         token_table(lm.tokenizer, lm.config.vocab_size)
-    first = lm.tokenizer.bos_token_id if lm.tokenizer is not None else None
-    scheduler.batcher.add([first or 0], max_new_tokens=2, ignore_eos=True)
+    token = (lm.tokenizer.bos_token_id if lm.tokenizer is not None else None) or 0
+    for length in (1, 3):
+        scheduler.batcher.add([token] * length, max_new_tokens=4, ignore_eos=True)
     for _ in scheduler.batcher.drain():
         pass
 
