@@ -119,8 +119,16 @@ def test_gguf_export_refuses_what_it_cannot_write(tmp_path, smollm2_meta):
     q = lmforge.quantize(lmforge.LM(tiny_model("llama", vocab_size=320)), scheme="int8", report=False).lm
     with pytest.raises(lmforge.LMForgeError, match="float model"):
         write_gguf(q.model, tmp_path / "x.gguf", "q8_0", smollm2_meta)
-    with pytest.raises(lmforge.LMForgeError, match="reads llama.cpp's tokenizer metadata from a .gguf"):
-        lmforge.quant.gguf_export.export_gguf(str(tmp_path), tmp_path / "x.gguf")
+    from lmforge.io.checkpoint import write_checkpoint
+    from lmforge.quant.gguf_export import export_gguf
+
+    write_checkpoint(tmp_path / "bare", tiny_model("llama", vocab_size=320))
+    with pytest.raises(lmforge.LMForgeError, match="needs a tokenizer for llama.cpp"):
+        export_gguf(tmp_path / "bare", tmp_path / "x.gguf")
+    with pytest.raises(lmforge.LMForgeError, match="GGUF export writes the llama, qwen2 and gpt2"):
+        write_gguf(
+            tiny_model("llama", vocab_size=320, sliding_window=8), tmp_path / "x.gguf", "f32", smollm2_meta
+        )
 
 
 def test_directory_source_writes_its_tokenizer_as_llama_cpps(tmp_path, smollm2, smollm2_meta):
