@@ -17,6 +17,7 @@ from lmforge.eval.harness import EvalConfig, list_tasks, load_task
 from lmforge.generate.config import GenerationConfig
 from lmforge.lm import LM, load
 from lmforge.quant import QuantizeConfig, QuantizeResult, quantize
+from lmforge.quant.gguf_export import export_gguf
 from lmforge.serve import ServeConfig, serve
 from lmforge.tokenizer import Tokenizer
 from lmforge.tokenizer.train import TokenizerTrainConfig, train_tokenizer
@@ -52,6 +53,7 @@ __all__ = [
     "compare_reports",
     "compare_tokenizers",
     "evaluate",
+    "export_gguf",
     "finetune",
     "list_tasks",
     "load",

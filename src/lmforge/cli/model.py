@@ -46,9 +46,7 @@ def convert(
         type: --to gguf: the GGUF weight type (Q8_0/Q4_0/Q4_1 made by the gguf package).
     """
     if to == "gguf":
-        from lmforge.quant.gguf_export import export_gguf
-
-        path = export_gguf(src, dst, type)
+        path = lmforge.export_gguf(src, dst, type)
         print(f"wrote {path} (GGUF {type.upper()}; lmforge.load or llama.cpp read it)")
         return str(path)
     lm = lmforge.load(src, dtype=dtype, device="cpu")
