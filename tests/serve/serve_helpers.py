@@ -119,7 +119,7 @@ class Server:
 def start_server(model: str, tmp: Path, timeout: float = 240, **options) -> Server:
     """`lmforge.serve(model=MODEL, **options)` in a new process on a free loopback port (one torch
     thread, warnings only); returns once /health answers 200. The CLI's own path is tested apart
-    (test_config.py), so a command module broken elsewhere in the tree does not stop these servers."""
+    (test_serve_config.py), so a command module broken elsewhere in the tree does not stop these servers."""
     port = free_port()
     log = tmp / f"serve-{port}.log"
     options = {"model": model, "port": port, "threads": 1, "log_level": "warning", **options}
