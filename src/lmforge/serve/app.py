@@ -128,18 +128,30 @@ def model_not_found(name: str, known: list[str]) -> p.APIError:
 
 
 def warm_up(lm: LM, scheduler: Scheduler) -> None:
-    """Run the batch's decode steps before the first request: two sequences of different lengths, so a
-    compiled step compiles here both its graphs (rows that start together, and padded rows with a
-    mask: tens of seconds each on a small CPU); and read the token table constraints need (about a
-    second for a 50k vocabulary)."""
+    """Read the token table constraints need (about a second for a 50k vocabulary), and run the batch's
+    decode steps once. A compiled step compiles here, not under the first requests (tens of seconds
+    per graph on a small CPU): rows that start together (no mask) and rows of different lengths (a
+    mask), each stepped until the clock reaches the last slot of the cache (torch.compile specialises
+    a graph traced where the clock plus one equals the capacity, so that case gets its own). The
+    lengths keep clear of the batch size, which torch.compile would otherwise tie to them."""
     if lm.tokenizer is not None:
         from lmforge.generate.constraints import token_table
 
         token_table(lm.tokenizer, lm.config.vocab_size)
     token = (lm.tokenizer.bos_token_id if lm.tokenizer is not None else None) or 0
-    for length in (1, 3):
-        scheduler.batcher.add([token] * length, max_new_tokens=4, ignore_eos=True)
-    for _ in scheduler.batcher.drain():
+    batcher = scheduler.batcher
+    if not batcher.mode.compile:
+        batcher.add([token], max_new_tokens=2, ignore_eos=True)
+        phases = []
+    else:
+        last = min(lm.config.max_seq_len, 256)  # the first capacity the batcher allocates for these
+        phases = [([last - 6] * scheduler.max_batch, 6), ([last - 9, last - 14], 9)]
+    for lengths, new_tokens in phases:
+        for length in lengths:
+            batcher.add([token] * length, max_new_tokens=new_tokens, ignore_eos=True)
+        for _ in batcher.drain():
+            pass
+    for _ in batcher.drain():
         pass
 
 
