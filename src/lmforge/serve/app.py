@@ -370,6 +370,7 @@ def create_app(config: ServeConfig, state: ServerState | None = None) -> FastAPI
         title="lmforge",
         summary="An OpenAI-compatible server with continuous batching",
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI and ReDoc load their scripts from a CDN; /openapi.json is served
         redoc_url=None,
     )
     app.state.lmforge = state

@@ -23,7 +23,7 @@ class ServeConfig:
         None, "model for /v1/embeddings: asset name (minilm) or checkpoint directory with a pooling config"
     )
     served_model_name: str | None = option(
-        None, "the id clients pass as `model` for the generation model (default: the --model value)"
+        None, "the id clients pass as `model` for the generation model (unset: the --model value)"
     )
     host: str = option("127.0.0.1", "address to listen on (0.0.0.0 exposes the server to the network)")
     port: int = option(8000, "port to listen on")
@@ -38,8 +38,8 @@ class ServeConfig:
     compile: Literal["auto", "eager", "compile", "aot"] = option(
         "auto", "decode step of the running batch (see lmforge.load): auto, eager, compile or aot"
     )
-    dtype: str | None = option(None, "weights dtype, e.g. float32 or bfloat16 (default: float32 on CPU)")
-    threads: int | None = option(None, "torch intra-op threads (default: torch's choice)")
+    dtype: str | None = option(None, "weights dtype, e.g. float32 or bfloat16 (unset: float32 on CPU)")
+    threads: int | None = option(None, "torch intra-op threads (unset: torch's choice)")
     log_level: Literal["debug", "info", "warning", "error"] = option("info", "uvicorn's log level")
 
     def __post_init__(self) -> None:
