@@ -73,7 +73,8 @@ def test_health_is_503_while_the_model_loads(tiny_checkpoint):
     gate = threading.Event()
     load = state.load
     state.load = lambda loop: (gate.wait(), load(loop))
-    server = uvicorn.Server(uvicorn.Config(create_app(config, state), port=config.port, log_level="error"))
+    app = create_app(config, state)  # log_config=None: uvicorn's dictConfig would reset the test's logging
+    server = uvicorn.Server(uvicorn.Config(app, port=config.port, log_level="error", log_config=None))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{config.port}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from lmforge.errors import LMForgeError
@@ -31,12 +32,27 @@ def serve(config: ServeConfig | None = None, **options: Any) -> None:
             server.should_exit = True
 
     app = create_app(config, ServerState(config, on_error=stop))
+    _log_to_stderr(config.log_level)
     server = uvicorn.Server(
         uvicorn.Config(
-            app, host=config.host, port=config.port, log_level=config.log_level, timeout_graceful_shutdown=5
+            app,
+            host=config.host,
+            port=config.port,
+            log_level=config.log_level,
+            log_config=None,  # uvicorn's dictConfig would close every logging handler the process has
+            timeout_graceful_shutdown=5,
         )
     )
     server.run()
     if failures:
         exc = failures[0]
         raise exc if isinstance(exc, LMForgeError) else LMForgeError(f"cannot serve {config.model}: {exc}")
+
+
+def _log_to_stderr(level: str) -> None:
+    """uvicorn's and the server's messages at `level`, printed to stderr when the process has no logging
+    set up (the CLI); a program or test harness that configured logging keeps its own handlers."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(levelname)s:     %(message)s")
+    for name in ("uvicorn", "lmforge.serve"):
+        logging.getLogger(name).setLevel(level.upper())
