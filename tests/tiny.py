@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from lmforge.config import ModelConfig
 from lmforge.model import Transformer
+from lmforge.tokenizer import Tokenizer
 
 PRESET = {"llama": "llama-tiny", "gpt2": "gpt-tiny", "bert": "bert-tiny"}
 SIZES = dict(n_layer=2, n_head=4, d_model=32, max_seq_len=128)
@@ -34,3 +35,29 @@ def tiny_model(family: str = "llama", seed: int = 0, **overrides) -> Transformer
     model = Transformer(tiny_config(family, **overrides))
     model.init_weights(seed=seed)
     return model.eval()
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_chat_tokenizer(texts: list[str], vocab_size: int = 320) -> Tokenizer:
+    """A small byte-level BPE trained on `texts` (x20), with <|endoftext|> (BOS, PAD), <|im_start|> and
+    <|im_end|> (EOS) and a ChatML template: what checkpoints saved by the tests carry."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    backend = Backend(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(list(texts) * 20, trainer)
+    specials = {"bos_token": "<|endoftext|>", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
+    return Tokenizer(backend, specials, chat_template=CHAT_TEMPLATE)

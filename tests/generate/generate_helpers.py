@@ -9,7 +9,7 @@ import hashlib
 import torch
 
 from lmforge.model import Transformer
-from tiny import tiny_config  # the one tiny model every test folder shares (tests/tiny.py)
+from tiny import tiny_chat_tokenizer, tiny_config  # shared by every test folder (tests/tiny.py)
 
 
 class ByteTokenizer:
@@ -92,33 +92,12 @@ def tiny_lm(model=None, tokenizer=None, compile="eager", **generation_config):
     return LM(model, tokenizer or ByteTokenizer(), generation_config, source="tiny", compile=compile)
 
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
 def tiny_checkpoint(path, seed: int = 0):
     """A saved checkpoint directory (tiny random Llama + a small byte-level BPE tokenizer with a chat
     template), loadable with `lmforge.load(path)` and the CLI."""
-    from tokenizers import Tokenizer as Backend
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-
     from lmforge.lm import LM
-    from lmforge.tokenizer import Tokenizer
 
-    backend = Backend(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=320,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(["hello world, how are you? fine thanks"] * 20, trainer)
-    specials = {"bos_token": "<|endoftext|>", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
-    tokenizer = Tokenizer(backend, specials, chat_template=CHAT_TEMPLATE)
-    model = tiny_model("llama", seed=seed, scale=8.0, vocab_size=backend.get_vocab_size())
+    tokenizer = tiny_chat_tokenizer(["hello world, how are you? fine thanks"])
+    model = tiny_model("llama", seed=seed, scale=8.0, vocab_size=tokenizer.vocab_size)
     LM(model, tokenizer, {}).save(path)
     return path

@@ -15,10 +15,6 @@ from pathlib import Path
 import httpx2 as httpx
 import torch
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 TEXTS = [
     "hello world, how are you? fine thanks, and you?",
     "the quick brown fox jumps over the lazy dog",
@@ -31,27 +27,12 @@ API_KEY = "test-key-123"
 def save_tiny_checkpoint(path: Path, context: int = 1024) -> Path:
     """A tiny random Llama (2 layers, 32 wide, a `context`-token context) with a byte-level BPE tokenizer
     whose chat template uses <|im_start|>/<|im_end|>, saved as an lmforge checkpoint directory."""
-    from tokenizers import Tokenizer as Backend
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-
     from lmforge.lm import LM
-    from lmforge.tokenizer import Tokenizer
-    from tiny import tiny_model
+    from tiny import tiny_chat_tokenizer, tiny_model
 
-    backend = Backend(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(TEXTS * 20, trainer)
-    specials = {"bos_token": "<|endoftext|>", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
-    tokenizer = Tokenizer(backend, specials, chat_template=CHAT_TEMPLATE)
+    tokenizer = tiny_chat_tokenizer(TEXTS, vocab_size=400)
     model = tiny_model(
-        "llama", seed=7, vocab_size=backend.get_vocab_size(), max_seq_len=context, tie_embeddings=False
+        "llama", seed=7, vocab_size=tokenizer.vocab_size, max_seq_len=context, tie_embeddings=False
     )
     with torch.no_grad():  # sharper attention and next-token distributions: varied, prompt-dependent text
         model.lm_head.weight.mul_(3.0)
