@@ -224,9 +224,8 @@ class Parsed:
     stream: bool = False
     include_usage: bool = False
     logprobs: int | None = None  # None: off; else how many alternatives per token
-    sources: dict[str, str] = dataclasses.field(
-        default_factory=dict
-    )  # option -> the request field it came from
+    # the request field each option came from (max_new_tokens <- max_tokens, ...): errors name it
+    sources: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def choice_options(self, prompt: int, choice: int) -> dict[str, Any]:
         """Options of one choice for one prompt: a given seed moves on by one per choice."""
