@@ -158,6 +158,8 @@ def test_every_field_declares_its_help():
         (dict(max_new_tokens="8"), "max_new_tokens must be an integer, got '8'"),
         (dict(do_sample="yes"), "do_sample must be true or false"),
         (dict(stop_token_ids=["a"]), "stop_token_ids"),
+        (dict(stop_token_ids=0.0), "invalid generation option stop_token_ids=0.0: give a list"),
+        (dict(allowed_token_ids=3), "invalid generation option allowed_token_ids=3: give a list"),
     ],
 )
 def test_wrong_types_name_the_field_and_type(values, message):

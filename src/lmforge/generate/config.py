@@ -203,7 +203,7 @@ class GenerationConfig:
         for name in ("allowed_token_ids", "stop_token_ids"):
             value = getattr(self, name)
             if value is not None:
-                if isinstance(value, int) or not all(_is_int(t) for t in value):
+                if not isinstance(value, (list, tuple)) or not all(_is_int(t) for t in value):
                     self._fail(name, "give a list of integer token ids")
                 setattr(self, name, [int(t) for t in value])
         if isinstance(self.stop, str):
