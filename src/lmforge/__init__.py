@@ -14,6 +14,7 @@ from lmforge.eval.api import (
     score,
 )
 from lmforge.eval.harness import EvalConfig, list_tasks, load_task
+from lmforge.eval.judge import JudgeConfig, JudgeResult, judge
 from lmforge.generate.config import GenerationConfig
 from lmforge.lm import LM, load
 from lmforge.quant import QuantizeConfig, QuantizeResult, quantize
@@ -32,6 +33,8 @@ __all__ = [
     "EvalResult",
     "FinetuneConfig",
     "GenerationConfig",
+    "JudgeConfig",
+    "JudgeResult",
     "LM",
     "LMForgeError",
     "ModelConfig",
@@ -55,6 +58,7 @@ __all__ = [
     "evaluate",
     "export_gguf",
     "finetune",
+    "judge",
     "list_tasks",
     "load",
     "load_task",

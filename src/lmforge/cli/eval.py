@@ -83,9 +83,31 @@ def eval_tasks() -> list[str]:
     return names
 
 
+@with_options(lmforge.JudgeConfig)
+def eval_judge(model: list[str] | None = None, *, prompts: Path, **options: Any) -> dict:
+    """Judge models' answers with a judge model: pairwise (each pair in both orders, win rates with
+    intervals, Bradley-Terry and Elo ratings) or single-answer 1-10 grades; prints a summary, and with
+    --output writes report.json (every judge prompt and decision), report.md and plots.
+
+    Example: `lmforge eval judge --model smollm2 --model runs/quickstart --prompts prompts.jsonl
+    --judge smollm2 --output runs/judge`. The prompts file is JSONL: `prompt`, optionally `answers`
+    ({model: answer}; such a model is not run) and `human` (a model name or "tie", or a list of votes).
+
+    Args:
+        model: models to compare: asset name, checkpoint directory, .gguf file, or a name in `answers`.
+        prompts: JSONL file of prompts.
+    """
+    result = lmforge.judge(model or [], prompts, progress=_say, **options)
+    print(result.summary())
+    if result.paths:
+        print(f"wrote {result.paths['json']} and {result.paths['markdown']}")
+    return result.report
+
+
 COMMANDS = {
     "eval": eval_models,
     "eval compare": eval_compare,
     "eval metric": eval_metric,
     "eval tasks": eval_tasks,
+    "eval judge": eval_judge,
 }
