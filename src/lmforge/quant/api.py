@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from lmforge.errors import LMForgeError
+from lmforge.io.atomic import atomic_write_text
 from lmforge.options import configure
 from lmforge.quant import kernels, report
 from lmforge.quant.config import CALIBRATED, QuantizeConfig
@@ -62,6 +63,10 @@ def quantize(
 
             weights = gptq_weights(model_copy, targets, config, windows)
         else:
+            if config.method == "awq":
+                from lmforge.quant.awq import awq
+
+                awq(model_copy, targets, windows, config.group_size, config.symmetric)
             if config.method == "smoothquant":
                 from lmforge.quant.smoothquant import smooth
 
@@ -86,8 +91,8 @@ def quantize(
         result.out = Path(out)
         quantized.save(result.out)
         card["disk_mb_after"] = _weights_mb(result.out)
-        (result.out / "quant_report.json").write_text(json.dumps(report.finite(card), indent=2))
-        (result.out / "quant_report.md").write_text(report.markdown(card))
+        atomic_write_text(result.out / "quant_report.json", json.dumps(report.finite(card), indent=2))
+        atomic_write_text(result.out / "quant_report.md", report.markdown(card))
     return result
 
 

@@ -11,8 +11,8 @@ from lmforge.quant.formats import GROUP_SIZES
 
 Scheme = Literal["bf16", "fp16", "int8", "int4", "w8a8-dynamic"]
 SCHEMES: tuple[str, ...] = get_args(Scheme)
-Method = Literal["rtn", "gptq", "smoothquant", "llm-int8"]
-CALIBRATED = ("gptq", "smoothquant")  # methods that read calibration text
+Method = Literal["rtn", "gptq", "awq", "smoothquant", "llm-int8"]
+CALIBRATED = ("gptq", "awq", "smoothquant")  # methods that read calibration text
 
 
 @dataclass
@@ -27,7 +27,8 @@ class QuantizeConfig:
     )
     method: Method = option(
         "rtn",
-        "rtn (round to nearest), gptq (Hessian-aware), smoothquant (w8a8-dynamic: migrate activation "
+        "rtn (round to nearest), gptq (Hessian-aware), awq (activation-aware scales and clipping, "
+        "int8/int4), smoothquant (w8a8-dynamic: migrate activation "
         "outliers into the weights), llm-int8 (int8 / w8a8-dynamic: outlier input columns in float)",
     )
     group_size: int = option(64, "int4: input columns per scale/zero group (32, 64, 128 or 256)")
@@ -50,10 +51,10 @@ class QuantizeConfig:
     )
     calibration: str = option(
         "shakespeare",
-        "gptq, smoothquant: calibration text (shakespeare, held-out play excluded, or a .txt file)",
+        "gptq, awq, smoothquant: calibration text (shakespeare, held-out play excluded, or a .txt file)",
     )
-    calibration_samples: int = option(64, "gptq, smoothquant: calibration sequences")
-    calibration_length: int = option(256, "gptq: tokens per calibration sequence")
+    calibration_samples: int = option(64, "gptq, awq, smoothquant: calibration sequences")
+    calibration_length: int = option(256, "gptq, awq, smoothquant: tokens per calibration sequence")
     damping: float = option(0.01, "gptq: fraction of the mean Hessian diagonal added to it")
     act_order: bool = option(True, "gptq: quantize the columns with the largest Hessian diagonal first")
     report: bool = option(
@@ -72,6 +73,8 @@ class QuantizeConfig:
             raise LMForgeError(f"damping must be in [0, 1), got {self.damping}")
         if self.method == "gptq" and self.scheme not in ("int8", "int4", "w8a8-dynamic"):
             raise LMForgeError(f"method gptq chooses integer codes; scheme {self.scheme} has none")
+        if self.method == "awq" and self.scheme not in ("int8", "int4"):
+            raise LMForgeError(f"method awq is for weight-only int8 / int4, not scheme {self.scheme}")
         if self.method == "smoothquant" and self.scheme != "w8a8-dynamic":
             raise LMForgeError(
                 f"method smoothquant quantizes activations: use scheme w8a8-dynamic, not {self.scheme}"
@@ -106,6 +109,8 @@ class QuantizeConfig:
             )
         if self.method == "llm-int8":
             out.update(threshold=self.threshold)
+        if self.method == "awq":
+            out.update(calibration=self.calibration, calibration_samples=self.calibration_samples)
         if self.method == "gptq":
             out.update(
                 calibration=self.calibration,
