@@ -15,6 +15,7 @@ from lmforge.eval.api import (
 )
 from lmforge.eval.harness import EvalConfig, list_tasks, load_task
 from lmforge.eval.judge import JudgeConfig, JudgeResult, judge
+from lmforge.eval.refree import ReferenceFreeConfig, reference_free
 from lmforge.generate.config import GenerationConfig
 from lmforge.lm import LM, load
 from lmforge.quant import QuantizeConfig, QuantizeResult, quantize
@@ -46,6 +47,7 @@ __all__ = [
     "QuantizeResult",
     "QuickstartConfig",
     "QuickstartResult",
+    "ReferenceFreeConfig",
     "ServeConfig",
     "Tokenizer",
     "TokenizerComparison",
@@ -67,6 +69,7 @@ __all__ = [
     "pretrain",
     "quantize",
     "quickstart",
+    "reference_free",
     "score",
     "serve",
     "train_tokenizer",

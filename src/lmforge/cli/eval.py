@@ -104,10 +104,29 @@ def eval_judge(model: list[str] | None = None, *, prompts: Path, **options: Any)
     return result.report
 
 
+@with_options(lmforge.ReferenceFreeConfig)
+def eval_refree(model: list[str] | None = None, *, items: Path, **options: Any) -> dict:
+    """Reference-free scores of outputs by scorer models: GPTScore (log-likelihood of the output after an
+    aspect instruction) or FED-style (positive minus negative follow-up likelihoods); prints a summary,
+    and with --output writes the report files.
+
+    Example: `lmforge eval refree --model smollm2 --items outputs.jsonl --metric fed --output runs/fed`.
+    Items are JSONL: `output` (or `response`) and `source` (or `prompt`, or `context`: a list of turns).
+
+    Args:
+        model: scorer model(s): asset name, checkpoint directory or .gguf file.
+        items: JSONL file of outputs to score.
+    """
+    result = lmforge.reference_free(model or [], items, progress=_say, **options)
+    print(result.summary())
+    return result.report
+
+
 COMMANDS = {
     "eval": eval_models,
     "eval compare": eval_compare,
     "eval metric": eval_metric,
     "eval tasks": eval_tasks,
     "eval judge": eval_judge,
+    "eval refree": eval_refree,
 }
