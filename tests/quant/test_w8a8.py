@@ -9,9 +9,10 @@ import torch
 import lmforge
 from lmforge.io.checkpoint import write_checkpoint
 from lmforge.lm import LM
+from lmforge.quant.calibrate import input_scales
 from lmforge.quant.formats import rtn
 from lmforge.quant.smoothquant import smoothing_scales
-from lmforge.quant.w8a8 import LLMInt8Linear, W8A8Linear
+from lmforge.quant.w8a8 import LLMInt8Linear, W8A8Linear, W8A8StaticLinear
 from tiny import tiny_model
 
 IDS = torch.randint(0, 256, (2, 11), generator=torch.Generator().manual_seed(0))
@@ -114,6 +115,9 @@ class _Bytes:
         {"scheme": "w8a8-dynamic", "compute_dtype": "float32"},
         {"scheme": "int8", "method": "llm-int8", "threshold": 0.5},
         {"scheme": "w8a8-dynamic", "method": "smoothquant", "alpha": 0.6},
+        {"scheme": "w8a8-static"},
+        {"scheme": "w8a8-static", "act_clip": "percentile", "act_percentile": 99.0},
+        {"scheme": "w8a8-static", "method": "smoothquant", "alpha": 0.6},
     ],
 )
 def test_quantize_save_load_gives_identical_outputs(tmp_path, family, options):
@@ -124,6 +128,7 @@ def test_quantize_save_load_gives_identical_outputs(tmp_path, family, options):
     out = q.model(IDS)
     assert (out.float() - before).abs().max() < 0.1 * before.abs().max()
     kind = LLMInt8Linear if options.get("method") == "llm-int8" else W8A8Linear
+    kind = W8A8StaticLinear if options["scheme"] == "w8a8-static" else kind
     assert type(q.model.blocks[0].mlp.proj) is kind and type(q.model.blocks[1].attn.qkv) is kind
     record = q.model.quantization
     if options.get("method") == "smoothquant":
@@ -132,11 +137,53 @@ def test_quantize_save_load_gives_identical_outputs(tmp_path, family, options):
         assert record["alpha"] == 0.6
     if options.get("method") == "llm-int8":
         assert q.model.blocks[0].mlp.fc.threshold == 0.5
+    if options["scheme"] == "w8a8-static":
+        assert record["act_clip"] == options.get("act_clip", "minmax")
+        assert all(float(m.input_scale) > 0 for m in q.model.modules() if isinstance(m, W8A8StaticLinear))
     write_checkpoint(tmp_path / "q", q.model)
     loaded = lmforge.load(tmp_path / "q", device="cpu", compile="eager")
     assert [type(m) for m in loaded.model.modules()] == [type(m) for m in q.model.modules()]
     assert loaded.model.quantization == record
     assert torch.equal(loaded.model(IDS), out)
+
+
+def test_w8a8_static_linear_equals_the_definition():
+    """One fixed activation scale: codes round(x / s_x) clamped to ±127 (values beyond the calibrated
+    range are clipped), integer dot products with the int8 weight rows, rescaled, + bias."""
+    w, b, g = _layer()
+    x = torch.randn(9, 128, generator=g)
+    s_x = float(torch.tensor(2.0 / 127).to(torch.bfloat16))  # |x| above ~2 is clipped; stored in bf16
+    out = W8A8StaticLinear(rtn(w, 8), b, input_scale=s_x)(x).double()
+    s_w = (w.abs().amax(1) / 127).to(torch.bfloat16).double()
+    q_w = torch.clamp(torch.round(w.double() / s_w[:, None]), -127, 127)
+    q_x = torch.clamp(torch.round(x.double() / s_x), -127, 127)
+    torch.testing.assert_close(out, (q_x @ q_w.T) * s_x * s_w + b.double(), rtol=1e-5, atol=1e-5)
+
+
+def test_static_scales_minmax_and_percentile():
+    """Minmax covers the largest |x| seen; a percentile ignores a rare outlier, which lowers the
+    quantization error of every other value (what clipping is for)."""
+    model = tiny_model("llama", vocab_size=320)
+    windows = torch.randint(0, 320, (8, 32), generator=torch.Generator().manual_seed(1))
+    seen = []
+    hook = model.blocks[0].mlp.proj.register_forward_pre_hook(lambda m, a: seen.append(a[0].abs().max()))
+    with torch.no_grad():
+        model(windows)
+    hook.remove()
+    names = ["blocks.0.mlp.proj"]
+    minmax = input_scales(model, names, windows, "minmax", 100.0)["blocks.0.mlp.proj"]
+    assert minmax == pytest.approx(float(seen[0]) / 127, rel=1e-6)  # bf16 rounding happens in the module
+    p99 = input_scales(model, names, windows, "percentile", 99.0)["blocks.0.mlp.proj"]
+    assert p99 < minmax
+    x = torch.randn(4096, 128, generator=torch.Generator().manual_seed(2))
+    x[7, 3] = 60.0  # one outlier value
+    w, b, _ = _layer()
+    reference = x @ w.T + b
+
+    def error(scale):
+        return (W8A8StaticLinear(rtn(w, 8), b, input_scale=scale)(x) - reference)[8:].pow(2).mean()
+
+    assert error(float(torch.quantile(x.abs().reshape(-1)[:1_000_000], 0.9999)) / 127) < error(60.0 / 127)
 
 
 def test_bad_method_scheme_pairs():
@@ -145,6 +192,10 @@ def test_bad_method_scheme_pairs():
         lmforge.quantize(lm, scheme="int8", method="smoothquant")
     with pytest.raises(lmforge.LMForgeError, match="llm-int8 is an int8 method"):
         lmforge.quantize(lm, scheme="int4", method="llm-int8")
+    with pytest.raises(lmforge.LMForgeError, match="w8a8-static needs calibration text"):
+        lmforge.quantize(lm, scheme="w8a8-static", report=False)
+    with pytest.raises(lmforge.LMForgeError, match="llm-int8 is an int8 method"):
+        lmforge.quantize(lm, scheme="w8a8-static", method="llm-int8")
     with pytest.raises(lmforge.LMForgeError, match="smoothquant needs calibration text"):
         lmforge.quantize(lm, scheme="w8a8-dynamic", method="smoothquant", report=False)
 

@@ -14,7 +14,7 @@ from lmforge.errors import LMForgeError
 from lmforge.io.atomic import atomic_write_text
 from lmforge.options import configure
 from lmforge.quant import kernels, report
-from lmforge.quant.config import CALIBRATED, QuantizeConfig
+from lmforge.quant.config import QuantizeConfig
 from lmforge.quant.convert import describe, plan, quantize_model, rtn_weights
 from lmforge.quant.modules import is_quantized
 
@@ -54,7 +54,7 @@ def quantize(
     smoothed: list[str] = []
     if config.bits:
         targets, kept = plan(model_copy, config)
-        if config.method in CALIBRATED:
+        if config.calibrated:
             from lmforge.quant.calibrate import calibration_windows
 
             windows = calibration_windows(original.tokenizer, config)
@@ -72,7 +72,13 @@ def quantize(
 
                 smoothed = smooth(model_copy, list(targets), config.alpha, windows)
             weights = rtn_weights(model_copy, targets, config)
-    quantize_model(model_copy, config, weights, kept)
+    scales = None
+    if config.scheme == "w8a8-static":  # measured on the model as it will run: smoothed, GPTQ's weights
+        from lmforge.quant.calibrate import input_scales
+
+        names = [n for n in weights if n != "lm_head"]
+        scales = input_scales(model_copy, names, windows, config.act_clip, config.act_percentile)
+    quantize_model(model_copy, config, weights, kept, scales)
     if smoothed:
         model_copy.quantization["smoothed"] = smoothed
     from lmforge.lm import LM

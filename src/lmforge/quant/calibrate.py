@@ -28,7 +28,8 @@ CHUNK = 8  # windows per forward pass
 def calibration_windows(tokenizer, config: QuantizeConfig) -> torch.Tensor:
     """(samples, length) token ids."""
     if tokenizer is None:
-        raise LMForgeError(f"{config.method} needs calibration text, so a model with a tokenizer")
+        what = config.method if config.method != "rtn" else config.scheme
+        raise LMForgeError(f"{what} needs calibration text, so a model with a tokenizer")
     n, length = config.calibration_samples, config.calibration_length
     if config.calibration == "shakespeare":
         from lmforge.assets import shakespeare_files
@@ -54,6 +55,36 @@ def calibration_windows(tokenizer, config: QuantizeConfig) -> torch.Tensor:
             f"{n * length}; lower --calibration-samples or --calibration-length"
         )
     return torch.tensor(ids[: n * length]).reshape(n, length)
+
+
+@torch.no_grad()
+def input_scales(
+    model: nn.Module, names: list[str], windows: torch.Tensor, clip: str, percentile: float
+) -> dict[str, float]:
+    """Static int8 scale c / 127 of each named linear's input: c the largest |x| over the calibration
+    windows (minmax) or the `percentile` of |x|, taken per chunk of windows and averaged (percentile)."""
+    seen: dict[str, list[float]] = {n: [] for n in names}
+
+    def hook(name):
+        def record(module, args):
+            x = args[0].detach().float().abs().reshape(-1)
+            if clip == "minmax":
+                seen[name].append(float(x.max()))
+            else:  # kthvalue: exact, and without torch.quantile's 16M-element limit
+                k = max(1, min(x.numel(), round(percentile / 100 * x.numel())))
+                seen[name].append(float(x.kthvalue(k).values))
+
+        return record
+
+    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
+    try:
+        for chunk in windows.split(CHUNK):
+            model(chunk)
+    finally:
+        for h in handles:
+            h.remove()
+    reduce = max if clip == "minmax" else (lambda v: sum(v) / len(v))
+    return {n: max(reduce(v), 1e-8) / 127 for n, v in seen.items()}
 
 
 class _Stop(Exception):

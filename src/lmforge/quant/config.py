@@ -9,7 +9,7 @@ from lmforge.errors import LMForgeError
 from lmforge.options import check_types, option
 from lmforge.quant.formats import GROUP_SIZES
 
-Scheme = Literal["bf16", "fp16", "int8", "int4", "w8a8-dynamic"]
+Scheme = Literal["bf16", "fp16", "int8", "int4", "w8a8-dynamic", "w8a8-static"]
 SCHEMES: tuple[str, ...] = get_args(Scheme)
 Method = Literal["rtn", "gptq", "awq", "smoothquant", "llm-int8"]
 CALIBRATED = ("gptq", "awq", "smoothquant")  # methods that read calibration text
@@ -23,7 +23,8 @@ class QuantizeConfig:
     scheme: Scheme = option(
         "int8",
         "bf16 | fp16 (half-precision weights), int8 (per channel), int4 (groups), "
-        "w8a8-dynamic (int8 weights and per-token int8 activations)",
+        "w8a8-dynamic (int8 weights and per-token int8 activations), w8a8-static (activation scales "
+        "calibrated once per layer)",
     )
     method: Method = option(
         "rtn",
@@ -45,15 +46,20 @@ class QuantizeConfig:
         "auto",
         "int8/int4: dtype of activations, norms and biases (auto: bfloat16 where its kernels are faster)",
     )
+    act_clip: Literal["minmax", "percentile"] = option(
+        "minmax",
+        "w8a8-static: activation range from the largest |x| seen in calibration, or a percentile of |x|",
+    )
+    act_percentile: float = option(99.99, "w8a8-static with --act-clip percentile: the percentile of |x|")
     alpha: float = option(0.5, "smoothquant: migration strength, s = max|x|^alpha / max|w|^(1-alpha)")
     threshold: float = option(
         6.0, "llm-int8: input columns with any |x| >= threshold (per batch) stay in floating point"
     )
     calibration: str = option(
         "shakespeare",
-        "gptq, awq, smoothquant: calibration text (shakespeare, held-out play excluded, or a .txt file)",
+        "gptq, awq, smoothquant, w8a8-static: calibration text (shakespeare, held-out play excluded, or a .txt file)",
     )
-    calibration_samples: int = option(64, "gptq, awq, smoothquant: calibration sequences")
+    calibration_samples: int = option(64, "gptq, awq, smoothquant, w8a8-static: calibration sequences")
     calibration_length: int = option(256, "gptq, awq, smoothquant: tokens per calibration sequence")
     damping: float = option(0.01, "gptq: fraction of the mean Hessian diagonal added to it")
     act_order: bool = option(True, "gptq: quantize the columns with the largest Hessian diagonal first")
@@ -71,16 +77,19 @@ class QuantizeConfig:
             raise LMForgeError("calibration_samples must be positive and calibration_length at least 2")
         if not 0 <= self.damping < 1:
             raise LMForgeError(f"damping must be in [0, 1), got {self.damping}")
-        if self.method == "gptq" and self.scheme not in ("int8", "int4", "w8a8-dynamic"):
+        if self.method == "gptq" and self.scheme not in ("int8", "int4", "w8a8-dynamic", "w8a8-static"):
             raise LMForgeError(f"method gptq chooses integer codes; scheme {self.scheme} has none")
         if self.method == "awq" and self.scheme not in ("int8", "int4"):
             raise LMForgeError(f"method awq is for weight-only int8 / int4, not scheme {self.scheme}")
-        if self.method == "smoothquant" and self.scheme != "w8a8-dynamic":
+        if self.method == "smoothquant" and not self.scheme.startswith("w8a8"):
             raise LMForgeError(
-                f"method smoothquant quantizes activations: use scheme w8a8-dynamic, not {self.scheme}"
+                f"method smoothquant quantizes activations: use scheme w8a8-dynamic or w8a8-static, "
+                f"not {self.scheme}"
             )
         if self.method == "llm-int8" and self.scheme not in ("int8", "w8a8-dynamic"):
             raise LMForgeError(f"method llm-int8 is an int8 method: use scheme int8, not {self.scheme}")
+        if not 50 <= self.act_percentile <= 100:
+            raise LMForgeError(f"act_percentile must be in [50, 100], got {self.act_percentile}")
         if not 0 <= self.alpha <= 1:
             raise LMForgeError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.threshold < 0:
@@ -88,14 +97,20 @@ class QuantizeConfig:
 
     @property
     def bits(self) -> int | None:
-        return {"int8": 8, "int4": 4, "w8a8-dynamic": 8}.get(self.scheme)
+        return {"int8": 8, "int4": 4, "w8a8-dynamic": 8, "w8a8-static": 8}.get(self.scheme)
 
     @property
     def activations(self) -> str | None:
-        """How linear layers in the blocks take their inputs: None (float), "w8a8" or "llm-int8"."""
+        """How linear layers in the blocks take their inputs: None (float), "w8a8", "w8a8-static" or
+        "llm-int8"."""
         if self.method == "llm-int8":
             return "llm-int8"
-        return "w8a8" if self.scheme == "w8a8-dynamic" else None
+        return {"w8a8-dynamic": "w8a8", "w8a8-static": "w8a8-static"}.get(self.scheme)
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether quantizing reads calibration text (the method, or static activation scales)."""
+        return self.method in CALIBRATED or self.scheme == "w8a8-static"
 
     def record(self) -> dict[str, Any]:
         """What a checkpoint's config.json keeps (the `lmforge.quantization` block)."""
@@ -109,6 +124,14 @@ class QuantizeConfig:
             )
         if self.method == "llm-int8":
             out.update(threshold=self.threshold)
+        if self.scheme == "w8a8-static":
+            out.update(
+                act_clip=self.act_clip,
+                calibration=self.calibration,
+                calibration_samples=self.calibration_samples,
+            )
+            if self.act_clip == "percentile":
+                out.update(act_percentile=self.act_percentile)
         if self.method == "awq":
             out.update(calibration=self.calibration, calibration_samples=self.calibration_samples)
         if self.method == "gptq":

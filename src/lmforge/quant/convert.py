@@ -27,7 +27,7 @@ from lmforge.quant import kernels
 from lmforge.quant.config import QuantizeConfig
 from lmforge.quant.formats import QuantizedWeight, check_group_size, rtn
 from lmforge.quant.modules import Int4Linear, Int8Embedding, Int8Linear, is_quantized
-from lmforge.quant.w8a8 import LLMInt8Linear, W8A8Linear
+from lmforge.quant.w8a8 import LLMInt8Linear, W8A8Linear, W8A8StaticLinear
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 
@@ -83,8 +83,10 @@ def quantize_model(
     config: QuantizeConfig,
     weights: dict[str, QuantizedWeight] | None = None,
     kept: dict[str, str] | None = None,
+    input_scales: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Quantize `model` in place (`weights` from a method such as GPTQ, else RTN); returns its record."""
+    """Quantize `model` in place (`weights` from a method such as GPTQ, else RTN; `input_scales` the
+    calibrated activation scales of w8a8-static); returns its record."""
     if is_quantized(model) or getattr(model, "quantization", None):
         raise LMForgeError(
             f"this model is already quantized ({describe(model.quantization)}); quantize the original"
@@ -108,12 +110,16 @@ def quantize_model(
         "layers": layers,
         "kept": kept or {},
     }
-    _swap(model, model.quantization, dtype, lambda n, m: weights[n])
+    if config.scheme == "w8a8-static" and input_scales is None:
+        raise LMForgeError(
+            "w8a8-static needs calibrated activation scales: quantize through lmforge.quantize"
+        )
+    _swap(model, model.quantization, dtype, lambda n, m: weights[n], (input_scales or {}).get)
     return model.quantization
 
 
 def _kind(name: str, bits: int, activations: str | None) -> int | str:
-    """A layer's entry in the record: 8 or 4 (weight-only), or "w8a8" / "llm-int8" (int8 activations
+    """A layer's entry in the record: 8 or 4 (weight-only), or "w8a8" / "w8a8-static" / "llm-int8" (int8 activations
     too; the LM head stays weight-only int8: its error reaches the logits unmixed)."""
     return bits if activations is None or name == "lm_head" else activations
 
@@ -123,11 +129,17 @@ def _swap(
     record: dict[str, Any],
     dtype: torch.dtype,
     weight_of: Callable[[str, nn.Module], QuantizedWeight],
+    input_scale_of: Callable[[str], float | None] = lambda name: None,
 ) -> None:
     layers = record.get("layers", {})
 
     def make(name: str, linear: nn.Module) -> nn.Module:
         kind = layers[name]
+        if kind == "w8a8-static":  # a load fills the scale from the checkpoint
+            scale = input_scale_of(name)
+            return W8A8StaticLinear(
+                weight_of(name, linear), linear.bias, dtype, 1.0 if scale is None else scale
+            )
         if kind == "llm-int8":
             return LLMInt8Linear(weight_of(name, linear), linear.bias, dtype, record.get("threshold", 6.0))
         cls = {8: Int8Linear, 4: Int4Linear, "w8a8": W8A8Linear}[kind]
@@ -189,6 +201,10 @@ def describe(record: dict[str, Any] | None) -> str:
         text += f" alpha {record.get('alpha')}"
     if record.get("method") == "llm-int8":
         text += f" threshold {record.get('threshold')}"
+    if record.get("act_clip"):
+        text += f" activations {record['act_clip']}"
+        if record["act_clip"] == "percentile":
+            text += f" {record.get('act_percentile')}"
     if record.get("group_size") and record["scheme"] == "int4":
         text += f" g{record['group_size']}" + (" symmetric" if record.get("symmetric") else "")
     return text

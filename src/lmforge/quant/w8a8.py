@@ -14,6 +14,10 @@ LLM.int8 (Dettmers et al., 2022), as bitsandbytes computes it: the input columns
 |x| ≥ `threshold` are found per batch; they are multiplied in floating point with the (dequantized)
 weight columns, the other columns go through the int8 path above (their row scales taken without the
 outlier columns).
+Static activation quantization (w8a8-static): one scale per layer input, fixed at calibration,
+    s_x = c / 127,  q_x[m, k] = round(x[m, k] / s_x)  (clamped to −127..127)
+where c is the largest |x| seen on the calibration data (min-max) or a high percentile of |x| (values
+beyond it are clipped: one rare outlier no longer costs every other value its resolution).
 Activations enter and leave in their own dtype; the arithmetic around the integer matmul is fp32.
 """
 
@@ -65,6 +69,30 @@ class W8A8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+class W8A8StaticLinear(W8A8Linear):
+    """W8A8Linear whose activation scale is one calibrated number (`input_scale`), not per token."""
+
+    def __init__(
+        self,
+        weight: QuantizedWeight,
+        bias: torch.Tensor | None = None,
+        dtype=torch.float32,
+        input_scale: torch.Tensor | float = 1.0,
+    ):
+        super().__init__(weight, bias, dtype)
+        # stored in bfloat16 like the weight scales (a checkpoint keeps its float tensors in one dtype)
+        scale = torch.as_tensor(input_scale, dtype=torch.float32).reshape(())
+        self.register_buffer("input_scale", scale.to(torch.bfloat16))
+
+    def _int8_part(self, rows: torch.Tensor) -> torch.Tensor:
+        s_x = self.input_scale.float()
+        q_x = torch.round(rows.float() / s_x).clamp(-127, 127).to(torch.int8)
+        return int8_matmul(q_x, self.qweight).float() * (s_x * self.scale.float())
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, input_scale={float(self.input_scale):.4g}"
 
 
 class LLMInt8Linear(W8A8Linear):
