@@ -1,5 +1,6 @@
 """lmforge: a hackable, end-to-end language-model toolkit."""
 
+from lmforge import rag
 from lmforge.config import ModelConfig
 from lmforge.data.api import PrepareResult, prepare
 from lmforge.data.clean import QualityConfig
@@ -14,6 +15,7 @@ from lmforge.eval.api import (
     score,
 )
 from lmforge.eval.harness import EvalConfig, list_tasks, load_task
+from lmforge.eval.human import HumanEvalConfig, human_eval, human_results
 from lmforge.eval.judge import JudgeConfig, JudgeResult, judge
 from lmforge.eval.refree import ReferenceFreeConfig, reference_free
 from lmforge.generate.config import GenerationConfig
@@ -34,6 +36,7 @@ __all__ = [
     "EvalResult",
     "FinetuneConfig",
     "GenerationConfig",
+    "HumanEvalConfig",
     "JudgeConfig",
     "JudgeResult",
     "LM",
@@ -60,6 +63,8 @@ __all__ = [
     "evaluate",
     "export_gguf",
     "finetune",
+    "human_eval",
+    "human_results",
     "judge",
     "list_tasks",
     "load",
@@ -69,6 +74,7 @@ __all__ = [
     "pretrain",
     "quantize",
     "quickstart",
+    "rag",
     "reference_free",
     "score",
     "serve",

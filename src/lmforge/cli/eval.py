@@ -122,6 +122,35 @@ def eval_refree(model: list[str] | None = None, *, items: Path, **options: Any) 
     return result.report
 
 
+@with_options(lmforge.HumanEvalConfig, skip=("output", "plots"))
+def eval_human(*, items: Path, **options: Any) -> None:
+    """Serve the human-evaluation page on 127.0.0.1 (pairwise: two anonymized answers in a random order;
+    or one answer with 1-5 Likert scales); votes, with annotator ids, go to a SQLite file. Figures:
+    `lmforge eval human-results`.
+
+    Example: `lmforge eval human --items items.jsonl --port 8001`, then open http://127.0.0.1:8001/.
+    Items are JSONL: `prompt` and `answers` ({model: answer}, two or more: pairwise) or `answer`.
+
+    Args:
+        items: JSONL file of items to rate.
+    """
+    lmforge.human_eval(items, **options)
+
+
+@with_options(lmforge.HumanEvalConfig, skip=("port",))
+def eval_human_results(*, items: Path, **options: Any) -> dict:
+    """Turn the votes on an items file into win rates, Bradley-Terry ratings, mean Likert ratings and
+    inter-annotator agreement (Cohen's / Fleiss' kappa, Krippendorff's alpha); prints JSON, and with
+    --output writes report.json, report.md and plots.
+
+    Args:
+        items: the JSONL items file the page served.
+    """
+    result = lmforge.human_results(items, **options)
+    print(json.dumps(result.report["human"], indent=2))
+    return result.report
+
+
 COMMANDS = {
     "eval": eval_models,
     "eval compare": eval_compare,
@@ -129,4 +158,6 @@ COMMANDS = {
     "eval tasks": eval_tasks,
     "eval judge": eval_judge,
     "eval refree": eval_refree,
+    "eval human": eval_human,
+    "eval human-results": eval_human_results,
 }
