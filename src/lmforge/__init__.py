@@ -1,6 +1,5 @@
 """lmforge: a hackable, end-to-end language-model toolkit."""
 
-from lmforge import rag
 from lmforge.config import ModelConfig
 from lmforge.data.api import PrepareResult, prepare
 from lmforge.data.clean import QualityConfig
@@ -74,7 +73,6 @@ __all__ = [
     "pretrain",
     "quantize",
     "quickstart",
-    "rag",
     "reference_free",
     "score",
     "serve",
