@@ -1,0 +1,82 @@
+"""The options of `lmforge rag ...`, declared once (CLI flags, YAML keys and API keywords come from here).
+
+`IndexConfig` says how documents become chunks and vectors; `SearchConfig` how a query is answered
+with chunks; `AskConfig` how an answer is generated from them. Chunking and encoder options default to
+None, meaning "what the store was built with" (or the defaults below for a new store), so re-indexing
+or searching an existing store never needs them repeated, and a different value is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from lmforge.options import check_types, option
+
+DEFAULT_CHUNK_TOKENS = 200
+DEFAULT_OVERLAP = 32
+DEFAULT_ENCODER = "minilm"
+
+Mode = Literal["bm25", "dense", "hybrid", "hybrid-rerank"]
+
+
+@dataclass
+class IndexConfig:
+    chunk_tokens: int | None = option(
+        None, f"most encoder tokens per chunk (a new store: {DEFAULT_CHUNK_TOKENS}; else the store's)"
+    )
+    overlap: int | None = option(
+        None, f"tokens a chunk repeats from the one before (a new store: {DEFAULT_OVERLAP}; else the store's)"
+    )
+    encoder: str | None = option(
+        None, f"embedding model: asset name or checkpoint (a new store: {DEFAULT_ENCODER}; else the store's)"
+    )
+    field: str = option("text", "the field that holds a document's text in .jsonl files")
+    faiss_index: Literal["flat", "hnsw", "ivf"] = option(
+        "flat", "FAISS index: exact inner product (flat), or HNSW / IVF for large collections"
+    )
+    batch_size: int = option(64, "chunks embedded per batch")
+    delete_missing: bool = option(True, "delete documents of an indexed folder that are no longer in it")
+
+    def __post_init__(self) -> None:
+        check_types(self)
+
+
+@dataclass
+class SearchConfig:
+    mode: Mode = option("hybrid", "bm25, dense, hybrid (fusion of both), or hybrid-rerank")
+    k: int = option(10, "number of chunks to return")
+    fusion: Literal["rrf", "weighted"] = option(
+        "rrf", "hybrid fusion: reciprocal-rank fusion, or a weighted sum of min-max normalized scores"
+    )
+    alpha: float = option(0.5, "weight of the dense score in weighted fusion (1 - alpha for BM25)")
+    rrf_k: int = option(60, "the constant in reciprocal-rank fusion, 1 / (rrf_k + rank)")
+    candidates: int = option(50, "chunks each retriever contributes before fusion or reranking")
+    rerank: Literal["none", "mmr", "llm", "cross-encoder"] = option(
+        "none", "reranker (hybrid-rerank uses llm when this is none)"
+    )
+    mmr_lambda: float = option(0.7, "MMR trade-off: 1 = relevance only, 0 = diversity only")
+    reranker: str = option("smollm2", "the generator the LLM reranker asks 'relevant? yes/no'")
+    filters: dict = option(
+        default_factory=dict,
+        help='metadata filters as JSON, e.g. {"path": "docs/*.md", "title": "Albedo"} (globs allowed)',
+    )
+
+    def __post_init__(self) -> None:
+        check_types(self)
+
+
+@dataclass
+class AskConfig(SearchConfig):
+    generator: str = option("smollm2", "the model that writes the answer: asset name or checkpoint")
+    max_new_tokens: int = option(128, "most tokens in the answer")
+    context_tokens: int = option(
+        1536, "prompt budget in generator tokens: the lowest-ranked sources are cut to fit"
+    )
+    hops: int = option(1, "retrieval rounds: >1 lets the model write follow-up queries (multi-hop)")
+    decompose: bool = option(False, "split the question into sub-questions and retrieve for each")
+    adaptive: bool = option(False, "retrieve only when the model's confidence without sources is low")
+    confidence_threshold: float = option(
+        0.5, "adaptive: mean token probability of the closed-book answer below which it retrieves"
+    )
+    support_threshold: float = option(0.5, "faithfulness: a sentence is supported at or above this score")

@@ -1,0 +1,85 @@
+"""Rerankers: MMR for diversity, an LLM that judges relevance with its yes/no log-probabilities, and
+a hook for a cross-encoder.
+
+- MMR (Carbonell & Goldstein, 1998): pick, one at a time, the candidate maximizing
+  lambda * sim(query, c) - (1 - lambda) * max sim(c, already picked), cosine similarities of embeddings.
+- LLM yes/no: the generator reads "passage + question: does the passage help answer it? yes or no" in
+  its chat template; the score is log p(yes) - log p(no) at the answer position (each summed over the
+  word's case variants). Prompts run as one right-padded batch: a causal model's last real position
+  never sees the padding after it, so no mask is needed, and only that position goes through the head.
+- Cross-encoder: any callable `(query, [texts]) -> [scores]`, e.g. a sentence-transformers CrossEncoder's
+  `lambda q, ts: model.predict([(q, t) for t in ts])`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+CrossEncoder = Callable[[str, list[str]], Sequence[float]]
+
+YES_NO_PROMPT = (
+    "Passage:\n{passage}\n\nQuestion: {query}\n\n"
+    "Does the passage contain information that answers the question? Answer yes or no."
+)
+
+
+def mmr(query: np.ndarray, cands: np.ndarray, k: int, lam: float = 0.7) -> list[int]:
+    """Indices into `cands` (rows of unit vectors) in MMR order, at most k of them."""
+    if len(cands) == 0:
+        return []
+    rel = cands @ query
+    sim = cands @ cands.T
+    picked: list[int] = []
+    left = list(range(len(cands)))
+    while left and len(picked) < k:
+        if picked:
+            redundancy = sim[np.ix_(left, picked)].max(axis=1)
+        else:
+            redundancy = np.zeros(len(left))
+        value = lam * rel[left] - (1 - lam) * redundancy
+        best = left[int(np.argmax(value))]
+        picked.append(best)
+        left.remove(best)
+    return picked
+
+
+def _word_ids(tokenizer, words: Sequence[str]) -> list[int]:
+    ids = set()
+    for w in words:
+        for text in (w, " " + w):
+            enc = tokenizer.encode(text)
+            if len(enc) == 1:
+                ids.add(enc[0])
+    return sorted(ids)
+
+
+@torch.inference_mode()
+def yes_no_scores(
+    lm, query: str, passages: Sequence[str], *, max_passage_tokens: int = 320, batch_size: int = 8
+) -> list[float]:
+    """log p(yes) - log p(no) of the generator for each passage (higher = more relevant)."""
+    tok = lm.tokenizer
+    yes, no = _word_ids(tok, ["yes", "Yes", "YES"]), _word_ids(tok, ["no", "No", "NO"])
+    prompts = []
+    for p in passages:
+        ids = tok.encode(p)
+        if len(ids) > max_passage_tokens:
+            p = tok.decode(ids[:max_passage_tokens])
+        messages = [{"role": "user", "content": YES_NO_PROMPT.format(passage=p, query=query)}]
+        prompts.append(tok.encode_chat(messages, add_generation_prompt=True))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    model = lm.model
+    out: list[float] = []
+    for i in range(0, len(prompts), batch_size):
+        rows = prompts[i : i + batch_size]
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=lm.device)
+        h = model.hidden_states(ids)  # (B, T, C)
+        last = h[torch.arange(len(rows)), torch.tensor([len(r) - 1 for r in rows])]  # (B, C)
+        logp = torch.log_softmax(model.lm_head(last).float(), dim=-1)  # (B, V)
+        score = torch.logsumexp(logp[:, yes], dim=-1) - torch.logsumexp(logp[:, no], dim=-1)
+        out.extend(score.tolist())
+    return out
