@@ -15,7 +15,7 @@ from lmforge.io.atomic import atomic_write_text
 from lmforge.options import configure
 from lmforge.quant import kernels, report
 from lmforge.quant.config import QuantizeConfig
-from lmforge.quant.convert import describe, plan, quantize_model, rtn_weights
+from lmforge.quant.convert import compute_dtype, describe, plan, quantize_model, rtn_weights
 from lmforge.quant.modules import is_quantized
 
 
@@ -50,37 +50,10 @@ def quantize(
     if original.dtype != torch.float32:
         raise LMForgeError(f"quantize starts from float32 weights; {original.source} is {original.dtype}")
     model_copy = copy.deepcopy(original.model)
-    weights = kept = None
-    smoothed: list[str] = []
-    if config.bits:
-        targets, kept = plan(model_copy, config)
-        if config.calibrated:
-            from lmforge.quant.calibrate import calibration_windows
-
-            windows = calibration_windows(original.tokenizer, config)
-        if config.method == "gptq":
-            from lmforge.quant.calibrate import gptq_weights
-
-            weights = gptq_weights(model_copy, targets, config, windows)
-        else:
-            if config.method == "awq":
-                from lmforge.quant.awq import awq
-
-                awq(model_copy, targets, windows, config.group_size, config.symmetric)
-            if config.method == "smoothquant":
-                from lmforge.quant.smoothquant import smooth
-
-                smoothed = smooth(model_copy, list(targets), config.alpha, windows)
-            weights = rtn_weights(model_copy, targets, config)
-    scales = None
-    if config.scheme == "w8a8-static":  # measured on the model as it will run: smoothed, GPTQ's weights
-        from lmforge.quant.calibrate import input_scales
-
-        names = [n for n in weights if n != "lm_head"]
-        scales = input_scales(model_copy, names, windows, config.act_clip, config.act_percentile)
-    quantize_model(model_copy, config, weights, kept, scales)
-    if smoothed:
-        model_copy.quantization["smoothed"] = smoothed
+    codes = _choose_codes(model_copy, config, original.tokenizer) if config.bits else Codes()
+    quantize_model(model_copy, config, codes.weights, codes.kept, codes.input_scales)
+    if codes.smoothed:
+        model_copy.quantization["smoothed"] = codes.smoothed
     from lmforge.lm import LM
 
     quantized = LM(
@@ -92,6 +65,8 @@ def quantize(
         compile=original.compile,
     )
     card = build_card(original, quantized, config)
+    if codes.sensitivity:
+        card["sensitivity"] = {n: round(v, 5) for n, v in sorted(codes.sensitivity.items())}
     result = QuantizeResult(quantized, card)
     if out is not None:
         result.out = Path(out)
@@ -100,6 +75,62 @@ def quantize(
         atomic_write_text(result.out / "quant_report.json", json.dumps(report.finite(card), indent=2))
         atomic_write_text(result.out / "quant_report.md", report.markdown(card))
     return result
+
+
+@dataclass
+class Codes:
+    """What the method chose for an integer scheme, before the modules are swapped in."""
+
+    weights: dict[str, Any] | None = None  # layer → QuantizedWeight
+    kept: dict[str, str] | None = None  # layer → why it stays in float
+    smoothed: list[str] = field(default_factory=list)
+    input_scales: dict[str, float] | None = None  # w8a8-static
+    sensitivity: dict[str, float] = field(default_factory=dict)  # --auto-keep's scan
+
+
+def _choose_codes(model, config: QuantizeConfig, tokenizer) -> Codes:
+    """Plan the layers, read calibration windows where needed, run the method on the float `model`
+    (GPTQ/AWQ/SmoothQuant change its weights on the way) and return the codes."""
+    codes = Codes()
+    targets, codes.kept = plan(model, config)
+    windows = None
+    if config.calibrated:
+        from lmforge.quant.calibrate import calibration_windows
+
+        windows = calibration_windows(tokenizer, config)
+    if config.auto_keep:
+        from lmforge.quant.sensitivity import choose, scan
+
+        codes.sensitivity = scan(model, targets, config, windows)
+        float_bytes = torch.finfo(compute_dtype(config)).bits // 8
+        auto = choose(model, targets, codes.sensitivity, config, float_bytes)
+        codes.kept.update(auto)
+        targets = {n: b for n, b in targets.items() if n not in auto}
+    if config.method == "gptq":
+        from lmforge.quant.calibrate import gptq_weights
+
+        codes.weights = gptq_weights(model, targets, config, windows)
+        return _static_scales(model, config, codes, windows)
+    if config.method == "awq":
+        from lmforge.quant.awq import awq
+
+        awq(model, targets, windows, config.group_size, config.symmetric)
+    if config.method == "smoothquant":
+        from lmforge.quant.smoothquant import smooth
+
+        codes.smoothed = smooth(model, list(targets), config.alpha, windows)
+    codes.weights = rtn_weights(model, targets, config)
+    return _static_scales(model, config, codes, windows)
+
+
+def _static_scales(model, config: QuantizeConfig, codes: Codes, windows) -> Codes:
+    """w8a8-static: activation scales measured on the model as it will run (smoothed, GPTQ's weights)."""
+    if config.scheme == "w8a8-static":
+        from lmforge.quant.calibrate import input_scales
+
+        names = [n for n in codes.weights if n != "lm_head"]
+        codes.input_scales = input_scales(model, names, windows, config.act_clip, config.act_percentile)
+    return codes
 
 
 def build_card(original, quantized, config: QuantizeConfig) -> dict[str, Any]:

@@ -39,6 +39,13 @@ class QuantizeConfig:
         "int4: layers whose input width the group size does not divide stay as they are (else an error)",
     )
     keep: list[str] = option(default_factory=list, help="globs of linear layers to leave unquantized")
+    auto_keep: bool = option(
+        False,
+        "leave the layers most sensitive to rounding (KL of the next-token distributions on the "
+        "calibration text, per extra MB) "
+        "in float while the checkpoint fits --budget-mb",
+    )
+    budget_mb: float | None = option(None, "--auto-keep: the checkpoint's size limit in MB")
     lm_head: Literal["int8", "float"] = option(
         "int8", "int8/int4 schemes: the LM head (and a tied embedding) as int8 per row, or left in float"
     )
@@ -88,6 +95,12 @@ class QuantizeConfig:
             )
         if self.method == "llm-int8" and self.scheme not in ("int8", "w8a8-dynamic"):
             raise LMForgeError(f"method llm-int8 is an int8 method: use scheme int8, not {self.scheme}")
+        if self.auto_keep != (self.budget_mb is not None):
+            raise LMForgeError("--auto-keep and --budget-mb go together: give both or neither")
+        if self.auto_keep and not self.bits:
+            raise LMForgeError(
+                f"--auto-keep chooses layers to leave unquantized; scheme {self.scheme} has none"
+            )
         if not 50 <= self.act_percentile <= 100:
             raise LMForgeError(f"act_percentile must be in [50, 100], got {self.act_percentile}")
         if not 0 <= self.alpha <= 1:
@@ -110,11 +123,11 @@ class QuantizeConfig:
     @property
     def calibrated(self) -> bool:
         """Whether quantizing reads calibration text (the method, or static activation scales)."""
-        return self.method in CALIBRATED or self.scheme == "w8a8-static"
+        return self.method in CALIBRATED or self.scheme == "w8a8-static" or self.auto_keep
 
     def record(self) -> dict[str, Any]:
         """What a checkpoint's config.json keeps (the `lmforge.quantization` block)."""
-        keys = ("scheme", "method", "lm_head", "keep")
+        keys = ("scheme", "method", "lm_head", "keep")  # kept layers (--auto-keep's too) are in "kept"
         out = {k: v for k, v in asdict(self).items() if k in keys}
         if self.scheme == "int4":
             out.update(group_size=self.group_size, symmetric=self.symmetric)
