@@ -1,10 +1,13 @@
 """The machine record every benchmark saves: the CPU model and the flags that decide the fast dtype."""
 
+import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from lmforge import hardware
+from lmforge.errors import LMForgeError
 
 
 def test_machine_record_names_cpu_and_flags():
@@ -18,3 +21,65 @@ def test_machine_record_names_cpu_and_flags():
     if cpuinfo:
         assert record["cpu"] in cpuinfo
     assert record["cpu"] in hardware.describe()
+
+
+# -- the precision decision, for given capabilities and probe results (any machine, not only this one) --
+
+AMX = {"fp32": "fp32 is native everywhere", "bf16": "the CPU has amx_bf16", "fp16": None}
+ZEN3 = {"fp32": "fp32 is native everywhere", "bf16": None, "fp16": None}
+
+
+def test_auto_picks_bf16_only_where_native_and_measured_faster():
+    choice = hardware.decide_precision("auto", AMX, {"fp32": 1.0e11, "bf16": 1.17e12})
+    assert choice.precision == "bf16" and "amx_bf16" in choice.reason and "1,170 GFLOP/s" in choice.reason
+    # native flags but a probe that finds no gain (e.g. a hypervisor hiding AMX state): fp32
+    slow = hardware.decide_precision("auto", AMX, {"fp32": 1.0e11, "bf16": 1.1e11})
+    assert slow.precision == "fp32" and "fp32 is as fast" in slow.reason
+    zen3 = hardware.decide_precision("auto", ZEN3, {"fp32": 1.0e11, "bf16": 1.0e10})
+    assert zen3.precision == "fp32" and "no native bf16" in zen3.reason
+
+
+def test_requested_bf16_without_support_falls_back_or_stops():
+    fallback = hardware.decide_precision("bf16", ZEN3, fallback=True)
+    assert fallback.precision == "fp32" and fallback.requested == "bf16"
+    assert "no native bf16" in fallback.reason and "falling back to fp32" in fallback.reason
+    with pytest.raises(LMForgeError, match="no native bf16.*--precision auto or fp32"):
+        hardware.decide_precision("bf16", ZEN3, fallback=False)
+    assert hardware.decide_precision("bf16", AMX).precision == "bf16"
+    assert hardware.decide_precision("fp32", AMX, {"fp32": 1.0, "bf16": 100.0}).precision == "fp32"
+
+
+def test_native_support_reads_the_flags():
+    assert hardware.native_support("bf16", "cpu", frozenset({"avx512f", "avx512_bf16"})) is not None
+    assert hardware.native_support("bf16", "cpu", frozenset({"avx2", "fma"})) is None
+    assert hardware.native_support("fp16", "cpu", frozenset({"avx512_fp16"})) is not None
+    assert hardware.native_support("fp32", "cpu", frozenset()) is not None
+
+
+def test_probe_is_measured_once_and_cached_per_machine(tmp_path, monkeypatch):
+    monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path))
+    calls = []
+    real = hardware._measure_matmul
+    monkeypatch.setattr(hardware, "_measure_matmul", lambda *a: calls.append(a[0]) or real(*a[:2], 0.02))
+    first = hardware.matmul_flops("fp32")
+    assert hardware.matmul_flops("fp32") == first and calls == [torch.float32]
+    (cached,) = (tmp_path / "hardware").glob("*.json")
+    assert cached.stem == hardware.probe_key("cpu")
+    assert json.loads(cached.read_text())["matmul_flops"]["fp32"] == first > 0
+    # another thread count is another machine as far as the probe is concerned
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1 if threads > 1 else 2)
+        assert hardware.probe_key("cpu") != cached.stem
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_choose_precision_on_this_machine_matches_its_flags(tmp_path, monkeypatch):
+    """On the machine the suite runs on: bf16 only if its flags give native bf16; the choice carries the
+    measured peak of the dtype it uses (MFU's denominator)."""
+    monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path))
+    choice = hardware.choose_precision("auto")
+    native = bool({"amx_bf16", "avx512_bf16"} & hardware.cpu_flags())
+    assert choice.precision in (("bf16", "fp32") if native else ("fp32",))
+    assert choice.peak_flops == hardware.matmul_flops(choice.precision)

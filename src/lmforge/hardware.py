@@ -5,9 +5,13 @@ slower on a Zen 3), and the AOT decode step's package key includes the instructi
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
+import json
 import os
 import platform
+import time
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +81,164 @@ def describe() -> str:
         f"{m['cpu']} ({', '.join(m['cpu_flags']) or 'no listed flags'}; torch dispatch "
         f"{m['torch_cpu_capability']}), {m['torch_threads']} threads, torch {m['torch']}"
     )
+
+
+# -- the fast training dtype -------------------------------------------------------------------------
+#
+# `--precision auto` asks two questions of the machine it runs on, never of a table of CPU names:
+# does the instruction set (or the GPU) run bf16 natively, and does a measured matmul confirm that it is
+# faster than fp32? The probe's figures are cached per machine (CPU model, flags, torch dispatch level,
+# threads, torch version, device) under ~/.cache/lmforge/hardware, so a run pays for it once; they are
+# also MFU's denominator, for the dtype the run actually uses.
+
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# the CPU flags that make a low-precision matmul native rather than emulated (Linux /proc/cpuinfo names)
+NATIVE_CPU_FLAGS = {"bf16": ("amx_bf16", "avx512_bf16"), "fp16": ("amx_fp16", "avx512_fp16")}
+MIN_SPEEDUP = 1.2  # auto picks bf16 only when the probe measures it at least this much faster than fp32
+
+
+@dataclasses.dataclass(frozen=True)
+class PrecisionChoice:
+    """The precision a run uses, why, and the measured matmul FLOP/s of its dtype (MFU's peak)."""
+
+    precision: str  # fp32 | bf16 | fp16
+    requested: str  # auto | fp32 | bf16 | fp16
+    reason: str
+    peak_flops: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def native_support(
+    precision: str, device: torch.device | str = "cpu", flags: frozenset[str] | None = None
+) -> str | None:
+    """Why `precision` runs natively on `device` (the CPU flags or the GPU that provide it), or None where
+    it would be emulated. fp32 is always native."""
+    device = torch.device(device)
+    if precision == "fp32":
+        return "fp32 is native everywhere"
+    if device.type == "cuda":
+        if precision == "bf16" and not torch.cuda.is_bf16_supported():
+            return None
+        return f"{torch.cuda.get_device_name(device)} supports {precision}"
+    if device.type != "cpu":
+        return None
+    have = [f for f in NATIVE_CPU_FLAGS.get(precision, ()) if f in (cpu_flags() if flags is None else flags)]
+    return f"the CPU has {' and '.join(have)}" if have else None
+
+
+def decide_precision(
+    requested: str,
+    support: dict[str, str | None],
+    flops: dict[str, float] | None = None,
+    fallback: bool = True,
+    where: str = "this CPU",
+) -> PrecisionChoice:
+    """The decision alone, from given capabilities and probe results (so it is testable for any
+    machine): `support[p]` says why p is native (None: emulated), `flops[p]` the probe's matmul FLOP/s.
+
+    - auto: bf16 where it is native and the probe measures it >= MIN_SPEEDUP x fp32, else fp32;
+    - bf16/fp16 where they are emulated: fp32 with a message (`fallback`) or an LMForgeError;
+    - otherwise the request as given."""
+    from lmforge.errors import LMForgeError
+
+    flops = flops or {}
+    if requested == "auto":
+        why = support.get("bf16")
+        if why is None:
+            return PrecisionChoice(
+                "fp32", requested, f"auto: {where} has no native bf16 (no AMX / AVX-512 BF16)"
+            )
+        bf16, fp32 = flops.get("bf16"), flops.get("fp32")
+        if bf16 is None or fp32 is None:
+            return PrecisionChoice("bf16", requested, f"auto: {why}")
+        measured = f"bf16 matmul {bf16 / 1e9:,.0f} GFLOP/s vs fp32 {fp32 / 1e9:,.0f}"
+        if bf16 >= MIN_SPEEDUP * fp32:
+            return PrecisionChoice("bf16", requested, f"auto: {why}; {measured}")
+        return PrecisionChoice(
+            "fp32", requested, f"auto: {why} but the probe measured {measured}: fp32 is as fast"
+        )
+    if requested not in PRECISION_DTYPES:
+        raise LMForgeError(f"unknown precision {requested!r}; use auto, fp32, bf16 or fp16")
+    why = support.get(requested)
+    if why is None:
+        message = f"--precision {requested}: {where} has no native {requested} (it would be emulated, several times slower than fp32)"
+        if not fallback:
+            raise LMForgeError(
+                f"{message}; use --precision auto or fp32 (or --precision-fallback to run in fp32)"
+            )
+        return PrecisionChoice("fp32", requested, f"{message}: falling back to fp32")
+    return PrecisionChoice(requested, requested, f"requested; {why}")
+
+
+def choose_precision(
+    requested: str, device: torch.device | str = "cpu", fallback: bool = True
+) -> PrecisionChoice:
+    """`decide_precision` on this machine: the native support read from the CPU flags / GPU and, where
+    auto has a choice to make, the cached probe; the choice carries its dtype's measured peak."""
+    device = torch.device(device)
+    support = {p: native_support(p, device) for p in PRECISION_DTYPES}
+    flops = {}
+    if requested == "auto" and support["bf16"] is not None:
+        flops = {p: matmul_flops(p, device) for p in ("fp32", "bf16")}
+    where = "this CPU" if device.type == "cpu" else str(device)
+    choice = decide_precision(requested, support, flops, fallback, where)
+    return dataclasses.replace(choice, peak_flops=matmul_flops(choice.precision, device))
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LMFORGE_CACHE", "~/.cache/lmforge")).expanduser() / "hardware"
+
+
+def probe_key(device: torch.device | str = "cpu") -> str:
+    """What the probe's figures depend on, hashed (like the AOT package key): CPU model, flags, torch
+    dispatch level, threads, torch version, device."""
+    device = torch.device(device)
+    parts = {
+        "cpu": cpu_model(),
+        "cpu_flags": sorted(cpu_flags()),
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def matmul_flops(precision: str, device: torch.device | str = "cpu", seconds: float = 0.3) -> float:
+    """Matmul FLOP/s of `precision` on `device` (square 1024 / 4096 matrices, the best of short windows
+    so a moment of contention does not lower it), measured once per machine and cached on disk."""
+    from lmforge.io.atomic import atomic_write_text
+
+    device = torch.device(device)
+    path = cache_dir() / f"{probe_key(device)}.json"
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    flops = cached.get("matmul_flops", {})
+    if precision not in flops:
+        flops[precision] = _measure_matmul(PRECISION_DTYPES[precision], device, seconds)
+        record = {"machine": f"{cpu_model()}, {torch.get_num_threads()} threads", "matmul_flops": flops}
+        atomic_write_text(path, json.dumps(record, indent=1))
+    return float(flops[precision])
+
+
+def _measure_matmul(dtype: torch.dtype, device: torch.device, seconds: float) -> float:
+    n = 1024 if device.type == "cpu" else 4096
+    reps = 2 if device.type == "cpu" else 20
+    g = torch.Generator().manual_seed(0)  # never the global generator: a resumed run must not see this
+    a = torch.randn(n, n, generator=g).to(device, dtype)
+    b = torch.randn(n, n, generator=g).to(device, dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    a @ b  # warm-up
+    sync()
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline or best == 0.0:
+        start = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        sync()
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - start))
+    return best

@@ -75,7 +75,7 @@ def test_bad_options_fail_before_any_data_is_read(tmp_path):
         ({"stpes": 3}, r"unknown option\(s\) in pretrain: stpes \(did you mean steps\?\)"),
         ({"steps": "3"}, "option steps must be an integer"),
         ({"steps": 0}, "steps must be positive"),
-        ({"precision": "fp8"}, "option precision must be one of 'fp32', 'bf16', 'fp16'"),
+        ({"precision": "fp8"}, "option precision must be one of 'auto', 'fp32', 'bf16', 'fp16'"),
         ({"objective": "mlm"}, "objective mlm needs an encoder with an MLM head"),
         ({"preset": "gpt-huge"}, "unknown preset 'gpt-huge'"),
         ({"n_head": 5}, "ModelConfig"),

@@ -74,7 +74,8 @@ def test_grad_accumulation_matches_a_big_batch(tmp_path):
             return {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
 
     small = CLMBatches(_tokens(), batch_size=2, seq_len=16, seed=3)
-    base = dict(steps=5, seq_len=16, lr=3e-3, warmup_steps=0, **QUIET)
+    # fp32: the comparison is exact to rounding, which bf16 autocast (auto's choice on AMX) is not
+    base = dict(steps=5, seq_len=16, lr=3e-3, warmup_steps=0, precision="fp32", **QUIET)
     Trainer(_model(), TrainConfig(batch_size=2, grad_accum=4, **base), small, tmp_path / "a").fit()
     Trainer(_model(), TrainConfig(batch_size=8, **base), Stacked(small, 4), tmp_path / "b").fit()
     np.testing.assert_allclose(losses(tmp_path / "a"), losses(tmp_path / "b"), rtol=1e-5)
@@ -104,7 +105,10 @@ def test_interrupted_run_resumes_exactly(tmp_path):
     assert len(losses(run)) == 6  # steps 5 and 6 were logged before the crash; resume replays them
     Trainer(_model(seed=123, dropout=0.1), cfg, CLMBatches(data, 4, 16), run, val).fit(resume=True)
 
-    full, resumed = read_log(tmp_path / "full" / "log.jsonl"), read_log(run / "log.jsonl")
+    full, resumed = (
+        [r for r in read_log(path) if r["kind"] in ("train", "val")]
+        for path in (tmp_path / "full" / "log.jsonl", run / "log.jsonl")
+    )
     keys = ("kind", "step", "loss", "lr", "grad_norm")
     assert [tuple(r.get(k) for k in keys) for r in full] == [tuple(r.get(k) for k in keys) for r in resumed]
     import lmforge
@@ -207,7 +211,7 @@ def test_time_budget_stops_and_saves(tmp_path):
     cfg = TrainConfig(steps=100, batch_size=2, seq_len=16, lr=1e-3, min_lr=1e-5, max_minutes=1e-6, **QUIET)
     summary = Trainer(_model(), cfg, CLMBatches(_tokens(), 2, 16), tmp_path / "run").fit()
     assert summary["steps"] == 1
-    assert [r["step"] for r in read_log(tmp_path / "run" / "log.jsonl")] == [1]
+    assert [r["step"] for r in read_log(tmp_path / "run" / "log.jsonl") if r["kind"] == "train"] == [1]
     assert [s for s, _ in ckpt.step_dirs(tmp_path / "run")] == [1] and (tmp_path / "run" / "final").is_dir()
 
 

@@ -62,10 +62,12 @@ def lora_merge(*, model: str, adapter: str, out: str) -> str:
 
 @with_options(lmforge.QuickstartConfig)
 def quickstart(**options: Any) -> lmforge.QuickstartResult:
-    """Train a BPE tokenizer on Shakespeare, prepare shards, pretrain a small GPT for a few minutes,
-    report validation bits-per-byte and print samples.
+    """Train a BPE tokenizer on your text (default: Shakespeare), pretrain a small GPT for a few
+    minutes, report bits/byte over the whole validation text and print samples.
 
-    Re-running reuses OUT/tokenizer and OUT/data and trains a new OUT/run-N.
+    `--text FILE...` trains on your files, `--val-text FILE` is scored (every byte once); without it
+    the end of the text is held out. Re-running reuses OUT/tokenizer and OUT/data while the text,
+    vocabulary and seed are the same, and trains a new OUT/run-N.
     """
     result = lmforge.quickstart(**options)
     for i, text in enumerate(result.samples):

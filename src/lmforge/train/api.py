@@ -16,21 +16,28 @@ unchanged under `torchrun --nproc-per-node N`: only rank 0 writes and reports.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from lmforge import hardware
 from lmforge.config import ModelConfig
 from lmforge.errors import LMForgeError
+from lmforge.io.atomic import atomic_file, atomic_write_text
 from lmforge.options import configure
 from lmforge.train import checkpoint as ckpt
 from lmforge.train import sources
+from lmforge.train.batches import CLMBatches, ValSet, whole_text_val_set
 from lmforge.train.config import FinetuneConfig, PretrainConfig, QuickstartConfig, check_context
 from lmforge.train.distributed import pick_device
+from lmforge.train.logging import RunLogger
 from lmforge.train.trainer import Trainer, TrainResult, calibrate_steps
 
 
@@ -156,24 +163,41 @@ class QuickstartResult(TrainResult):
 
 
 def quickstart(config: QuickstartConfig | None = None, **options: Any) -> QuickstartResult:
-    """Train a BPE tokenizer on Shakespeare, prepare shards, pretrain a small GPT for a few minutes,
-    measure validation bits-per-byte and generate samples. A second call reuses OUT/tokenizer and
-    OUT/data and trains a new OUT/run-N."""
+    """Train a byte-level BPE tokenizer on a text (default: Shakespeare), tokenize it, pretrain a small
+    GPT for `minutes`, score bits/byte over the whole validation text (`val_text`, or the end of the
+    text held out) and generate samples. OUT/tokenizer and OUT/data are reused while the text,
+    vocabulary and seed are the same (and made again when they differ); each call trains a new OUT/run-N."""
     start = time.perf_counter()
     cfg = configure(QuickstartConfig, config, options, "quickstart")
     say = _say if cfg.progress else (lambda message: None)
     root = Path(cfg.out)
-    tok = _quickstart_tokenizer(root / "tokenizer", cfg, say)
-    _quickstart_data(root / "data", root / "tokenizer", tok, cfg, say)
+    train_text, val_text, where = sources.quickstart_texts(cfg.text, cfg.val_text, cfg.val_fraction)
+    tok = _quickstart_tokenizer(root / "tokenizer", train_text, cfg, say)
+    train_ids, val_ids = _quickstart_data(root / "data", tok, train_text, val_text, say)
+    say(f"      text: {where}")
+    if len(train_ids) <= cfg.seq_len:
+        raise LMForgeError(
+            f"the training text is too small for the context: {len(train_ids):,} tokens for --seq-len "
+            f"{cfg.seq_len}; give more text or lower --seq-len"
+        )
     run_dir = next(root / f"run-{i}" for i in range(1, 10_000) if not (root / f"run-{i}").exists())
     model = _new_model(cfg.model_config(vocab_size=tok.vocab_size, max_seq_len=cfg.seq_len), cfg.seed)
     train = cfg.training()
-    batches = sources.shard_batches(root / "data", tok, train)
+    train_batches = CLMBatches(
+        torch.from_numpy(train_ids.astype(np.int64)), cfg.batch_size, cfg.seq_len, cfg.seed
+    )
+    token_bytes = np.array([len(tok.token_bytes(i)) for i in range(tok.vocab_size)], dtype=np.int64)
+    context = tok.eos_token_id if tok.eos_token_id is not None else 0
+    val_full = whole_text_val_set(val_ids, cfg.batch_size, cfg.seq_len, token_bytes, context)
+    # periodic validation on the first batches (the whole text is scored once, at the end)
+    n = min(4, len(val_full))
+    val_sample = ValSet(val_full.batches[:n], val_full.num_bytes[:n])
     device = pick_device(cfg.device)
-    probe = {k: v.to(device) for k, v in batches.train.batch(0).items()}
+    precision = hardware.choose_precision(cfg.precision, device, cfg.precision_fallback).precision
+    probe = {k: v.to(device) for k, v in train_batches.batch(0).items()}
     # a generous bound on the steps that fit (timings drift on a shared machine): the schedule follows
     # the clock (max_minutes) and ends the run on time
-    steps = 3 * calibrate_steps(model.to(device), probe, cfg.minutes * 60)
+    steps = 3 * calibrate_steps(model.to(device), probe, cfg.minutes * 60, precision=precision)
     train = dataclasses.replace(
         train,
         steps=steps,
@@ -187,12 +211,21 @@ def quickstart(config: QuickstartConfig | None = None, **options: Any) -> Quicks
         f"(at most {steps} steps of {cfg.batch_size}x{cfg.seq_len} tokens) -> {run_dir}"
     )
     generation = _generation_config(tok)
-    result = Trainer(model, train, batches.train, run_dir, batches.val, tok, generation).fit()
-    loss, bpb = result.val.get("loss", float("nan")), result.val.get("bits_per_byte", float("nan"))
-    say(f"[4/4] validation: loss {loss:.3f} nats/token, {bpb:.3f} bits/byte")
+    trainer = Trainer(model, train, train_batches, run_dir, val_sample, tok, generation)
+    result = trainer.fit()
+    trainer.val_data = val_full
+    full = trainer.evaluate()
+    full_record = {"kind": "val_full", "step": result.steps, "bytes": sum(val_full.num_bytes), **full}
+    logger = RunLogger(run_dir, tensorboard=False)
+    logger.log(full_record)
+    logger.close()
+    say(
+        f"[4/4] validation over the whole text ({full_record['bytes']:,} bytes): "
+        f"loss {full['loss']:.3f} nats/token, {full['bits_per_byte']:.3f} bits/byte"
+    )
     samples = _samples(model.eval(), tok, generation, cfg, run_dir / "final")
     values = {f.name: getattr(result, f.name) for f in dataclasses.fields(TrainResult)}
-    values["total_s"] = time.perf_counter() - start
+    values.update(val=full, total_s=time.perf_counter() - start)
     return QuickstartResult(**values, tokenizer=root / "tokenizer", data=root / "data", samples=samples)
 
 
@@ -237,39 +270,65 @@ def _shards_tokenizer(data: str | Path, source: str | Path | None) -> Any:
     return tok
 
 
-def _quickstart_tokenizer(directory: Path, cfg: QuickstartConfig, say: Any) -> Any:
-    """A byte-level BPE trained on the Shakespeare training plays (reused when `directory` has one)."""
+def _digest(*parts: Any) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode("utf-8") if isinstance(part, str) else json.dumps(part).encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _quickstart_tokenizer(directory: Path, text: str, cfg: QuickstartConfig, say: Any) -> Any:
+    """A byte-level BPE trained on the training text; reused while text, vocabulary and seed match."""
     from lmforge.tokenizer import Tokenizer
     from lmforge.tokenizer.train import train_tokenizer
 
-    if (directory / "tokenizer.json").is_file():
-        tok = Tokenizer.from_dir(directory)
-        say(f"[1/4] tokenizer: reusing {directory} ({tok.vocab_size} tokens)")
-        return tok
+    key = _digest(text, cfg.vocab_size, cfg.seed)
+    stamp = directory / "quickstart.json"
+    if (directory / "tokenizer.json").is_file() and stamp.is_file():
+        if json.loads(stamp.read_text()).get("key") == key:
+            tok = Tokenizer.from_dir(directory)
+            say(f"[1/4] tokenizer: reusing {directory} ({tok.vocab_size} tokens)")
+            return tok
+        say(f"[1/4] tokenizer: {directory} was made from another text, vocabulary or seed: training again")
     start = time.perf_counter()
-    tok = train_tokenizer(["shakespeare-train"], "bpe", cfg.vocab_size, show_progress=False, output=directory)
+    tok = train_tokenizer(texts=[text], algorithm="bpe", vocab_size=cfg.vocab_size, show_progress=False)
+    tok.save(directory)
+    atomic_write_text(stamp, json.dumps({"key": key, "vocab_size": cfg.vocab_size, "seed": cfg.seed}))
     say(
         f"[1/4] tokenizer: trained byte-level BPE, {tok.vocab_size} tokens ({time.perf_counter() - start:.0f}s)"
     )
     return tok
 
 
-def _quickstart_data(directory: Path, tokenizer_dir: Path, tok: Any, cfg: QuickstartConfig, say: Any) -> None:
-    """Shards of the Shakespeare training plays (reused when `directory` has them)."""
-    from lmforge.data.pipeline import PrepareOptions
-    from lmforge.data.pipeline import prepare as run_prepare
-
-    if (directory / "manifest.json").is_file():
-        say(f"[2/4] data: reusing {directory}")
-        return
+def _quickstart_data(
+    directory: Path, tok: Any, train_text: str, val_text: str, say: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """The train and validation texts as token arrays (OUT/data/train.npy, val.npy), reused while the
+    texts and the tokenizer match."""
+    key = _digest(train_text, val_text, tok.fingerprint)
+    stamp = directory / "quickstart.json"
+    files = {"train": directory / "train.npy", "val": directory / "val.npy"}
+    if stamp.is_file() and all(f.is_file() for f in files.values()):
+        if json.loads(stamp.read_text()).get("key") == key:
+            arrays = tuple(np.load(f, allow_pickle=False) for f in files.values())
+            say(f"[2/4] data: reusing {directory} ({len(arrays[0]):,} train / {len(arrays[1]):,} val tokens)")
+            return arrays
+        say(f"[2/4] data: {directory} was made from another text or tokenizer: tokenizing again")
     start = time.perf_counter()
-    options = PrepareOptions(seed=cfg.seed)
-    report = run_prepare(["shakespeare-train"], tok, directory, options, tokenizer_source=str(tokenizer_dir))
-    splits = report["splits"]
+    dtype = np.uint16 if tok.vocab_size <= 65536 else np.uint32
+    arrays = []
+    for name, text in (("train", train_text), ("val", val_text)):
+        ids = np.asarray(tok.encode(text), dtype=dtype)
+        with atomic_file(files[name], suffix=".npy") as tmp:
+            np.save(tmp, ids)
+        arrays.append(ids)
+    atomic_write_text(stamp, json.dumps({"key": key, "tokenizer": tok.fingerprint}))
     say(
-        f"[2/4] data: {report['kept']['documents']} documents -> {splits['train']['tokens']:,} train / "
-        f"{splits['val']['tokens']:,} val tokens ({time.perf_counter() - start:.0f}s)"
+        f"[2/4] data: {len(arrays[0]):,} train / {len(arrays[1]):,} val tokens "
+        f"({time.perf_counter() - start:.0f}s)"
     )
+    return arrays[0], arrays[1]
 
 
 def _samples(

@@ -210,3 +210,29 @@ def sft_val_set(
     return ValSet(
         [collate_sft(examples[i : i + batch_size], pad_token_id) for i in range(0, len(examples), batch_size)]
     )
+
+
+def whole_text_val_set(
+    ids: Any, batch_size: int, seq_len: int, token_bytes: np.ndarray, context_id: int
+) -> ValSet:
+    """Validation over a whole text, every token (so every byte) scored exactly once: the text's tokens
+    after one `context_id` token (so its first token is predicted too), cut into consecutive
+    non-overlapping windows; the last, partial window is padded with unlabelled positions.
+    `token_bytes[id]` is the UTF-8 length of token `id`, so `num_bytes` sums to the text's size."""
+    stream = np.concatenate([[context_id], np.asarray(ids, dtype=np.int64)])
+    n_targets = len(stream) - 1
+    if n_targets < 1:
+        raise LMForgeError("the validation text has no tokens")
+    n_windows = -(-n_targets // seq_len)
+    inputs = np.zeros((n_windows, seq_len), dtype=np.int64)
+    labels = np.full((n_windows, seq_len), IGNORE, dtype=np.int64)
+    for w in range(n_windows):
+        chunk = stream[w * seq_len : w * seq_len + seq_len + 1]
+        inputs[w, : len(chunk) - 1] = chunk[:-1]
+        labels[w, : len(chunk) - 1] = chunk[1:]
+    batches, num_bytes = [], []
+    for i in range(0, n_windows, batch_size):
+        x, y = torch.from_numpy(inputs[i : i + batch_size]), torch.from_numpy(labels[i : i + batch_size])
+        batches.append({"input_ids": x, "labels": y})
+        num_bytes.append(int(token_bytes[y[y != IGNORE].numpy()].sum()))
+    return ValSet(batches, num_bytes)

