@@ -112,7 +112,7 @@ def test_failed_save_leaves_previous_checkpoint_intact(tiny_dir, tmp_path):
             raise OSError("disk full")
 
     lm.tokenizer = Boom()
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(LMForgeError, match="disk full"):
         lm.save(out)
     assert sorted(p.name for p in out.iterdir()) == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]

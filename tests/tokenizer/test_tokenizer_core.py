@@ -63,7 +63,7 @@ def test_save_is_atomic_on_failure(smollm_tok, tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr("os.replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(LMForgeError, match="disk full"):
         smollm_tok.save(tmp_path)
     assert (tmp_path / "tokenizer.json").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer.json", "tokenizer_config.json"]

@@ -18,15 +18,17 @@ import argparse
 import importlib
 import inspect
 import json
+import os
 import re
 import sys
+import traceback
 import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lmforge.errors import LMForgeError
+from lmforge.errors import LMForgeError, os_error_line
 
 # Modules of this package that define COMMANDS; each area adds its own.
 COMMAND_MODULES = ["model", "eval", "data", "train", "generate", "tokenizer", "quant", "serve"]
@@ -138,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lmforge", description="A hackable, end-to-end language-model toolkit."
     )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback behind an error (or LMFORGE_DEBUG=1)"
+    )
     top = parser.add_subparsers(title="commands", metavar="COMMAND")
     groups: dict[str, Any] = {}
     parsers: dict[
@@ -218,11 +223,23 @@ def _unknown_arguments(parser: argparse.ArgumentParser, extra: list[str]) -> LMF
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; errors print one line (`--debug` anywhere, or LMFORGE_DEBUG=1, adds the traceback)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("LMFORGE_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     try:
         run(argv)
     except LMForgeError as exc:
+        if debug:
+            traceback.print_exc()
         print(f"lmforge: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # one a command did not turn into an LMForgeError itself
+        if debug:
+            traceback.print_exc()
+        hint = "" if debug else " (run with --debug or LMFORGE_DEBUG=1 for the traceback)"
+        print(f"lmforge: error: {os_error_line(exc, doing='accessing')}{hint}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("lmforge: interrupted", file=sys.stderr)
         return 130

@@ -227,7 +227,8 @@ def write_checkpoint(
         for name in ("lm_head.weight", "mlm.decoder.weight", *_quantized_tied(model)):
             state.pop(name, None)
     dtype = next(model.parameters()).dtype
-    with atomic_dir(path) as tmp:
+    size = sum(t.numel() * t.element_size() for t in state.values())
+    with atomic_dir(path, expected_bytes=size) as tmp:
         naming = save_state(tmp, config, state, quantized=bool(quantization and quantization.get("layers")))
         meta = config_json(config, naming, dtype, quantization)
         (tmp / "config.json").write_text(json.dumps(meta, indent=2))

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from lmforge.errors import LMForgeError
+from lmforge.io.atomic import atomic_file
 
 GGUFType = Literal["f32", "f16", "q8_0", "q4_0", "q4_1"]
 ARCH_OF_FAMILY = {"llama": "llama", "qwen2": "qwen2", "gpt2": "gpt2"}
@@ -251,7 +252,12 @@ def write_gguf(
     arch = ARCH_OF_FAMILY.get(model.config.family, model.config.family)
     named = tensors(model)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path, expected_bytes=sum(w.numel() * w.element_size() for w in named.values())) as tmp:
+        _write_gguf(gguf, quantize, tmp, arch, model, type, tokenizer_meta, named)
+    return path
+
+
+def _write_gguf(gguf, quantize, path: Path, arch: str, model, type: GGUFType, tokenizer_meta, named) -> None:
     writer = gguf.GGUFWriter(str(path), arch)
     _metadata(writer, model.config, arch, _qtypes()[type][1])
     _copy_tokenizer(writer, tokenizer_meta)
@@ -270,7 +276,6 @@ def write_gguf(
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return path
 
 
 def export_gguf(source: Any, path: str | Path, type: GGUFType = "q8_0") -> Path:

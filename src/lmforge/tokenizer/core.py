@@ -30,7 +30,7 @@ from tokenizers import Tokenizer as Backend
 
 from lmforge.assets import ASSETS, EXTRACTED, asset_path
 from lmforge.errors import LMForgeError
-from lmforge.io.atomic import atomic_write_text
+from lmforge.io.atomic import atomic_write_files
 from lmforge.tokenizer import loaders
 
 SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
@@ -249,14 +249,13 @@ class Tokenizer:
         return config
 
     def save(self, directory: str | Path) -> Path:
-        """Write tokenizer.json and tokenizer_config.json into `directory`, each atomically."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(directory / "tokenizer.json", self.backend.to_str(pretty=True))
-        atomic_write_text(
-            directory / "tokenizer_config.json", json.dumps(self.config_dict(), indent=2, ensure_ascii=False)
-        )
-        return directory
+        """Write tokenizer.json and tokenizer_config.json into `directory`, atomically as a pair."""
+        tokenizer_config = json.dumps(self.config_dict(), indent=2, ensure_ascii=False)
+        files = {
+            "tokenizer.json": self.backend.to_str(pretty=True),
+            "tokenizer_config.json": tokenizer_config,
+        }
+        return atomic_write_files(directory, files)
 
     # ---- properties ----------------------------------------------------------------------------
 

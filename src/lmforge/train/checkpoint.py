@@ -129,18 +129,20 @@ def save_checkpoint(
     """Write one checkpoint directory atomically; a failure (e.g. a full disk) raises LMForgeError
     and leaves no partial directory behind."""
     path = Path(path)
+    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     try:
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, expected_bytes=size) as tmp:
             write_model_files(tmp, model, tokenizer, generation_config, lora_config, base_model)
             if trainer_state is not None:
                 torch.save(trainer_state, tmp / TRAINER_STATE)
             for name, text in (extra_files or {}).items():
                 (tmp / name).write_text(text)
-    except OSError as exc:
+    except LMForgeError as exc:
+        cause = getattr(exc.__cause__, "strerror", None) or "see below"
         raise LMForgeError(
-            f"could not write checkpoint {path} ({exc.strerror or exc}); nothing partial was left, "
-            "earlier checkpoints are intact — free disk space and resume with --resume"
-        ) from None
+            f"could not write checkpoint {path.name} ({cause}): {exc}; nothing partial was left and "
+            "earlier checkpoints are intact, resume with --resume"
+        ) from exc.__cause__
     return path
 
 
@@ -149,6 +151,9 @@ def prune(run_dir: str | Path, keep_last: int) -> None:
     mid-delete never leaves a half-deleted checkpoint under a valid name)."""
     if keep_last <= 0:
         return
+    root = Path(run_dir) / "checkpoints"
+    for leftover in root.glob(".step-*.deleting"):  # a prune killed mid-delete
+        shutil.rmtree(leftover, ignore_errors=True)
     for _, p in step_dirs(run_dir)[:-keep_last]:
         doomed = p.with_name(f".{p.name}.deleting")
         os.replace(p, doomed)

@@ -1,0 +1,110 @@
+"""SIGKILL every writer at each point of the writer discipline and at times spread over its run: the
+destination is then the previous version or the new one, byte for byte and loadable, never a mix;
+the killed writer's staging is left behind, and the next write removes it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import lmforge
+from conftest import paragraph
+from lmforge.io.atomic import clean_stale, staging_dirs
+from lmforge.tokenizer import Tokenizer
+from lmforge.train.checkpoint import load_trainer_state
+
+# kill points that apply to each writer (see writers.KILL_POINTS); an existing destination is replaced
+POINTS = {
+    "save": ["staged", "fsynced", "exchanged", "half-swapped"],
+    "checkpoint": ["staged", "fsynced", "exchanged", "half-swapped"],
+    "prepare": ["staged", "fsynced", "exchanged", "half-swapped"],
+    "tokenizer": ["journal", "fsynced"],
+    "report": ["staged", "fsynced"],
+}
+FRACTIONS = [0.1, 0.3, 0.5, 0.7, 0.9]
+UNSTABLE = {"report.json", "report.md"}  # prepare's reports hold its step timings
+
+
+def tree(path: Path) -> dict[str, bytes]:
+    if path.is_file():
+        return {"": path.read_bytes()}
+    return {
+        str(p.relative_to(path)): p.read_bytes()
+        for p in sorted(path.rglob("*"))
+        if p.is_file() and p.name not in UNSTABLE and ".lmforge-" not in str(p.relative_to(path))
+    }
+
+
+def loads(writer: str, path: Path) -> None:
+    """Open the output the way its consumer does."""
+    if writer == "save":
+        lmforge.load(path, device="cpu", compile="eager")
+    elif writer == "checkpoint":
+        load_trainer_state(path)
+        lmforge.load(path, device="cpu", compile="eager")
+    elif writer == "prepare":
+        manifest = json.loads((path / "manifest.json").read_text())
+        assert manifest and (path / "report.json").is_file()
+    elif writer == "tokenizer":
+        Tokenizer.load(path)
+    else:
+        json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, tiny_tok_dir):
+    root = tmp_path_factory.mktemp("inputs")
+    corpora = []
+    for v in range(2):
+        d = root / f"corpus{v}"
+        d.mkdir()
+        for i in range(8):
+            (d / f"doc{i}.txt").write_text(paragraph(100 * v + i, 150), encoding="utf-8")
+        corpora.append(str(d))
+    return {"inputs": corpora, "tokenizer": str(tiny_tok_dir)}
+
+
+@pytest.mark.parametrize("writer", list(POINTS))
+def test_kill_leaves_old_or_new_and_next_write_cleans(writer, zygote, inputs, tmp_path):
+    base = {"writer": writer, **inputs}
+    refs = []
+    for v in range(2):
+        dst = tmp_path / f"ref{v}" / "out"
+        answer = zygote({**base, "dst": str(dst), "version": v})
+        assert answer["exit"] == 0, answer
+        refs.append(tree(dst))
+        loads(writer, dst)
+    assert refs[0] != refs[1]
+    duration = answer["seconds"]
+
+    kills = [{"kill": p} for p in POINTS[writer]] + [{"after": f * duration} for f in FRACTIONS]
+    seen = {"old": 0, "new": 0}
+    for i, kill in enumerate(kills):
+        parent = tmp_path / f"k{i}"
+        dst = parent / "out"
+        staging = dst if writer == "tokenizer" else parent  # a pair of files stages inside its directory
+        shutil.copytree(tmp_path / "ref0", parent)  # the previous version, as the writer left it
+        answer = zygote({**base, "dst": str(dst), "version": 1, **kill})
+        if "kill" in kill:
+            assert answer["killed"], (kill, answer)
+            assert staging_dirs(staging), f"{kill}: the kill should leave the writer's staging"
+        if kill.get("kill") in ("journal", "half-swapped"):
+            # killed between two renames: the next write finishes a pair of files, or puts back the
+            # previous directory (the two-rename swap, only where the file system has no exchange)
+            clean_stale(staging)
+        got = tree(dst)
+        assert got in refs, f"{writer} killed at {kill}: the destination is neither version"
+        seen["old" if got == refs[0] else "new"] += 1
+        loads(writer, dst)
+
+        answer = zygote({**base, "dst": str(dst), "version": 1})  # the next run
+        assert answer["exit"] == 0, answer
+        assert staging_dirs(staging) == [], f"{writer} after {kill}: stale staging not removed"
+        assert tree(dst) == refs[1]
+        assert sorted(p.name for p in parent.iterdir()) == ["out"]
+        if writer == "tokenizer":
+            assert sorted(p.name for p in dst.iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
+    assert seen["old"] and seen["new"], seen  # the kill points reach both sides of the commit
