@@ -4,6 +4,7 @@ from lmforge.config import ModelConfig
 from lmforge.data.api import PrepareResult, prepare
 from lmforge.data.clean import QualityConfig
 from lmforge.data.pipeline import PrepareOptions
+from lmforge.embeddings import EmbeddingPlot, EmbeddingPlotConfig, plot_embeddings
 from lmforge.errors import LMForgeError
 from lmforge.eval.api import (
     EvalResult,
@@ -13,10 +14,12 @@ from lmforge.eval.api import (
     evaluate,
     score,
 )
+from lmforge.eval.bias import BiasConfig, bias
 from lmforge.eval.harness import EvalConfig, list_tasks, load_task
 from lmforge.eval.human import HumanEvalConfig, human_eval, human_results
 from lmforge.eval.judge import JudgeConfig, JudgeResult, judge
 from lmforge.eval.refree import ReferenceFreeConfig, reference_free
+from lmforge.eval.safety import SafetyConfig, safety
 from lmforge.generate.config import GenerationConfig
 from lmforge.lm import LM, load
 from lmforge.quant import QuantizeConfig, QuantizeResult, quantize
@@ -31,6 +34,9 @@ from lmforge.train.trainer import TrainConfig, TrainResult
 __version__ = "0.1.0"
 
 __all__ = [
+    "BiasConfig",
+    "EmbeddingPlot",
+    "EmbeddingPlotConfig",
     "EvalConfig",
     "EvalResult",
     "FinetuneConfig",
@@ -50,6 +56,7 @@ __all__ = [
     "QuickstartConfig",
     "QuickstartResult",
     "ReferenceFreeConfig",
+    "SafetyConfig",
     "ServeConfig",
     "Tokenizer",
     "TokenizerComparison",
@@ -57,6 +64,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "__version__",
+    "bias",
     "compare_reports",
     "compare_tokenizers",
     "evaluate",
@@ -69,11 +77,13 @@ __all__ = [
     "load",
     "load_task",
     "merge_lora",
+    "plot_embeddings",
     "prepare",
     "pretrain",
     "quantize",
     "quickstart",
     "reference_free",
+    "safety",
     "score",
     "serve",
     "train_tokenizer",

@@ -151,6 +151,37 @@ def eval_human_results(*, items: Path, **options: Any) -> dict:
     return result.report
 
 
+@with_options(lmforge.SafetyConfig)
+def eval_safety(model: list[str] | None = None, **options: Any) -> dict:
+    """Toxicity of sampled continuations, RealToxicityPrompts-style: expected maximum toxicity and
+    toxicity probability over `--samples` continuations per prompt, scored offline by alt-profanity-check's
+    shipped classifier (it loads that package's own joblib files, never a user's file).
+
+    Example: `lmforge eval safety --model smollm2 --samples 10 --output runs/safety`.
+
+    Args:
+        model: model(s): asset name, checkpoint directory or .gguf file.
+    """
+    result = lmforge.safety(model or [], progress=_say, **options)
+    print(result.summary())
+    return result.report
+
+
+@with_options(lmforge.BiasConfig)
+def eval_bias(model: list[str] | None = None, **options: Any) -> dict:
+    """Likelihood bias probes: the share of minimal pairs (CrowS-Pairs / StereoSet style, and
+    WinoBias-style occupation-pronoun templates) where the model prefers the stereotyped sentence.
+
+    Example: `lmforge eval bias --model smollm2 --output runs/bias`.
+
+    Args:
+        model: model(s): asset name, checkpoint directory or .gguf file.
+    """
+    result = lmforge.bias(model or [], progress=_say, **options)
+    print(result.summary())
+    return result.report
+
+
 COMMANDS = {
     "eval": eval_models,
     "eval compare": eval_compare,
@@ -160,4 +191,6 @@ COMMANDS = {
     "eval refree": eval_refree,
     "eval human": eval_human,
     "eval human-results": eval_human_results,
+    "eval safety": eval_safety,
+    "eval bias": eval_bias,
 }
