@@ -147,7 +147,7 @@ def test_multiple_choice_picks_the_highest_loglikelihood(tiny_lm, tmp_path: Path
         assert detail["loglik"] == pytest.approx(scores, rel=1e-4)
         gold = row["choices"].index(row["answer"]) if isinstance(row["answer"], str) else row["answer"]
         hits += max(range(len(scores)), key=scores.__getitem__) == gold
-        norm = [s / len(" " + c) for s, c in zip(scores, row["choices"])]
+        norm = [s / len(c) for s, c in zip(scores, row["choices"])]  # lm-eval: the delimiter not counted
         hits_norm += max(range(len(norm)), key=norm.__getitem__) == gold
     assert result.metrics["acc"]["value"] == hits / 2
     assert result.metrics["acc_norm"]["value"] == hits_norm / 2

@@ -403,7 +403,8 @@ def run_perplexity(lm, task: Task, settings: RunSettings) -> tuple[dict, int, li
 
 def run_multiple_choice(lm, task: Task, settings: RunSettings) -> tuple[dict, int, list, dict]:
     """lm-evaluation-harness scoring: log P(delimiter + choice | context) per choice; `acc` takes the
-    best sum, `acc_norm` the best sum divided by the continuation's length in characters."""
+    best sum, `acc_norm` the best sum divided by the choice's length in characters (the delimiter not
+    counted, as lm-eval's `completion_len`), `acc_bytes` divided by its length in UTF-8 bytes."""
     from lmforge.eval.metrics.lm import loglikelihoods
 
     tok = lm.tokenizer
@@ -425,19 +426,22 @@ def run_multiple_choice(lm, task: Task, settings: RunSettings) -> tuple[dict, in
                 raise LMForgeError(f"{ex.where}: choice {choice!r} adds no tokens to the context")
             requests.append((prefix, cont))
     results = iter(loglikelihoods(lm.model, requests))
-    correct, correct_norm, details = [], [], []
+    correct, correct_norm, correct_bytes, details = [], [], [], []
     for ex, gold in zip(task.examples, golds):
         choices = ex.data["choices"]
         scores = [next(results)[0] for _ in choices]
         pred = int(np.argmax(scores))
-        pred_norm = int(np.argmax([s / len(delim + c) for s, c in zip(scores, choices)]))
+        pred_norm = int(np.argmax([s / max(1, len(c)) for s, c in zip(scores, choices)]))
+        pred_bytes = int(np.argmax([s / max(1, len(c.encode("utf-8"))) for s, c in zip(scores, choices)]))
         correct.append(float(pred == gold))
         correct_norm.append(float(pred_norm == gold))
+        correct_bytes.append(float(pred_bytes == gold))
         details.append(
             {"where": ex.where, "gold": gold, "pred": pred, "pred_norm": pred_norm, "loglik": scores}
         )
     kw = {"n_resamples": settings.n_resamples, "confidence": settings.confidence, "seed": settings.seed}
     metrics = {"acc": _interval(mean_ci(correct, **kw)), "acc_norm": _interval(mean_ci(correct_norm, **kw))}
+    metrics["acc_bytes"] = _interval(mean_ci(correct_bytes, **kw))
     return metrics, len(correct), details, {}
 
 
