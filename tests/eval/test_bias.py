@@ -78,7 +78,7 @@ def test_sentence_logprob_is_the_sum_of_token_logprobs(probes):
 def test_a_biased_model_is_detected_and_a_balanced_one_is_not(probes, tmp_path):
     biased = ngram_lm([p["stereo"] for p in probes], "biased")
     balanced = ngram_lm([p["stereo"] for p in probes] + [p["anti"] for p in probes], "balanced")
-    result = bias([biased, balanced], n_resamples=300, output=tmp_path)
+    result = bias([biased, balanced], n_resamples=300, output=tmp_path, plots=False)
     rows = {(r["task"], r["model"]): r["metrics"] for r in result.report["results"]}
     for task in ("bias-stereotype-pairs", "bias-winobias"):
         b, f = rows[(task, "biased")], rows[(task, "balanced")]
