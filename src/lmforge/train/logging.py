@@ -25,6 +25,10 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
 class RunLogger:
     """Appends records to `run_dir/log.jsonl` (flushed per line) and mirrors scalars to TensorBoard."""
 
@@ -73,17 +77,40 @@ class RunLogger:
         val = [r for r in records if r.get("kind") == "val"]
         if not train:
             return None
-        fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+        alerts = [r for r in records if r.get("kind") == "alert"]
+        fig, (ax_loss, ax_lr, ax_grad) = plt.subplots(3, 1, figsize=(7, 8.5), sharex=True)
         ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train", lw=1)
         if val:
             ax_loss.plot([r["step"] for r in val], [r["loss"] for r in val], "o-", label="validation")
+        for kind, color in (
+            ("loss_spike", "tab:orange"),
+            ("non_finite", "tab:red"),
+            ("overfitting", "tab:purple"),
+        ):
+            steps = [r["step"] for r in alerts if r.get("alert") == kind]
+            for i, step in enumerate(steps):
+                ax_loss.axvline(
+                    step, color=color, lw=0.8, ls="--", label=kind.replace("_", " ") if i == 0 else None
+                )
         ax_loss.set_ylabel("loss (nats/token)")
         ax_loss.legend()
         ax_loss.grid(alpha=0.3)
         ax_lr.plot([r["step"] for r in train], [r["lr"] for r in train], color="tab:green", lw=1)
         ax_lr.set_ylabel("learning rate")
-        ax_lr.set_xlabel("step")
         ax_lr.grid(alpha=0.3)
+        norms = [(r["step"], r["grad_norm"]) for r in train if _positive(r.get("grad_norm"))]
+        if norms:
+            ax_grad.plot(*zip(*norms), lw=1, label="gradient norm (before clipping)")
+        ratios = [
+            (r["step"], r["update_ratio/total"]) for r in train if _positive(r.get("update_ratio/total"))
+        ]
+        if ratios:
+            ax_grad.plot(*zip(*ratios), "o-", ms=2, lw=1, label="update / weight ratio")
+        if norms or ratios:
+            ax_grad.set_yscale("log")
+            ax_grad.legend()
+        ax_grad.grid(alpha=0.3)
+        ax_grad.set_xlabel("step")
         fig.tight_layout()
         out = self.run_dir / "plot.png"
         tmp = self.run_dir / ".plot.png.tmp"

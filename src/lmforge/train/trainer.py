@@ -32,6 +32,7 @@ from lmforge.errors import LMForgeError
 from lmforge.options import check_types, option
 from lmforge.train import checkpoint as ckpt
 from lmforge.train import distributed as dist_lib
+from lmforge.train import monitor
 from lmforge.train.batches import IGNORE, BatchSource, ValSet
 from lmforge.train.logging import RunLogger
 from lmforge.train.lora import LoRAConfig, LoRALinear
@@ -82,6 +83,17 @@ class TrainConfig:
     save_every: int = option(0, "checkpoint every N steps (0: only at the end)")
     keep_last: int = option(2, "periodic checkpoints to keep")
     log_every: int = option(1, "write a training record every N steps")
+    on_nan: Literal["stop", "skip"] = option(
+        "stop",
+        "a non-finite loss or gradient: stop (naming the step and the last good checkpoint), or skip "
+        "the step, rolling back to the last good checkpoint",
+    )
+    spike_factor: float = option(
+        3.0, "warn when a step's loss exceeds this x the running average of recent losses (0: off)"
+    )
+    update_ratio_every: int = option(
+        10, "log per-group update/weight ratios every N steps (0: never; costs a copy of the weights)"
+    )
     # the schedule then follows the clock too, reaching min_lr by the deadline or by `steps`, whichever
     # comes first (such runs are not bit-reproducible)
     max_minutes: float | None = option(None, "stop (and checkpoint) after this many minutes of training")
@@ -98,7 +110,16 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "seq_len", "eval_batches", "log_every"):
             if getattr(self, name) <= 0:
                 raise LMForgeError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("eval_every", "save_every", "keep_last", "warmup_steps", "weight_decay", "grad_clip"):
+        for name in (
+            "eval_every",
+            "save_every",
+            "keep_last",
+            "warmup_steps",
+            "weight_decay",
+            "grad_clip",
+            "spike_factor",
+            "update_ratio_every",
+        ):
             if getattr(self, name) < 0:
                 raise LMForgeError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0 or (self.min_lr is not None and not 0 <= self.min_lr <= self.lr):
@@ -348,6 +369,44 @@ class Trainer:
             out["bits_per_byte"] = nats / (math.log(2) * nbytes)
         return out
 
+    def _ratio_due(self, step: int) -> bool:
+        every = self.config.update_ratio_every
+        return bool(every) and step % every == 0
+
+    def _alert(self, kind: str, message: str, **values: Any) -> None:
+        """A warning record in log.jsonl (kind "alert"), also printed (rank 0 only)."""
+        if self.logger is not None:
+            shown = {
+                k: (v if isinstance(v, (int, str)) or math.isfinite(v) else str(v)) for k, v in values.items()
+            }
+            self.logger.log({"kind": "alert", "step": self.step, "alert": kind, "message": message, **shown})
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+    def _non_finite(self, loss: float, grad_norm: float, bad_steps: int) -> None:
+        """A non-finite loss or gradient at the coming step: stop with the step and the last good
+        checkpoint named, or (on_nan skip) drop the update, rolling back to the last good checkpoint
+        where there is one; stops after 3 bad steps in a row."""
+        step = self.step + 1
+        last_good = ckpt.latest_checkpoint(self.run_dir)
+        named = f"last good checkpoint: {last_good}" if last_good else "no checkpoint yet (see --save-every)"
+        what = f"the loss became {loss} (gradient norm {grad_norm}) at step {step}"
+        if self.config.on_nan == "stop" or bad_steps > 3:
+            if self.dist.is_main:
+                self._alert("non_finite", f"{what}; stopped", loss=loss, grad_norm=grad_norm)
+            again = " (3 rollbacks in a row did not help)" if bad_steps > 3 else ""
+            raise LMForgeError(f"{what}{again}; {named}. Lower --lr, enable --grad-clip or use --on-nan skip")
+        weights_ok = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+        if last_good is not None and not (self.dist.enabled and self.config.distributed == "fsdp"):
+            ckpt.load_model_weights(self.model, last_good)
+            self.optimizer.load_state_dict(ckpt.load_trainer_state(last_good)["optimizer"])
+            action = f"skipped the step and rolled back to {last_good}"
+        elif weights_ok:
+            action = "skipped the step (no checkpoint to roll back to; the weights are still finite)"
+        else:
+            raise LMForgeError(f"{what} and the weights are no longer finite; {named}. Lower --lr")
+        if self.dist.is_main:
+            self._alert("non_finite", f"{what}: {action}", loss=loss, grad_norm=grad_norm)
+
     def _model_state_for_save(self) -> nn.Module:
         """A module whose state_dict is the full model (gathers FSDP shards: collective)."""
         if not (self.dist.enabled and self.config.distributed == "fsdp"):
@@ -454,6 +513,9 @@ class Trainer:
             else:  # the clock ends the run: the bar (and its ETA) counts seconds of the budget
                 bar = tqdm(total=int(cfg.max_minutes * 60), unit="s", dynamic_ncols=True)
         params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = monitor.Groups(self.model)
+        watch = monitor.LossWatch(cfg.spike_factor)
+        bad_steps = 0
         start_time = time.perf_counter()
         last_time, last_step, last_print = start_time, self.step, start_time
         first_step = self.step
@@ -483,18 +545,29 @@ class Trainer:
                     self.scaler.scale(loss / cfg.grad_accum).backward()
                 loss_sum += loss.detach()
             self.scaler.unscale_(self.optimizer)
+            log_now = info.is_main and (self.step + 1) % cfg.log_every == 0
+            group_norms = groups.grad_norms() if log_now else {}
             max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            dist_lib.all_reduce_sum(loss_sum, info)
+            train_loss = loss_sum.item() / (cfg.grad_accum * info.world_size)
+            # fp16's GradScaler skips steps with inf gradients itself
+            if self.precision != "fp16" and not (math.isfinite(train_loss) and math.isfinite(grad_norm)):
+                bad_steps += 1
+                self._non_finite(train_loss, grad_norm, bad_steps)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                continue
+            bad_steps = 0
+            before = groups.snapshot() if log_now and self._ratio_due(self.step + 1) else None
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
-            dist_lib.all_reduce_sum(loss_sum, info)
-            train_loss = loss_sum.item() / (cfg.grad_accum * info.world_size)
-            if not math.isfinite(train_loss) and self.precision != "fp16":
-                raise LMForgeError(
-                    f"the loss became {train_loss} at step {self.step}; lower --lr or enable --grad-clip"
-                )
+            ratios = groups.update_ratios(before) if before is not None else {}
+            spike = watch.train_step(train_loss)
+            if spike and info.is_main:
+                self._alert("loss_spike", f"step {self.step}: {spike}", loss=train_loss)
 
             now = time.perf_counter()
             elapsed = now - start_time
@@ -514,6 +587,8 @@ class Trainer:
                     "tokens_per_s": tok_s,
                     "mfu": mfu,
                     "elapsed_s": elapsed,
+                    **{f"grad_norm/{k}": v for k, v in group_norms.items()},
+                    **{f"update_ratio/{k}": v for k, v in ratios.items()},
                 }
                 self.logger.log(record)
                 if bar is not None:
@@ -537,6 +612,9 @@ class Trainer:
                 val_metrics = self.evaluate()
                 if info.is_main:
                     self.logger.log({"kind": "val", "step": self.step, **val_metrics})
+                    overfit = watch.validation(val_metrics["loss"]) if "loss" in val_metrics else None
+                    if overfit:
+                        self._alert("overfitting", f"step {self.step}: {overfit}")
                     if bar is None and cfg.progress:
                         shown = ", ".join(f"{k} {v:.4f}" for k, v in val_metrics.items() if k != "tokens")
                         print(f"step {self.step}: validation {shown}", file=sys.stderr, flush=True)
