@@ -4,6 +4,7 @@ from lmforge.config import ModelConfig
 from lmforge.data.api import PrepareResult, prepare
 from lmforge.data.clean import QualityConfig
 from lmforge.data.pipeline import PrepareOptions
+from lmforge.embeddings import EmbeddingPlot, EmbeddingPlotConfig, plot_embeddings
 from lmforge.errors import LMForgeError
 from lmforge.eval.api import (
     EvalResult,
@@ -34,6 +35,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BiasConfig",
+    "EmbeddingPlot",
+    "EmbeddingPlotConfig",
     "EvalConfig",
     "EvalResult",
     "FinetuneConfig",
@@ -74,6 +77,7 @@ __all__ = [
     "load",
     "load_task",
     "merge_lora",
+    "plot_embeddings",
     "prepare",
     "pretrain",
     "quantize",
