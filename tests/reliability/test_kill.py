@@ -4,17 +4,12 @@ the killed writer's staging is left behind, and the next write removes it."""
 
 from __future__ import annotations
 
-import json
 import shutil
-from pathlib import Path
 
 import pytest
 
-import lmforge
-from conftest import paragraph
+from conftest import loads, tree
 from lmforge.io.atomic import clean_stale, staging_dirs
-from lmforge.tokenizer import Tokenizer
-from lmforge.train.checkpoint import load_trainer_state
 
 # kill points that apply to each writer (see writers.KILL_POINTS); an existing destination is replaced
 POINTS = {
@@ -25,46 +20,6 @@ POINTS = {
     "report": ["staged", "fsynced"],
 }
 FRACTIONS = [0.1, 0.3, 0.5, 0.7, 0.9]
-UNSTABLE = {"report.json", "report.md"}  # prepare's reports hold its step timings
-
-
-def tree(path: Path) -> dict[str, bytes]:
-    if path.is_file():
-        return {"": path.read_bytes()}
-    return {
-        str(p.relative_to(path)): p.read_bytes()
-        for p in sorted(path.rglob("*"))
-        if p.is_file() and p.name not in UNSTABLE and ".lmforge-" not in str(p.relative_to(path))
-    }
-
-
-def loads(writer: str, path: Path) -> None:
-    """Open the output the way its consumer does."""
-    if writer == "save":
-        lmforge.load(path, device="cpu", compile="eager")
-    elif writer == "checkpoint":
-        load_trainer_state(path)
-        lmforge.load(path, device="cpu", compile="eager")
-    elif writer == "prepare":
-        manifest = json.loads((path / "manifest.json").read_text())
-        assert manifest and (path / "report.json").is_file()
-    elif writer == "tokenizer":
-        Tokenizer.load(path)
-    else:
-        json.loads(path.read_text())
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory, tiny_tok_dir):
-    root = tmp_path_factory.mktemp("inputs")
-    corpora = []
-    for v in range(2):
-        d = root / f"corpus{v}"
-        d.mkdir()
-        for i in range(8):
-            (d / f"doc{i}.txt").write_text(paragraph(100 * v + i, 150), encoding="utf-8")
-        corpora.append(str(d))
-    return {"inputs": corpora, "tokenizer": str(tiny_tok_dir)}
 
 
 @pytest.mark.parametrize("writer", list(POINTS))

@@ -138,7 +138,31 @@ WRITERS = {
 }
 
 
+def run_together(job: dict) -> dict:
+    """`"copies": K`: K children write versions 0..K-1 to one destination at once, `repeat` times each."""
+    pids = []
+    for v in range(job["copies"]):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                for _ in range(job.get("repeat", 1)):
+                    WRITERS[job["writer"]](job["dst"], v, job)
+            except BaseException as exc:
+                print(f"writer failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+                import traceback
+
+                Path(job["dst"]).with_name(f"error{v}.txt").write_text(traceback.format_exc())
+                code = 1
+            os._exit(code)
+        pids.append(pid)
+    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+    return {"exits": codes}
+
+
 def run_job(job: dict) -> dict:
+    if job.get("copies"):
+        return run_together(job)
     start = time.perf_counter()
     pid = os.fork()
     if pid == 0:

@@ -248,9 +248,11 @@ def _open_container(parent: Path, name: str) -> tuple[Path, int]:
     with _parent_lock(parent):
         clean_stale(parent)
     container = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}{TAG}{os.getpid()}-"))
-    lock_fd = os.open(container / LOCK, os.O_WRONLY | os.O_CREAT, 0o600)
+    # the lock file appears under its name already locked: a cleaner never sees it unlocked while we live
+    lock_fd = os.open(container / f"{LOCK}.new", os.O_WRONLY | os.O_CREAT, 0o600)
     fcntl.flock(lock_fd, fcntl.LOCK_EX)
     os.write(lock_fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+    os.rename(container / f"{LOCK}.new", container / LOCK)
     return container, lock_fd
 
 
