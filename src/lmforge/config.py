@@ -53,6 +53,10 @@ class ModelConfig:
     mlp_bias: bool = False
     tie_embeddings: bool = True
     sliding_window: int | None = None  # a query sees itself and the previous sliding_window - 1 keys
+    # Sparse Transformer's strided pattern (Child et al. 2019), its two heads' patterns united: a query
+    # sees the previous sparse_stride - 1 keys and every sparse_stride-th key before them
+    sparse_stride: int | None = None
+    global_tokens: int = 0  # with a window or a stride: the first N positions are seen by every query
     type_vocab_size: int = 0  # >0: token-type (segment) embeddings, as in BERT
     head: Head = "lm"  # "lm": next-token logits; "mlm": BERT masked-LM head; "none": hidden states
     dropout: float = 0.0  # embedding and residual dropout
@@ -103,6 +107,17 @@ class ModelConfig:
             fail("sliding_window", "must be a positive integer or None")
         if self.sliding_window is not None and not self.causal:
             fail("sliding_window", "a sliding window needs a causal decoder (causal=True)")
+        if self.sparse_stride is not None and (
+            not isinstance(self.sparse_stride, int) or self.sparse_stride <= 1 or not self.causal
+        ):
+            fail("sparse_stride", "must be an integer > 1 (or None), in a causal decoder")
+        if not isinstance(self.global_tokens, int) or self.global_tokens < 0:
+            fail("global_tokens", "must be a non-negative integer")
+        if self.global_tokens and self.sliding_window is None and self.sparse_stride is None:
+            fail(
+                "global_tokens",
+                "global tokens need a sliding_window or sparse_stride (else every key is seen)",
+            )
         if self.head == "lm" and not self.causal:
             fail("head", "an encoder (causal=False) takes head='mlm' or 'none', not next-token 'lm'")
         if self.head == "mlm" and self.causal:

@@ -28,20 +28,29 @@ def build_attention_mask(
     """Boolean (B|1, 1, T, S) mask over key slots, or None when no mask is needed.
 
     Queries sit at slots start..start+T-1 and keys at 0..S-1. Causal models see keys at or before the
-    query's slot, inside the sliding window; padding keys (attention_mask == 0) are hidden. A query
-    always sees its own slot so padding rows never get an empty softmax.
+    query's slot, inside the sliding window; with `sparse_stride` s also every s-th key before the last
+    s (Sparse Transformer's strided pattern); with `global_tokens` g also the first g keys. Padding keys
+    (attention_mask == 0) are hidden. A query always sees its own slot so padding rows never get an
+    empty softmax.
     """
     if not config.causal:
         if attention_mask is None:
             return None
         return attention_mask[:, None, None, :].bool()
-    if attention_mask is None and config.sliding_window is None and (start == 0 or q_len == 1):
+    banded = config.sliding_window is not None or config.sparse_stride is not None
+    if attention_mask is None and not banded and (start == 0 or q_len == 1):
         return None  # plain causal (is_causal) or one new token seeing the whole cache
     q_pos = torch.arange(start, start + q_len, device=device)[:, None]
     k_pos = torch.arange(kv_len, device=device)[None, :]
     allowed = k_pos <= q_pos
-    if config.sliding_window is not None:
-        allowed = allowed & (q_pos - k_pos < config.sliding_window)
+    if banded:
+        distance = q_pos - k_pos
+        near = distance < (config.sliding_window or config.sparse_stride)
+        if config.sparse_stride is not None:
+            near = near | (distance % config.sparse_stride == 0)
+        if config.global_tokens:
+            near = near | (k_pos < config.global_tokens)
+        allowed = allowed & near
     allowed = allowed[None, None]  # (1, 1, T, S)
     if attention_mask is not None:
         allowed = allowed & attention_mask[:, None, None, :].bool()
