@@ -164,13 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _load_config(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise LMForgeError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
+    import yaml
 
-        data = yaml.safe_load(text) or {}
-    else:
-        data = json.loads(text)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = (yaml.safe_load(text) or {}) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    except (UnicodeDecodeError, yaml.YAMLError, json.JSONDecodeError, RecursionError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LMForgeError(f"config file {path} is not valid YAML/JSON ({first})") from None
     if not isinstance(data, dict):
         raise LMForgeError(f"config file {path} must hold a mapping of option names to values")
     return {k.replace("-", "_"): v for k, v in data.items()}

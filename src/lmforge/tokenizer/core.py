@@ -123,11 +123,16 @@ class Tokenizer:
         for name in ("special_tokens_map.json", "tokenizer_config.json"):
             if (path / name).is_file():
                 try:
-                    config.update(json.loads((path / name).read_text(encoding="utf-8")))
+                    loaded = json.loads((path / name).read_text(encoding="utf-8"))
                 except json.JSONDecodeError as exc:
                     raise LMForgeError(
                         f"{path / name}: invalid JSON ({exc.msg} at line {exc.lineno})"
                     ) from None
+                except (UnicodeDecodeError, RecursionError) as exc:
+                    raise LMForgeError(f"{path / name}: not readable JSON ({type(exc).__name__})") from None
+                if not isinstance(loaded, dict):
+                    raise LMForgeError(f"{path / name}: must hold a JSON object, not {type(loaded).__name__}")
+                config.update(loaded)
         if (path / "tokenizer.json").is_file():
             return cls.from_file(path / "tokenizer.json", config)
         if (path / "vocab.txt").is_file():
