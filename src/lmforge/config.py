@@ -17,7 +17,7 @@ from lmforge.errors import LMForgeError
 
 Norm = Literal["layernorm", "rmsnorm"]
 MLP = Literal["gelu", "gelu_tanh", "relu", "silu", "swiglu", "geglu"]
-Position = Literal["learned", "sinusoidal", "rope", "none"]
+Position = Literal["learned", "sinusoidal", "rope", "alibi", "none"]
 Head = Literal["lm", "mlm", "none"]
 Backend = Literal["sdpa", "math"]
 

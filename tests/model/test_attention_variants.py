@@ -138,3 +138,59 @@ def test_trains_and_round_trips_through_a_checkpoint(tmp_path):
 def test_bad_variant_fields_name_the_field(changes, field):
     with pytest.raises(LMForgeError, match=f"ModelConfig.{field}"):
         tiny_config("gpt2", vocab_size=64, **changes)
+
+
+# -- ALiBi: linear biases instead of position embeddings ----------------------------------------------
+
+
+def test_alibi_slopes_follow_the_paper():
+    from lmforge.model.attention import alibi_slopes
+
+    torch.testing.assert_close(alibi_slopes(8), torch.tensor([2.0 ** -(i + 1) for i in range(8)]))
+    # 6 heads: the 4-head slopes, then every other slope of 8 heads
+    torch.testing.assert_close(alibi_slopes(6), torch.tensor([2**-2, 2**-4, 2**-6, 2**-8, 2**-1, 2**-3]))
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "math"])
+def test_alibi_attention_equals_a_direct_computation(backend):
+    from lmforge.model.attention import alibi_slopes
+
+    c = tiny_config("gpt2", vocab_size=64, max_seq_len=32, position="alibi", attn_backend=backend)
+    torch.manual_seed(0)
+    attn = Attention(c).eval()
+    x = torch.randn(2, 12, c.d_model)
+    with torch.no_grad():
+        got = attn(x, None, build_attention_mask(c, 12, 12, 0, None, x.device))
+        q, k, v = attn.qkv(x).split(c.d_model, dim=-1)
+        slopes = alibi_slopes(c.n_head).double().numpy()
+        out = np.zeros((2, 12, c.d_model))
+        for b in range(2):
+            for h in range(c.n_head):
+                cols = slice(h * c.head_dim, (h + 1) * c.head_dim)
+                qh, kh, vh = (t[b, :, cols].double().numpy() for t in (q, k, v))
+                for i in range(12):
+                    scores = qh[i] @ kh[: i + 1].T / math.sqrt(c.head_dim) - slopes[h] * (
+                        i - np.arange(i + 1)
+                    )
+                    weights = np.exp(scores - scores.max())
+                    out[b, i, cols] = (weights / weights.sum()) @ vh[: i + 1]
+        want = attn.proj(torch.from_numpy(out).float())
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_alibi_model_has_no_position_embedding_and_caches_exactly(tmp_path):
+    torch.manual_seed(0)
+    model = Transformer(
+        tiny_config("llama", vocab_size=64, max_seq_len=32, position="alibi", n_kv_head=1)
+    ).eval()
+    assert not any("pos" in n for n, _ in model.named_parameters())
+    ids = torch.randint(0, 64, (2, 14))
+    with torch.no_grad():
+        full = model(ids)
+        cache = KVCache.allocate(model.config, 2, 16)
+        pieces = [model(ids[:, :5], cache=cache)]
+        cache.advance(5)
+        for t in range(5, 14):
+            pieces.append(model(ids[:, t : t + 1], cache=cache))
+            cache.advance(1)
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-4)

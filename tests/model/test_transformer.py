@@ -132,7 +132,7 @@ def test_parameter_count_matches_config():
     [
         (dict(n_head=6, n_kv_head=4), "n_kv_head"),
         (dict(mlp="mish"), "mlp"),
-        (dict(position="alibi"), "position"),
+        (dict(position="xpos"), "position"),  # alibi is a valid scheme now
         (dict(sliding_window=0), "sliding_window"),
         (dict(causal=False, head="lm"), "head"),
         (dict(dropout=1.5), "dropout"),

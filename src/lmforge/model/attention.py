@@ -7,6 +7,7 @@ forward by `build_attention_mask`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -15,6 +16,18 @@ from torch import nn
 
 from lmforge.config import ModelConfig
 from lmforge.model.position import apply_rope
+
+
+def alibi_slopes(n_head: int) -> torch.Tensor:
+    """ALiBi's per-head slopes (Press et al. 2022): 2^(-8i/n) for n a power of two; otherwise those of
+    the power of two below, then every other slope of the one above."""
+
+    def power_of_two(n: int) -> list[float]:
+        return [2.0 ** (-8.0 * (i + 1) / n) for i in range(n)]
+
+    low = 2 ** int(math.log2(n_head))
+    slopes = power_of_two(low) + power_of_two(2 * low)[0::2][: n_head - low]
+    return torch.tensor(slopes)
 
 
 def build_attention_mask(
@@ -37,6 +50,8 @@ def build_attention_mask(
         if attention_mask is None:
             return None
         return attention_mask[:, None, None, :].bool()
+    if config.position == "alibi":
+        return _alibi_mask(config, q_len, kv_len, start, attention_mask, device)
     banded = config.sliding_window is not None or config.sparse_stride is not None
     if attention_mask is None and not banded and (start == 0 or q_len == 1):
         return None  # plain causal (is_causal) or one new token seeing the whole cache
@@ -56,6 +71,31 @@ def build_attention_mask(
         allowed = allowed & attention_mask[:, None, None, :].bool()
         allowed = allowed | (k_pos == q_pos)[None, None]
     return allowed
+
+
+def _alibi_mask(
+    config: ModelConfig,
+    q_len: int,
+    kv_len: int,
+    start: int,
+    attention_mask: torch.Tensor | None,
+    device: torch.device,
+) -> torch.Tensor:
+    """ALiBi as an additive float mask (B|1, nh, T, S): -slope_h x |query slot - key slot|, -inf where
+    the boolean mask (causal, window, padding) hides the key."""
+    plain = dataclasses.replace(config, position="none")
+    allowed = build_attention_mask(plain, q_len, kv_len, start, attention_mask, device)
+    if allowed is None:  # plain causal or bidirectional: build it explicitly
+        q_pos = torch.arange(start, start + q_len, device=device)[:, None]
+        k_pos = torch.arange(kv_len, device=device)[None, :]
+        allowed = ((k_pos <= q_pos) if config.causal else torch.ones_like(k_pos - q_pos, dtype=torch.bool))[
+            None, None
+        ]
+    q_pos = torch.arange(start, start + q_len, device=device, dtype=torch.float32)[:, None]
+    k_pos = torch.arange(kv_len, device=device, dtype=torch.float32)[None, :]
+    slopes = alibi_slopes(config.n_head).to(device)[:, None, None]  # (nh, 1, 1)
+    bias = -slopes * (q_pos - k_pos).abs()  # (nh, T, S)
+    return bias[None].masked_fill(~allowed, float("-inf"))
 
 
 class Attention(nn.Module):
@@ -91,6 +131,8 @@ class Attention(nn.Module):
         # T > 1 first: under torch.compile the cache fill level `start` is symbolic, T is not
         is_causal = self.config.causal and mask is None and T > 1 and start == 0
         dropout = self.config.attn_dropout if self.training else 0.0
+        if mask is not None and mask.is_floating_point():
+            mask = mask.to(q.dtype)  # an additive mask (ALiBi) in the dtype of the scores
         if T == 1 and not dropout and torch.compiler.is_compiling():
             y = single_query_attention(q, k, v, mask)  # a compiled decode step
         elif self.config.attn_backend == "sdpa":
@@ -122,7 +164,9 @@ def single_query_attention(
     nkv = k.shape[1]
     q = q.view(B, nkv, nh // nkv, 1, hd).float()  # the query heads of each K/V head
     scores = (q * k[:, :, None].float()).sum(-1) / math.sqrt(hd)  # (B, nkv, groups, S)
-    if mask is not None:
+    if mask is not None and mask.is_floating_point():  # additive, (B|1, nh, 1, S)
+        scores = scores + mask.float().view(mask.shape[0], nkv, nh // nkv, -1)
+    elif mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     probs = scores.softmax(dim=-1)
     y = (probs[..., None] * v[:, :, None].float()).sum(-2)  # (B, nkv, groups, hd)
@@ -148,7 +192,10 @@ def math_attention(
     scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(hd)  # (B, nkv, groups*T, S)
     if is_causal:
         mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)[None, None]
-    if mask is not None:
+    if mask is not None and mask.is_floating_point():  # additive (ALiBi), (B|1, nh, T, S)
+        scores = scores.view(B, nkv, groups, T, S) + mask.float().view(mask.shape[0], nkv, groups, T, S)
+        scores = scores.view(B, nkv, groups * T, S)
+    elif mask is not None:
         scores = scores.view(B, nkv, groups, T, S).masked_fill(~mask[:, :, None], float("-inf"))
         scores = scores.view(B, nkv, groups * T, S)
     probs = scores.softmax(dim=-1).to(v.dtype)
