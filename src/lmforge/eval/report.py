@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.errors import LMForgeError
-from lmforge.io.atomic import atomic_write_bytes, atomic_write_text
+from lmforge.io.atomic import atomic_file, atomic_write_text
 
 REPORT_VERSION = 1
 _PACKAGES = ("lmforge", "torch", "numpy", "sacrebleu", "rouge-score", "nltk", "scikit-learn", "transformers")
@@ -209,11 +209,9 @@ def plot_task(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_title(name, fontsize=9)
         ax.tick_params(axis="y", labelsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_file(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    atomic_write_bytes(path, tmp.read_bytes())
-    tmp.unlink()
 
 
 def _slug(name: str) -> str:

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from lmforge.io.atomic import atomic_write_text
+from lmforge.io.atomic import atomic_file, atomic_write_text
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:
@@ -113,10 +113,9 @@ class RunLogger:
         ax_grad.set_xlabel("step")
         fig.tight_layout()
         out = self.run_dir / "plot.png"
-        tmp = self.run_dir / ".plot.png.tmp"
-        fig.savefig(tmp, format="png", dpi=100)
+        with atomic_file(out) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
         plt.close(fig)
-        tmp.replace(out)
         return out
 
     def close(self) -> None:
