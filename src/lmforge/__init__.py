@@ -1,5 +1,6 @@
 """lmforge: a hackable, end-to-end language-model toolkit."""
 
+from lmforge import rag
 from lmforge.config import ModelConfig
 from lmforge.data.api import PrepareResult, prepare
 from lmforge.data.clean import QualityConfig
@@ -15,6 +16,7 @@ from lmforge.eval.api import (
     score,
 )
 from lmforge.eval.bias import BiasConfig, bias
+from lmforge.eval.consistency import ConsistencyConfig, consistency
 from lmforge.eval.harness import EvalConfig, list_tasks, load_task
 from lmforge.eval.human import HumanEvalConfig, human_eval, human_results
 from lmforge.eval.judge import JudgeConfig, JudgeResult, judge
@@ -35,6 +37,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BiasConfig",
+    "ConsistencyConfig",
     "EmbeddingPlot",
     "EmbeddingPlotConfig",
     "EvalConfig",
@@ -66,6 +69,7 @@ __all__ = [
     "__version__",
     "bias",
     "compare_reports",
+    "consistency",
     "compare_tokenizers",
     "evaluate",
     "export_gguf",
@@ -82,6 +86,7 @@ __all__ = [
     "pretrain",
     "quantize",
     "quickstart",
+    "rag",
     "reference_free",
     "safety",
     "score",

@@ -48,7 +48,7 @@ def write_corpus(folder: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def minilm():
-    from lmforge.rag.api import load_model
+    from lmforge.rag.models import load_model
 
     return load_model("minilm")
 

@@ -45,4 +45,69 @@ def search(query: str, *, store: str, json: bool = False, **options: Any) -> lis
     return hits
 
 
-COMMANDS = {"rag index": index, "rag search": search}
+@with_options(lmforge.rag.AskConfig)
+def ask(question: str, *, store: str, stream: bool = True, json: bool = False, **options: Any):
+    """Answer QUESTION from an index: the generator reads the best chunks as numbered sources and cites
+    them as [n]; the sources and each sentence's support (faithfulness) follow the answer.
+
+    Args:
+        question: the question.
+        store: the index (SQLite file or postgresql:// URL).
+        stream: print the answer as it is generated.
+        json: print the answer, sources and scores as one JSON object.
+    """
+    answer = None
+    for event in lmforge.rag.ask(store, question, stream=True, **options):
+        if isinstance(event, str):
+            print(event, end="", flush=True) if stream and not json else None
+        else:
+            answer = event
+    if json:
+        print(jsonlib.dumps(answer.to_dict(), ensure_ascii=False, indent=1))
+        return answer
+    print(
+        ("" if stream else answer.text)
+        + ("" if answer.retrieved else f"\n(no retrieval: confidence {answer.confidence:.2f})")
+    )
+    for s in answer.sources:
+        print(f"[{s.n}] {s.path} [{s.start}:{s.end}]" + (f" § {s.section}" if s.section else ""))
+    f = answer.faithfulness
+    if f is not None:
+        print(
+            f"faithfulness {f.faithfulness:.2f}, citation recall {f.citation_recall:.2f}, "
+            f"precision {f.citation_precision:.2f}"
+            + (" — UNSUPPORTED: " + " | ".join(f.unsupported) if f.flagged else "")
+        )
+    return answer
+
+
+def evaluate(
+    *,
+    store: str,
+    qrels: str,
+    modes: list[str] = ["bm25", "dense", "hybrid", "hybrid-rerank"],  # noqa: B006 - read-only
+    k: int = 10,
+    n_resamples: int = 1000,
+    json: bool = False,
+) -> dict:
+    """Retrieval quality of each mode on a qrels file: recall@k, mrr@k, ndcg@k, map with bootstrap
+    intervals (a qrels line: {"query": "...", "relevant": ["path/in/the/indexed/folder.md", ...]}).
+
+    Args:
+        store: the index (SQLite file or postgresql:// URL).
+        qrels: JSONL file of queries and their relevant documents (graded: {"path": grade}).
+        modes: retrieval modes to compare (bm25, dense, hybrid, hybrid-rerank).
+        k: the cutoff of the metrics (documents).
+        n_resamples: bootstrap resamples for the 95% intervals.
+        json: print the metrics as one JSON object instead of a table.
+    """
+    results = lmforge.rag.evaluate(store, qrels, modes=modes, k=k, n_resamples=n_resamples)
+    if json:
+        flat = {m: {name: v["value"] for name, v in r.items()} for m, r in results.items()}
+        print(jsonlib.dumps(flat[modes[0]] if len(modes) == 1 else flat, indent=1))
+    else:
+        print(lmforge.rag.eval_table(results))
+    return results
+
+
+COMMANDS = {"rag index": index, "rag search": search, "rag ask": ask, "rag eval": evaluate}

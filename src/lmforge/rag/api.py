@@ -32,6 +32,7 @@ from lmforge.rag.config import (
     SearchConfig,
 )
 from lmforge.rag.ingest import Skipped, content_hash, read_documents
+from lmforge.rag.models import load_model
 from lmforge.rag.retrieve import rrf, top_k, weighted
 from lmforge.rag.store import SQLiteStore
 
@@ -118,18 +119,6 @@ def encoder_fingerprint(lm) -> str:
         h.update(name.encode())
         h.update(p.detach().reshape(-1)[:1024].float().cpu().numpy().tobytes())
     return h.hexdigest()[:24]
-
-
-_MODELS: dict[str, Any] = {}
-
-
-def load_model(name: str):
-    """Models are loaded once per process (the encoder and generator are reused across calls)."""
-    if name not in _MODELS:
-        from lmforge.lm import load
-
-        _MODELS[name] = load(name)
-    return _MODELS[name]
 
 
 class Index:
@@ -367,7 +356,8 @@ class Index:
                 ranking = weighted(dense, sparse, cfg.alpha)
         rerank = cfg.rerank if cfg.rerank != "none" or cfg.mode != "hybrid-rerank" else "llm"
         if rerank != "none":
-            ranking = self._rerank(query, ranking[:n], rerank, cfg)
+            depth = max(cfg.rerank_depth, cfg.k) if rerank != "mmr" else n
+            ranking = self._rerank(query, ranking[:depth], rerank, cfg) + ranking[depth:]
         ranking = ranking[: cfg.k]
         rows = self.store.chunks([cid for cid, _ in ranking])
         hits = [
@@ -500,6 +490,23 @@ def read_qrels(path: str | Path, idx: Index) -> tuple[dict[str, str], dict[str, 
     return queries, qrels
 
 
+def document_run(
+    idx: Index, queries: dict[str, str], mode: str, k: int, **options: Any
+) -> dict[str, dict[str, float]]:
+    """{query id: {document path: score}} of the top `k` documents, a document ranked where its best
+    chunk ranks (scores k, k - 1, ...)."""
+    run: dict[str, dict[str, float]] = {}
+    depth = max(5 * k, 50)
+    for qid, text in queries.items():
+        hits = idx.search(text, **{"mode": mode, "k": depth, "candidates": depth, **options})
+        ranked: list[str] = []
+        for h in hits:
+            if h.path not in ranked:
+                ranked.append(h.path)
+        run[qid] = {p: float(len(ranked) - i) for i, p in enumerate(ranked[:k])}
+    return run
+
+
 def evaluate(
     store: str | Path | Index,
     qrels: str | Path,
@@ -520,14 +527,7 @@ def evaluate(
     metrics = [f"recall@{k}", f"mrr@{k}", f"ndcg@{k}", "map"]
     out: dict[str, dict[str, dict[str, float]]] = {}
     for mode in modes:
-        run: dict[str, dict[str, float]] = {}
-        for qid, text in queries.items():
-            hits = idx.search(text, mode=mode, k=max(5 * k, 50), **{"candidates": max(5 * k, 50), **options})
-            ranked: list[str] = []
-            for h in hits:
-                if h.path not in ranked:
-                    ranked.append(h.path)
-            run[qid] = {p: float(len(ranked) - i) for i, p in enumerate(ranked[:k])}
+        run = document_run(idx, queries, mode, k, **options)
         scores = retrieval.per_query(run, judged, metrics)
         out[mode] = {}
         for m, per in scores.items():
@@ -553,3 +553,31 @@ def eval_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
         ]
         lines.append(f"| {mode} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# --- answering --------------------------------------------------------------------------------------
+
+
+def ask(
+    store: str | Path | Index,
+    question: str,
+    config: Any = None,
+    *,
+    stream: bool = False,
+    faithfulness: bool = True,
+    **options: Any,
+):
+    """Answer `question` from the index with `[n]` citations (see `AskConfig`). Returns an `Answer`
+    (text, numbered sources, faithfulness scores); with `stream=True`, an iterator that yields the
+    text pieces as they are generated and then the `Answer`."""
+    from lmforge.rag.answer import ask_stream
+    from lmforge.rag.config import AskConfig
+
+    cfg = configure(AskConfig, config, options, "rag ask")
+    events = ask_stream(open_index(store), question, cfg, faithfulness)
+    if stream:
+        return events
+    answer = None
+    for event in events:
+        answer = event
+    return answer

@@ -55,6 +55,7 @@ class SearchConfig:
     rerank: Literal["none", "mmr", "llm", "cross-encoder"] = option(
         "none", "reranker (hybrid-rerank uses llm when this is none)"
     )
+    rerank_depth: int = option(20, "how many of the first-stage results the reranker reorders")
     mmr_lambda: float = option(0.7, "MMR trade-off: 1 = relevance only, 0 = diversity only")
     reranker: str = option("smollm2", "the generator the LLM reranker asks 'relevant? yes/no'")
     filters: dict = option(

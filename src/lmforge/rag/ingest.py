@@ -1,5 +1,7 @@
 """Read documents: .txt, .md, .html, .jsonl (one document a line, text in a field), folders of them,
-and the built-in corpora (`shakespeare`, `wikipedia`).
+and the built-in corpora (`shakespeare`: the plays; `wikipedia`: the English Wikipedia excerpt in
+gensim's test data, 101 articles cut to their first 4,000 characters, one document per section, so a
+query must find the passage, not just the article).
 
 A document's id is a hash of its text; its *path* (relative to the folder that was indexed, or the
 file name given) is what re-indexing matches on: same path and hash → unchanged, same path and another
@@ -208,10 +210,15 @@ def builtin_corpus(name: str) -> list[Document]:
             for f in shakespeare_files()
         ]
     if name == "wikipedia":
-        return [
-            Document(f"wikipedia/{slug(title)}.md", text, title, "wikipedia", "gensim:enwiki-excerpt", 0.0)
-            for title, text in wikipedia_articles()
-        ]
+        docs = []
+        for title, text in wikipedia_articles():
+            for i, (section, body) in enumerate(wikipedia_sections(text)):
+                name = f"{i:02d}-{slug(section) or 'lead'}.md"
+                head = f"# {title}" + (f": {section}" if section else "")
+                doc = Document(f"wikipedia/{slug(title)}/{name}", f"{head}\n\n{body}\n", title, "wikipedia")
+                doc.source, doc.meta = "gensim:enwiki-excerpt", {"section": section or "lead"}
+                docs.append(doc)
+        return docs
     raise LMForgeError(f"unknown built-in corpus '{name}'; known: {', '.join(BUILTIN)}")
 
 
@@ -259,6 +266,29 @@ def wikipedia_articles(max_chars: int = 4000, min_chars: int = 1500) -> list[tup
                 cut = body.rfind("\n\n", 0, max_chars)
                 body = body[: cut if cut > max_chars // 2 else max_chars]
             out.append((title, f"# {title}\n\n{body.strip()}\n"))
+    return out
+
+
+def wikipedia_sections(text: str, min_chars: int = 300) -> list[tuple[str, str]]:
+    """(section title, body) of an article's Markdown: the lead ("") and each `##` section; a section
+    shorter than `min_chars` is merged into the one before it."""
+    body = text.split("\n", 1)[1] if text.startswith("# ") else text
+    parts: list[tuple[str, str]] = []
+    title, lines = "", []
+    for line in body.splitlines():
+        match = re.match(r"#{2,6}\s+(.+)", line)
+        if match and parts is not None:
+            parts.append((title, "\n".join(lines).strip()))
+            title, lines = match.group(1).strip(), []
+        else:
+            lines.append(line)
+    parts.append((title, "\n".join(lines).strip()))
+    out: list[tuple[str, str]] = []
+    for t, b in parts:
+        if out and len(b) < min_chars:
+            out[-1] = (out[-1][0], f"{out[-1][1]}\n\n{'## ' + t if t else ''}\n{b}".strip())
+        elif b:
+            out.append((t, b))
     return out
 
 

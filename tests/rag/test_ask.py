@@ -1,0 +1,92 @@
+"""`rag.ask` with the real SmolLM2 (a few tokens each): numbered sources within the budget, streaming
+equal to the answer, adaptive gating both ways, multi-hop follow-up queries, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lmforge import rag
+from lmforge.cli import main
+from lmforge.errors import LMForgeError
+from lmforge.rag.answer import build_prompt
+from lmforge.rag.models import load_model
+
+
+@pytest.fixture(scope="module")
+def generator():
+    return load_model("smollm2")
+
+
+def test_prompt_fits_the_budget_and_cuts_the_last_source(built, generator):
+    _, store, _ = built
+    hits = rag.search(store, "volcano lava eruptions", mode="hybrid", k=6)
+    ids, sources, dropped = build_prompt(
+        generator, "What is a volcano?", hits, context_tokens=180, max_new_tokens=16
+    )
+    assert len(ids) <= 180 - 16
+    assert [s.n for s in sources] == list(range(1, len(sources) + 1)) and dropped >= 1
+    assert [s.path for s in sources] == [h.path for h in hits[: len(sources)]]  # rank order
+    text = generator.tokenizer.decode(ids)
+    assert "[1] (" in text and "Question: What is a volcano?" in text
+    full, _, _ = build_prompt(generator, "What is a volcano?", hits, context_tokens=4096, max_new_tokens=16)
+    assert len(full) > len(ids)
+    with pytest.raises(LMForgeError, match="over the budget"):
+        build_prompt(generator, "why " * 300, hits, context_tokens=200, max_new_tokens=16)
+
+
+def test_stream_equals_answer_with_sources_and_scores(built, generator):
+    _, store, _ = built
+    events = list(
+        rag.ask(store, "How do honey bees show where flowers are?", stream=True, k=2, max_new_tokens=8)
+    )
+    answer = events[-1]
+    assert isinstance(answer, rag.Answer) and all(isinstance(e, str) for e in events[:-1])
+    assert "".join(events[:-1]).strip() == answer.text and answer.text
+    assert answer.retrieved and answer.queries == ["How do honey bees show where flowers are?"]
+    assert len(answer.sources) == 2 and answer.sources[0].path.startswith("insects.jsonl")
+    assert answer.faithfulness is not None and 0.0 <= answer.faithfulness.faithfulness <= 1.0
+    again = rag.ask(store, "How do honey bees show where flowers are?", k=2, max_new_tokens=8)
+    assert again.text == answer.text  # greedy
+
+
+def test_adaptive_gating_and_multi_hop(built, generator):
+    _, store, _ = built
+    q = "What is the capital of France?"
+    closed = rag.ask(store, q, adaptive=True, confidence_threshold=0.0, max_new_tokens=8)
+    assert not closed.retrieved and closed.sources == [] and 0.0 < closed.confidence <= 1.0
+    opened = rag.ask(store, q, adaptive=True, confidence_threshold=1.01, max_new_tokens=8, k=1)
+    assert (
+        opened.retrieved
+        and opened.confidence == pytest.approx(closed.confidence)
+        and len(opened.sources) == 1
+    )
+    hop = rag.ask(store, "Which river carries the most water?", hops=2, k=1, max_new_tokens=8)
+    assert len(hop.queries) == 2 and hop.queries[1]  # the model wrote a follow-up query
+    assert 1 <= len(hop.sources) <= 2
+
+
+def test_cli_ask_json(built, capsys):
+    _, store, _ = built
+    assert (
+        main(
+            [
+                "rag",
+                "ask",
+                "--store",
+                str(store),
+                "--k",
+                "1",
+                "--max-new-tokens",
+                "6",
+                "--json",
+                "What makes dough rise?",
+            ]
+        )
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert out["sources"][0]["n"] == 1 and out["text"] and "faithfulness" in out
+    assert main(["rag", "ask", "--store", str(store), "  "]) == 2
+    assert "empty question" in capsys.readouterr().err

@@ -1,0 +1,102 @@
+"""`rag.evaluate` / `lmforge rag eval`: document-level IR metrics checked against ranx, qrels errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from ranx import Qrels, Run
+from ranx import evaluate as ranx_evaluate
+
+from lmforge import rag
+from lmforge.cli import main
+from lmforge.errors import LMForgeError
+from lmforge.rag.api import document_run, read_qrels
+
+QUERIES = [
+    {"query": "molten rock and ash coming out of the ground", "relevant": ["volcano.md"]},
+    {"query": "how loaves get fluffy", "relevant": {"bread.txt": 2, "insects.jsonl#bees": 1}},
+    {"query": "an opening where white gives up a pawn", "relevant": ["chess.html"]},
+    {"query": "the biggest river by water volume", "relevant": ["notes/rivers.md"]},
+    {"query": "how insects tell each other where food is", "relevant": ["insects.jsonl#bees"]},
+]
+
+
+@pytest.fixture
+def qrels_file(tmp_path, built):
+    folder, _, _ = built
+    lines = [dict(q) for q in QUERIES]
+    lines[3]["relevant"] = [str(folder / "notes" / "rivers.md")]  # an absolute path works too
+    path = tmp_path / "qrels.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    return path
+
+
+def test_metrics_match_ranx(built, qrels_file):
+    _, store, _ = built
+    results = rag.evaluate(store, qrels_file, modes=["bm25", "dense"], k=3, n_resamples=200)
+    idx = rag.open_index(store)
+    queries, judged = read_qrels(qrels_file, idx)
+    assert judged["4"] == {"notes/rivers.md": 1} and judged["2"] == {"bread.txt": 2, "insects.jsonl#bees": 1}
+    for mode in ("bm25", "dense"):
+        run = document_run(idx, queries, mode, 3)
+        oracle = ranx_evaluate(Qrels(judged), Run(run), ["recall@3", "mrr@3", "ndcg@3", "map"])
+        for name, value in oracle.items():
+            got = results[mode][name]
+            assert got["value"] == pytest.approx(value, abs=1e-9)
+            assert got["low"] <= got["value"] <= got["high"]
+    assert results["dense"]["recall@3"]["value"] >= 0.8  # paraphrased queries still find their document
+
+
+def test_cli_json(built, qrels_file, capsys):
+    _, store, _ = built
+    assert (
+        main(
+            [
+                "rag",
+                "eval",
+                "--store",
+                str(store),
+                "--qrels",
+                str(qrels_file),
+                "--modes",
+                "dense",
+                "--k",
+                "3",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    metrics = json.loads(capsys.readouterr().out)
+    assert set(metrics) >= {"recall@3", "mrr@3", "ndcg@3", "map"}
+
+
+def test_bad_qrels(tmp_path, built):
+    _, store, _ = built
+    with pytest.raises(LMForgeError, match="does not exist"):
+        rag.evaluate(store, tmp_path / "none.jsonl")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "x", "relevant": ["not/there.md"]}\n')
+    with pytest.raises(LMForgeError, match="not in the store"):
+        rag.evaluate(store, bad)
+    bad.write_text('{"query": "x"}\n')
+    with pytest.raises(LMForgeError, match="relevant"):
+        rag.evaluate(store, bad)
+
+
+def test_shipped_wikipedia_qrels_point_at_the_builtin_corpus():
+    from lmforge.eval.harness import shipped_tasks_dir
+    from lmforge.rag.ingest import builtin_corpus
+
+    texts = {d.path: " ".join(d.text.lower().split()) for d in builtin_corpus("wikipedia")}
+    lines = [
+        json.loads(x) for x in (shipped_tasks_dir() / "rag-wikipedia.qrels.jsonl").read_text().splitlines()
+    ]
+    assert len(lines) >= 50
+    for line in lines:
+        assert set(line["relevant"]) <= set(texts) and line["answer"]
+        # queries paraphrase: no 8-word run of the query appears in its target passage
+        words = line["query"].lower().split()
+        target = texts[line["relevant"][0]]
+        assert not any(" ".join(words[i : i + 8]) in target for i in range(len(words) - 7))
