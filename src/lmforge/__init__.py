@@ -16,7 +16,6 @@ from lmforge.eval.api import (
     score,
 )
 from lmforge.eval.bias import BiasConfig, bias
-from lmforge.eval.consistency import ConsistencyConfig, consistency
 from lmforge.eval.harness import EvalConfig, list_tasks, load_task
 from lmforge.eval.human import HumanEvalConfig, human_eval, human_results
 from lmforge.eval.judge import JudgeConfig, JudgeResult, judge
@@ -37,7 +36,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BiasConfig",
-    "ConsistencyConfig",
     "EmbeddingPlot",
     "EmbeddingPlotConfig",
     "EvalConfig",
@@ -69,7 +67,6 @@ __all__ = [
     "__version__",
     "bias",
     "compare_reports",
-    "consistency",
     "compare_tokenizers",
     "evaluate",
     "export_gguf",
