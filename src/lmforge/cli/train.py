@@ -90,6 +90,8 @@ def _report(result: lmforge.TrainResult) -> None:
     print(f"run directory: {result.run_dir} ({result.final} loads with lmforge.load)")
     if result.merged is not None:
         print(f"merged checkpoint: {result.merged}")
+    if result.quantized is not None:
+        print(f"quantized checkpoint (QAT): {result.quantized}")
 
 
 COMMANDS = {"pretrain": pretrain, "finetune": finetune, "lora merge": lora_merge, "quickstart": quickstart}

@@ -70,8 +70,10 @@ def quality(reference, candidate, text: str) -> dict[str, Any]:
     """Perplexity and bits per byte of both, and KL(reference ‖ candidate) over the same windows."""
     from lmforge.eval.metrics.lm import perplexity
 
-    before = perplexity(reference, text, context=CONTEXT, stride=STRIDE)
-    after = perplexity(candidate, text, context=CONTEXT, stride=STRIDE)
+    context = min(CONTEXT, reference.config.max_seq_len)  # a model with a shorter context: its own
+    stride = STRIDE * context // CONTEXT
+    before = perplexity(reference, text, context=context, stride=stride)
+    after = perplexity(candidate, text, context=context, stride=stride)
     ids = torch.tensor([reference.tokenizer.bos_token_id, *reference.encode(text, add_special_tokens=False)])
     ids = ids[: min(len(ids), reference.config.max_seq_len, 2 * CONTEXT)][None]
     p = F.log_softmax(reference.model(ids)[0].float(), -1)

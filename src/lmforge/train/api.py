@@ -104,6 +104,10 @@ def finetune(
     lora = cfg.lora_config()
     if lora is not None:
         lora_lib.apply_lora(lm.model, lora)
+    if cfg.qat != "none":
+        from lmforge.quant import qat
+
+        qat.prepare(lm.model, cfg.qat, cfg.group_size, cfg.symmetric)
     if cfg.chat_data:
         batches = sources.chat_batches(cfg.chat_data, tok, cfg, cfg.val_fraction)
     elif cfg.text:
@@ -137,6 +141,9 @@ def finetune(
     if cfg.merge and trainer.dist.is_main:
         lora_lib.merge_lora(lm.model)
         result.merged = lm.save(Path(out) / "merged")
+    if cfg.qat != "none" and trainer.dist.is_main:
+        quantized = qat.export(lm, Path(out) / cfg.qat, cfg.qat, cfg.group_size, cfg.symmetric)
+        result = dataclasses.replace(result, quantized=quantized.out)
     return dataclasses.replace(result, total_s=time.perf_counter() - start)
 
 

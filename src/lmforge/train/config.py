@@ -24,6 +24,7 @@ from lmforge.config import PRESETS, ModelConfig
 from lmforge.errors import LMForgeError
 from lmforge.generate.config import GenerationConfig
 from lmforge.options import check_types, option, same_as
+from lmforge.quant.config import QuantizeConfig
 from lmforge.train.lora import LoRAConfig
 from lmforge.train.trainer import Precision, TrainConfig
 
@@ -114,6 +115,13 @@ class FinetuneConfig(TrainConfig):
     lora_dropout: float = same_as(LoRAConfig, "dropout")
     lora_targets: list[str] = same_as(LoRAConfig, "targets")
     merge: bool = option(False, "LoRA: also write OUT/merged with the adapters merged into the weights")
+    qat: Literal["none", "int8", "int4"] = option(
+        "none",
+        "quantization-aware training: the block linears compute with RTN-rounded weights (gradients "
+        "straight through); OUT/<scheme> gets the quantized checkpoint at the end",
+    )
+    group_size: int = same_as(QuantizeConfig, "group_size")
+    symmetric: bool = same_as(QuantizeConfig, "symmetric")
 
     def __post_init__(self) -> None:
         if isinstance(self.text, (list, tuple)):
@@ -126,6 +134,10 @@ class FinetuneConfig(TrainConfig):
             raise LMForgeError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.merge and not self.lora:
             raise LMForgeError("merge only applies to LoRA runs (--lora)")
+        if self.qat != "none" and self.lora:
+            raise LMForgeError(
+                "--qat trains all weights through the rounding; it does not combine with --lora"
+            )
         self.lora_config()  # validates the LoRA options
         if self.chat_data is not None and not Path(self.chat_data).is_file():
             raise LMForgeError(f"chat data file not found: {self.chat_data}")

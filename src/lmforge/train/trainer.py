@@ -153,6 +153,7 @@ class TrainResult:
     total_s: float | None = None  # the whole call: loading, data, training (set by the API functions)
     rank: int = 0  # this process's rank under torchrun (only rank 0 writes)
     merged: Path | None = None  # finetune --merge: the checkpoint with the LoRA adapters folded in
+    quantized: Path | None = None  # finetune --qat: the checkpoint quantized in the trained format
     precision: str | None = None  # the precision the run used (`precision auto` resolved)
 
     def __getitem__(self, key: str) -> Any:
