@@ -16,6 +16,7 @@ from lmforge.eval.api import (
     score,
 )
 from lmforge.eval.bias import BiasConfig, bias
+from lmforge.eval.consistency import ConsistencyConfig, consistency
 from lmforge.eval.harness import EvalConfig, list_tasks, load_task
 from lmforge.eval.human import HumanEvalConfig, human_eval, human_results
 from lmforge.eval.judge import JudgeConfig, JudgeResult, judge
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BiasConfig",
+    "ConsistencyConfig",
     "EmbeddingPlot",
     "EmbeddingPlotConfig",
     "EvalConfig",
@@ -67,6 +69,7 @@ __all__ = [
     "__version__",
     "bias",
     "compare_reports",
+    "consistency",
     "compare_tokenizers",
     "evaluate",
     "export_gguf",

@@ -182,6 +182,22 @@ def eval_bias(model: list[str] | None = None, **options: Any) -> dict:
     return result.report
 
 
+@with_options(lmforge.ConsistencyConfig)
+def eval_consistency(*, items: Path, **options: Any) -> dict:
+    """Claim-level factual consistency of outputs with their sources (each sentence scored by the RAG
+    faithfulness scorer); prints a summary, and with --output writes the report files.
+
+    Example: `lmforge eval consistency --items outputs.jsonl --output runs/consistency`. Items are
+    JSONL: `source`, `output` and optionally `model` (rows are grouped by it).
+
+    Args:
+        items: JSONL file of source/output pairs.
+    """
+    result = lmforge.consistency(items, progress=_say, **options)
+    print(result.summary())
+    return result.report
+
+
 COMMANDS = {
     "eval": eval_models,
     "eval compare": eval_compare,
@@ -193,4 +209,5 @@ COMMANDS = {
     "eval human-results": eval_human_results,
     "eval safety": eval_safety,
     "eval bias": eval_bias,
+    "eval consistency": eval_consistency,
 }
