@@ -4,7 +4,9 @@ the killed writer's staging is left behind, and the next write removes it."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +65,39 @@ def test_kill_leaves_old_or_new_and_next_write_cleans(writer, zygote, inputs, tm
         if writer == "tokenizer":
             assert sorted(p.name for p in dst.iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
     assert seen["old"] and seen["new"], seen  # the kill points reach both sides of the commit
+
+
+def digests(path: Path) -> dict[str, str]:
+    return {name: hashlib.sha256(data).hexdigest() for name, data in tree(path).items()}
+
+
+@pytest.mark.slow
+def test_kill_convert_smollm2_spread_over_its_run(zygote, tmp_path):
+    """`lmforge convert smollm2 OUT` (540 MB) over an earlier checkpoint, SIGKILLed at five times spread
+    over a full run's duration: OUT is the earlier checkpoint or SmolLM2, whole, every time."""
+    job = {"writer": "convert", "src": "smollm2", "version": 1}
+    durations = []
+    for _ in range(2):  # the second run reads the GGUF from the page cache, as the killed runs will
+        answer = zygote({**job, "dst": str(tmp_path / "new" / "out")})
+        assert answer["exit"] == 0, answer
+        durations.append(answer["seconds"])
+    new, duration = digests(tmp_path / "new" / "out"), min(durations)
+    assert zygote({"writer": "save", "version": 0, "dst": str(tmp_path / "old" / "out")})["exit"] == 0
+    old = digests(tmp_path / "old" / "out")
+    outcomes = []
+    for i, fraction in enumerate([0.2, 0.4, 0.55, 0.7, 0.85]):
+        parent = tmp_path / f"k{i}"
+        shutil.copytree(tmp_path / "old", parent)
+        answer = zygote({**job, "dst": str(parent / "out"), "after": fraction * duration})
+        got = digests(parent / "out")
+        assert got in (old, new), f"killed at {fraction:.0%} of the run: neither version"
+        outcomes.append(
+            (fraction, answer["killed"], "old" if got == old else "new", len(staging_dirs(parent)))
+        )
+        assert zygote({"writer": "save", "version": 0, "dst": str(parent / "out")})["exit"] == 0  # next run
+        assert staging_dirs(parent) == []
+        shutil.rmtree(parent)
+    print(
+        f"convert smollm2 ({duration:.1f} s) killed at (fraction, killed, result, staging left): {outcomes}"
+    )
+    assert any(killed for _, killed, _, _ in outcomes)

@@ -96,6 +96,13 @@ def save(dst: str, v: int, job: dict) -> None:
     write_checkpoint(dst, tiny_model(seed=v, d_model=job.get("d_model", 32)))
 
 
+def convert(dst: str, v: int, job: dict) -> None:
+    """`lmforge convert SRC DST` of a real model (the slow test: SmolLM2, 540 MB written)."""
+    import lmforge
+
+    lmforge.load(job["src"], device="cpu", compile="eager").save(dst)
+
+
 def checkpoint(dst: str, v: int, job: dict) -> None:
     """A training checkpoint: model files + trainer_state.pt."""
     from lmforge.train.checkpoint import save_checkpoint
@@ -130,6 +137,7 @@ def report(dst: str, v: int, job: dict) -> None:
 
 
 WRITERS = {
+    "convert": convert,
     "save": save,
     "checkpoint": checkpoint,
     "prepare": prepare,

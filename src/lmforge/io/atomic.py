@@ -3,16 +3,18 @@
 A write stages beside its destination, in a hidden container `.NAME.lmforge-PID-XXXXXXXX/` that holds
 a `writer.lock` (flock'ed by the writer for as long as it lives) and the new `NAME`. When the block
 finishes, the new files are fsync'ed and swapped in with one rename (a directory that already exists
-is exchanged with `renameat2(RENAME_EXCHANGE)` where the file system has it), then the container goes.
-Commits into one parent directory take turns (a flock on the parent), so two writers to one
-destination each land whole, the later one winning.
+is exchanged with `renameat2(RENAME_EXCHANGE)`; where the file system lacks it, two renames with the
+old one kept in the container until the new one is in). Commits into one directory take turns (a
+flock on the directory), so two writers to one destination each land whole, the later one winning.
+Several files that belong together (tokenizer.json + tokenizer_config.json) are staged together and
+renamed after a journal; writes into a directory that is itself being staged go straight in.
 
 A process killed mid-write (SIGKILL, power loss) leaves its container behind. The next write into the
-same parent directory removes every container whose lock nobody holds, never one a live writer owns;
-an interrupted swap (destination moved aside, new one not yet in place) is rolled back first.
+same directory removes every container whose lock nobody holds, never one a live writer owns; a swap
+or a journaled commit killed between its renames is first rolled back or finished.
 
 Final files and directories get the permissions the user's umask gives (the container is 0700, its
-content is not). OS errors (full disk, denied, read-only, a file in the way) become one-line
+content is not). OS errors (full disk, quota, denied, read-only, a file in the way) become one-line
 `LMForgeError`s that name the destination and, where known, the size the write needed.
 """
 
@@ -59,7 +61,8 @@ def _parent_lock(parent: Path) -> Iterator[None]:
     """Serialise stale cleanup and commits within one directory (across threads and processes)."""
     fd = os.open(parent, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        with contextlib.suppress(OSError):  # a file system without flock: commits still rename atomically
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # closing releases the lock
@@ -86,7 +89,7 @@ def _owned(container: Path) -> bool:
         return True  # unreadable: not ours to judge
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    except OSError:  # held by a live writer (or no flock here: keep it, to be safe)
         return True
     finally:
         os.close(fd)
@@ -250,7 +253,8 @@ def _open_container(parent: Path, name: str) -> tuple[Path, int]:
     container = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}{TAG}{os.getpid()}-"))
     # the lock file appears under its name already locked: a cleaner never sees it unlocked while we live
     lock_fd = os.open(container / f"{LOCK}.new", os.O_WRONLY | os.O_CREAT, 0o600)
-    fcntl.flock(lock_fd, fcntl.LOCK_EX)
+    with contextlib.suppress(OSError):  # no flock on this file system: staging is then never judged stale
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
     os.write(lock_fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
     os.rename(container / f"{LOCK}.new", container / LOCK)
     return container, lock_fd
