@@ -138,3 +138,21 @@ def test_outputs_get_the_umask_permissions(tmp_path, umask_022, tiny_tok_dir):
     assert oct((tmp_path / "ckpt").stat().st_mode & 0o777) == oct(0o755)
     atomic_write_text(tmp_path / "report.json", "{}")
     assert oct((tmp_path / "report.json").stat().st_mode & 0o777) == oct(0o644)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ROOT, reason="mounting a tmpfs needs root")
+def test_convert_smollm2_on_a_60_mb_disk_is_one_line(tmp_path, capsys):
+    """The issue's own case: 540 MB of weights onto a 60 MB tmpfs."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=60m", "tmpfs", str(disk)], check=True)
+    try:
+        assert main(["convert", "smollm2", str(disk / "OUT")]) == 2
+        line = one_line_error(capsys)
+        print(f"\n{line}")
+        assert f"no space left on device while writing {disk / 'OUT'}" in line
+        assert re.search(r"\(needs ~5\d\d MB, 6\d MB free\)", line), line  # 60 MiB = 63 MB
+        assert list(disk.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
