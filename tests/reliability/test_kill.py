@@ -39,6 +39,7 @@ def test_kill_leaves_old_or_new_and_next_write_cleans(writer, zygote, inputs, tm
 
     kills = [{"kill": p} for p in POINTS[writer]] + [{"after": f * duration} for f in FRACTIONS]
     seen = {"old": 0, "new": 0}
+    outcomes = []
     for i, kill in enumerate(kills):
         parent = tmp_path / f"k{i}"
         dst = parent / "out"
@@ -55,6 +56,9 @@ def test_kill_leaves_old_or_new_and_next_write_cleans(writer, zygote, inputs, tm
         got = tree(dst)
         assert got in refs, f"{writer} killed at {kill}: the destination is neither version"
         seen["old" if got == refs[0] else "new"] += 1
+        outcomes.append(
+            (kill.get("kill") or f"{kill['after'] / duration:.0%}", "old" if got == refs[0] else "new")
+        )
         loads(writer, dst)
 
         answer = zygote({**base, "dst": str(dst), "version": 1})  # the next run
@@ -64,6 +68,7 @@ def test_kill_leaves_old_or_new_and_next_write_cleans(writer, zygote, inputs, tm
         assert sorted(p.name for p in parent.iterdir()) == ["out"]
         if writer == "tokenizer":
             assert sorted(p.name for p in dst.iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
+    print(f"\n{writer} ({duration * 1000:.0f} ms) killed at -> destination: {outcomes}")
     assert seen["old"] and seen["new"], seen  # the kill points reach both sides of the commit
 
 
