@@ -33,6 +33,11 @@ def _split_schema(url: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(query=rest)), schema
 
 
+def _vec(value: Any) -> np.ndarray:
+    """A pgvector value (a `Vector`, or an array) as float32."""
+    return np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value, dtype=np.float32)
+
+
 class PostgresStore:
     kind = "postgresql"
 
@@ -121,7 +126,7 @@ class PostgresStore:
         rows = self.db.execute(
             f"SELECT hash, embedding FROM {self.schema}.chunks WHERE hash = ANY(%s)", (list(hashes),)
         )
-        return {h: np.asarray(e, dtype=np.float32) for h, e in rows}
+        return {h: _vec(e) for h, e in rows}
 
     def delete_document(self, path: str) -> None:
         self.db.execute(f"DELETE FROM {self.schema}.documents WHERE path = %s", (path,))
@@ -187,7 +192,7 @@ class PostgresStore:
                 f"SELECT id, embedding FROM {self.schema}.chunks WHERE id = ANY(%s)", ([int(i) for i in ids],)
             ).fetchall()
         )
-        return np.stack([np.asarray(rows[int(i)], np.float32) for i in ids])
+        return np.stack([_vec(rows[int(i)]) for i in ids])
 
     def dense_search(
         self, query: np.ndarray, k: int, allowed: np.ndarray | None = None
