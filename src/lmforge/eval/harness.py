@@ -38,7 +38,7 @@ from lmforge.eval.bootstrap import Interval, bootstrap_ci, mean_ci
 from lmforge.io.jsonl import iter_jsonl
 from lmforge.options import check_types, option
 
-TASK_TYPES = ("perplexity", "multiple-choice", "generation", "retrieval", "speed")
+TASK_TYPES = ("perplexity", "multiple-choice", "generation", "retrieval", "speed", "rag")
 GENERATION_METRICS = ("bleu", "chrf", "chrf++", "ter", "rouge", "meteor", "bertscore", "mauve")
 REQUIRED_FIELDS = {
     "perplexity": ("text",),
@@ -69,6 +69,15 @@ TASK_OPTIONS: dict[str, dict[str, Any]] = {
         "limit": None,
     },
     "speed": {"prompt_tokens": 128, "new_tokens": 32, "batch_size": 1, "repeats": 3, "warmup": 1},
+    "rag": {
+        "corpus": ["wikipedia"],
+        "store": None,
+        "qrels": None,
+        "modes": ["bm25", "dense", "hybrid"],
+        "k": 10,
+        "answers": 0,
+        "max_new_tokens": 32,
+    },
 }
 
 
@@ -282,6 +291,16 @@ def load_task(name_or_path: str | Path, overrides: dict[str, Any] | None = None)
                     f"{path}: missing field '{name}' (a retrieval task needs corpus, queries, qrels)"
                 )
             options[name] = str(_resolve_data_path(str(options[name]), base))
+    if task_type == "rag":
+        if not options.get("qrels"):
+            raise LMForgeError(f"{path}: missing field 'qrels' (a rag task needs a qrels .jsonl file)")
+        options["qrels"] = str(_resolve_data_path(str(options["qrels"]), base))
+        corpus = [options["corpus"]] if isinstance(options["corpus"], str) else list(options["corpus"])
+        options["corpus"] = [c if c in ("wikipedia", "shakespeare") else str(base / c) for c in corpus]
+        if options["store"]:
+            options["store"] = (
+                str(base / options["store"]) if "://" not in options["store"] else options["store"]
+            )
     if task_type == "generation":
         for m in options["metrics"]:
             if m not in GENERATION_METRICS:
@@ -603,12 +622,71 @@ def run_speed(lm, task: Task, settings: RunSettings) -> tuple[dict, int, list, d
     return metrics, r.repeats, [], r.to_dict()
 
 
+def run_rag(lm, task: Task, settings: RunSettings) -> tuple[dict, int, list, dict]:
+    """The whole RAG pipeline with `lm` as the generator: index the corpus (incrementally, into `store`
+    or a cached one in the temp folder), document-level retrieval metrics of each mode; with
+    `answers: N`, the first N questions with an "answer" are answered with and without retrieval
+    (answer recall = the share of the reference answer's words in the generated one) and the
+    retrieved answers' faithfulness and citation scores."""
+    import tempfile
+
+    from lmforge.rag.api import evaluate as rag_evaluate
+    from lmforge.rag.api import index as rag_index
+    from lmforge.rag.api import open_index
+
+    o = task.options
+    store = o["store"] or str(Path(tempfile.gettempdir()) / f"lmforge-rag-{task.name}.db")
+    rag_index(o["corpus"], store)
+    kw = {"n_resamples": settings.n_resamples, "confidence": settings.confidence, "seed": settings.seed}
+    results = rag_evaluate(store, o["qrels"], modes=list(o["modes"]), k=int(o["k"]), **kw)
+    metrics: dict[str, Any] = {}
+    for mode, per in results.items():
+        n = int(per.pop("queries")["value"])
+        for name, v in per.items():
+            metrics[f"{mode}/{name}"] = {**v, "confidence": settings.confidence}
+    details: list = []
+    if o["answers"]:
+        from lmforge.rag.answer import ask_stream, closed_book
+        from lmforge.rag.bm25 import tokenize
+        from lmforge.rag.config import AskConfig
+
+        cfg = AskConfig(max_new_tokens=int(o["max_new_tokens"]), k=3)
+        rows = [ex.data for ex in read_jsonl(Path(o["qrels"])) if ex.data.get("answer")][: int(o["answers"])]
+
+        def recall(reference: str, text: str) -> float:
+            ref, got = set(tokenize(reference)), set(tokenize(text))
+            return len(ref & got) / len(ref) if ref else 0.0
+
+        stats = []
+        for row in rows:
+            answer = list(ask_stream(open_index(store), row["query"], cfg, True, lm=lm))[-1]
+            book, _ = closed_book(lm, row["query"], cfg.max_new_tokens)
+            f = answer.faithfulness
+            scores = [recall(row["answer"], answer.text), recall(row["answer"], book)]
+            scores += [f.faithfulness, f.citation_recall, f.citation_precision] if f else [0.0, 0.0, 0.0]
+            stats.append(scores)
+            details.append(
+                {"query": row["query"], "answer": answer.text, "closed_book": book, "scores": scores}
+            )
+        names = [
+            "answer_recall_rag",
+            "answer_recall_closed_book",
+            "faithfulness",
+            "citation_recall",
+            "citation_precision",
+        ]
+        for i, name in enumerate(names):
+            metrics[name] = _interval(mean_ci([s[i] for s in stats], **kw))
+    return metrics, n, details, {"store": store, "corpus": o["corpus"]}
+
+
 RUNNERS = {
     "perplexity": run_perplexity,
     "multiple-choice": run_multiple_choice,
     "generation": run_generation,
     "retrieval": run_retrieval,
     "speed": run_speed,
+    "rag": run_rag,
 }
 
 

@@ -181,14 +181,17 @@ SEARCH_FIELDS = (
 )  # fmt: skip
 
 
-def ask_stream(index, question: str, cfg, faithfulness: bool = True) -> Iterator[str | Answer]:
-    """Yield the answer's text pieces as they are generated, then the finished `Answer`."""
+def ask_stream(
+    index, question: str, cfg, faithfulness: bool = True, lm: Any = None
+) -> Iterator[str | Answer]:
+    """Yield the answer's text pieces as they are generated, then the finished `Answer` (`lm`: a
+    loaded generator to use instead of `cfg.generator`)."""
     from lmforge.generate.api import stream
     from lmforge.rag.models import load_model
 
     if not isinstance(question, str) or not question.strip():
         raise LMForgeError("empty question: give the question to answer")
-    lm = load_model(cfg.generator)
+    lm = lm or load_model(cfg.generator)
     confidence = None
     if cfg.adaptive:
         text, confidence = closed_book(lm, question, min(cfg.max_new_tokens, 48))
