@@ -51,6 +51,7 @@ def test_stream_equals_answer_with_sources_and_scores(built, generator):
     assert again.text == answer.text  # greedy
 
 
+@pytest.mark.slow
 def test_adaptive_gating_and_multi_hop(built, generator):
     _, store, _ = built
     q = "What is the capital of France?"
@@ -92,6 +93,7 @@ def test_cli_ask_json(built, capsys):
     assert "empty question" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_llm_yes_no_reranker(built, generator):
     from conftest import DOCS, RECORDS
     from lmforge.rag.rerank import yes_no_scores

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from test_eval import QUERIES
 
 from lmforge.eval import harness
 from lmforge.rag.models import load_model
 
 
+@pytest.mark.slow
 def test_rag_task_runs_the_pipeline(tmp_path, built):
     folder, _, _ = built
     lines = [
