@@ -129,6 +129,26 @@ def test_gguf_export_refuses_what_it_cannot_write(tmp_path, smollm2_meta):
         write_gguf(
             tiny_model("llama", vocab_size=320, sliding_window=8), tmp_path / "x.gguf", "f32", smollm2_meta
         )
+    for fields in ({"position": "alibi"}, {"sparse_stride": 4}, {"sliding_window": 8, "global_tokens": 2}):
+        with pytest.raises(lmforge.LMForgeError, match="cannot carry|GGUF export writes"):
+            write_gguf(
+                tiny_model("llama", vocab_size=320, **fields), tmp_path / "x.gguf", "f32", smollm2_meta
+            )
+    assert not (tmp_path / "x.gguf").exists()
+
+
+@pytest.mark.parametrize("fields", [{"sparse_stride": 4}, {"sliding_window": 8, "global_tokens": 2}])
+def test_attention_patterns_hf_has_no_field_for_stay_in_lmforge_checkpoints(tmp_path, fields):
+    """A Mistral-like model with a sparse pattern is not written as an HF checkpoint that would drop it."""
+    from lmforge.io.checkpoint import write_checkpoint
+
+    model = tiny_model("llama", vocab_size=320, **fields)
+    write_checkpoint(tmp_path / "m", model)
+    loaded = lmforge.load(tmp_path / "m", device="cpu", compile="eager")
+    for name, value in fields.items():
+        assert getattr(loaded.config, name) == value
+    ids = torch.randint(0, 320, (1, 40), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(loaded.model(ids), model(ids))
 
 
 def test_directory_source_writes_its_tokenizer_as_llama_cpps(tmp_path, smollm2, smollm2_meta):

@@ -104,9 +104,16 @@ def llama_config_to_hf(c: ModelConfig) -> dict[str, Any]:
     return out
 
 
+def dense_attention(c: ModelConfig) -> bool:
+    """No attention pattern the HF/GGUF formats have no field for (Sparse Transformer strides, global
+    tokens): a checkpoint with one is written in lmforge's own format, never silently without it."""
+    return c.sparse_stride is None and not c.global_tokens
+
+
 def llama_expressible(c: ModelConfig) -> bool:
     base = (
-        c.causal
+        dense_attention(c)
+        and c.causal
         and c.norm == "rmsnorm"
         and c.mlp == "swiglu"
         and c.position == "rope"
@@ -175,7 +182,8 @@ def gpt2_config_to_hf(c: ModelConfig) -> dict[str, Any]:
 
 def gpt2_expressible(c: ModelConfig) -> bool:
     return (
-        c.causal
+        dense_attention(c)
+        and c.causal
         and c.norm == "layernorm"
         and c.norm_bias
         and c.mlp in ("gelu_tanh", "gelu", "relu")
@@ -248,7 +256,8 @@ def bert_config_to_hf(c: ModelConfig) -> dict[str, Any]:
 
 def bert_expressible(c: ModelConfig) -> bool:
     return (
-        not c.causal
+        dense_attention(c)
+        and not c.causal
         and c.norm == "layernorm"
         and c.norm_bias
         and c.norm_placement == "post"

@@ -63,7 +63,7 @@ def permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
 
 def tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The model's float tensors under GGUF names, in llama.cpp's layouts (fp32)."""
-    from lmforge.io.hf import state_to_hf
+    from lmforge.io.hf import FAMILIES, state_to_hf
 
     config = model.config
     arch_name = ARCH_OF_FAMILY.get(config.family)
@@ -79,6 +79,14 @@ def tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         raise LMForgeError(
             f"GGUF export writes the llama, qwen2 and gpt2 architectures (no sliding window, RoPE "
             f"unscaled or linear); this model is {config.family}"
+        )
+    if not FAMILIES[config.family].expressible(config):
+        found = [f"position {config.position}"] if config.position not in ("rope", "learned") else []
+        found += [f"sparse_stride {config.sparse_stride}"] if config.sparse_stride else []
+        found += [f"global_tokens {config.global_tokens}"] if config.global_tokens else []
+        raise LMForgeError(
+            f"GGUF export: this {config.family} model has fields the {arch_name} architecture cannot carry "
+            f"({', '.join(found) or 'see its config'}); keep it as an lmforge checkpoint (lmforge convert SRC OUT)"
         )
     state = {k: v.detach().float() for k, v in model.state_dict().items()}
     if config.tie_embeddings:
