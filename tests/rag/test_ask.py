@@ -68,6 +68,7 @@ def test_adaptive_gating_and_multi_hop(built, generator):
     assert 1 <= len(hop.sources) <= 2
 
 
+@pytest.mark.slow
 def test_cli_ask_json(built, capsys):
     _, store, _ = built
     assert (

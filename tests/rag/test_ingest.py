@@ -62,7 +62,10 @@ def test_html_and_wiki_markup():
 
 def test_builtin_wikipedia_corpus():
     docs, skipped, roots = read_documents(["wikipedia"])
-    assert roots == ["wikipedia"] and not skipped and len(docs) > 90
+    assert roots == ["wikipedia"] and not skipped and len(docs) > 250  # one document per section
     titles = {d.title for d in docs}
-    assert {"Albedo", "Achilles", "Abacus"} <= titles
-    assert all(d.text.startswith("# ") and 1500 <= len(d.text) <= 4100 for d in docs)
+    assert len(titles) == 101 and {"Albedo", "Achilles", "Abacus"} <= titles
+    assert all(d.text.startswith(f"# {d.title}") for d in docs)
+    birth = next(d for d in docs if d.path == "wikipedia/Achilles/02-Birth.md")
+    assert birth.text.startswith("# Achilles: Birth\n\nAchilles was the son of the Nereid Thetis")
+    assert birth.meta == {"section": "Birth"}
