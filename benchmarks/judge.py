@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--n-resamples", type=int, default=1000)
+    parser.add_argument("--limit", type=int, default=None, help="judge only the first N prompts")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -44,6 +45,7 @@ def main() -> None:
         shipped_tasks_dir() / "judge-prompts.jsonl",
         judge="smollm2",
         max_new_tokens=args.max_new_tokens,
+        limit=args.limit,
         n_resamples=args.n_resamples,
         output=RESULTS / "judge",
         progress=lambda line: print(f"[judge] {line}", flush=True),
@@ -52,10 +54,11 @@ def main() -> None:
     print(result.summary())
     pair = next(r for r in result.report["results"] if r["task"] == "judge-pairwise")
     out = {
-        "command": f"python benchmarks/judge.py {args.quickstart} --max-new-tokens {args.max_new_tokens}",
+        "command": f"python benchmarks/judge.py {args.quickstart} --max-new-tokens {args.max_new_tokens}"
+        + (f" --limit {args.limit}" if args.limit else ""),
         "models": ["smollm2", args.quickstart],
         "judge": "smollm2",
-        "prompts": 12,
+        "prompts": pair["n_examples"],
         "metrics": pair["metrics"],
         "ratings": result.ratings,
         "seconds": seconds,
