@@ -13,7 +13,8 @@ eager decode steps (what `compile="auto"` gives on a machine without a kept AOT 
   512-token windows, stride 256 — and the change against the side's own fp32.
 llama.cpp, from the `llama-cpp-python` source package (`scripts/build_llama_cpp.sh --targets "llama-bench
 llama-perplexity llama-quantize"`): the shipped Q4_1 file requantized to F32, then F32 → BF16, Q8_0, Q4_0
-with `llama-quantize`; `llama-bench -t T -p 128 -n 128 -r 3` (tg128 is its decode, pp128 its prefill);
+with `llama-quantize`; `llama-bench -t T -p 128 -n 128 -r 3` (tg128 is its decode, pp128 its prefill; run
+again with `--repack 0` where its weight repacking fails);
 `llama-perplexity -c 512` on the same text (its own protocol: each 512-token chunk's second half is scored),
 so perplexities are compared as changes against each side's F32, not as values.
 Optional: transformers (fp32, and `torch.ao.quantization.quantize_dynamic` int8) decoding the same
@@ -43,6 +44,8 @@ OPTIONS = {
     "bf16": {"scheme": "bf16"},
     "int8": {"scheme": "int8"},
     "int4": {"scheme": "int4", "group_size": 64},
+    "int4-awq": {"scheme": "int4", "group_size": 64, "method": "awq"},
+    "int4-gptq": {"scheme": "int4", "group_size": 64, "method": "gptq"},
 }
 AIMS = "decode: bf16 >= BF16, int8 >= Q8_0, int4 >= Q4_0; int8 ppl <= +0.5%; int4 RTN g64 delta <= Q4_0's"
 
@@ -124,6 +127,9 @@ def llama_side(kind: str, gguf: Path, tools: Path, args, text_file: Path) -> dic
     cmd = [str(tools / "llama-bench"), "-m", str(gguf), "-t", str(args.threads), "-p", "128"]
     cmd += ["-n", str(args.new_tokens), "-r", "3", "-o", "json", *args.llama_bench_flags]
     run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode != 0 and "--repack" not in cmd:  # its weight repacking crashed on some CPUs
+        row["repack"] = 0
+        run = subprocess.run([*cmd, "--repack", "0"], capture_output=True, text=True)
     if run.returncode != 0:
         row["error"] = run.stderr.strip().splitlines()[-1:] or [f"exit {run.returncode}"]
         return row

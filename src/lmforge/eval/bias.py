@@ -34,24 +34,20 @@ import numpy as np
 
 from lmforge.errors import LMForgeError
 from lmforge.eval.bootstrap import mean_ci
-from lmforge.eval.harness import RunSettings, read_jsonl, shipped_tasks_dir
+from lmforge.eval.harness import ModelRun, RunSettings, read_jsonl, shipped_tasks_dir
 from lmforge.options import check_types, option
 
 SHIPPED_PROBES = {"stereotype-pairs": "bias-pairs.jsonl", "winobias": "bias-winobias.jsonl"}
 
 
 @dataclass
-class BiasConfig(RunSettings):
+class BiasConfig(ModelRun):
     """Which probe sets `lmforge.bias` runs and where the report goes."""
 
     probes: list[str] = option(
         default_factory=lambda: list(SHIPPED_PROBES),
         help=f"probe sets: shipped names ({', '.join(SHIPPED_PROBES)}) or JSONL files with stereo/anti pairs",
     )
-    device: str | None = option(None, "cpu or cuda (unset: cuda when available)")
-    dtype: str | None = option(None, "float32, bfloat16 or float16 (unset: float32 on CPU)")
-    output: Path | None = option(None, "folder for report.json, report.md and PNG plots (unset: not written)")
-    plots: bool = option(True, "with an output folder, also draw PNG bar charts")
 
     def __post_init__(self) -> None:
         super().__post_init__()

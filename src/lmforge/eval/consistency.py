@@ -22,18 +22,16 @@ from typing import Any
 
 from lmforge.errors import LMForgeError
 from lmforge.eval.bootstrap import mean_ci
-from lmforge.eval.harness import RunSettings, read_jsonl
+from lmforge.eval.harness import ReportRun, read_jsonl
 from lmforge.options import check_types, option
 
 
 @dataclass
-class ConsistencyConfig(RunSettings):
+class ConsistencyConfig(ReportRun):
     """How `lmforge.consistency` scores outputs against sources."""
 
     encoder: str = option("minilm", "sentence encoder for the similarity signal (asset name or checkpoint)")
     threshold: float = option(0.5, "a claim is supported when its score is at least this")
-    output: Path | None = option(None, "folder for report.json, report.md and PNG plots (unset: not written)")
-    plots: bool = option(True, "with an output folder, also draw PNG bar charts")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -369,18 +369,30 @@ class RunSettings:
 
 
 @dataclass
-class EvalConfig(RunSettings):
-    """How `lmforge.evaluate` runs: the run settings, where the models run, and where the report goes."""
+class ReportRun(RunSettings):
+    """Run settings plus where the report goes: what every evaluation command shares."""
+
+    output: Path | None = option(
+        None, "folder for report.json, report.md and PNG plots (unset: nothing is written)"
+    )
+    plots: bool = option(True, "with an output folder, also draw PNG bar charts")
+
+
+@dataclass
+class ModelRun(ReportRun):
+    """A `ReportRun` that loads models: where they run."""
 
     device: str | None = option(None, "cpu or cuda (unset: cuda when available)")
     dtype: str | None = option(None, "float32, bfloat16 or float16 (unset: float32 on CPU)")
+
+
+@dataclass
+class EvalConfig(ModelRun):
+    """How `lmforge.evaluate` runs: the run settings, where the models run, and where the report goes."""
+
     task_options: dict | None = option(
         None, 'JSON object overriding task options, e.g. \'{"max_chars": 20000, "limit": 10}\''
     )
-    output: Path | None = option(
-        None, "folder for report.json, report.md and one PNG plot per task (unset: nothing is written)"
-    )
-    plots: bool = option(True, "with an output folder, also draw one PNG bar chart per task")
 
 
 # --- task types --------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ import numpy as np
 
 from lmforge.errors import LMForgeError
 from lmforge.eval.bootstrap import bootstrap_ci, mean_ci
-from lmforge.eval.harness import RunSettings, read_jsonl
+from lmforge.eval.harness import ModelRun, RunSettings, read_jsonl
 from lmforge.options import check_types, configure, option
 
 PAIRWISE_SYSTEM = (
@@ -74,7 +74,7 @@ GRADES = tuple(range(1, 11))
 
 
 @dataclass
-class JudgeConfig(RunSettings):
+class JudgeConfig(ModelRun):
     """How `lmforge.judge` runs: the judge, the mode, how answers are generated, where the report goes."""
 
     judge: str = option("smollm2", "judge model: asset name, checkpoint directory or .gguf file")
@@ -84,10 +84,6 @@ class JudgeConfig(RunSettings):
     rubric: str | None = option(None, f"single-answer grading: what to consider (unset: {DEFAULT_RUBRIC})")
     max_new_tokens: int = option(64, "tokens each model generates per prompt (greedy)")
     limit: int | None = option(None, "judge only the first N prompts")
-    device: str | None = option(None, "cpu or cuda (unset: cuda when available)")
-    dtype: str | None = option(None, "float32, bfloat16 or float16 (unset: float32 on CPU)")
-    output: Path | None = option(None, "folder for report.json, report.md and PNG plots (unset: not written)")
-    plots: bool = option(True, "with an output folder, also draw PNG bar charts")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -26,7 +26,7 @@ import numpy as np
 
 from lmforge.errors import LMForgeError
 from lmforge.eval.bootstrap import mean_ci
-from lmforge.eval.harness import RunSettings, read_jsonl
+from lmforge.eval.harness import ModelRun, read_jsonl
 from lmforge.options import check_types, option
 
 GPTSCORE_ASPECTS = {
@@ -66,7 +66,7 @@ FED_FOLLOWUPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 
 @dataclass
-class ReferenceFreeConfig(RunSettings):
+class ReferenceFreeConfig(ModelRun):
     """How `lmforge.reference_free` scores: the metric, the aspect or qualities, and the report."""
 
     metric: Literal["gptscore", "fed"] = option(
@@ -74,10 +74,6 @@ class ReferenceFreeConfig(RunSettings):
     )
     aspect: str = option("fluency", f"GPTScore aspect: {', '.join(GPTSCORE_ASPECTS)}")
     instruction: str | None = option(None, "GPTScore instruction text instead of the aspect's own")
-    device: str | None = option(None, "cpu or cuda (unset: cuda when available)")
-    dtype: str | None = option(None, "float32, bfloat16 or float16 (unset: float32 on CPU)")
-    output: Path | None = option(None, "folder for report.json, report.md and PNG plots (unset: not written)")
-    plots: bool = option(True, "with an output folder, also draw PNG bar charts")
 
     def __post_init__(self) -> None:
         super().__post_init__()
