@@ -96,7 +96,8 @@ def test_cli_ask_json(built, capsys):
 
 @pytest.mark.slow
 def test_llm_yes_no_reranker(built, generator):
-    from conftest import DOCS, RECORDS
+    from rag_corpus import DOCS, RECORDS
+
     from lmforge.rag.rerank import yes_no_scores
 
     passages = [DOCS["chess.html"], RECORDS[0]["text"], DOCS["bread.txt"]]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from rag_corpus import write_corpus
 
-from conftest import write_corpus
 from lmforge.errors import LMForgeError
 from lmforge.rag.ingest import content_hash, html_to_text, read_documents, wiki_to_markdown
 

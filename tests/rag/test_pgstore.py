@@ -8,8 +8,8 @@ import logging
 import tempfile
 
 import pytest
+from rag_corpus import write_corpus
 
-from conftest import write_corpus
 from lmforge import rag
 from lmforge.errors import LMForgeError
 

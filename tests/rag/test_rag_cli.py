@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from conftest import write_corpus
+from rag_corpus import write_corpus
+
 from lmforge.cli import main
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import threading
 
 import pytest
+from faultlib import loads, tree
 
-from conftest import loads, tree
 from lmforge.io.atomic import staging_dirs
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import safetensors.torch
+from faultlib import paragraph
 
 import lmforge
-from conftest import paragraph
 from lmforge.cli import main
 from lmforge.io.atomic import atomic_write_text
 from lmforge.io.checkpoint import write_checkpoint

@@ -14,11 +14,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from faultlib import paragraph
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lmforge
-from conftest import paragraph
 from lmforge.cli import _load_config as load_config
 from lmforge.cli import run
 from lmforge.data.corpus import read_corpus

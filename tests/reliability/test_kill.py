@@ -9,8 +9,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from faultlib import loads, tree
 
-from conftest import loads, tree
 from lmforge.io.atomic import clean_stale, staging_dirs
 
 # kill points that apply to each writer (see writers.KILL_POINTS); an existing destination is replaced

@@ -12,8 +12,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from faultlib import paragraph
 
-from conftest import paragraph
 from lmforge.cli import main
 from lmforge.io import atomic
 from lmforge.io.checkpoint import write_checkpoint

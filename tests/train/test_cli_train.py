@@ -24,6 +24,13 @@ TINY = ["--n-layer", "2", "--n-head", "2", "--d-model", "32", "--seq-len", "32",
 QUIET = ["--no-progress", "--no-tensorboard"]
 
 
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    """Run a CLI subprocess; a failure shows the end of its stderr (torchrun's workers' tracebacks)."""
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
+    assert done.returncode == 0, f"{cmd[:6]} exited {done.returncode}:\n{done.stderr[-6000:]}"
+    return done
+
+
 def _env() -> dict[str, str]:
     src = str(Path(lmforge.__file__).parents[1])
     return {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
@@ -151,7 +158,7 @@ def _kill_after_first_checkpoint(cmd: list[str], out: Path) -> None:
 def uninterrupted(shards, tmp_path_factory) -> Path:
     """The 30-step run, never interrupted (through the CLI)."""
     out = tmp_path_factory.mktemp("uninterrupted") / "run"
-    subprocess.run(_cli_cmd(shards, out, RESUME_RUN), env=_env(), check=True, capture_output=True)
+    _run(_cli_cmd(shards, out, RESUME_RUN))
     assert len(_losses(out)) == 30 + 4  # 30 train records, validation at 0, 10, 20, 30
     return out
 
@@ -162,7 +169,7 @@ def test_killed_run_resumes_with_identical_losses(shards, tmp_path, uninterrupte
     killed = tmp_path / "killed"
     _kill_after_first_checkpoint(_cli_cmd(shards, killed, RESUME_RUN), killed)
     resume = _cli_cmd(shards, killed, {**RESUME_RUN, "resume": True})
-    subprocess.run(resume, env=_env(), check=True, capture_output=True)
+    _run(resume)
     assert _losses(killed) == _losses(uninterrupted)
 
 
@@ -214,9 +221,9 @@ def test_ddp_two_processes_match_one_process_with_accumulation(shards, tmp_path,
     """`torchrun --nproc-per-node 2 -m lmforge.cli pretrain` against `lmforge pretrain --grad-accum 2`."""
     options = {**DDP_RUN, "distributed": strategy}
     ddp_cmd = [_torchrun(), "--nproc-per-node", "2", *_cli_cmd(shards, tmp_path / "ddp", options)[1:]]
-    subprocess.run(ddp_cmd, env=_env(), check=True, capture_output=True)
+    _run(ddp_cmd)
     acc_cmd = _cli_cmd(shards, tmp_path / "acc", {**options, "grad_accum": 2})
-    subprocess.run(acc_cmd, env=_env(), check=True, capture_output=True)
+    _run(acc_cmd)
     _check_ddp_matches_accumulation(tmp_path / "ddp", tmp_path / "acc")
 
 
@@ -238,7 +245,7 @@ def test_ddp_through_the_api(shards, tmp_path):
         str(tmp_path / "ddp"),
         json.dumps(DDP_RUN),
     ]
-    done = subprocess.run(cmd, env=_env(), check=True, capture_output=True, text=True)
+    done = _run(cmd)
     reports = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     reports.sort(key=lambda r: r["rank"])
     assert reports == [{"rank": 0, "steps": 6}, {"rank": 1, "steps": 6}]

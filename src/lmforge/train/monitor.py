@@ -71,7 +71,9 @@ class Groups:
 
 
 def _norm(tensors: list[torch.Tensor]) -> torch.Tensor:
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)).float())
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)).float())
+    # FSDP's sharded parameters give a DTensor: its full value reduces over the ranks (all of them call this)
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
 class LossWatch:

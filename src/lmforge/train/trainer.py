@@ -546,7 +546,8 @@ class Trainer:
                     self.scaler.scale(loss / cfg.grad_accum).backward()
                 loss_sum += loss.detach()
             self.scaler.unscale_(self.optimizer)
-            log_now = info.is_main and (self.step + 1) % cfg.log_every == 0
+            # every rank computes the statistics (sharded FSDP parameters reduce across ranks); rank 0 logs
+            log_now = (self.step + 1) % cfg.log_every == 0
             group_norms = groups.grad_norms() if log_now else {}
             max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
