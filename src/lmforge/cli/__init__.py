@@ -31,7 +31,18 @@ from typing import Any
 from lmforge.errors import LMForgeError, os_error_line
 
 # Modules of this package that define COMMANDS; each area adds its own.
-COMMAND_MODULES = ["model", "eval", "data", "train", "generate", "tokenizer", "quant", "serve", "rag", "embeddings"]
+COMMAND_MODULES = [
+    "model",
+    "eval",
+    "data",
+    "train",
+    "generate",
+    "tokenizer",
+    "quant",
+    "serve",
+    "rag",
+    "embeddings",
+]
 
 
 def all_commands() -> dict[str, Callable]:
