@@ -109,7 +109,7 @@ def awq(
     symmetric: bool,
 ) -> dict[str, float]:
     """Scale and clip the targeted block linears of the float `model` in place; returns each scaled
-    layer's mean scale (the record keeps which layers moved). The caller rounds the result (RTN)."""
+    layer's mean scale. The caller rounds the result (RTN)."""
     inputs, (rope, mask) = _block_inputs(model, windows)
     folds = foldable(model)
     scaled: dict[str, float] = {}
