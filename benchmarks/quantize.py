@@ -137,7 +137,7 @@ def llama_side(kind: str, gguf: Path, tools: Path, args, text_file: Path) -> dic
         key = "prefill_tok_s" if test["n_prompt"] else "decode_tok_s_eager"
         row[key] = test["avg_ts"]
     cmd = [str(tools / "llama-perplexity"), "-m", str(gguf), "-f", str(text_file), "-c", "512"]
-    cmd += ["-t", str(args.threads), "-b", "512"]
+    cmd += ["-t", str(args.threads), "-b", "512", *(["--no-repack"] if row.get("repack") == 0 else [])]
     run = subprocess.run(cmd, capture_output=True, text=True)
     match = re.search(r"Final estimate: PPL = ([0-9.]+)", run.stdout + run.stderr)
     row["perplexity"] = float(match.group(1)) if match else None
@@ -184,15 +184,10 @@ def aims(rows: dict[str, dict]) -> dict:
         rows.get("lmforge fp32", {}).get("perplexity"),
         rows.get("llama.cpp F32", {}).get("perplexity"),
     )
-    for ours, theirs in PAIRS.items():
-        if fp32 and rows.get(f"lmforge {ours}", {}).get("perplexity"):
-            rows[f"lmforge {ours}"]["ppl_change_pct"] = 100 * (
-                rows[f"lmforge {ours}"]["perplexity"] / fp32 - 1
-            )
-        if f32 and rows.get(f"llama.cpp {theirs}", {}).get("perplexity"):
-            rows[f"llama.cpp {theirs}"]["ppl_change_pct"] = 100 * (
-                rows[f"llama.cpp {theirs}"]["perplexity"] / f32 - 1
-            )
+    for name, row in rows.items():  # every variant against its own side's full precision
+        base = fp32 if name.startswith("lmforge") else f32 if name.startswith("llama.cpp") else None
+        if base and row.get("perplexity"):
+            row["ppl_change_pct"] = 100 * (row["perplexity"] / base - 1)
     return out
 
 
