@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -58,6 +59,23 @@ def calibration_windows(tokenizer, config: QuantizeConfig) -> torch.Tensor:
 
 
 @torch.no_grad()
+def observe_inputs(
+    model: nn.Module, names: list[str], windows: torch.Tensor, record: Callable[[str, torch.Tensor], None]
+) -> None:
+    """Run the calibration windows through `model` (CHUNK at a time), calling `record(name, x)` with the
+    input `x` of each named module on every pass."""
+    handles = [
+        model.get_submodule(n).register_forward_pre_hook(lambda m, a, n=n: record(n, a[0])) for n in names
+    ]
+    try:
+        for chunk in windows.split(CHUNK):
+            model(chunk)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
 def input_scales(
     model: nn.Module, names: list[str], windows: torch.Tensor, clip: str, percentile: float
 ) -> dict[str, float]:
@@ -65,24 +83,15 @@ def input_scales(
     windows (minmax) or the `percentile` of |x|, taken per chunk of windows and averaged (percentile)."""
     seen: dict[str, list[float]] = {n: [] for n in names}
 
-    def hook(name):
-        def record(module, args):
-            x = args[0].detach().float().abs().reshape(-1)
-            if clip == "minmax":
-                seen[name].append(float(x.max()))
-            else:  # kthvalue: exact, and without torch.quantile's 16M-element limit
-                k = max(1, min(x.numel(), round(percentile / 100 * x.numel())))
-                seen[name].append(float(x.kthvalue(k).values))
+    def record(name: str, x: torch.Tensor) -> None:
+        x = x.detach().float().abs().reshape(-1)
+        if clip == "minmax":
+            seen[name].append(float(x.max()))
+        else:  # kthvalue: exact, and without torch.quantile's 16M-element limit
+            k = max(1, min(x.numel(), round(percentile / 100 * x.numel())))
+            seen[name].append(float(x.kthvalue(k).values))
 
-        return record
-
-    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
-    try:
-        for chunk in windows.split(CHUNK):
-            model(chunk)
-    finally:
-        for h in handles:
-            h.remove()
+    observe_inputs(model, names, windows, record)
     reduce = max if clip == "minmax" else (lambda v: sum(v) / len(v))
     return {n: max(reduce(v), 1e-8) / 127 for n, v in seen.items()}
 

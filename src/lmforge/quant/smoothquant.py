@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-CHUNK = 8  # windows per forward pass
+from lmforge.quant.calibrate import observe_inputs
 
 
 def smoothing_scales(act_absmax: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -40,20 +40,11 @@ def activation_absmax(model: nn.Module, names: list[str], windows: torch.Tensor)
     """max |x_j| over every calibration token at the input of each named linear."""
     seen: dict[str, torch.Tensor] = {}
 
-    def hook(name):
-        def record(module, args):
-            absmax = args[0].detach().reshape(-1, args[0].shape[-1]).abs().amax(dim=0).float()
-            seen[name] = absmax if name not in seen else torch.maximum(seen[name], absmax)
+    def record(name: str, x: torch.Tensor) -> None:
+        absmax = x.detach().reshape(-1, x.shape[-1]).abs().amax(dim=0).float()
+        seen[name] = absmax if name not in seen else torch.maximum(seen[name], absmax)
 
-        return record
-
-    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
-    try:
-        for chunk in windows.split(CHUNK):
-            model(chunk)
-    finally:
-        for h in handles:
-            h.remove()
+    observe_inputs(model, names, windows, record)
     return seen
 
 
