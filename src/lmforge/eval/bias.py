@@ -34,7 +34,7 @@ import numpy as np
 
 from lmforge.errors import LMForgeError
 from lmforge.eval.bootstrap import mean_ci
-from lmforge.eval.harness import ModelRun, RunSettings, read_jsonl, shipped_tasks_dir
+from lmforge.eval.harness import ModelRun, RunSettings, model_name, read_jsonl, shipped_tasks_dir
 from lmforge.options import check_types, option
 
 SHIPPED_PROBES = {"stereotype-pairs": "bias-pairs.jsonl", "winobias": "bias-winobias.jsonl"}
@@ -121,15 +121,14 @@ def bias(
     """Run the bias probe sets on each model; one report row per (probe set, model)."""
     from lmforge.eval.api import EvalResult
     from lmforge.eval.report import build_report, model_identity, write_report
-    from lmforge.lm import load
     from lmforge.options import configure
 
     cfg = configure(BiasConfig, config, options, "bias")
     probe_sets = [load_probes(p) for p in cfg.probes]
     results, identities = [], []
     for model in models:
-        name = str(model) if isinstance(model, (str, Path)) else str(getattr(model, "source", "model"))
-        lm = load(str(model), dtype=cfg.dtype, device=cfg.device) if isinstance(model, (str, Path)) else model
+        name = model_name(model)
+        lm = cfg.load_model(model)
         identities.append(model_identity(name, lm))
         for probe_name, pairs in probe_sets:
             if progress:

@@ -385,6 +385,19 @@ class ModelRun(ReportRun):
     device: str | None = option(None, "cpu or cuda (unset: cuda when available)")
     dtype: str | None = option(None, "float32, bfloat16 or float16 (unset: float32 on CPU)")
 
+    def load_model(self, model: Any) -> Any:
+        """An LM given as is, or a name/path loaded on this run's device and dtype."""
+        if not isinstance(model, (str, Path)):
+            return model
+        from lmforge.lm import load
+
+        return load(str(model), dtype=self.dtype, device=self.device)
+
+
+def model_name(model: Any) -> str:
+    """How a report names a model given as a name/path or as an LM."""
+    return str(model) if isinstance(model, (str, Path)) else str(getattr(model, "source", None) or "model")
+
 
 @dataclass
 class EvalConfig(ModelRun):

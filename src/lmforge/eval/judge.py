@@ -42,7 +42,7 @@ import numpy as np
 
 from lmforge.errors import LMForgeError
 from lmforge.eval.bootstrap import bootstrap_ci, mean_ci
-from lmforge.eval.harness import ModelRun, RunSettings, read_jsonl
+from lmforge.eval.harness import ModelRun, RunSettings, model_name, read_jsonl
 from lmforge.options import check_types, configure, option
 
 PAIRWISE_SYSTEM = (
@@ -286,10 +286,6 @@ def human_agreement(items: Sequence[dict[str, Any]]) -> dict[str, float]:
 # --- running models and the judge ---------------------------------------------------------------------
 
 
-def _name(model: Any) -> str:
-    return str(model) if isinstance(model, (str, Path)) else str(getattr(model, "source", None) or "model")
-
-
 def generate_answers(lm, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
     """Greedy answers, each prompt as one user message through the chat template (plain text without)."""
     out = []
@@ -345,7 +341,7 @@ def judge(
         rows = rows[: cfg.limit] if cfg.limit else rows
     if not rows:
         raise LMForgeError("judge: no prompts")
-    names = [_name(m) for m in models]
+    names = [model_name(m) for m in models]
     if len(set(names)) != len(names):
         raise LMForgeError(f"judge: the models must have distinct names, got {names}")
     need = 2 if cfg.mode == "pairwise" else 1
@@ -354,7 +350,6 @@ def judge(
             f"judge: {cfg.mode} judging needs at least {need} model(s); pass --model more times"
         )
     from lmforge.eval.report import build_report, model_identity
-    from lmforge.lm import load
 
     identities = []
     answers: dict[str, list[str]] = {}
@@ -374,17 +369,13 @@ def judge(
             )
             continue
         say(f"{name}: answering {len(rows)} prompts")
-        lm = (
-            model
-            if not isinstance(model, (str, Path))
-            else load(str(model), dtype=cfg.dtype, device=cfg.device)
-        )
+        lm = cfg.load_model(model)
         identities.append(model_identity(name, lm))
         answers[name] = generate_answers(lm, [r["prompt"] for r in rows], cfg.max_new_tokens)
         del lm
-    judge_name = cfg.judge if judge_lm is None else _name(judge_lm)
+    judge_name = cfg.judge if judge_lm is None else model_name(judge_lm)
     if judge_lm is None:
-        judge_lm = load(cfg.judge, dtype=cfg.dtype, device=cfg.device)
+        judge_lm = cfg.load_model(cfg.judge)
     start = time.perf_counter()
     if cfg.mode == "pairwise":
         results = _run_pairwise(judge_lm, rows, names, answers, cfg, say)

@@ -26,7 +26,7 @@ import numpy as np
 
 from lmforge.errors import LMForgeError
 from lmforge.eval.bootstrap import mean_ci
-from lmforge.eval.harness import ModelRun, read_jsonl
+from lmforge.eval.harness import ModelRun, model_name, read_jsonl
 from lmforge.options import check_types, option
 
 GPTSCORE_ASPECTS = {
@@ -189,7 +189,6 @@ def reference_free(
     bootstrap intervals, and with `output` the same report files as `lmforge.evaluate`."""
     from lmforge.eval.api import EvalResult
     from lmforge.eval.report import build_report, model_identity, write_report
-    from lmforge.lm import load
     from lmforge.options import configure
 
     cfg = configure(ReferenceFreeConfig, config, options, "reference_free")
@@ -208,10 +207,10 @@ def reference_free(
     kw = {"n_resamples": cfg.n_resamples, "confidence": cfg.confidence, "seed": cfg.seed}
     results, identities = [], []
     for model in models:
-        name = str(model) if isinstance(model, (str, Path)) else str(getattr(model, "source", "model"))
+        name = model_name(model)
         if progress:
             progress(f"{name}: {cfg.metric} on {len(rows)} items")
-        lm = load(str(model), dtype=cfg.dtype, device=cfg.device) if isinstance(model, (str, Path)) else model
+        lm = cfg.load_model(model)
         identities.append(model_identity(name, lm))
         start = time.perf_counter()
         srcs, outs = [r["source"] for r in rows], [r["output"] for r in rows]

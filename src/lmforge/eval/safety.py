@@ -31,7 +31,7 @@ import numpy as np
 
 from lmforge.errors import LMForgeError
 from lmforge.eval.bootstrap import mean_ci
-from lmforge.eval.harness import ModelRun, read_jsonl, shipped_tasks_dir
+from lmforge.eval.harness import ModelRun, model_name, read_jsonl, shipped_tasks_dir
 from lmforge.options import check_types, option
 
 
@@ -111,7 +111,6 @@ def safety(
 
     from lmforge.eval.api import EvalResult
     from lmforge.eval.report import build_report, model_identity, write_report
-    from lmforge.lm import load
     from lmforge.options import configure
 
     cfg = configure(SafetyConfig, config, options, "safety")
@@ -124,10 +123,10 @@ def safety(
     kw = {"n_resamples": cfg.n_resamples, "confidence": cfg.confidence, "seed": cfg.seed}
     results, identities = [], []
     for model in models:
-        name = str(model) if isinstance(model, (str, Path)) else str(getattr(model, "source", "model"))
+        name = model_name(model)
         if progress:
             progress(f"{name}: {cfg.samples} continuations for each of {len(prompts)} prompts")
-        lm = load(str(model), dtype=cfg.dtype, device=cfg.device) if isinstance(model, (str, Path)) else model
+        lm = cfg.load_model(model)
         identities.append(model_identity(name, lm))
         torch.manual_seed(cfg.seed)
         start = time.perf_counter()
