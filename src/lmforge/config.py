@@ -57,6 +57,13 @@ class ModelConfig:
     # sees the previous sparse_stride - 1 keys and every sparse_stride-th key before them
     sparse_stride: int | None = None
     global_tokens: int = 0  # with a window or a stride: the first N positions are seen by every query
+    # Linformer (Wang et al. 2020): keys and values projected along the sequence to linformer_k rows by
+    # learned (linformer_k, max_seq_len) matrices E and F, one pair per layer shared by its heads;
+    # every query sees every projected row, so only an encoder (causal=False) can use it
+    linformer_k: int | None = None
+    # Performer FAVOR+ (Choromanski et al. 2021): softmax attention estimated with this many positive
+    # orthogonal random features per head (drawn once per layer, kept in the checkpoint); causal too
+    performer_features: int | None = None
     type_vocab_size: int = 0  # >0: token-type (segment) embeddings, as in BERT
     head: Head = "lm"  # "lm": next-token logits; "mlm": BERT masked-LM head; "none": hidden states
     dropout: float = 0.0  # embedding and residual dropout
@@ -118,6 +125,7 @@ class ModelConfig:
                 "global_tokens",
                 "global tokens need a sliding_window or sparse_stride (else every key is seen)",
             )
+        self._validate_low_rank(fail)
         if self.head == "lm" and not self.causal:
             fail("head", "an encoder (causal=False) takes head='mlm' or 'none', not next-token 'lm'")
         if self.head == "mlm" and self.causal:
@@ -133,6 +141,28 @@ class ModelConfig:
             kind = self.rope_scaling.get("rope_type", self.rope_scaling.get("type"))
             if kind not in ("linear", "llama3", "default"):
                 fail("rope_scaling", "supported rope_type values are linear, llama3, default")
+
+    def _validate_low_rank(self, fail) -> None:
+        """Linformer and Performer replace softmax attention: they refuse what they cannot carry."""
+        for name in ("linformer_k", "performer_features"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                fail(name, "must be a positive integer or None")
+            if value is None:
+                continue
+            patterned = self.sliding_window is not None or self.sparse_stride is not None
+            if patterned or self.position == "alibi":
+                fail(name, "does not combine with sliding_window, sparse_stride or position='alibi'")
+        if self.linformer_k is not None and self.performer_features is not None:
+            fail("performer_features", "choose one of linformer_k and performer_features")
+        if self.linformer_k is not None and self.causal:
+            fail(
+                "linformer_k",
+                "Linformer mixes every position into its projections, so it cannot be causal: use it in "
+                "an encoder (causal=False) or use performer_features in a decoder",
+            )
+        if self.linformer_k is not None and self.linformer_k > self.max_seq_len:
+            fail("linformer_k", f"must be at most max_seq_len={self.max_seq_len}")
 
     @property
     def gated_mlp(self) -> bool:
@@ -169,6 +199,7 @@ class ModelConfig:
         mlp_in = self.d_mlp * (2 if self.gated_mlp else 1)
         mlp = d * mlp_in + self.d_mlp * d + ((mlp_in + d) if self.mlp_bias else 0)
         norm = d * (2 if self.norm == "layernorm" and self.norm_bias else 1)
+        attn += 2 * self.linformer_k * self.max_seq_len if self.linformer_k else 0  # E and F
         total = self.n_layer * (attn + mlp + 2 * norm) + (norm if self.final_norm else 0)
         emb = self.vocab_size * d
         emb += self.max_seq_len * d if self.position == "learned" else 0

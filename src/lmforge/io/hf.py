@@ -106,8 +106,10 @@ def llama_config_to_hf(c: ModelConfig) -> dict[str, Any]:
 
 def dense_attention(c: ModelConfig) -> bool:
     """No attention pattern the HF/GGUF formats have no field for (Sparse Transformer strides, global
-    tokens): a checkpoint with one is written in lmforge's own format, never silently without it."""
-    return c.sparse_stride is None and not c.global_tokens
+    tokens, Linformer, Performer): a checkpoint with one is written in lmforge's own format, never
+    silently without it."""
+    low_rank = c.linformer_k is not None or c.performer_features is not None
+    return c.sparse_stride is None and not c.global_tokens and not low_rank
 
 
 def llama_expressible(c: ModelConfig) -> bool:

@@ -3,6 +3,15 @@
 `math` is the readable reference (explicit softmax); `sdpa` calls PyTorch's fused
 scaled_dot_product_attention. Both take the same boolean mask (True = may attend) built once per
 forward by `build_attention_mask`.
+
+Two ModelConfig fields replace the softmax over every key with a cheaper computation:
+- `linformer_k`: Linformer's low-rank attention, softmax(Q (E K)ᵀ / √d) (F V), with learned E, F of
+  shape (k, max_seq_len), one pair per layer shared by its heads. Encoders only: a projected row mixes
+  every position, so no causal mask can be applied after it (ModelConfig refuses causal=True).
+- `performer_features`: Performer's FAVOR+, softmax attention estimated with m positive orthogonal
+  random features φ (one (m, head_dim) draw per layer, shared by its heads, saved with the weights).
+  Causal by blockwise prefix sums of φ(k) vᵀ; generation goes through the ordinary KV cache, each step
+  summing φ(k) over the cached keys (exact, O(S·m) per step rather than a recurrent O(m·d) state).
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.config import ModelConfig
+from lmforge.errors import LMForgeError
 from lmforge.model.position import apply_rope
 
 
@@ -106,6 +116,13 @@ class Attention(nn.Module):
         qkv_out = (config.n_head + 2 * config.n_kv_head) * config.head_dim
         self.qkv = nn.Linear(config.d_model, qkv_out, bias=config.qkv_bias)
         self.proj = nn.Linear(config.n_head * config.head_dim, config.d_model, bias=config.attn_out_bias)
+        if config.linformer_k is not None:  # E projects the keys, F the values, along the sequence
+            shape = (config.linformer_k, config.max_seq_len)
+            self.linformer_e = nn.Parameter(torch.randn(shape) * config.init_std)
+            self.linformer_f = nn.Parameter(torch.randn(shape) * config.init_std)
+        if config.performer_features is not None:
+            omega = orthogonal_random_features(config.performer_features, config.head_dim)
+            self.register_buffer("performer_omega", omega)  # persistent: the checkpoint keeps the draw
 
     def forward(
         self,
@@ -133,7 +150,11 @@ class Attention(nn.Module):
         dropout = self.config.attn_dropout if self.training else 0.0
         if mask is not None and mask.is_floating_point():
             mask = mask.to(q.dtype)  # an additive mask (ALiBi) in the dtype of the scores
-        if T == 1 and not dropout and torch.compiler.is_compiling():
+        if self.config.linformer_k is not None:
+            y = linformer_attention(q, k, v, self.linformer_e, self.linformer_f, mask, dropout)
+        elif self.config.performer_features is not None:
+            y = performer_attention(q, k, v, self.performer_omega, mask, is_causal)
+        elif T == 1 and not dropout and torch.compiler.is_compiling():
             y = single_query_attention(q, k, v, mask)  # a compiled decode step
         elif self.config.attn_backend == "sdpa":
             y = F.scaled_dot_product_attention(
@@ -202,3 +223,93 @@ def math_attention(
     if dropout:
         probs = F.dropout(probs, dropout)
     return (probs @ v).view(B, nh, T, hd)
+
+
+def linformer_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    e: torch.Tensor,
+    f: torch.Tensor,
+    mask: torch.Tensor | None,
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    """Linformer: softmax(q (E k)ᵀ / √d) (F v), E and F (k_proj, max_seq_len) applied to the first S
+    columns (a shorter sequence is one zero-padded to max_seq_len). Padding keys (mask (B, 1, 1, S),
+    True = real) are zeroed before the projection, so they add nothing to any projected row."""
+    S = k.shape[2]
+    if e.shape[1] < S:
+        raise LMForgeError(f"Linformer projects at most max_seq_len={e.shape[1]} keys, got {S}")
+    if mask is not None:
+        keep = mask[:, :, -1, :, None].to(k.dtype)  # (B, 1, S, 1): a per-key padding mask
+        k, v = k * keep, v * keep
+    k = e[:, :S].to(k.dtype) @ k  # (B, nkv, k_proj, hd)
+    v = f[:, :S].to(v.dtype) @ v
+    return math_attention(q, k, v, None, False, dropout)
+
+
+def orthogonal_random_features(m: int, d: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(m, d) random features for FAVOR+: blocks of d orthonormal rows (QR of a Gaussian matrix), each row
+    scaled by the norm of an independent d-dim Gaussian so that rows are marginally N(0, I_d)."""
+    blocks = []
+    for _ in range(math.ceil(m / d)):
+        basis, _ = torch.linalg.qr(torch.randn(d, d, generator=generator))
+        blocks.append(basis.T)
+    rows = torch.cat(blocks)[:m]
+    return rows * torch.randn(m, d, generator=generator).norm(dim=1, keepdim=True)
+
+
+def favor_features(x: torch.Tensor, omega: torch.Tensor, is_query: bool) -> torch.Tensor:
+    """FAVOR+'s positive features φ(x) = exp(ωᵀx - |x|²/2) / √m of x (B, h, T, d) already scaled by
+    d^(-1/4), in fp32, each multiplied by a constant that cancels in the attention ratio: a query row by
+    exp(|x|²/2 - max ωᵀx) (its largest feature is 1), every key by exp(-max|ω|²/2), which bounds the
+    exponent by 0 (ωᵀx - |x|²/2 ≤ |ω|²/2) without looking at other positions, so causality is exact."""
+    proj = x @ omega.T  # (B, h, T, m)
+    if is_query:
+        exponent = proj - proj.amax(dim=-1, keepdim=True).detach()
+    else:
+        exponent = proj - x.pow(2).sum(-1, keepdim=True) / 2 - omega.pow(2).sum(-1).max() / 2
+    return torch.exp(exponent) / math.sqrt(omega.shape[0])
+
+
+def performer_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    omega: torch.Tensor,
+    mask: torch.Tensor | None,
+    is_causal: bool,
+    chunk: int = 64,
+) -> torch.Tensor:
+    """FAVOR+ attention: φ(q) Σ φ(k) vᵀ / φ(q) Σ φ(k), over the keys each query may see.
+
+    is_causal (T = S, no other mask): prefix sums in blocks of `chunk` queries: the sum of φ(k) vᵀ over
+    every earlier block (a (m, hd) state per block) plus the block's own lower triangle. No mask: every
+    key, in linear time. A boolean mask (B|1, 1, T, S) (padding, a decode step at an offset): the
+    explicit (T, S) matrix φ(q) φ(k)ᵀ with the hidden keys zeroed."""
+    B, nh, T, hd = q.shape
+    groups = nh // k.shape[1]
+    omega = omega.float()
+    scale = hd**-0.25  # q·k/√d = (q d^-1/4)·(k d^-1/4)
+    phi_q = favor_features(q.float() * scale, omega, is_query=True)  # (B, nh, T, m)
+    phi_k = favor_features(k.float() * scale, omega, is_query=False).repeat_interleave(groups, dim=1)
+    vf = v.float().repeat_interleave(groups, dim=1)  # (B, nh, S, hd)
+    if is_causal:
+        pad = -T % chunk
+        n = (T + pad) // chunk
+        pq, pk, pv = (F.pad(t, (0, 0, 0, pad)).view(B, nh, n, chunk, -1) for t in (phi_q, phi_k, vf))
+        kv = pk.transpose(-2, -1) @ pv  # (B, nh, n, m, hd): each block's Σ φ(k) vᵀ
+        z = pk.sum(-2)  # (B, nh, n, m)
+        kv_before = torch.cat([torch.zeros_like(kv[:, :, :1]), kv.cumsum(2)[:, :, :-1]], dim=2)
+        z_before = torch.cat([torch.zeros_like(z[:, :, :1]), z.cumsum(2)[:, :, :-1]], dim=2)
+        within = (pq @ pk.transpose(-2, -1)).tril()  # (B, nh, n, chunk, chunk)
+        num = pq @ kv_before + within @ pv
+        den = (pq @ z_before[..., None]).squeeze(-1) + within.sum(-1)
+        num, den = num.view(B, nh, -1, hd)[:, :, :T], den.view(B, nh, -1)[:, :, :T, None]
+    elif mask is None:
+        num = phi_q @ (phi_k.transpose(-2, -1) @ vf)  # (B, nh, T, hd)
+        den = phi_q @ phi_k.sum(-2)[..., None]  # (B, nh, T, 1)
+    else:
+        weights = (phi_q @ phi_k.transpose(-2, -1)) * mask  # (B, nh, T, S)
+        num, den = weights @ vf, weights.sum(-1, keepdim=True)
+    return (num / den.clamp_min(torch.finfo(torch.float32).tiny)).to(v.dtype)

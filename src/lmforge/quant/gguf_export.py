@@ -84,6 +84,8 @@ def tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         found = [f"position {config.position}"] if config.position not in ("rope", "learned") else []
         found += [f"sparse_stride {config.sparse_stride}"] if config.sparse_stride else []
         found += [f"global_tokens {config.global_tokens}"] if config.global_tokens else []
+        found += [f"linformer_k {config.linformer_k}"] if config.linformer_k else []
+        found += [f"performer_features {config.performer_features}"] if config.performer_features else []
         raise LMForgeError(
             f"GGUF export: this {config.family} model has fields the {arch_name} architecture cannot carry "
             f"({', '.join(found) or 'see its config'}); keep it as an lmforge checkpoint (lmforge convert SRC OUT)"
