@@ -302,3 +302,18 @@ def test_exports_refuse_what_hf_and_gguf_cannot_carry(tmp_path, fields):
         name, value = next(iter(fields.items()))
         with pytest.raises(LMForgeError, match=f"cannot carry \\({name} {value}\\)"):
             tensors(model)
+
+
+def test_linformer_attention_weights_reproduce_the_layer():
+    """`Attention.probs` (what the training monitor's entropy reads) for Linformer: softmax weights over
+    the k projected rows, which applied to F v give the layer's output."""
+    torch.manual_seed(0)
+    attn = Attention(linformer_config()).eval()
+    x = torch.randn(2, 20, attn.config.d_model)
+    p = attn.probs(x, None, None)
+    assert p.shape == (2, 4, 20, 6)
+    torch.testing.assert_close(p.sum(-1), torch.ones(2, 4, 20))
+    with torch.no_grad():
+        _, _, v = attn.project(x, None)
+        y = (p @ (attn.linformer_f[:, :20] @ v)).transpose(1, 2).reshape(2, 20, -1)
+        torch.testing.assert_close(attn.proj(y), attn(x, None, None), atol=1e-5, rtol=1e-4)

@@ -124,6 +124,47 @@ class Attention(nn.Module):
             omega = orthogonal_random_features(config.performer_features, config.head_dim)
             self.register_buffer("performer_omega", omega)  # persistent: the checkpoint keeps the draw
 
+    def project(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q (B, nh, T, hd), k and v (B, nkv, T, hd) of x (B, T, C), RoPE applied to q and k."""
+        B, T, _ = x.shape
+        nh, nkv = self.n_head, self.n_kv_head
+        qkv = self.qkv(x).view(B, T, nh + 2 * nkv, self.head_dim)  # heads: q..., k..., v...
+        qk, v = qkv[:, :, : nh + nkv], qkv[:, :, nh + nkv :]
+        if rope is not None:
+            qk = apply_rope(qk, *rope)  # q and k heads rotated together
+        return qk[:, :, :nh].transpose(1, 2), qk[:, :, nh:].transpose(1, 2), v.transpose(1, 2)
+
+    @torch.no_grad()
+    def probs(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The attention weights (B, nh, T, S) this layer gives x (no cache), in fp32, rows summing to
+        1, for inspection (the training monitor's entropy): softmax weights over the keys (Linformer:
+        over its k projected rows), FAVOR+'s normalised φ(q) φ(k)ᵀ for Performer."""
+        q, k, _ = self.project(x, rope)
+        q, k = q.float(), k.float().repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+        T = q.shape[2]
+        if mask is None and self.config.causal:
+            mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()[None, None]
+        if self.config.performer_features is not None:
+            scale = self.head_dim**-0.25
+            omega = self.performer_omega.float()
+            phi_q = favor_features(q * scale, omega, is_query=True)
+            weights = phi_q @ favor_features(k * scale, omega, is_query=False).transpose(-2, -1)
+            weights = weights * mask if mask is not None else weights
+            return weights / weights.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        if self.config.linformer_k is not None:
+            keep = mask[:, :, -1, :, None].float() if mask is not None else 1.0
+            k, mask = self.linformer_e[:, : k.shape[2]].float() @ (k * keep), None
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, nh, T, S)
+        if mask is not None and mask.is_floating_point():  # ALiBi's additive bias
+            scores = scores + mask.float()
+        elif mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return scores.softmax(dim=-1)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -133,14 +174,7 @@ class Attention(nn.Module):
         layer: int = 0,
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        nh, nkv = self.n_head, self.n_kv_head
-        qkv = self.qkv(x).view(B, T, nh + 2 * nkv, self.head_dim)  # heads: q..., k..., v...
-        qk, v = qkv[:, :, : nh + nkv], qkv[:, :, nh + nkv :]
-        if rope is not None:
-            qk = apply_rope(qk, *rope)  # q and k heads rotated together
-        q = qk[:, :, :nh].transpose(1, 2)  # (B, nh, T, hd)
-        k = qk[:, :, nh:].transpose(1, 2)  # (B, nkv, T, hd)
-        v = v.transpose(1, 2)
+        q, k, v = self.project(x, rope)
         start = 0
         if cache is not None:
             start = cache.length

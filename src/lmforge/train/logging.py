@@ -78,7 +78,10 @@ class RunLogger:
         if not train:
             return None
         alerts = [r for r in records if r.get("kind") == "alert"]
-        fig, (ax_loss, ax_lr, ax_grad) = plt.subplots(3, 1, figsize=(7, 8.5), sharex=True)
+        activations = [r for r in train if any(k.startswith("act_rms/") for k in r)]
+        rows = 5 if activations else 3
+        fig, axes = plt.subplots(rows, 1, figsize=(7, 2.8 * rows + 0.1), sharex=True)
+        ax_loss, ax_lr, ax_grad = axes[:3]
         ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train", lw=1)
         if val:
             ax_loss.plot([r["step"] for r in val], [r["loss"] for r in val], "o-", label="validation")
@@ -110,7 +113,9 @@ class RunLogger:
             ax_grad.set_yscale("log")
             ax_grad.legend()
         ax_grad.grid(alpha=0.3)
-        ax_grad.set_xlabel("step")
+        if activations:
+            _plot_activations(axes[3], axes[4], activations)
+        axes[-1].set_xlabel("step")
         fig.tight_layout()
         out = self.run_dir / "plot.png"
         with atomic_file(out) as tmp:
@@ -122,3 +127,24 @@ class RunLogger:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def _plot_activations(ax_act, ax_entropy, records: list[dict[str, Any]]) -> None:
+    """Activation RMS per layer group (max-abs dotted, same colour) and each block's attention entropy."""
+    steps = [r["step"] for r in records]
+    groups = [k.removeprefix("act_rms/") for k in records[0] if k.startswith("act_rms/")]
+    for i, group in enumerate(groups):
+        color = f"C{i % 10}"
+        ax_act.plot(
+            steps, [r.get(f"act_rms/{group}") for r in records], "o-", ms=2, lw=1, color=color, label=group
+        )
+        ax_act.plot(steps, [r.get(f"act_max/{group}") for r in records], ":", lw=1, color=color)
+    ax_act.set_ylabel("activation RMS (max-abs dotted)")
+    ax_act.set_yscale("log")
+    ax_act.legend(fontsize=7, ncol=3)
+    ax_act.grid(alpha=0.3)
+    for key in (k for k in records[0] if k.startswith("attn_entropy/")):
+        ax_entropy.plot(steps, [r.get(key) for r in records], "o-", ms=2, lw=1, label=key.split("/", 1)[1])
+    ax_entropy.set_ylabel("attention entropy (nats)")
+    ax_entropy.legend(fontsize=7, ncol=3)
+    ax_entropy.grid(alpha=0.3)

@@ -4,7 +4,12 @@
 - the update/weight ratio ||Δw|| / ||w|| (about 1e-3 is healthy for AdamW; far above, the lr is too
   high; far below, the layer barely learns), in total and per group;
 - loss spikes: a step whose loss exceeds `spike_factor` x the running average of the recent losses;
-- overfitting: validation loss rising while the training loss falls.
+- overfitting: validation loss rising while the training loss falls;
+- on request (`monitor_activations` N), every N steps: activation RMS and max-abs per layer group
+  (embedding output, each block's output, the final norm's output) and each block's mean attention
+  entropy in nats (ln S for uniform attention over S keys, 0 for attention on one key), measured by an
+  extra no-grad forward of the step's first micro-batch in eval mode (no dropout), so turning it on
+  changes neither the training step nor its random numbers; off, nothing is hooked and nothing runs.
 
 Non-finite losses and gradients are the Trainer's to handle (`on_nan`), since they change the run.
 """
@@ -120,3 +125,56 @@ class LossWatch:
             )
         self.last_val, self.last_train = val_loss, train if train is not None else self.last_train
         return message
+
+
+class ActivationStats:
+    """Activation RMS / max-abs per layer group and mean attention entropy per block, of one forward.
+
+    `measure(model, input_ids)` hooks the blocks of `model` (a Transformer, possibly wrapped: its
+    `blocks` are found by name), runs the forward without gradients in eval mode and removes the hooks.
+    Every statistic is reduced to a tensor on the device and moved to the host in one transfer."""
+
+    def __init__(self, model: nn.Module):
+        self.blocks: list[tuple[str, nn.Module]] = []
+        self.final_norm: nn.Module | None = None
+        for name, module in model.named_modules():
+            match = re.search(r"(?:^|\.)(?:blocks|layers|h)\.(\d+)$", name)
+            if match:
+                self.blocks.append((f"block.{match.group(1)}", module))
+            elif re.search(r"(?:^|\.)norm$", name) and self.final_norm is None:
+                self.final_norm = module
+        if not self.blocks:
+            raise ValueError("activation statistics need a model with numbered blocks (blocks.N)")
+
+    def measure(self, model: nn.Module, input_ids: torch.Tensor) -> dict[str, float]:
+        values: dict[str, torch.Tensor] = {}
+
+        def activations(group: str, h: torch.Tensor) -> None:
+            h = h.detach().float()
+            values[f"act_rms/{group}"] = h.pow(2).mean().sqrt()
+            values[f"act_max/{group}"] = h.abs().amax()
+
+        def entropy(group: str, attn: nn.Module, args: tuple) -> None:
+            x, rope, mask = args[:3]
+            p = attn.probs(x, rope, mask)  # (B, nh, T, S)
+            values[f"attn_entropy/{group}"] = -torch.special.xlogy(p, p).sum(-1).mean()
+
+        hooks = [self.blocks[0][1].register_forward_pre_hook(lambda m, args: activations("embed", args[0]))]
+        for group, block in self.blocks:
+            hooks.append(block.register_forward_hook(lambda m, args, out, g=group: activations(g, out)))
+            attn = getattr(block, "attn", None)
+            if attn is not None and hasattr(attn, "probs"):
+                hooks.append(attn.register_forward_pre_hook(lambda m, args, g=group: entropy(g, m, args)))
+        if self.final_norm is not None:
+            hooks.append(self.final_norm.register_forward_hook(lambda m, args, out: activations("head", out)))
+        was_training = model.training
+        try:
+            model.eval()
+            with torch.no_grad():
+                model(input_ids)
+        finally:
+            model.train(was_training)
+            for hook in hooks:
+                hook.remove()
+        host = torch.stack(list(values.values())).cpu().tolist()
+        return dict(zip(values, host))

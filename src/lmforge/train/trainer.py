@@ -94,6 +94,11 @@ class TrainConfig:
     update_ratio_every: int = option(
         10, "log per-group update/weight ratios every N steps (0: never; costs a copy of the weights)"
     )
+    monitor_activations: int = option(
+        0,
+        "log activation RMS / max-abs per layer group and each block's mean attention entropy every N "
+        "steps (0: never; costs one extra forward of a batch with explicit attention weights)",
+    )
     # the schedule then follows the clock too, reaching min_lr by the deadline or by `steps`, whichever
     # comes first (such runs are not bit-reproducible)
     max_minutes: float | None = option(None, "stop (and checkpoint) after this many minutes of training")
@@ -119,6 +124,7 @@ class TrainConfig:
             "grad_clip",
             "spike_factor",
             "update_ratio_every",
+            "monitor_activations",
         ):
             if getattr(self, name) < 0:
                 raise LMForgeError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -338,12 +344,17 @@ class Trainer:
             )
         return self.optimizer.state_dict()
 
+    def _inspected_model(self) -> torch.nn.Module:
+        """The model a no-grad pass runs (validation, activation statistics): the sharded wrapper under
+        FSDP (it gathers the weights), else the model itself (no DDP gradient hooks, not compiled)."""
+        return self.wrapped if self.config.distributed == "fsdp" else self.model
+
     def evaluate(self) -> dict[str, float]:
         """Validation loss (nats/token), perplexity and bits-per-byte (when byte counts are known);
         batches are split across ranks and the sums all-reduced."""
         if self.val_data is None or not len(self.val_data):
             return {}
-        model = self.wrapped if self.config.distributed == "fsdp" else self.model
+        model = self._inspected_model()
         model.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # nats, tokens, bytes
         with torch.no_grad(), self._autocast():
@@ -516,6 +527,7 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         groups = monitor.Groups(self.model)
         watch = monitor.LossWatch(cfg.spike_factor)
+        activation_stats = monitor.ActivationStats(self.model) if cfg.monitor_activations else None
         bad_steps = 0
         start_time = time.perf_counter()
         last_time, last_step, last_print = start_time, self.step, start_time
@@ -533,6 +545,7 @@ class Trainer:
                 fraction = (time.perf_counter() - start_time) / (cfg.max_minutes * 60)
                 schedule_step = max(self.step, int(fraction * cfg.steps))
             lr = self.schedule.apply(self.optimizer, schedule_step)
+            stats: dict[str, float] = {}
             loss_sum = torch.zeros((), device=self.device)
             for micro in range(cfg.grad_accum):
                 index = (self.step * cfg.grad_accum + micro) * info.world_size + info.rank
@@ -545,6 +558,13 @@ class Trainer:
                     loss = loss_fn(logits, batch["labels"], cfg.label_smoothing)
                     self.scaler.scale(loss / cfg.grad_accum).backward()
                 loss_sum += loss.detach()
+                if (
+                    micro == 0
+                    and activation_stats is not None
+                    and (self.step + 1) % cfg.monitor_activations == 0
+                ):
+                    with self._autocast():
+                        stats = activation_stats.measure(self._inspected_model(), batch["input_ids"])
             self.scaler.unscale_(self.optimizer)
             # every rank computes the statistics (sharded FSDP parameters reduce across ranks); rank 0 logs
             log_now = (self.step + 1) % cfg.log_every == 0
@@ -591,6 +611,7 @@ class Trainer:
                     "elapsed_s": elapsed,
                     **{f"grad_norm/{k}": v for k, v in group_norms.items()},
                     **{f"update_ratio/{k}": v for k, v in ratios.items()},
+                    **stats,
                 }
                 self.logger.log(record)
                 if bar is not None:
