@@ -1,10 +1,13 @@
 """Time and peak memory of one attention layer (forward + backward) against sequence length, for each
 attention variant the model has: dense causal, sliding window, Sparse Transformer strided, window +
-global tokens, ALiBi.
+global tokens, ALiBi, Performer FAVOR+ (causal, 256 features), and, as encoders, dense bidirectional
+beside Linformer (k = 256).
 
 The sparse variants are masks over SDPA's dense computation, so they cost what dense attention costs:
-the curves show it (a block-sparse kernel is what would make them cheaper). Each point runs in its own
-subprocess so its peak resident memory (ru_maxrss above the process after imports) is its own.
+the curves show it (a block-sparse kernel is what would make them cheaper). Linformer and Performer are
+linear in the length (Linformer's E and F are (k, length) parameters, so its model is built for the
+length measured). Each point runs in its own subprocess so its peak resident memory (ru_maxrss above the
+process after imports) is its own.
 
     python benchmarks/attention.py                         # 256 .. 4096 tokens
     python benchmarks/attention.py --lengths 256 1024 4096 16384
@@ -31,6 +34,9 @@ VARIANTS = {
     "strided 64": {"sparse_stride": 64},
     "window 256 + 16 global": {"sliding_window": 256, "global_tokens": 16},
     "alibi": {"position": "alibi"},
+    "performer 256": {"performer_features": 256},
+    "dense bidirectional": {"causal": False, "head": "none"},
+    "linformer 256": {"causal": False, "head": "none", "linformer_k": 256},
 }
 
 
@@ -42,8 +48,11 @@ def measure(variant: str, length: int, d_model: int, n_head: int, repeats: int) 
     from lmforge.model.attention import Attention, build_attention_mask
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fields = dict(VARIANTS[variant])
+    if "linformer_k" in fields:
+        fields["linformer_k"] = min(fields["linformer_k"], length)
     config = ModelConfig(
-        vocab_size=64, n_layer=1, n_head=n_head, d_model=d_model, max_seq_len=length, **VARIANTS[variant]
+        vocab_size=64, n_layer=1, n_head=n_head, d_model=d_model, max_seq_len=length, **fields
     )
     attn = Attention(config)
     x = torch.randn(1, length, d_model, requires_grad=True)

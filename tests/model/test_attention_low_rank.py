@@ -129,14 +129,13 @@ def test_performer_prefix_sums_equal_the_explicit_causal_matrix():
 
 def performer_model(**more) -> Transformer:
     torch.manual_seed(0)
-    return Transformer(
-        tiny_config("llama", vocab_size=64, max_seq_len=40, performer_features=16, **more)
-    ).eval()
+    return Transformer(tiny_config("llama", vocab_size=64, performer_features=16, **more)).eval()
 
 
-def test_performer_is_causal_exactly():
+@pytest.mark.parametrize("T", [30, 128])  # part of one 64-query block; two whole blocks
+def test_performer_is_causal_exactly(T):
     model = performer_model()
-    ids = torch.randint(0, 64, (2, 30))
+    ids = torch.randint(0, 64, (2, T))
     changed = ids.clone()
     changed[:, 20:] = (ids[:, 20:] + 7) % 64
     with torch.no_grad():

@@ -326,12 +326,15 @@ def performer_attention(
     omega = omega.float()
     scale = hd**-0.25  # q·k/√d = (q d^-1/4)·(k d^-1/4)
     phi_q = favor_features(q.float() * scale, omega, is_query=True)  # (B, nh, T, m)
-    phi_k = favor_features(k.float() * scale, omega, is_query=False).repeat_interleave(groups, dim=1)
-    vf = v.float().repeat_interleave(groups, dim=1)  # (B, nh, S, hd)
+    phi_k = favor_features(k.float() * scale, omega, is_query=False)  # (B, nkv, S, m)
+    vf = v.float()
+    if groups > 1:  # each K/V head serves `groups` query heads
+        phi_k, vf = phi_k.repeat_interleave(groups, dim=1), vf.repeat_interleave(groups, dim=1)
     if is_causal:
         pad = -T % chunk
         n = (T + pad) // chunk
-        pq, pk, pv = (F.pad(t, (0, 0, 0, pad)).view(B, nh, n, chunk, -1) for t in (phi_q, phi_k, vf))
+        padded = (F.pad(t, (0, 0, 0, pad)) if pad else t for t in (phi_q, phi_k, vf))
+        pq, pk, pv = (t.reshape(B, nh, n, chunk, -1) for t in padded)
         kv = pk.transpose(-2, -1) @ pv  # (B, nh, n, m, hd): each block's Σ φ(k) vᵀ
         z = pk.sum(-2)  # (B, nh, n, m)
         kv_before = torch.cat([torch.zeros_like(kv[:, :, :1]), kv.cumsum(2)[:, :, :-1]], dim=2)
