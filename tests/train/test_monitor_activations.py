@@ -127,3 +127,22 @@ def test_entropy_of_every_variant_is_that_of_its_attention_weights(fields):
         torch.testing.assert_close(attn.proj(y), attn(x, rope, mask), atol=1e-5, rtol=1e-4)
     stats = monitor.ActivationStats(model).measure(model, ids)
     assert 0 < stats["attn_entropy/block.1"] < math.log(12)
+
+
+def test_turning_it_on_leaves_the_trajectory_and_resume_alone(tmp_path):
+    """With dropout on, a run measured every step has the losses of a run never measured, and a run
+    resumed with the statistics turned on continues (the setting may change between the two)."""
+    data = CLMBatches(_tokens(), 2, 16)
+    runs = {}
+    for every in (0, 1):
+        cfg = TrainConfig(steps=4, monitor_activations=every, dropout=0.1, save_every=2, **QUIET)
+        torch.manual_seed(0)  # dropout draws from the global generator (the Trainer leaves it alone)
+        Trainer(tiny_model("gpt2", vocab_size=320), cfg, data, tmp_path / f"run{every}").fit()
+        runs[every] = [
+            r["loss"] for r in read_log(tmp_path / f"run{every}" / "log.jsonl") if r["kind"] == "train"
+        ]
+    assert runs[0] == runs[1]
+    cfg = TrainConfig(steps=6, monitor_activations=1, dropout=0.1, save_every=2, resume=True, **QUIET)
+    Trainer(tiny_model("gpt2", vocab_size=320), cfg, data, tmp_path / "run0").fit()
+    train = [r for r in read_log(tmp_path / "run0" / "log.jsonl") if r["kind"] == "train"]
+    assert [r["step"] for r in train if "act_rms/head" in r] == [5, 6]

@@ -206,6 +206,7 @@ RESUMABLE_CHANGES = {
     "device",
     "progress",
     "tensorboard",
+    "monitor_activations",  # a no-grad eval-mode pass: no change to the weights or random numbers
     "resume",
     "grad_accum",  # compared as grad_accum × world size (the global batch) below
     "world_size",
