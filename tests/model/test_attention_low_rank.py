@@ -264,7 +264,7 @@ def test_performer_decoder_pretrains_generates_and_round_trips(shards, tmp_path)
     )
     losses = _losses(tmp_path / "run")
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
-    lm = lmforge.load(result.final, device="cpu")
+    lm = lmforge.load(result.final, device="cpu", compile="eager")
     assert lm.config.performer_features == 16
     omega = lm.model.blocks[0].attn.performer_omega
     initial = _initial(lm.config)  # the features drawn at initialisation are the ones saved and loaded
