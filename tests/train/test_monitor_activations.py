@@ -146,3 +146,18 @@ def test_turning_it_on_leaves_the_trajectory_and_resume_alone(tmp_path):
     Trainer(tiny_model("gpt2", vocab_size=320), cfg, data, tmp_path / "run0").fit()
     train = [r for r in read_log(tmp_path / "run0" / "log.jsonl") if r["kind"] == "train"]
     assert [r["step"] for r in train if "act_rms/head" in r] == [5, 6]
+
+
+def test_measured_only_on_steps_that_write_a_record(tmp_path, monkeypatch):
+    measured = []
+    real = monitor.ActivationStats.measure
+
+    def measure(self, model, input_ids):
+        measured.append(len(measured))
+        return real(self, model, input_ids)
+
+    monkeypatch.setattr(monitor.ActivationStats, "measure", measure)
+    cfg = TrainConfig(steps=12, monitor_activations=2, log_every=3, **QUIET)
+    Trainer(tiny_model("gpt2", vocab_size=320), cfg, CLMBatches(_tokens(), 2, 16), tmp_path / "run").fit()
+    train = [r for r in read_log(tmp_path / "run" / "log.jsonl") if r["kind"] == "train"]
+    assert [r["step"] for r in train if "act_rms/head" in r] == [6, 12] and len(measured) == 2

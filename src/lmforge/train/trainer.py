@@ -97,7 +97,8 @@ class TrainConfig:
     monitor_activations: int = option(
         0,
         "log activation RMS / max-abs per layer group and each block's mean attention entropy every N "
-        "steps (0: never; costs one extra forward of a batch with explicit attention weights)",
+        "steps that write a record (0: never; costs one extra forward of a batch with explicit attention "
+        "weights)",
     )
     # the schedule then follows the clock too, reaching min_lr by the deadline or by `steps`, whichever
     # comes first (such runs are not bit-reproducible)
@@ -562,6 +563,7 @@ class Trainer:
                     micro == 0
                     and activation_stats is not None
                     and (self.step + 1) % cfg.monitor_activations == 0
+                    and (self.step + 1) % cfg.log_every == 0  # measured on steps that write a record
                 ):
                     with self._autocast():
                         stats = activation_stats.measure(self._inspected_model(), batch["input_ids"])
