@@ -149,10 +149,8 @@ class Attention(nn.Module):
         if mask is None and self.config.causal:
             mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()[None, None]
         if self.config.performer_features is not None:
-            scale = self.head_dim**-0.25
-            omega = self.performer_omega.float()
-            phi_q = favor_features(q * scale, omega, is_query=True)
-            weights = phi_q @ favor_features(k * scale, omega, is_query=False).transpose(-2, -1)
+            phi_q, phi_k = favor_pair(q, k, self.performer_omega)
+            weights = phi_q @ phi_k.transpose(-2, -1)
             weights = weights * mask if mask is not None else weights
             return weights / weights.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
         if self.config.linformer_k is not None:
@@ -306,6 +304,16 @@ def favor_features(x: torch.Tensor, omega: torch.Tensor, is_query: bool) -> torc
     return torch.exp(exponent) / math.sqrt(omega.shape[0])
 
 
+def favor_pair(q: torch.Tensor, k: torch.Tensor, omega: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """φ(q) and φ(k) in fp32, q and k scaled by d^(-1/4) each, so that φ(q)·φ(k) estimates exp(q·k/√d)."""
+    scale = q.shape[-1] ** -0.25
+    omega = omega.float()
+    return (
+        favor_features(q.float() * scale, omega, is_query=True),
+        favor_features(k.float() * scale, omega, is_query=False),
+    )
+
+
 def performer_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -323,10 +331,7 @@ def performer_attention(
     explicit (T, S) matrix φ(q) φ(k)ᵀ with the hidden keys zeroed."""
     B, nh, T, hd = q.shape
     groups = nh // k.shape[1]
-    omega = omega.float()
-    scale = hd**-0.25  # q·k/√d = (q d^-1/4)·(k d^-1/4)
-    phi_q = favor_features(q.float() * scale, omega, is_query=True)  # (B, nh, T, m)
-    phi_k = favor_features(k.float() * scale, omega, is_query=False)  # (B, nkv, S, m)
+    phi_q, phi_k = favor_pair(q, k, omega)  # (B, nh, T, m), (B, nkv, S, m)
     vf = v.float()
     if groups > 1:  # each K/V head serves `groups` query heads
         phi_k, vf = phi_k.repeat_interleave(groups, dim=1), vf.repeat_interleave(groups, dim=1)
