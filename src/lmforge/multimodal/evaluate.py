@@ -1,0 +1,209 @@
+"""Evaluating image–text models: zero-shot classification, retrieval, CLIPScore, compositional probes.
+
+- `zero_shot_classifier` / `zero_shot_accuracy`: each class's text embedding is the normalised mean of
+  its prompts' embeddings (prompt ensembling, as in CLIP's ImageNet evaluation); an image takes the class
+  of highest cosine similarity.
+- `retrieval_recall`: Recall@K both ways with relevance given by labels (an image and a text are a match
+  when their labels are equal), so captions shared by several images are handled.
+- `clip_score`: CLIPScore (Hessel et al. 2021), w · max(cos(image, text), 0) with w = 2.5.
+- `compositional_probe`: for each image, its caption against captions with the colour swapped, the shape
+  swapped, or both; accuracy is the share of pairs where the true caption scores higher.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lmforge.errors import LMForgeError
+from lmforge.multimodal.clip import CLIP
+from lmforge.multimodal.data import COLOURS, SHAPES, ImageSet, caption
+
+SHAPE_PROMPTS = ("a {}", "a picture of a {}", "a {} on a light background", "the shape is a {}")
+COLOUR_PROMPTS = ("a {} shape", "a picture of a {} shape", "something {}", "the shape is {}")
+CLIPSCORE_WEIGHT = 2.5
+
+
+def clip_score(
+    image_features: torch.Tensor, text_features: torch.Tensor, w: float = CLIPSCORE_WEIGHT
+) -> torch.Tensor:
+    """CLIPScore of each (image, text) pair, row by row: w · max(cos, 0). Features need not be normalised."""
+    if image_features.shape != text_features.shape:
+        raise LMForgeError(
+            f"CLIPScore pairs images with texts row by row; got {tuple(image_features.shape)} image and "
+            f"{tuple(text_features.shape)} text features"
+        )
+    cos = F.cosine_similarity(image_features.float(), text_features.float(), dim=-1)
+    return w * cos.clamp(min=0)
+
+
+def clip_score_model(clip: CLIP, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+    """CLIPScore of each image with its text under one of our CLIP checkpoints."""
+    if len(texts) != images.shape[0]:
+        raise LMForgeError(f"{images.shape[0]} images but {len(texts)} texts: give one text per image")
+    return clip_score(clip.encode_images(images), clip.encode_texts(list(texts)))
+
+
+def zero_shot_classifier(clip: CLIP, classes: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    """(n_classes, E): per class, the normalised mean of its normalised prompt embeddings."""
+    prompts = [t.format(c) for c in classes for t in templates]
+    emb = clip.encode_texts(prompts).view(len(classes), len(templates), -1)
+    return F.normalize(emb.mean(1), dim=-1)
+
+
+def zero_shot_predict(image_emb: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
+    return (image_emb @ classifier.T).argmax(-1)
+
+
+def zero_shot_accuracy(
+    clip: CLIP, data: ImageSet, attribute: str, templates: Sequence[str] | None = None
+) -> float:
+    """Accuracy of zero-shot `attribute` ("shape" or "colour") classification over `data`."""
+    classes, labels, default = {
+        "shape": (SHAPES, data.shapes, SHAPE_PROMPTS),
+        "colour": (COLOURS, data.colours, COLOUR_PROMPTS),
+    }[attribute]
+    classifier = zero_shot_classifier(clip, classes, templates or default)
+    predicted = zero_shot_predict(clip.encode_images(data.images), classifier)
+    truth = torch.tensor([classes.index(x) for x in labels])
+    return float((predicted == truth).float().mean())
+
+
+def retrieval_recall(
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    image_labels: Sequence,
+    text_labels: Sequence,
+    ks: Sequence[int] = (1, 5, 10),
+) -> dict[str, float]:
+    """Recall@K image→text and text→image: the share of queries with a matching item in the top K."""
+    sim = image_emb @ text_emb.T  # (I, T)
+    match = torch.tensor([[a == b for b in text_labels] for a in image_labels])
+    out = {}
+    for name, s, m in (("image_to_text", sim, match), ("text_to_image", sim.T, match.T)):
+        order = s.argsort(dim=1, descending=True)
+        hits = m.gather(1, order)
+        for k in ks:
+            out[f"{name}_R@{k}"] = float(hits[:, :k].any(1).float().mean())
+    return out
+
+
+def gallery_retrieval(clip: CLIP, data: ImageSet, draws: int = 20, seed: int = 0) -> dict[str, float]:
+    """Recall@1/5/10 both ways over galleries of one image per (colour, shape) pair and their captions
+    (24 images, 24 distinct captions, one match each), averaged over `draws` random galleries."""
+    by_pair: dict[tuple[str, str], list[int]] = {}
+    for r, (c, s) in enumerate(zip(data.colours, data.shapes, strict=True)):
+        by_pair.setdefault((c, s), []).append(r)
+    pairs = sorted(by_pair)
+    rng = random.Random(seed)
+    image_emb = clip.encode_images(data.images)
+    text_emb = clip.encode_texts([caption(c, s) for c, s in pairs])
+    totals: dict[str, float] = {}
+    for _ in range(draws):
+        rows = [rng.choice(by_pair[p]) for p in pairs]
+        scores = retrieval_recall(image_emb[rows], text_emb, pairs, pairs)
+        for k, v in scores.items():
+            totals[k] = totals.get(k, 0.0) + v / draws
+    totals["gallery_size"] = float(len(pairs))
+    return totals
+
+
+def compositional_probe(clip: CLIP, data: ImageSet) -> dict[str, float]:
+    """Accuracy of the true caption over every colour swap, shape swap and both-swapped caption."""
+    image_emb = clip.encode_images(data.images)
+    pairs = [(c, s) for c in COLOURS for s in SHAPES]
+    text_emb = clip.encode_texts([caption(c, s) for c, s in pairs])
+    index = {p: i for i, p in enumerate(pairs)}
+    sim = image_emb @ text_emb.T
+    wins = {"colour_swap": [], "shape_swap": [], "both_swapped": []}
+    for r, (c, s) in enumerate(zip(data.colours, data.shapes, strict=True)):
+        true = sim[r, index[(c, s)]]
+        for oc, os_ in pairs:
+            if (oc, os_) == (c, s):
+                continue
+            kind = "colour_swap" if os_ == s else "shape_swap" if oc == c else "both_swapped"
+            wins[kind].append(bool(true > sim[r, index[(oc, os_)]]))
+    out = {k: sum(v) / len(v) for k, v in wins.items()}
+    out["all"] = sum(sum(v) for v in wins.values()) / sum(len(v) for v in wins.values())
+    return out
+
+
+@dataclass
+class ClipEvaluation:
+    shape_accuracy: float
+    colour_accuracy: float
+    single_prompt: dict[str, float]
+    retrieval: dict[str, float]
+    compositional: dict[str, float]
+    clip_score_matched: float
+    clip_score_mismatched: float
+    images: int
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def accuracy(self) -> float:
+        """Mean of the shape and colour zero-shot accuracies."""
+        return (self.shape_accuracy + self.colour_accuracy) / 2
+
+
+def evaluate_clip(clip: CLIP, data: ImageSet) -> ClipEvaluation:
+    """Every figure above on `data` (the held-out test split)."""
+    single = {
+        "shape": zero_shot_accuracy(clip, data, "shape", SHAPE_PROMPTS[:1]),
+        "colour": zero_shot_accuracy(clip, data, "colour", COLOUR_PROMPTS[:1]),
+    }
+    matched = clip_score_model(clip, data.images, data.captions)
+    rng = random.Random(0)
+    wrong = [
+        caption(rng.choice([c for c in COLOURS if c != col]), rng.choice([s for s in SHAPES if s != sh]))
+        for col, sh in zip(data.colours, data.shapes, strict=True)
+    ]
+    mismatched = clip_score_model(clip, data.images, wrong)
+    return ClipEvaluation(
+        shape_accuracy=zero_shot_accuracy(clip, data, "shape"),
+        colour_accuracy=zero_shot_accuracy(clip, data, "colour"),
+        single_prompt=single,
+        retrieval=gallery_retrieval(clip, data),
+        compositional=compositional_probe(clip, data),
+        clip_score_matched=float(matched.mean()),
+        clip_score_mismatched=float(mismatched.mean()),
+        images=len(data),
+    )
+
+
+def prediction_grid(clip: CLIP, data: ImageSet, path: str | Path, n: int = 24, seed: int = 0) -> Path:
+    """A PNG of `n` held-out images, each titled with its zero-shot colour + shape prediction (green when
+    both are right, red otherwise)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lmforge.io.atomic import atomic_file
+
+    rows = random.Random(seed).sample(range(len(data)), min(n, len(data)))
+    image_emb = clip.encode_images(data.images[rows])
+    shape = zero_shot_predict(image_emb, zero_shot_classifier(clip, SHAPES, SHAPE_PROMPTS))
+    colour = zero_shot_predict(image_emb, zero_shot_classifier(clip, COLOURS, COLOUR_PROMPTS))
+    cols = 6
+    fig, axes = plt.subplots(
+        (len(rows) + cols - 1) // cols, cols, figsize=(cols * 1.7, 1.9 * len(rows) / cols + 0.4)
+    )
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, r, s, c in zip(axes.flat, rows, shape.tolist(), colour.tolist(), strict=False):
+        ax.imshow(data.images[r].permute(1, 2, 0).numpy())
+        right = SHAPES[s] == data.shapes[r] and COLOURS[c] == data.colours[r]
+        ax.set_title(f"{COLOURS[c]} {SHAPES[s]}", fontsize=8, color="tab:green" if right else "tab:red")
+    fig.suptitle("zero-shot predictions on held-out easy-VQA images", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_file(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path

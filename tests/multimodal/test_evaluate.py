@@ -1,0 +1,149 @@
+"""Image–text evaluation against independent implementations: CLIPScore from Hugging Face CLIP features,
+the zero-shot classifier against open_clip's, retrieval Recall@K against ranx."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmforge.errors import LMForgeError
+from lmforge.multimodal.clip import CLIP, ClipConfig, train_caption_tokenizer
+from lmforge.multimodal.evaluate import (
+    clip_score,
+    clip_score_model,
+    retrieval_recall,
+    zero_shot_classifier,
+)
+
+
+def test_clip_score_matches_hugging_face_clip_features():
+    import transformers
+
+    config = transformers.CLIPConfig(
+        text_config=dict(
+            vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4
+        ),
+        vision_config=dict(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+        ),
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    model = transformers.CLIPModel(config).eval()
+    pixels = torch.randn(6, 3, 32, 32)
+    ids = torch.randint(0, 99, (6, 7))
+    with torch.no_grad():
+        out = model(input_ids=ids, pixel_values=pixels)
+        image_features = model.get_image_features(pixel_values=pixels)
+        text_features = model.get_text_features(input_ids=ids)
+    image_features = getattr(image_features, "pooler_output", image_features)
+    text_features = getattr(text_features, "pooler_output", text_features)
+    # HF's own cosines: its logits are exp(logit_scale) * cos(text, image)
+    cos = out.logits_per_image.diagonal() / model.logit_scale.exp()
+    expected = 2.5 * cos.clamp(min=0)
+    assert (cos < 0).any() and (cos > 0).any()  # both sides of the max(., 0)
+    torch.testing.assert_close(clip_score(image_features, text_features), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        clip_score(image_features, text_features, w=1.0), expected / 2.5, atol=1e-5, rtol=1e-5
+    )
+    with pytest.raises(LMForgeError, match="row by row"):
+        clip_score(image_features, text_features[:2])
+
+
+def _open_clip_module(name: str):
+    spec = importlib.util.find_spec("open_clip")
+    assert spec is not None, "open_clip_torch is not installed: `make setup` installs it (--no-deps)"
+    path = Path(next(iter(spec.submodule_search_locations))) / f"{name}.py"
+    module_spec = importlib.util.spec_from_file_location(f"open_clip_{name}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def test_zero_shot_classifier_matches_open_clip_prompt_ensembling():
+    reference = _open_clip_module("zero_shot_classifier")
+    classes = ["circle", "rectangle", "triangle"]
+    templates = ["a {}", "a picture of a {}", "the shape is a {}"]
+    tokenizer = train_caption_tokenizer([t.format(c) for t in templates for c in classes])
+    clip = CLIP.create(
+        ClipConfig(
+            image_size=16, patch_size=8, vision_d_model=16, vision_n_layer=1, text_d_model=16, text_n_layer=1
+        ),
+        tokenizer,
+    )
+
+    class Adapter:  # open_clip's model / tokenizer interface over our CLIP
+        def encode_text(self, ids, normalize=True):
+            return clip.model.encode_text(ids, (ids != tokenizer.pad_token_id).long())
+
+    with torch.no_grad():
+        expected = reference.build_zero_shot_classifier(
+            Adapter(), lambda texts: clip.tokenize(texts)[0], classes, templates, num_classes_per_batch=2
+        )
+    ours = zero_shot_classifier(clip, classes, templates)
+    torch.testing.assert_close(ours, expected.T, atol=1e-5, rtol=1e-5)
+    # ensembling differs from the single template
+    assert not torch.allclose(ours, zero_shot_classifier(clip, classes, templates[:1]))
+
+
+def test_image_to_text_recall_matches_sklearn_top_k_accuracy():
+    from sklearn.metrics import top_k_accuracy_score
+
+    g = torch.Generator().manual_seed(1)
+    images = F.normalize(torch.randn(60, 8, generator=g), dim=-1)
+    texts = F.normalize(torch.randn(12, 8, generator=g), dim=-1)
+    labels = [i % 12 for i in range(60)]
+    ours = retrieval_recall(images, texts, labels, list(range(12)))
+    scores = (images @ texts.T).numpy()
+    for k in (1, 5, 10):
+        expected = top_k_accuracy_score(labels, scores, k=k, labels=list(range(12)))
+        assert ours[f"image_to_text_R@{k}"] == pytest.approx(expected)
+    assert 0 < ours["image_to_text_R@1"] < ours["image_to_text_R@5"] < 1
+
+
+@pytest.mark.slow  # ranx compiles its metrics with numba on first use (~20 s)
+def test_retrieval_recall_matches_ranx_hit_rate():
+    import ranx
+
+    g = torch.Generator().manual_seed(0)
+    images = F.normalize(torch.randn(40, 8, generator=g), dim=-1)
+    texts = F.normalize(torch.randn(12, 8, generator=g), dim=-1)
+    image_labels = [i % 12 for i in range(40)]
+    text_labels = list(range(12))
+    ours = retrieval_recall(images, texts, image_labels, text_labels)
+    sim = (images @ texts.T).tolist()
+    for direction, queries, docs, q_labels, d_labels, scores in (
+        ("image_to_text", 40, 12, image_labels, text_labels, sim),
+        ("text_to_image", 12, 40, text_labels, image_labels, [list(r) for r in zip(*sim, strict=True)]),
+    ):
+        qrels = ranx.Qrels(
+            {f"q{q}": {f"d{d}": 1 for d in range(docs) if d_labels[d] == q_labels[q]} for q in range(queries)}
+        )
+        run = ranx.Run({f"q{q}": {f"d{d}": scores[q][d] for d in range(docs)} for q in range(queries)})
+        expected = ranx.evaluate(qrels, run, ["hit_rate@1", "hit_rate@5", "hit_rate@10"])
+        for k in (1, 5, 10):
+            assert ours[f"{direction}_R@{k}"] == pytest.approx(expected[f"hit_rate@{k}"])
+
+
+def test_clip_score_model_pairs_images_with_texts():
+    tokenizer = train_caption_tokenizer(["a red circle", "a blue triangle"])
+    clip = CLIP.create(
+        ClipConfig(image_size=16, patch_size=8, vision_d_model=16, vision_n_layer=1), tokenizer
+    )
+    images = torch.rand(2, 3, 16, 16)
+    scores = clip_score_model(clip, images, ["a red circle", "a blue triangle"])
+    expected = 2.5 * (
+        clip.encode_images(images) * clip.encode_texts(["a red circle", "a blue triangle"])
+    ).sum(-1)
+    torch.testing.assert_close(scores, expected.clamp(min=0))
+    with pytest.raises(LMForgeError, match="one text per image"):
+        clip_score_model(clip, images, ["a red circle"])
