@@ -104,6 +104,26 @@ def _pad_token_id(lm: Any, stop_ids: frozenset[int]) -> int:
     return int(pad)
 
 
+def image_prefix(lm: Any, image: Any, prompts: int) -> torch.Tensor | None:
+    """The input vectors (prompts, P, C) an image (or one image per prompt) stands for in front of each
+    prompt: the model's own `image_prefix` (a vision-language model's encoder + projector); a text-only
+    model given an image is a one-line error."""
+    if image is None:
+        return None
+    encode = getattr(lm, "image_prefix", None)
+    if encode is None:
+        raise LMForgeError(
+            f"{getattr(lm, 'source', None) or 'this model'} is a text-only model and cannot take an image: "
+            "give a vision-language model (a directory from `lmforge quickstart --recipe vlm`)"
+        )
+    images = list(image) if isinstance(image, list | tuple) else [image]
+    if len(images) == 1:
+        images = images * prompts
+    if len(images) != prompts:
+        raise LMForgeError(f"{len(images)} images for {prompts} prompts: give one image, or one per prompt")
+    return encode(images)
+
+
 def _check_companion(lm: Any, other: Any, role: str, needed: int) -> None:
     """A draft or amateur model must share the target's tokenizer (same ids for the same text)."""
     if other is None:
@@ -131,7 +151,15 @@ class Run:
     """Everything one call decides before decoding: config, prompts, stop rules, strategy, decode step.
     `generate`/`stream` decode it; `ContinuousBatcher.add` makes one per request (one prompt)."""
 
-    def __init__(self, lm: Any, prompts: list[Prompt], options: dict[str, Any], draft: Any, amateur: Any):
+    def __init__(
+        self,
+        lm: Any,
+        prompts: list[Prompt],
+        options: dict[str, Any],
+        draft: Any,
+        amateur: Any,
+        image: Any = None,
+    ):
         self.lm = lm
         self.config = config = resolve_config(lm, options)
         self.draft, self.amateur = draft, amateur
@@ -139,6 +167,13 @@ class Run:
         if not prompts:
             raise LMForgeError("no prompts given")
         ids = _encode(lm, prompts)
+        # an image's P prefix vectors take the first P slots of its prompt: placeholders (the pad id) here
+        self.prefix_embeds = image_prefix(lm, image, len(ids))
+        if self.prefix_embeds is not None:
+            if draft is not None or amateur is not None:
+                raise LMForgeError("an image prompt decodes alone: drop the draft or amateur model")
+            placeholder = [_pad_token_id(lm, _stop_token_ids(lm, config))] * self.prefix_embeds.shape[1]
+            ids = [placeholder + p for p in ids]
         self.engine = engine_of(lm)
         room = self.engine.max_seq_len - max(len(p) for p in ids)
         chosen = "max_new_tokens" in options or "max_new_tokens" in (
@@ -149,6 +184,8 @@ class Run:
                 max_new_tokens=room, min_new_tokens=min(config.min_new_tokens, room)
             )
         self.prompts = self.engine.check_context(ids, config.max_new_tokens, truncate=config.truncate_prompt)
+        if self.prefix_embeds is not None and self.prompts != ids:
+            raise LMForgeError("truncate_prompt would cut the image prefix: shorten the prompt instead")
         self.stop_ids = _stop_token_ids(lm, config)
         self.stop_strings = tuple(config.stop or ())
         if self.stop_strings and self.tokenizer is None:
@@ -236,8 +273,16 @@ class Run:
             top_logprobs=c.top_logprobs or 0,
         )
 
-    def new_batch(self, prompts: list[list[int]]) -> Batch:
-        return self.engine.new_batch(prompts, self.capacity(prompts), self.pad, mode=self.mode)
+    def new_batch(self, prompts: list[list[int]], prefix_embeds: torch.Tensor | None = None) -> Batch:
+        return self.engine.new_batch(
+            prompts, self.capacity(prompts), self.pad, mode=self.mode, prefix_embeds=prefix_embeds
+        )
+
+    def row_prefix(self, repeat: int = 1) -> torch.Tensor | None:
+        """The image prefix of every row when each prompt is decoded `repeat` times (prompt-major)."""
+        if self.prefix_embeds is None:
+            return None
+        return self.prefix_embeds.repeat_interleave(repeat, dim=0)
 
     def stopper(self, rows: int) -> StopChecker:
         return StopChecker(rows, self.config.max_new_tokens, self.stop_ids, self.stop_strings, self.tokenizer)
@@ -252,9 +297,9 @@ class Run:
         rows = [p for p in self.prompts for _ in range(n)]  # n samples per prompt, prompt-major
         if self.strategy == "speculative":
             for i, prompt in enumerate(rows):
-                yield from self._speculative(i, prompt)
+                yield from self._speculative(i, prompt, None if self.prefix_embeds is None else i // n)
             return
-        group = _Group(0, self.stopper(len(rows)), self.new_batch(rows))
+        group = _Group(0, self.stopper(len(rows)), self.new_batch(rows, self.row_prefix(n)))
         batch = group.batch
         options = self.options(batch, self.constraint(len(rows)))
         if self.strategy == "contrastive_search":
@@ -283,9 +328,12 @@ class Run:
         for step in steps:
             yield group, step
 
-    def _speculative(self, index: int, prompt: list[int]) -> Iterator[tuple[_Group, Step]]:
+    def _speculative(
+        self, index: int, prompt: list[int], image_row: int | None = None
+    ) -> Iterator[tuple[_Group, Step]]:
         c = self.config
-        group = _Group(index, self.stopper(1), self.new_batch([prompt]), SpeculativeStats())
+        prefix = None if image_row is None else self.prefix_embeds[image_row : image_row + 1]
+        group = _Group(index, self.stopper(1), self.new_batch([prompt], prefix), SpeculativeStats())
         logits = self.engine.prefill(group.batch)
         draft, draft_mode = self.companion(self.draft) if self.draft is not None else (None, None)
         steps = speculative_steps(
@@ -305,7 +353,7 @@ class Run:
 
     def beam(self) -> list[Completion]:
         c = self.config
-        batch = self.new_batch(self.prompts)
+        batch = self.new_batch(self.prompts, self.prefix_embeds)
         logits = self.engine.prefill(batch)
         constraint = self.constraint(len(self.prompts) * c.num_beams)
         hyps = beam_search(
@@ -375,17 +423,24 @@ def prompt_list(prompt: Prompt | list[Prompt]) -> tuple[list[Prompt], bool]:
 
 
 def generate(
-    lm: Any, prompt: Prompt | list[Prompt], *, draft: Any = None, amateur: Any = None, **options: Any
+    lm: Any,
+    prompt: Prompt | list[Prompt],
+    *,
+    draft: Any = None,
+    amateur: Any = None,
+    image: Any = None,
+    **options: Any,
 ) -> Completion | list[Completion]:
     """Generate for one prompt (text or token ids) or a batch of them.
 
     Returns one `Completion` for a single prompt with `num_return_sequences=1`, else a list of them,
     prompt-major (`num_return_sequences` per prompt). `draft`/`amateur` are other loaded LMs with the
-    same tokenizer (speculative / contrastive decoding).
+    same tokenizer (speculative / contrastive decoding). `image` (a file path or a (3, H, W) tensor, or
+    one per prompt) goes in front of the prompt for a vision-language model (`lmforge.multimodal.VLM`).
     """
     prompts, single = prompt_list(prompt)
     with torch.inference_mode():
-        run = Run(lm, prompts, options, draft, amateur)
+        run = Run(lm, prompts, options, draft, amateur, image)
         if run.strategy == "beam":
             out = run.beam()
         else:
@@ -434,7 +489,13 @@ def _collect(run: Run) -> list[Completion]:
 
 
 def stream(
-    lm: Any, prompt: Prompt | list[Prompt], *, draft: Any = None, amateur: Any = None, **options: Any
+    lm: Any,
+    prompt: Prompt | list[Prompt],
+    *,
+    draft: Any = None,
+    amateur: Any = None,
+    image: Any = None,
+    **options: Any,
 ) -> Iterator[Delta]:
     """Yield `Delta`s (new text, token ids, optional log-probs) as tokens are decided.
 
@@ -444,7 +505,7 @@ def stream(
     """
     prompts, _ = prompt_list(prompt)
     with torch.inference_mode():
-        run = Run(lm, prompts, options, draft, amateur)
+        run = Run(lm, prompts, options, draft, amateur, image)
     if run.strategy == "beam":
         raise LMForgeError("beam search cannot stream: its best sequence is known only at the end")
     return _stream(run)
@@ -474,14 +535,16 @@ def chat(
     stream: bool = False,
     draft: Any = None,
     amateur: Any = None,
+    image: Any = None,
     **options: Any,
 ) -> Completion | Iterator[Delta]:
     """Answer a conversation (`[{"role": "user", "content": ...}, ...]`) through the model's chat
-    template; with `stream=True` yield `Delta`s instead of returning a `Completion`."""
+    template; with `stream=True` yield `Delta`s instead of returning a `Completion`; `image` goes in
+    front of the conversation for a vision-language model."""
     tokenizer = _tokenizer(lm)
     if not messages or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
         raise LMForgeError('messages must be a non-empty list of {"role": ..., "content": ...} dicts')
     ids = tokenizer.encode_chat(messages, add_generation_prompt=True)  # message text stays plain text
     if stream:
-        return globals()["stream"](lm, ids, draft=draft, amateur=amateur, **options)
-    return generate(lm, ids, draft=draft, amateur=amateur, **options)
+        return globals()["stream"](lm, ids, draft=draft, amateur=amateur, image=image, **options)
+    return generate(lm, ids, draft=draft, amateur=amateur, image=image, **options)

@@ -76,6 +76,9 @@ class Batch:
     step_counts: Counter = field(default_factory=Counter)  # one-token decode steps by kind (STEP_KINDS)
     last_step: str | None = None  # the kind of the latest step
     aot_checked: bool = False  # the engine's AOT runner was checked against the model for this batch
+    # (B, P, C) input vectors standing in the first P slots of each row's prompt (a VLM's image prefix);
+    # those slots hold the pad id in `tokens`. Read by prefill only: later steps see them in the cache.
+    prefix_embeds: torch.Tensor | None = None
 
     @property
     def length(self) -> int:
@@ -297,10 +300,22 @@ class Engine:
 
     @torch.inference_mode()
     def new_batch(
-        self, prompts: list[list[int]], capacity: int, pad_token_id: int = 0, mode: StepMode | None = None
+        self,
+        prompts: list[list[int]],
+        capacity: int,
+        pad_token_id: int = 0,
+        mode: StepMode | None = None,
+        prefix_embeds: torch.Tensor | None = None,
     ) -> Batch:
         """Allocate the cache for `capacity` slots and lay the prompts out left-padded (not run yet);
-        `mode` (default: the engine's) says how its one-token steps run."""
+        `mode` (default: the engine's) says how its one-token steps run. With `prefix_embeds` (B, P, C),
+        the first P ids of each prompt are placeholders whose slots prefill fills with those vectors."""
+        if prefix_embeds is not None:
+            P = prefix_embeds.shape[1]
+            if prefix_embeds.shape[0] != len(prompts) or any(len(p) < P for p in prompts):
+                raise ValueError(
+                    f"prefix_embeds {tuple(prefix_embeds.shape)} does not fit {len(prompts)} prompts"
+                )
         width = max(len(p) for p in prompts)
         if capacity < width:
             raise ValueError(f"capacity {capacity} is smaller than the longest prompt ({width})")
@@ -310,6 +325,8 @@ class Engine:
         batch.cache.starts = torch.tensor([width - len(p) for p in prompts], device=self.device)
         batch.prompt_slots = width
         batch.padded = any(len(p) != width for p in prompts)
+        if prefix_embeds is not None:
+            batch.prefix_embeds = prefix_embeds.to(device=self.device, dtype=self.dtype)
         return batch
 
     @torch.inference_mode()
@@ -334,19 +351,29 @@ class Engine:
         Only the last position goes through the LM head (a long prompt would otherwise materialise
         T x V logits that nobody reads)."""
         width = batch.prompt_slots
-        args = self._prefill_args(batch)
+        ids, args = self._prefill_args(batch)
         if self._split_head:
-            logits = self.model.lm_head(self.model.hidden_states(batch.tokens[:, :width], **args)[:, -1])
+            logits = self.model.lm_head(self.model.hidden_states(ids, **args)[:, -1])
         else:
-            logits = self.model(batch.tokens[:, :width], **args)[:, -1]
+            logits = self.model(ids, **args)[:, -1]
         batch.cache.advance(width)
         return logits.float()
 
-    def _prefill_args(self, batch: Batch) -> dict[str, Any]:
-        slots = torch.arange(batch.prompt_slots, device=batch.tokens.device)
+    def _prefill_args(self, batch: Batch) -> tuple[torch.Tensor | None, dict[str, Any]]:
+        """The prompt slots' token ids and the forward's keyword arguments; with a prefix of vectors,
+        ids are None and `inputs_embeds` holds every slot's input vector (the prefix's in its slots)."""
+        width = batch.prompt_slots
+        slots = torch.arange(width, device=batch.tokens.device)
         positions = (slots[None, :] - batch.cache.starts[:, None]).clamp(min=0)  # 0 at a row's first token
-        mask = batch.valid_slots(batch.prompt_slots) if batch.padded else None
-        return dict(positions=positions, cache=batch.cache, attention_mask=mask)
+        mask = batch.valid_slots(width) if batch.padded else None
+        args = dict(positions=positions, cache=batch.cache, attention_mask=mask)
+        if batch.prefix_embeds is None:
+            return batch.tokens[:, :width], args
+        prefix = batch.prefix_embeds  # (B, P, C)
+        x = self.model.tok_emb(batch.tokens[:, :width])  # (B, width, C)
+        where = batch.cache.starts[:, None] + torch.arange(prefix.shape[1], device=x.device)  # (B, P)
+        x = x.scatter(1, where[..., None].expand_as(prefix), prefix.to(x.dtype))
+        return None, dict(args, inputs_embeds=x)
 
     @torch.inference_mode()
     def step(self, batch: Batch, tokens: torch.Tensor) -> torch.Tensor:
@@ -418,7 +445,8 @@ class Engine:
     @torch.inference_mode()
     def prefill_hidden(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Like `prefill`, but also return the hidden states (B, prompt_slots, C) of the prompt."""
-        h = self.model.hidden_states(batch.tokens[:, : batch.prompt_slots], **self._prefill_args(batch))
+        ids, args = self._prefill_args(batch)
+        h = self.model.hidden_states(ids, **args)
         logits = self.model.lm_head(h[:, -1])
         batch.cache.advance(batch.prompt_slots)
         return logits.float(), h.float()

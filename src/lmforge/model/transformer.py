@@ -180,15 +180,24 @@ class Transformer(nn.Module):
         input_ids: torch.Tensor,
         positions: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = self.tok_emb(input_ids)  # (B, T, C)
+        """Token embeddings (+ positions, types, norm, dropout) of `inputs_embeds` (B, P, C) followed by
+        those of `input_ids` (B, T): a prefix given as vectors (image features in a VLM) stands where
+        token embeddings would, and positions count over the whole P + T sequence."""
+        if inputs_embeds is None:
+            x = self.tok_emb(input_ids)  # (B, T, C)
+        elif input_ids is None or input_ids.shape[1] == 0:
+            x = inputs_embeds.to(self.tok_emb.weight.dtype)  # (B, P, C)
+        else:
+            x = torch.cat([inputs_embeds.to(self.tok_emb.weight.dtype), self.tok_emb(input_ids)], 1)
         if self.config.position == "learned":
             x = x + self.pos_emb(positions)
         elif self.config.position == "sinusoidal":
             x = x + self.pos_table[positions].to(x.dtype)
         if self.config.type_vocab_size:
             if token_type_ids is None:
-                token_type_ids = torch.zeros_like(input_ids)
+                token_type_ids = torch.zeros(x.shape[:2], dtype=torch.long, device=x.device)
             x = x + self.type_emb(token_type_ids)
         if self.emb_norm is not None:
             x = self.emb_norm(x)
@@ -203,24 +212,31 @@ class Transformer(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         all_layers: bool = False,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor | list[torch.Tensor]:
         """(B, T, C) after the final norm; with all_layers, the embedding output and every block's
         output (the last one normed), as Hugging Face's `output_hidden_states` gives them.
 
         `rope` is `self.rope(positions, dtype)` when the caller has computed it already (the compiled
-        decode step computes it outside its graph, see `lmforge.generate.engine.compiled_forward`)."""
-        B, T = input_ids.shape
+        decode step computes it outside its graph, see `lmforge.generate.engine.compiled_forward`).
+        `inputs_embeds` (B, P, C) is a prefix of input vectors in front of `input_ids` (which may then
+        be None): T counts both, and `positions`/`attention_mask` cover both (see `embed`)."""
+        B = (input_ids if inputs_embeds is None else inputs_embeds).shape[0]
+        T = (inputs_embeds.shape[1] if inputs_embeds is not None else 0) + (
+            input_ids.shape[1] if input_ids is not None else 0
+        )
         start = cache.length if cache is not None else 0
         if T + start > self.config.max_seq_len and self.config.position == "learned":
             raise LMForgeError(
                 f"sequence of {T + start} tokens exceeds the model's context of {self.config.max_seq_len}"
             )
+        device = (input_ids if input_ids is not None else inputs_embeds).device
         if positions is None:
-            positions = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
-        x = self.embed(input_ids, positions, token_type_ids)
+            positions = torch.arange(start, start + T, device=device).expand(B, T)
+        x = self.embed(input_ids, positions, token_type_ids, inputs_embeds)
         if rope is None and self.rope is not None:
             rope = self.rope(positions, x.dtype)
-        mask = build_attention_mask(self.config, T, start + T, start, attention_mask, input_ids.device)
+        mask = build_attention_mask(self.config, T, start + T, start, attention_mask, device)
         layers = [x]
         for i, block in enumerate(self.blocks):
             x = block(x, rope, mask, cache, i)
@@ -238,9 +254,19 @@ class Transformer(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits (B, T, V) for an LM/MLM head, hidden states (B, T, C) for head='none'."""
-        h = self.hidden_states(input_ids, positions, cache, attention_mask, token_type_ids, rope=rope)
+        """Logits (B, T, V) for an LM/MLM head, hidden states (B, T, C) for head='none'; `inputs_embeds`
+        (B, P, C) is a prefix of input vectors in front of `input_ids` (see `hidden_states`)."""
+        h = self.hidden_states(
+            input_ids,
+            positions,
+            cache,
+            attention_mask,
+            token_type_ids,
+            rope=rope,
+            inputs_embeds=inputs_embeds,
+        )
         if self.lm_head is not None:
             return self.lm_head(h)
         if self.mlm is not None:
