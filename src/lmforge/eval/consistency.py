@@ -1,24 +1,35 @@
-"""Factual consistency of generated texts with their sources, claim by claim (FactCC-style use).
+"""Factual consistency of generated texts with their sources: claim by claim (FactCC-style use), and
+QA-based (QAGS / QuestEval-style).
 
-Each output is split into sentences (its claims) and each claim is scored against the item's source by
-the RAG faithfulness scorer (`lmforge.rag.faithfulness`: the mean of the best embedding similarity to
-the source's sentences and the share of the claim's content words found in the source). Per item:
-`consistency` is the share of claims supported (score >= threshold); the report gives its mean over
-items with a bootstrap interval, and lists every unsupported claim.
+Claims: each output is split into sentences and each is scored against the item's source by the RAG
+faithfulness scorer (`lmforge.rag.faithfulness`: the mean of the best embedding similarity to the
+source's sentences and the share of the claim's content words found in the source). `consistency` is
+the share of claims supported (score >= threshold). This is a lexical-semantic check, not entailment:
+a claim that reuses the source's words with a changed number or a negation can pass.
 
-This is a lexical-semantic check, not entailment: a claim that reuses the source's words with a changed
-number or a negation can pass, and a faithful paraphrase with new words can fail; read the unsupported
-claims, do not only count them. QA-based consistency (questions generated from the output, answered
-from the source) is not built yet.
+QA (`qa=True`), which catches exactly those: answer spans are taken from the output (numbers, dates,
+capitalized names), each turned into a question — a cloze (the output's sentence with the span blanked)
+or, with `questions="generated"`, a question the QA model writes for that answer. The QA model (a causal
+LM, greedy) answers every question twice: reading the output, and reading the source. A cloze is
+answered by continuing "text, blank line, the sentence up to the blank"; a generated question through
+the chat template. A question whose answer from the output does not contain the span (token recall
+< 0.5, SQuAD normalisation) is dropped as a failure of the QA model, not of the output;
+`qa_consistency` is the mean recall of the spans in the source's answers over the questions kept, and a
+kept question whose source answer recalls less than half of its span is listed as a conflict. (Recall,
+not QAGS's F1: a continuation answers in more words than the span, "Paris" vs "the centre of Paris".)
+With a 135M-parameter QA model expect many questions dropped; a larger one keeps more.
 """
 
 from __future__ import annotations
 
+import re
+import string
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lmforge.errors import LMForgeError
 from lmforge.eval.bootstrap import mean_ci
@@ -32,6 +43,12 @@ class ConsistencyConfig(ReportRun):
 
     encoder: str = option("minilm", "sentence encoder for the similarity signal (asset name or checkpoint)")
     threshold: float = option(0.5, "a claim is supported when its score is at least this")
+    qa: bool = option(False, "also QA-based consistency: questions from the output, answered from the source")
+    qa_model: str = option("smollm2", "the model that writes and answers the questions (asset or checkpoint)")
+    questions: Literal["cloze", "generated"] = option(
+        "cloze", "QA questions: the output's sentence with the answer blanked, or written by the QA model"
+    )
+    max_questions: int = option(8, "most QA questions per output (the first answer spans in reading order)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -48,6 +65,137 @@ def read_items(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+# --- QA-based consistency ---------------------------------------------------------------------------
+
+_NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
+_NAME = re.compile(r"[A-Z][\w'\u2019-]*(?:\s+(?:(?:of|the|de|von|van|and)\s+)?[A-Z][\w'\u2019-]*)*")
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+QUESTION_PROMPT = (
+    'Sentence: {sentence}\n\nWrite one question about this sentence whose answer is "{span}". '
+    "Write only the question."
+)
+ANSWER_PROMPT = "Text:\n{text}\n\nQuestion: {question}\n\nAnswer with a few words from the text only."
+
+
+def answer_spans(sentence: str) -> list[str]:
+    """Candidate answers in a sentence, in reading order: numbers and capitalized names (a single
+    capitalized word opening the sentence is skipped: it is usually not a name)."""
+    found: list[tuple[int, int]] = []
+    for m in _NUMBER.finditer(sentence):
+        found.append((m.start(), m.end()))
+    for m in _NAME.finditer(sentence):
+        if m.start() == len(sentence) - len(sentence.lstrip()) and " " not in m.group():
+            continue
+        if not any(a < m.end() and m.start() < b for a, b in found):
+            found.append((m.start(), m.end()))
+    return [sentence[a:b].rstrip(",") for a, b in sorted(found)]
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's normalisation: lowercase, no punctuation, no articles, single spaces."""
+    text = "".join(c for c in text.lower() if c not in string.punctuation)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def answer_recall(prediction: str, reference: str) -> float:
+    """Share of the reference answer's tokens (SQuAD normalisation, with multiplicity) found in the
+    prediction: does this answer contain that one? 1.0 when the reference normalises to nothing."""
+    pred, ref = Counter(normalize_answer(prediction).split()), Counter(normalize_answer(reference).split())
+    if not ref:
+        return 1.0
+    return sum((pred & ref).values()) / sum(ref.values())
+
+
+def _continue_all(lm, prompts: list[str], max_new_tokens: int, batch_size: int = 8) -> list[str]:
+    """Greedy continuations of plain-text prompts (no chat template), first line only; a prompt longer
+    than the model's context keeps its end (the question), losing the start of the text."""
+    from lmforge.generate.api import generate
+
+    ids = [lm.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+    out: list[str] = []
+    for i in range(0, len(ids), batch_size):
+        done = generate(
+            lm, ids[i : i + batch_size], max_new_tokens=max_new_tokens, do_sample=False, truncate_prompt=True
+        )
+        out.extend(c.text.strip().split("\n")[0] for c in (done if isinstance(done, list) else [done]))
+    return out
+
+
+def _ask_all(lm, prompts: list[str], max_new_tokens: int) -> list[str]:
+    """Greedy chat replies of `lm` to user prompts, first line only, without a closing period."""
+    chats = [
+        lm.tokenizer.decode(
+            lm.tokenizer.encode_chat([{"role": "user", "content": p}], add_generation_prompt=True)
+        )
+        for p in prompts
+    ]
+    return [r.strip().rstrip(".") for r in _continue_all(lm, chats, max_new_tokens)]
+
+
+def fill_blank(continuation: str, right: str) -> str:
+    """The words a continuation puts in a cloze's blank: up to where the sentence's text after the
+    blank resumes (its first word), or else to the first clause-ending punctuation."""
+    words = normalize_answer(right).split()
+    if words:
+        m = re.search(rf"\b{re.escape(words[0])}\b", continuation, flags=re.IGNORECASE)
+        if m:
+            continuation = continuation[: m.start()]
+    return re.split(r"[.;:!?](?=\s|$)|,(?=\s)", continuation, maxsplit=1)[0].strip()
+
+
+def qa_consistency(rows: Sequence[dict[str, Any]], lm, cfg: ConsistencyConfig) -> list[dict[str, Any]]:
+    """Per row: the questions asked of its output, both answers, the source answer's recall of the span, and `qa_consistency` (None
+    when no question was kept). A cloze is answered by continuing "text, blank line, the sentence up
+    to the blank" (an answer span that opens its sentence has no cloze and is skipped); a generated
+    question is answered through the chat template."""
+    from lmforge.rag.faithfulness import split_sentences
+
+    asked: list[tuple[int, str, str]] = []  # (row, sentence, span)
+    for i, r in enumerate(rows):
+        pairs = [(s, a) for s in split_sentences(r["output"]) for a in answer_spans(s)]
+        if cfg.questions == "cloze":
+            pairs = [(s, a) for s, a in pairs if s.split(a, 1)[0].strip()]
+        asked.extend((i, s, a) for s, a in pairs[: cfg.max_questions])
+    if cfg.questions == "cloze":
+        questions = [s.replace(a, "____", 1) for _, s, a in asked]
+        prompts = [
+            rows[i][key] + "\n\n" + s.split(a, 1)[0].rstrip()
+            for key in ("output", "source")
+            for i, s, a in asked
+        ]
+        answers = [
+            fill_blank(c, s.split(a, 1)[1])
+            for c, (_, s, a) in zip(_continue_all(lm, prompts, 12), asked + asked)
+        ]
+    else:
+        questions = _ask_all(lm, [QUESTION_PROMPT.format(sentence=s, span=a) for _, s, a in asked], 32)
+        prompts = [
+            ANSWER_PROMPT.format(text=rows[i][key], question=q)
+            for key in ("output", "source")
+            for (i, _, _), q in zip(asked, questions)
+        ]
+        answers = _ask_all(lm, prompts, 16)
+    from_output, from_source = answers[: len(asked)], answers[len(asked) :]
+    per_row: list[dict[str, Any]] = [{"questions": [], "qa_consistency": None} for _ in rows]
+    for (i, _, span), q, a_out, a_src in zip(asked, questions, from_output, from_source):
+        per_row[i]["questions"].append(
+            {
+                "answer": span,
+                "question": q,
+                "from_output": a_out,
+                "from_source": a_src,
+                "recall": answer_recall(a_src, span),
+                "kept": answer_recall(a_out, span) >= 0.5,
+            }
+        )
+    for d in per_row:
+        kept = [q["recall"] for q in d["questions"] if q["kept"]]
+        d["qa_consistency"] = sum(kept) / len(kept) if kept else None
+        d["conflicts"] = [q for q in d["questions"] if q["kept"] and q["recall"] < 0.5]
+    return per_row
+
+
 def consistency(
     items: str | Path | Sequence[dict[str, Any]],
     *,
@@ -55,7 +203,8 @@ def consistency(
     progress: Callable[[str], None] | None = None,
     **options: Any,
 ):
-    """Claim-level consistency of each item's `output` with its `source`; one report row per `model`."""
+    """Claim-level (and with `qa=True` QA-based) consistency of each item's `output` with its `source`;
+    one report row per `model`. `encoder` and `qa_model` may be loaded LMs instead of names."""
     from lmforge.eval.api import EvalResult
     from lmforge.eval.report import build_report, write_report
     from lmforge.lm import load
@@ -63,6 +212,7 @@ def consistency(
     from lmforge.rag.faithfulness import score
 
     encoder_lm = options.pop("encoder") if not isinstance(options.get("encoder", ""), str) else None
+    qa_lm = options.pop("qa_model") if not isinstance(options.get("qa_model", ""), str) else None
     cfg = configure(ConsistencyConfig, config, options, "consistency")
     rows = (
         read_items(items)
@@ -70,6 +220,8 @@ def consistency(
         else [{**r, "where": f"item {i}"} for i, r in enumerate(items)]
     )
     encoder = encoder_lm or load(cfg.encoder)
+    if cfg.qa and qa_lm is None:
+        qa_lm = load(cfg.qa_model)
     kw = {"n_resamples": cfg.n_resamples, "confidence": cfg.confidence, "seed": cfg.seed}
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
@@ -95,6 +247,21 @@ def consistency(
             "consistency": {"value": ci.value, "low": ci.low, "high": ci.high, "confidence": ci.confidence},
             "flagged": {"value": sum(bool(d["unsupported"]) for d in details) / len(details)},
         }
+        if cfg.qa:
+            for d, q in zip(details, qa_consistency(group, qa_lm, cfg)):
+                d.update(q)
+            scored = [d["qa_consistency"] for d in details if d["qa_consistency"] is not None]
+            asked = [q for d in details for q in d["questions"]]
+            if scored:
+                ci = mean_ci(scored, **kw)
+                metrics["qa_consistency"] = {
+                    "value": ci.value,
+                    "low": ci.low,
+                    "high": ci.high,
+                    "confidence": ci.confidence,
+                }
+            metrics["qa_kept"] = {"value": sum(q["kept"] for q in asked) / len(asked) if asked else 0.0}
+            metrics["qa_flagged"] = {"value": sum(bool(d["conflicts"]) for d in details) / len(details)}
         results.append(
             {
                 "task": "consistency",
@@ -113,6 +280,9 @@ def consistency(
         "n_examples": len(rows),
         "description": "share of an output's claims (sentences) supported by its source",
     }
-    report = build_report(results, [], [task], {"encoder": cfg.encoder, "threshold": cfg.threshold}, cfg.seed)
+    settings = {"encoder": cfg.encoder, "threshold": cfg.threshold}
+    if cfg.qa:
+        settings.update(qa_model=cfg.qa_model, questions=cfg.questions, max_questions=cfg.max_questions)
+    report = build_report(results, [], [task], settings, cfg.seed)
     paths = write_report(report, cfg.output, plots=cfg.plots) if cfg.output is not None else {}
     return EvalResult(report, paths)
