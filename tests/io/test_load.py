@@ -50,6 +50,19 @@ def test_cpu_default_is_float32(checkpoint_dir):
     assert next(loaded.model.parameters()).dtype == torch.float32
 
 
+@pytest.mark.parametrize("probe", ["fp32", "bf16"])
+def test_auto_dtype_follows_the_precision_probe(checkpoint_dir, monkeypatch, probe):
+    from lmforge import hardware
+
+    def choose(requested, device="cpu", fallback=True):
+        assert requested == "auto"
+        return hardware.PrecisionChoice(precision=probe, requested="auto", reason="test", peak_flops=1.0)
+
+    monkeypatch.setattr(hardware, "choose_precision", choose)
+    loaded = read_model(checkpoint_dir, dtype="auto", device="cpu")
+    assert next(loaded.model.parameters()).dtype == {"fp32": torch.float32, "bf16": torch.bfloat16}[probe]
+
+
 def test_unknown_dtype_lists_the_names(checkpoint_dir):
-    with pytest.raises(LMForgeError, match="unknown dtype 'bf15'; use one of " + ", ".join(DTYPES)):
+    with pytest.raises(LMForgeError, match="unknown dtype 'bf15'; use auto or one of " + ", ".join(DTYPES)):
         lmforge.load(checkpoint_dir, dtype="bf15", device="cpu")

@@ -55,19 +55,29 @@ def default_device() -> torch.device:
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
-    """fp32 on CPU (bf16 matmuls are ~10x slower there); bf16 on a GPU that supports it."""
+    """fp32 on CPU (the exact default; `"auto"` picks bf16 where this CPU runs it faster); bf16 on a GPU
+    that supports it."""
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
 
 
 def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
-    """A dtype given by name (`bf16`, `float32`, ...), as a torch dtype, or None for the device's default."""
+    """A dtype given by name (`bf16`, `float32`, ...), as a torch dtype, or None for the device's default.
+    `"auto"`: bf16 where the hardware supports it natively and the cached matmul probe finds it faster
+    (`lmforge.hardware.choose_precision`; prefill-heavy work such as scoring and reranking gains most),
+    else the device's default."""
     if dtype is None:
         return default_dtype(device)
+    if dtype == "auto":
+        from lmforge.hardware import choose_precision
+
+        return (
+            torch.bfloat16 if choose_precision("auto", device).precision == "bf16" else default_dtype(device)
+        )
     if isinstance(dtype, str):
         if dtype not in DTYPES:
-            raise LMForgeError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}")
+            raise LMForgeError(f"unknown dtype '{dtype}'; use auto or one of {', '.join(DTYPES)}")
         return DTYPES[dtype]
     return dtype
 

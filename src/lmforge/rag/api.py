@@ -356,7 +356,7 @@ class Index:
                 ranking = weighted(dense, sparse, cfg.alpha)
         rerank = cfg.rerank if cfg.rerank != "none" or cfg.mode != "hybrid-rerank" else "llm"
         if rerank != "none":
-            depth = max(cfg.rerank_depth, cfg.k) if rerank != "mmr" else n
+            depth = cfg.rerank_depth if rerank != "mmr" else n
             ranking = self._rerank(query, ranking[:depth], rerank, cfg) + ranking[depth:]
         ranking = ranking[: cfg.k]
         rows = self.store.chunks([cid for cid, _ in ranking])
@@ -395,7 +395,8 @@ class Index:
         rows = self.store.chunks(ids)
         texts = [rows[i]["text"] for i in ids]
         if how == "llm":
-            scores = yes_no_scores(load_model(cfg.reranker), query, texts)
+            # scoring is all prefill: bf16 where this machine runs it faster
+            scores = yes_no_scores(load_model(cfg.reranker, "auto"), query, texts)
         else:
             if self.cross_encoder is None:
                 raise LMForgeError(

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-_MODELS: dict[str, Any] = {}
+_MODELS: dict[tuple[str, str | None], Any] = {}
 
 
-def load_model(name: str):
-    """`lmforge.load(name)`, cached (an asset name or a checkpoint path)."""
-    if name not in _MODELS:
+def load_model(name: str, dtype: str | None = None):
+    """`lmforge.load(name, dtype)`, cached (an asset name or a checkpoint path)."""
+    if (name, dtype) not in _MODELS:
         from lmforge.lm import load
 
-        _MODELS[name] = load(name)
-    return _MODELS[name]
+        _MODELS[name, dtype] = load(name, dtype=dtype)
+    return _MODELS[name, dtype]
