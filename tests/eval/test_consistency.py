@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from lmforge.eval.consistency import answer_recall, consistency
+from lmforge.eval.consistency import consistency, keep_question
 
 SOURCE = (
     "The Eiffel Tower is in Paris. It was completed in 1889 for the World's Fair. "
@@ -98,6 +98,13 @@ def test_answer_recall_and_fill_blank():
     assert fill_blank("3.5 metres, roughly", ".") == "3.5 metres"
 
 
+def test_keep_question():
+    assert keep_question("It was completed in ____.", "1889", "1889")
+    assert not keep_question("It was completed in ____.", "1889", "1899")  # the QA model failed on the output
+    assert not keep_question('The answer is "1889"', "1889", "1889")  # gives its answer away
+    assert keep_question("Which tower is in Paris?", "the Eiffel Tower", "Eiffel Tower")
+
+
 def test_qa_pipeline_asks_every_span_and_keeps_only_answerable_questions(tiny_lm, tiny_encoder):
     items = [{"source": TOWER, "output": "It was completed in 1889 in Paris. Towers are tall."}]
     result = consistency(items, encoder=tiny_encoder, qa=True, qa_model=tiny_lm, n_resamples=10, plots=False)
@@ -109,9 +116,25 @@ def test_qa_pipeline_asks_every_span_and_keeps_only_answerable_questions(tiny_lm
         "It was completed in 1889 in ____.",
     ]
     for q in qs:  # a random model's answers decide nothing by fiat: the rule is applied to what it wrote
-        assert q["kept"] == (answer_recall(q["from_output"], q["answer"]) >= 0.5)
+        assert q["kept"] == keep_question(q["question"], q["answer"], q["from_output"])
     assert row["metrics"]["qa_kept"]["value"] == sum(q["kept"] for q in qs) / 2
     assert result.report["config"]["questions"] == "cloze"
+
+
+def test_written_questions_that_give_the_answer_away_are_dropped(tiny_encoder):
+    from lmforge.lm import LM
+    from tiny import tiny_chat_tokenizer, tiny_model
+
+    tok = tiny_chat_tokenizer([TOWER, "Write one question about this sentence whose answer is"])
+    lm = LM(tiny_model(vocab_size=tok.vocab_size, max_seq_len=512), tok, source="tiny-chat")
+    items = [{"source": TOWER, "output": "It was completed in 1889 in Paris."}]
+    result = consistency(
+        items, encoder=tiny_encoder, qa=True, qa_model=lm, questions="generated", n_resamples=10, plots=False
+    )
+    qs = result.report["results"][0]["details"][0]["questions"]
+    assert [q["answer"] for q in qs] == ["1889", "Paris"] and all(isinstance(q["question"], str) for q in qs)
+    for q in qs:
+        assert q["kept"] == keep_question(q["question"], q["answer"], q["from_output"])
 
 
 @pytest.mark.slow
