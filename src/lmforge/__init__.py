@@ -24,6 +24,7 @@ from lmforge.eval.refree import ReferenceFreeConfig, reference_free
 from lmforge.eval.safety import SafetyConfig, safety
 from lmforge.generate.config import GenerationConfig
 from lmforge.lm import LM, load
+from lmforge.multimodal import CLIP, ClipConfig, ClipQuickstartResult, ClipTrainConfig, train_clip
 from lmforge.quant import QuantizeConfig, QuantizeResult, quantize
 from lmforge.quant.gguf_export import export_gguf
 from lmforge.serve import ServeConfig, serve
@@ -37,6 +38,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BiasConfig",
+    "CLIP",
+    "ClipConfig",
+    "ClipQuickstartResult",
+    "ClipTrainConfig",
     "ConsistencyConfig",
     "EmbeddingPlot",
     "EmbeddingPlotConfig",
@@ -91,5 +96,6 @@ __all__ = [
     "safety",
     "score",
     "serve",
+    "train_clip",
     "train_tokenizer",
 ]

@@ -61,15 +61,22 @@ def lora_merge(*, model: str, adapter: str, out: str) -> str:
 
 
 @with_options(lmforge.QuickstartConfig)
-def quickstart(**options: Any) -> lmforge.QuickstartResult:
+def quickstart(**options: Any) -> lmforge.QuickstartResult | lmforge.ClipQuickstartResult:
     """Train a BPE tokenizer on your text (default: Shakespeare), pretrain a small GPT for a few
-    minutes, report bits/byte over the whole validation text and print samples.
+    minutes, report bits/byte over the whole validation text and print samples. `--recipe clip`
+    instead trains an image–text (CLIP) model on easy-VQA, evaluates it zero-shot on the test split,
+    draws OUT/clip-N/zero_shot_grid.png and prints `accuracy N%` last.
 
     `--text FILE...` trains on your files, `--val-text FILE` is scored (every byte once); without it
     the end of the text is held out. Re-running reuses OUT/tokenizer and OUT/data while the text,
     vocabulary and seed are the same, and trains a new OUT/run-N.
     """
     result = lmforge.quickstart(**options)
+    if isinstance(result, lmforge.ClipQuickstartResult):
+        print("\n".join(result.samples))
+        print(f"done in {result.total_s / 60:.1f} min; model: {result.final}; grid: {result.grid}")
+        print(f"accuracy {result.accuracy:.1%} (zero-shot shape and colour, held-out test split)")
+        return result
     for i, text in enumerate(result.samples):
         print(f"--- sample {i + 1} ---\n{text}\n", flush=True)
     print(

@@ -159,13 +159,13 @@ def attributes_from_pixels(image: torch.Tensor) -> tuple[str, str]:
     return shape, colour
 
 
-@functools.lru_cache(maxsize=2)
-def _load_split(split: str) -> ImageSet:
+@functools.lru_cache(maxsize=4)
+def _load_split(split: str, limit: int | None = None) -> ImageSet:
     root = asset_path("easy-vqa")
     with open(root / split / "questions.json", encoding="utf-8") as f:
         raw = json.load(f)
     questions = [(str(q), str(a), int(i)) for q, a, i in raw]
-    ids = sorted(int(p.stem) for p in (root / split / "images").glob("*.png"))
+    ids = sorted(int(p.stem) for p in (root / split / "images").glob("*.png"))[:limit]
     row = {image_id: r for r, image_id in enumerate(ids)}
     images = torch.stack([read_image(root / split / "images" / f"{i}.png") for i in ids])
     settled = attributes_from_questions(questions)
@@ -185,9 +185,6 @@ def load_easy_vqa(split: Split = "train", limit: int | None = None) -> ImageSet:
     """The easy-VQA `train` or `test` split as shipped (first `limit` images when given)."""
     if split not in ("train", "test"):
         raise LMForgeError(f"unknown easy-VQA split '{split}'; use train or test")
-    data = _load_split(split)
-    if limit is not None:
-        if limit <= 0:
-            raise LMForgeError(f"limit must be a positive number of images, got {limit}")
-        data = data.subset(range(min(limit, len(data))))
-    return data
+    if limit is not None and limit <= 0:
+        raise LMForgeError(f"limit must be a positive number of images, got {limit}")
+    return _load_split(split, limit)

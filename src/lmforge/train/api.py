@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ from lmforge.train.config import FinetuneConfig, PretrainConfig, QuickstartConfi
 from lmforge.train.distributed import pick_device
 from lmforge.train.logging import RunLogger
 from lmforge.train.trainer import Trainer, TrainResult, calibrate_steps
+
+if TYPE_CHECKING:
+    from lmforge.multimodal.quickstart import ClipQuickstartResult
 
 
 def pretrain(
@@ -169,13 +172,19 @@ class QuickstartResult(TrainResult):
     samples: list[str] = field(default_factory=list)
 
 
-def quickstart(config: QuickstartConfig | None = None, **options: Any) -> QuickstartResult:
+def quickstart(
+    config: QuickstartConfig | None = None, **options: Any
+) -> QuickstartResult | ClipQuickstartResult:
     """Train a byte-level BPE tokenizer on a text (default: Shakespeare), tokenize it, pretrain a small
     GPT for `minutes`, score bits/byte over the whole validation text (`val_text`, or the end of the
     text held out) and generate samples. OUT/tokenizer and OUT/data are reused while the text,
     vocabulary and seed are the same (and made again when they differ); each call trains a new OUT/run-N."""
     start = time.perf_counter()
     cfg = configure(QuickstartConfig, config, options, "quickstart")
+    if cfg.recipe == "clip":
+        from lmforge.multimodal.quickstart import clip_quickstart
+
+        return clip_quickstart(cfg.out, cfg.seed, cfg.minutes, cfg.progress)
     say = _say if cfg.progress else (lambda message: None)
     root = Path(cfg.out)
     train_text, val_text, where = sources.quickstart_texts(cfg.text, cfg.val_text, cfg.val_fraction)

