@@ -204,7 +204,8 @@ def load(
     device: torch.device | str | None = None,
     compile: CompileMode = "auto",
 ) -> LM:
-    """Load a model from an asset name, a checkpoint directory or a GGUF file.
+    """Load a model from an asset name, a checkpoint directory or a GGUF file (a VLM directory gives a
+    `lmforge.multimodal.vlm.VLM`, which generates like an LM and takes `image=`).
 
     `dtype` is a torch dtype or a name (`bf16`, `float32`, ...); the defaults are fp32 on CPU and bf16
     on a GPU that supports it. Reading the formats is `lmforge.io.load.read_model`'s job.
@@ -215,6 +216,10 @@ def load(
     """
     if compile not in COMPILE_MODES:
         raise LMForgeError(f"unknown compile mode {compile!r}; use one of {', '.join(COMPILE_MODES)}")
+    from lmforge.multimodal.vlm import VLM, is_vlm_dir
+
+    if is_vlm_dir(source):  # a vision-language model: generation takes image=
+        return VLM.load(source, compile=compile)
     loaded = read_model(source, dtype, device)
     return LM(
         loaded.model,

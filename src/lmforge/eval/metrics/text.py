@@ -98,10 +98,19 @@ def _sacrebleu_text_metric(key: str, kind: str, description: str, **kwargs: obje
 
 
 def bleu(
-    predictions: Sequence[str], references: References, *, tokenize: str = "13a", lowercase: bool = False
+    predictions: Sequence[str],
+    references: References,
+    *,
+    tokenize: str = "13a",
+    lowercase: bool = False,
+    max_ngram_order: int = 4,
 ) -> float:
-    """Corpus BLEU (0-100) exactly as sacrebleu computes it (default 13a tokenization)."""
-    m = _sacrebleu_text_metric("bleu", "bleu", "", tokenize=tokenize, lowercase=lowercase)
+    """Corpus BLEU (0-100) exactly as sacrebleu computes it (default 13a tokenization); a lower
+    `max_ngram_order` scores texts shorter than 4 words (BLEU-4 of 3-word captions is 0)."""
+    kwargs: dict[str, object] = {"tokenize": tokenize, "lowercase": lowercase}
+    if max_ngram_order != 4:
+        kwargs["max_ngram_order"] = max_ngram_order
+    m = _sacrebleu_text_metric("bleu", "bleu", "", **kwargs)
     return m(predictions, references)["bleu"]
 
 
