@@ -51,3 +51,15 @@ def test_options_and_errors():
     vit = VisionTransformer(VisionConfig(image_size=16, patch_size=4, vision_d_model=16, vision_n_layer=1))
     with pytest.raises(LMForgeError, match=r"takes \(batch, 3, 16, 16\)"):
         vit(torch.rand(2, 3, 20, 20))
+
+
+def test_conv_stem():
+    config = VisionConfig(image_size=32, patch_size=8, vision_d_model=32, vision_n_layer=1, stem="conv")
+    vit = VisionTransformer(config)
+    assert vit.hidden_states(torch.rand(2, 3, 32, 32)).shape == (2, 1 + 16, 32)
+    convs = [m for m in vit.stem.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride for c in convs] == [(2, 2), (2, 2)] and vit.patch_emb.stride == (2, 2)
+    # the plain patch stem has no stem parameters: its state dict is the same as before the option
+    assert not any(k.startswith("stem.") for k in VisionTransformer(VisionConfig()).state_dict())
+    with pytest.raises(LMForgeError, match="multiple of 4"):
+        VisionConfig(image_size=36, patch_size=6, stem="conv")

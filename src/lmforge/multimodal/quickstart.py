@@ -65,7 +65,7 @@ def _report_lines(e: ClipEvaluation) -> list[str]:
 def clip_quickstart(
     out: str | Path = "runs/quickstart",
     seed: int = 0,
-    minutes: float | None = 4.0,
+    minutes: float | None = 9.0,
     progress: bool = True,
     model: ClipConfig | None = None,
     train: ClipTrainConfig | None = None,

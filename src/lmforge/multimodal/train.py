@@ -52,12 +52,12 @@ def all_template_texts() -> list[str]:
 class ClipTrainConfig:
     """How `train_clip` trains; every field is an option of `lmforge quickstart --recipe clip`."""
 
-    steps: int = option(1500, "optimizer steps (the time budget may stop it earlier)")
+    steps: int = option(3000, "optimizer steps (a time budget may size the schedule to fewer)")
     minutes: float | None = option(
         None, "training time budget: the schedule is sized from the first steps' pace to end within it"
     )
     batch_size: int = option(128, "image–caption pairs per step")
-    lr: float = option(2e-3, "peak learning rate")
+    lr: float = option(5e-4, "peak learning rate")
     warmup_steps: int = option(50, "linear warmup steps")
     weight_decay: float = option(0.05, "AdamW weight decay on matrices")
     train_images: int | None = option(None, "use the first N train-split images (none: all but val_images)")

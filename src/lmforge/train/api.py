@@ -43,6 +43,8 @@ from lmforge.train.trainer import Trainer, TrainResult, calibrate_steps
 if TYPE_CHECKING:
     from lmforge.multimodal.quickstart import ClipQuickstartResult
 
+LM_MINUTES, CLIP_MINUTES = 4.0, 9.0  # quickstart's training time budget when --minutes is not given
+
 
 def pretrain(
     data: str | Path, config: PretrainConfig | None = None, *, out: str | Path, **options: Any
@@ -184,7 +186,8 @@ def quickstart(
     if cfg.recipe == "clip":
         from lmforge.multimodal.quickstart import clip_quickstart
 
-        return clip_quickstart(cfg.out, cfg.seed, cfg.minutes, cfg.progress)
+        return clip_quickstart(cfg.out, cfg.seed, cfg.minutes or CLIP_MINUTES, cfg.progress)
+    minutes = cfg.minutes or LM_MINUTES
     say = _say if cfg.progress else (lambda message: None)
     root = Path(cfg.out)
     train_text, val_text, where = sources.quickstart_texts(cfg.text, cfg.val_text, cfg.val_fraction)
@@ -213,17 +216,17 @@ def quickstart(
     probe = {k: v.to(device) for k, v in train_batches.batch(0).items()}
     # a generous bound on the steps that fit (timings drift on a shared machine): the schedule follows
     # the clock (max_minutes) and ends the run on time
-    steps = 3 * calibrate_steps(model.to(device), probe, cfg.minutes * 60, precision=precision)
+    steps = 3 * calibrate_steps(model.to(device), probe, minutes * 60, precision=precision)
     train = dataclasses.replace(
         train,
         steps=steps,
         warmup_steps=min(100, steps // 10),
         eval_every=max(steps // 4, 1),
-        max_minutes=cfg.minutes,
+        max_minutes=minutes,
     )
     millions = model.num_parameters() / 1e6
     say(
-        f"[3/4] pretraining {cfg.preset} ({millions:.2f}M parameters) for {cfg.minutes:g} min "
+        f"[3/4] pretraining {cfg.preset} ({millions:.2f}M parameters) for {minutes:g} min "
         f"(at most {steps} steps of {cfg.batch_size}x{cfg.seq_len} tokens) -> {run_dir}"
     )
     generation = _generation_config(tok)

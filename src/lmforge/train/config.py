@@ -171,7 +171,10 @@ class QuickstartConfig(ModelShape):
     )
     val_fraction: float = option(0.1, "without --val-text: the share of the text's end held out")
     out: Path = option(Path("runs/quickstart"), "working directory (tokenizer/, data/, run-N/)")
-    minutes: float = option(4.0, "training time budget (the schedule is sized to end within it)")
+    minutes: float | None = option(
+        None,
+        "training time budget in minutes, the schedule sized to end within it (none: 9 for clip, 4 otherwise)",
+    )
     vocab_size: int = option(4096, "BPE vocabulary size")
     seq_len: int = same_as(TrainConfig, "seq_len", 128)
     batch_size: int = same_as(TrainConfig, "batch_size", 16)
@@ -191,7 +194,7 @@ class QuickstartConfig(ModelShape):
         check_types(self)
         if not 0.0 < self.val_fraction < 1.0:
             raise LMForgeError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.minutes <= 0 or self.lr <= 0:
+        if (self.minutes is not None and self.minutes <= 0) or self.lr <= 0:
             raise LMForgeError(f"minutes and lr must be positive, got {self.minutes} and {self.lr}")
         for name in ("vocab_size", "seq_len", "batch_size", "max_new_tokens"):
             if getattr(self, name) <= 0:
