@@ -24,7 +24,18 @@ from lmforge.eval.refree import ReferenceFreeConfig, reference_free
 from lmforge.eval.safety import SafetyConfig, safety
 from lmforge.generate.config import GenerationConfig
 from lmforge.lm import LM, load
-from lmforge.multimodal import CLIP, ClipConfig, ClipQuickstartResult, ClipTrainConfig, train_clip
+from lmforge.multimodal import (
+    CLIP,
+    VLM,
+    ClipConfig,
+    ClipQuickstartResult,
+    ClipTrainConfig,
+    VLMConfig,
+    VLMQuickstartResult,
+    VLMTrainConfig,
+    train_clip,
+    train_vlm,
+)
 from lmforge.quant import QuantizeConfig, QuantizeResult, quantize
 from lmforge.quant.gguf_export import export_gguf
 from lmforge.serve import ServeConfig, serve
@@ -42,6 +53,10 @@ __all__ = [
     "ClipConfig",
     "ClipQuickstartResult",
     "ClipTrainConfig",
+    "VLM",
+    "VLMConfig",
+    "VLMQuickstartResult",
+    "VLMTrainConfig",
     "ConsistencyConfig",
     "EmbeddingPlot",
     "EmbeddingPlotConfig",
@@ -97,5 +112,6 @@ __all__ = [
     "score",
     "serve",
     "train_clip",
+    "train_vlm",
     "train_tokenizer",
 ]

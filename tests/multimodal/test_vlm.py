@@ -84,13 +84,13 @@ def greedy_without_cache(vlm: VLM, image: torch.Tensor, prompt: str, n: int) -> 
 def test_generate_with_image_matches_a_full_forward(vlm, data):
     """The engine's prefill of the image prefix + KV-cache decoding = rerunning the network each step."""
     image = data.images[5]
-    prompt = prompt_text("what color is the shape?")
-    out = vlm.generate(prompt, image=image, max_new_tokens=5, ignore_eos=True)
-    assert out.token_ids == greedy_without_cache(vlm, image, prompt, 5)
+    out = vlm.generate("What color is the shape?", image=image, max_new_tokens=5, ignore_eos=True)
+    assert out.token_ids == greedy_without_cache(vlm, image, "what color is the shape? answer:", 5)
     # a batch of two images with prompts of different lengths (left padding) gives each row's own answer
-    prompts = [prompt, prompt_text("is there not a red shape in the image?")]
-    both = vlm.generate(prompts, image=[data.images[5], data.images[7]], max_new_tokens=4, ignore_eos=True)
-    assert both[1].token_ids == greedy_without_cache(vlm, data.images[7], prompts[1], 4)
+    questions = ["what color is the shape?", "is there not a red shape in the image?"]
+    both = vlm.generate(questions, image=[data.images[5], data.images[7]], max_new_tokens=4, ignore_eos=True)
+    assert both[0].token_ids == out.token_ids[:4]
+    assert both[1].token_ids == greedy_without_cache(vlm, data.images[7], prompt_text(questions[1]), 4)
 
 
 def test_save_load_roundtrip(vlm, data, tmp_path):

@@ -31,6 +31,7 @@ def generate(
     chat_template: bool = False,
     draft: str | None = None,
     amateur: str | None = None,
+    image: str | None = None,
     json_output: bool = False,
     **options: Any,
 ) -> list[dict[str, Any]]:
@@ -43,13 +44,12 @@ def generate(
         chat_template: wrap each prompt as a user message in the model's chat template.
         draft: draft model (same tokenizer) for speculative decoding.
         amateur: amateur model (same tokenizer) for contrastive decoding.
+        image: image file the prompt asks about (a vision-language model, e.g. from quickstart --recipe vlm).
         json_output: print one JSON object per completion (text, tokens, finish reason, log-probs).
     """
     lm = lmforge.load(model)
-    companions = {
-        "draft": lmforge.load(draft) if draft else None,
-        "amateur": lmforge.load(amateur) if amateur else None,
-    }
+    companions = {k: lmforge.load(m) if m else None for k, m in [("draft", draft), ("amateur", amateur)]}
+    companions.update({"image": image} if image else {})  # a vision-language model's input
     texts = prompt or [sys.stdin.read()]
     inputs = [_chat_ids(lm, [{"role": "user", "content": p}]) for p in texts] if chat_template else texts
     if stream and not json_output:

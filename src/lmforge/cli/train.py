@@ -61,11 +61,15 @@ def lora_merge(*, model: str, adapter: str, out: str) -> str:
 
 
 @with_options(lmforge.QuickstartConfig)
-def quickstart(**options: Any) -> lmforge.QuickstartResult | lmforge.ClipQuickstartResult:
+def quickstart(
+    **options: Any,
+) -> lmforge.QuickstartResult | lmforge.ClipQuickstartResult | lmforge.VLMQuickstartResult:
     """Train a BPE tokenizer on your text (default: Shakespeare), pretrain a small GPT for a few
     minutes, report bits/byte over the whole validation text and print samples. `--recipe clip`
     instead trains an image–text (CLIP) model on easy-VQA, evaluates it zero-shot on the test split,
-    draws OUT/clip-N/zero_shot_grid.png and prints `accuracy N%` last.
+    draws OUT/clip-N/zero_shot_grid.png and prints `accuracy N%` last. `--recipe vlm` trains a
+    vision-language model to answer easy-VQA questions, shows sample answers and prints the held-out
+    exact-match `accuracy N%` last.
 
     `--text FILE...` trains on your files, `--val-text FILE` is scored (every byte once); without it
     the end of the text is held out. Re-running reuses OUT/tokenizer and OUT/data while the text,
@@ -76,6 +80,11 @@ def quickstart(**options: Any) -> lmforge.QuickstartResult | lmforge.ClipQuickst
         print("\n".join(result.samples))
         print(f"done in {result.total_s / 60:.1f} min; model: {result.final}; grid: {result.grid}")
         print(f"accuracy {result.accuracy:.1%} (zero-shot shape and colour, held-out test split)")
+        return result
+    if isinstance(result, lmforge.VLMQuickstartResult):
+        print("\n".join(result.samples))
+        print(f"done in {result.total_s / 60:.1f} min; model: {result.final} (lmforge generate --image)")
+        print(f"accuracy {result.accuracy:.1%} (exact match, held-out test questions)")
         return result
     for i, text in enumerate(result.samples):
         print(f"--- sample {i + 1} ---\n{text}\n", flush=True)

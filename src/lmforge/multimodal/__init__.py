@@ -6,6 +6,9 @@
 - train.py: `train_clip` (AdamW + schedule from train/optim.py, the run log, atomic checkpoints)
 - evaluate.py: zero-shot classification, Recall@K, CLIPScore, compositional probe, prediction grid
 - quickstart.py: `lmforge quickstart --recipe clip`
+- vlm.py: `VLMConfig`, `VisionLanguageModel` (ViT → projector → decoder prefix), `VLM` (generates like an
+  LM, with `image=`; save/load); vlm_train.py: `train_vlm`, `evaluate_vlm`; vlm_quickstart.py:
+  `lmforge quickstart --recipe vlm`
 """
 
 from lmforge.multimodal.clip import CLIP, ClipConfig, ClipModel, clip_loss
@@ -13,6 +16,9 @@ from lmforge.multimodal.data import ImageSet, load_easy_vqa, read_image
 from lmforge.multimodal.evaluate import clip_score, evaluate_clip, zero_shot_accuracy
 from lmforge.multimodal.quickstart import ClipQuickstartResult, clip_quickstart
 from lmforge.multimodal.train import ClipTrainConfig, train_clip
+from lmforge.multimodal.vlm import VLM, VisionLanguageModel, VLMConfig
+from lmforge.multimodal.vlm_quickstart import VLMQuickstartResult, vlm_quickstart
+from lmforge.multimodal.vlm_train import VLMTrainConfig, evaluate_vlm, train_vlm
 
 __all__ = [
     "CLIP",
@@ -21,12 +27,20 @@ __all__ = [
     "ClipQuickstartResult",
     "ClipTrainConfig",
     "ImageSet",
+    "VLM",
+    "VLMConfig",
+    "VLMQuickstartResult",
+    "VLMTrainConfig",
+    "VisionLanguageModel",
     "clip_loss",
     "clip_quickstart",
     "clip_score",
     "evaluate_clip",
+    "evaluate_vlm",
     "load_easy_vqa",
     "read_image",
     "train_clip",
+    "train_vlm",
+    "vlm_quickstart",
     "zero_shot_accuracy",
 ]

@@ -49,8 +49,19 @@ SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
 
 
 def prompt_text(question: str) -> str:
-    """The decoder's text prompt for a question (the answer follows it after a space)."""
-    return f"{question.strip().lower()} answer:"
+    """The decoder's text prompt for a question (the answer follows it after a space): what a chat
+    template is to a chat model."""
+    question = question.strip().lower()
+    return question if question.endswith("answer:") else f"{question} answer:"
+
+
+def _prompts(prompt: Any) -> Any:
+    """Text prompts in the training format (`prompt_text`); token ids are passed as given."""
+    if isinstance(prompt, str):
+        return prompt_text(prompt)
+    if isinstance(prompt, list | tuple) and prompt and all(isinstance(p, str) for p in prompt):
+        return [prompt_text(p) for p in prompt]
+    return prompt
 
 
 @dataclass
@@ -253,16 +264,17 @@ class VLM:
         return self.network.image_prefix(self.images_tensor(images))
 
     def generate(self, prompt, *, image=None, **options):
-        """Answer a prompt about an image; see `lmforge.generate.generate` (the prompt is sent as given:
-        `ask` wraps a question in the training format)."""
+        """Answer a question (or several) about an image; see `lmforge.generate.generate` for the
+        options. Text prompts are put in the training format (`prompt_text`), token ids go as given."""
         from lmforge.generate import generate
 
-        return generate(self, prompt, image=image, **options)
+        return generate(self, _prompts(prompt), image=image, **options)
 
     def stream(self, prompt, *, image=None, **options):
+        """Yield the answer's text deltas; see `lmforge.generate.stream`."""
         from lmforge.generate import stream
 
-        return stream(self, prompt, image=image, **options)
+        return stream(self, _prompts(prompt), image=image, **options)
 
     def ask(
         self,
@@ -275,7 +287,7 @@ class VLM:
         qs = [questions] if single else list(questions)
         if isinstance(images, str | Path) or (isinstance(images, torch.Tensor) and images.dim() == 3):
             images = [images]
-        out = self.generate([prompt_text(q) for q in qs], image=list(images), **options)
+        out = self.generate(qs, image=list(images), **options)
         out = out if isinstance(out, list) else [out]
         answers = [o.text.strip() for o in out]
         return answers[0] if single else answers

@@ -42,6 +42,7 @@ from lmforge.train.trainer import Trainer, TrainResult, calibrate_steps
 
 if TYPE_CHECKING:
     from lmforge.multimodal.quickstart import ClipQuickstartResult
+    from lmforge.multimodal.vlm_quickstart import VLMQuickstartResult
 
 LM_MINUTES, CLIP_MINUTES = 4.0, 9.0  # quickstart's training time budget when --minutes is not given
 
@@ -176,7 +177,7 @@ class QuickstartResult(TrainResult):
 
 def quickstart(
     config: QuickstartConfig | None = None, **options: Any
-) -> QuickstartResult | ClipQuickstartResult:
+) -> QuickstartResult | ClipQuickstartResult | VLMQuickstartResult:
     """Train a byte-level BPE tokenizer on a text (default: Shakespeare), tokenize it, pretrain a small
     GPT for `minutes`, score bits/byte over the whole validation text (`val_text`, or the end of the
     text held out) and generate samples. OUT/tokenizer and OUT/data are reused while the text,
@@ -188,6 +189,10 @@ def quickstart(
 
         return clip_quickstart(cfg.out, cfg.seed, cfg.minutes or CLIP_MINUTES, cfg.progress)
     minutes = cfg.minutes or LM_MINUTES
+    if cfg.recipe == "vlm":
+        from lmforge.multimodal.vlm_quickstart import vlm_quickstart
+
+        return vlm_quickstart(cfg.out, cfg.seed, minutes, cfg.progress)
     say = _say if cfg.progress else (lambda message: None)
     root = Path(cfg.out)
     train_text, val_text, where = sources.quickstart_texts(cfg.text, cfg.val_text, cfg.val_fraction)

@@ -158,10 +158,11 @@ class FinetuneConfig(TrainConfig):
 class QuickstartConfig(ModelShape):
     """Every option of `lmforge.quickstart`: the tokenizer, model, time budget and samples."""
 
-    recipe: Literal["lm", "clip"] = option(
+    recipe: Literal["lm", "clip", "vlm"] = option(
         "lm",
-        "what to train: lm (a BPE + small GPT on text) or clip (an image–text model on easy-VQA, evaluated "
-        "zero-shot on its test split; takes --out, --minutes, --seed and --progress)",
+        "what to train: lm (a BPE + small GPT on text), clip (an image–text model on easy-VQA, evaluated "
+        "zero-shot on its test split) or vlm (a vision-language model answering easy-VQA questions, "
+        "evaluated by exact match on its test split); clip and vlm take --out, --minutes, --seed and --progress",
     )
     text: list[str] | None = option(
         None, "UTF-8 text files to train on, joined with blank lines (none: the 42 Shakespeare texts)"
