@@ -147,3 +147,24 @@ def test_clip_score_model_pairs_images_with_texts():
     torch.testing.assert_close(scores, expected.clamp(min=0))
     with pytest.raises(LMForgeError, match="one text per image"):
         clip_score_model(clip, images, ["a red circle"])
+
+
+def test_grids_are_written(tmp_path):
+    from lmforge.multimodal.data import load_easy_vqa
+    from lmforge.multimodal.evaluate import prediction_grid, retrieval_grid
+
+    data = load_easy_vqa("test", limit=30)
+    clip = CLIP.create(
+        ClipConfig(patch_size=16, vision_d_model=16, vision_n_layer=1, text_d_model=16), _tokenizer()
+    )
+    for path in (
+        prediction_grid(clip, data, tmp_path / "zero_shot.png", n=6),
+        retrieval_grid(clip, data, tmp_path / "retrieval.png", ["a red circle"], k=3),
+    ):
+        assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def _tokenizer():
+    from lmforge.multimodal.train import all_template_texts
+
+    return train_caption_tokenizer(all_template_texts())

@@ -207,3 +207,40 @@ def prediction_grid(clip: CLIP, data: ImageSet, path: str | Path, n: int = 24, s
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return path
+
+
+def retrieval_grid(
+    clip: CLIP, data: ImageSet, path: str | Path, queries: Sequence[str] | None = None, k: int = 5
+) -> Path:
+    """A PNG with one row per text query: the `k` images of `data` the model ranks highest for it
+    (framed green when the image matches the query's caption, red otherwise)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lmforge.io.atomic import atomic_file
+
+    queries = list(
+        queries or [caption("red", "circle"), caption("teal", "triangle"), caption("yellow", "rectangle")]
+    )
+    top = (clip.encode_texts(queries) @ clip.encode_images(data.images).T).topk(k, dim=1).indices
+    fig, axes = plt.subplots(len(queries), k, figsize=(k * 1.4, len(queries) * 1.5 + 0.3), squeeze=False)
+    for q, (text, rows) in enumerate(zip(queries, top.tolist(), strict=True)):
+        for j, r in enumerate(rows):
+            ax = axes[q][j]
+            ax.imshow(data.images[r].permute(1, 2, 0).numpy())
+            ax.set_xticks([])
+            ax.set_yticks([])
+            right = caption(data.colours[r], data.shapes[r]) == text
+            for spine in ax.spines.values():
+                spine.set_color("tab:green" if right else "tab:red")
+                spine.set_linewidth(2)
+        axes[q][0].set_ylabel(text, fontsize=8)
+    fig.suptitle(f"text → image retrieval: top {k} of {len(data)} held-out images", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_file(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path

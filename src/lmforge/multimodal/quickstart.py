@@ -2,7 +2,7 @@
 held-out test split and draw a zero-shot prediction grid.
 
 OUT/clip-N/ holds the run: log.jsonl, plot.png, run.json, final/ (the model, `CLIP.load`),
-zero_shot_grid.png and results.json (every figure, the hardware and the load average).
+zero_shot_grid.png, retrieval_grid.png (top 5 test images for three captions) and results.json (every figure, the hardware and the load average).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from lmforge import hardware
 from lmforge.io.atomic import atomic_write_text
 from lmforge.multimodal.clip import CLIP, ClipConfig
 from lmforge.multimodal.data import load_easy_vqa
-from lmforge.multimodal.evaluate import ClipEvaluation, evaluate_clip, prediction_grid
+from lmforge.multimodal.evaluate import ClipEvaluation, evaluate_clip, prediction_grid, retrieval_grid
 from lmforge.multimodal.train import ClipTrainConfig, train_clip
 
 # The recipe's model: a 3-block ViT with a convolutional stem on 4x4 patches of 16 px, a 2-block text
@@ -34,6 +34,7 @@ class ClipQuickstartResult:
     final: Path
     evaluation: ClipEvaluation
     grid: Path
+    retrieval_grid: Path
     results: Path
     steps: int
     train_s: float
@@ -80,6 +81,7 @@ def clip_quickstart(
     test = load_easy_vqa("test")
     evaluation = evaluate_clip(trained.clip, test)
     grid = prediction_grid(trained.clip, test, run_dir / "zero_shot_grid.png", seed=seed)
+    retrieval = retrieval_grid(trained.clip, test, run_dir / "retrieval_grid.png")
     total = time.perf_counter() - start
     results = {
         "recipe": "clip",
@@ -100,6 +102,7 @@ def clip_quickstart(
         final=trained.final,
         evaluation=evaluation,
         grid=grid,
+        retrieval_grid=retrieval,
         results=results_path,
         steps=trained.steps,
         train_s=trained.seconds,
