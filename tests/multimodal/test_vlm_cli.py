@@ -81,3 +81,17 @@ def test_quickstart_vlm_prints_accuracy_last(tmp_path, capsys):
         "yes/no",
     }
     assert isinstance(lmforge.load(result.final), VLM)
+
+
+def test_chat_with_an_image(saved):
+    from lmforge.cli.generate import chat_loop
+
+    model, image = saved
+    vlm = lmforge.load(model)
+    lines = iter(["what color is the shape?", "/exit"])
+    written = []
+    history = chat_loop(
+        vlm, read_line=lambda _: next(lines), write=written.append, image=str(image), max_new_tokens=3
+    )
+    expected = vlm.generate("what color is the shape?", image=str(image), max_new_tokens=3).text
+    assert history[-1] == {"role": "assistant", "content": expected}

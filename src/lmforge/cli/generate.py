@@ -164,7 +164,9 @@ def chat_loop(
 
 
 @with_options(lmforge.GenerationConfig)
-def chat_command(model: str = DEFAULT_MODEL, system: str | None = None, **options: Any) -> None:
+def chat_command(
+    model: str = DEFAULT_MODEL, system: str | None = None, image: str | None = None, **options: Any
+) -> None:
     """Chat with a model in the terminal through its chat template, streaming the answers.
 
     A reply is at most 512 tokens (half the context for short-context models) unless --max-new-tokens
@@ -173,11 +175,12 @@ def chat_command(model: str = DEFAULT_MODEL, system: str | None = None, **option
     Args:
         model: asset name (smollm2), checkpoint directory or .gguf file.
         system: system prompt to start with (change it later with /system).
+        image: image file the conversation is about (a vision-language model).
     """
     lm = lmforge.load(model)
     if "max_new_tokens" not in options and "max_new_tokens" not in lm.generation_config:
         options["max_new_tokens"] = min(CHAT_MAX_NEW_TOKENS, lm.config.max_seq_len // 2)
-    chat_loop(lm, system=system, **options)
+    chat_loop(lm, system=system, **options, **({"image": image} if image else {}))
 
 
 COMMANDS = {"generate": generate, "chat": chat_command}

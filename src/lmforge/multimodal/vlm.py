@@ -276,6 +276,16 @@ class VLM:
 
         return stream(self, _prompts(prompt), image=image, **options)
 
+    def chat(self, messages: list[dict[str, str]], *, stream: bool = False, image=None, **options):
+        """Answer the latest user message about `image` (the model is trained on single questions, so
+        earlier turns are not read); with `stream=True` yield `Delta`s."""
+        question = next((m.get("content") for m in reversed(messages or []) if m.get("role") == "user"), None)
+        if not question:
+            raise LMForgeError('give at least one {"role": "user", "content": ...} message')
+        if stream:
+            return self.stream(question, image=image, **options)
+        return self.generate(question, image=image, **options)
+
     def ask(
         self,
         questions: str | Sequence[str],
