@@ -61,7 +61,7 @@ class VLMTrainConfig:
     questions_per_image: int = option(
         4, "samples per image in a batch: each image is encoded once for that many of its questions"
     )
-    lr: float = option(2e-3, "peak learning rate")
+    lr: float = option(1e-3, "peak learning rate")
     warmup_steps: int = option(100, "linear warmup steps")
     weight_decay: float = option(0.05, "AdamW weight decay on matrices")
     caption_share: float = option(0.2, "share of samples that ask for a caption instead of a question")
