@@ -5,8 +5,8 @@ JSONL log and loss plot, an atomic checkpoint): each step draws a batch of (imag
 samples from the train split, a `caption_share` of them captions (`describe the image.` →
 `a red circle`), flips the images at random (a flip keeps a shape's name and colour), and minimises the
 cross-entropy of the answer tokens and the closing `</s>` only: the image prefix and the question are
-context, never targets. With `minutes`, the schedule is sized to the budget from the pace of the first
-steps. The test split is never read here.
+context, never targets. With `minutes`, the schedule is sized to the budget from the pace so far
+(re-estimated every 20 steps). The test split is never read here.
 
 Evaluation (`evaluate_vlm`, on the test split): greedy answers through the generation engine, exact
 match overall and per question type (shape, colour, yes/no), and captions scored with corpus BLEU-3
@@ -192,8 +192,10 @@ def train_vlm(
     start = time.perf_counter()
     loss_value, step, total = math.nan, 0, train.steps
     for step in range(train.steps):
-        if train.minutes is not None and step == CALIBRATION_STEPS:
-            pace = (time.perf_counter() - start) / step  # size the schedule to the budget
+        if train.minutes is not None and step >= CALIBRATION_STEPS and step % CALIBRATION_STEPS == 0:
+            # size the schedule to the budget from the pace so far, again every CALIBRATION_STEPS steps
+            # (on a shared machine the pace drifts: a fixed estimate would end early or overrun)
+            pace = (time.perf_counter() - start) / step
             total = max(step + 1, min(train.steps, int(train.minutes * 60 / pace)))
             schedule = LRSchedule(train.lr, total, min(warmup, total), "cosine", train.lr / 10)
         vlm.network.train()
