@@ -29,7 +29,7 @@ from lmforge.options import check_types, option
 from lmforge.train.logging import RunLogger
 from lmforge.train.optim import LRSchedule, build_optimizer
 
-CALIBRATION_STEPS = 10  # steps timed before a time budget sizes the schedule
+CALIBRATION_STEPS = 10  # steps timed before a time budget sizes the schedule (again at 5x)
 
 # Captions a training image is paired with: mostly both attributes, sometimes one of them.
 TRAIN_TEMPLATES = (
@@ -57,7 +57,7 @@ class ClipTrainConfig:
         None, "training time budget: the schedule is sized from the first steps' pace to end within it"
     )
     batch_size: int = option(128, "image–caption pairs per step")
-    lr: float = option(5e-4, "peak learning rate")
+    lr: float = option(1e-3, "peak learning rate")
     warmup_steps: int = option(50, "linear warmup steps")
     weight_decay: float = option(0.05, "AdamW weight decay on matrices")
     train_images: int | None = option(None, "use the first N train-split images (none: all but val_images)")
@@ -151,11 +151,16 @@ def train_clip(
     start = time.perf_counter()
     loss_value, val, step = math.nan, None, 0
     total = train.steps
+    timed: dict[int, float] = {}
     for step in range(train.steps):
-        if train.minutes is not None and step == CALIBRATION_STEPS:
-            # size the schedule to the time budget, from the pace of the first steps
-            pace = (time.perf_counter() - start) / step
-            total = max(step + 1, min(train.steps, int(train.minutes * 60 / pace)))
+        if train.minutes is not None and step in (CALIBRATION_STEPS, 5 * CALIBRATION_STEPS):
+            # size the schedule to the time budget from the pace so far; once more after the first
+            # steps (slower: allocator warm-up), from the pace since then
+            timed[step] = time.perf_counter() - start
+            first = min(timed)
+            pace = timed[step] / step if step == first else (timed[step] - timed[first]) / (step - first)
+            remaining = (train.minutes * 60 - timed[step]) / pace
+            total = max(step + 1, min(train.steps, step + int(remaining)))
             schedule = LRSchedule(train.lr, total, min(train.warmup_steps, total), "cosine", train.lr / 10)
         clip.model.train()
         lr = schedule.apply(optimizer, step)
