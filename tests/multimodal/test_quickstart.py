@@ -13,7 +13,7 @@ from lmforge.cli import main
 @pytest.mark.slow
 def test_clip_recipe_from_the_cli(tmp_path, capsys):
     assert (
-        main(["quickstart", "--recipe", "clip", "--minutes", "0.3", "--out", str(tmp_path), "--no-progress"])
+        main(["quickstart", "--recipe", "clip", "--minutes", "1", "--out", str(tmp_path), "--no-progress"])
         == 0
     )
     lines = capsys.readouterr().out.strip().splitlines()
