@@ -5,7 +5,8 @@
   of highest cosine similarity.
 - `retrieval_recall`: Recall@K both ways with relevance given by labels (an image and a text are a match
   when their labels are equal), so captions shared by several images are handled.
-- `clip_score`: CLIPScore (Hessel et al. 2021), w · max(cos(image, text), 0) with w = 2.5.
+- `clip_score` (from `lmforge.eval.metrics.multimodal`): CLIPScore (Hessel et al. 2021),
+  w · max(cos(image, text), 0) with w = 2.5; `clip_score_model` computes it with one of our checkpoints.
 - `compositional_probe`: for each image, its caption against captions with the colour swapped, the shape
   swapped, or both; accuracy is the share of pairs where the true caption scores higher.
 """
@@ -21,25 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.errors import LMForgeError
+from lmforge.eval.metrics.multimodal import clip_score
 from lmforge.multimodal.clip import CLIP
 from lmforge.multimodal.data import COLOURS, SHAPES, ImageSet, caption
 
 SHAPE_PROMPTS = ("a {}", "a picture of a {}", "a {} on a light background", "the shape is a {}")
 COLOUR_PROMPTS = ("a {} shape", "a picture of a {} shape", "something {}", "the shape is {}")
-CLIPSCORE_WEIGHT = 2.5
-
-
-def clip_score(
-    image_features: torch.Tensor, text_features: torch.Tensor, w: float = CLIPSCORE_WEIGHT
-) -> torch.Tensor:
-    """CLIPScore of each (image, text) pair, row by row: w · max(cos, 0). Features need not be normalised."""
-    if image_features.shape != text_features.shape:
-        raise LMForgeError(
-            f"CLIPScore pairs images with texts row by row; got {tuple(image_features.shape)} image and "
-            f"{tuple(text_features.shape)} text features"
-        )
-    cos = F.cosine_similarity(image_features.float(), text_features.float(), dim=-1)
-    return w * cos.clamp(min=0)
 
 
 def clip_score_model(clip: CLIP, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
