@@ -201,3 +201,18 @@ def test_caption_bleu_3_is_sacrebleus():
     expected = sacrebleu.BLEU(max_ngram_order=3).corpus_score(preds, [refs]).score
     assert bleu(preds, refs, max_ngram_order=3) == pytest.approx(expected)
     assert 0 < expected < 100 and bleu(preds, refs) == 0.0  # BLEU-4 of 3-word captions
+
+
+def test_vision_tower_from_a_clip_checkpoint(data, tmp_path):
+    """LLaVA-style start: the VLM's ViT is a CLIP checkpoint's image tower; other shapes are refused."""
+    from lmforge.multimodal.clip import CLIP, ClipConfig, train_caption_tokenizer
+
+    vision = {k: v for k, v in TINY.items() if not k.startswith("text_")}
+    clip = CLIP.create(ClipConfig(**vision), train_caption_tokenizer(data.captions), seed=3)
+    clip.save(tmp_path / "clip")
+    tok = train_vlm_tokenizer(training_texts(data))
+    vlm = VLM.create(VLMConfig(**TINY), tok, vision_from=tmp_path / "clip")
+    for name, value in clip.model.visual.state_dict().items():
+        torch.testing.assert_close(vlm.network.visual.state_dict()[name], value)
+    with pytest.raises(LMForgeError, match="image tower"):
+        VLM.create(VLMConfig(**{**TINY, "vision_n_layer": 2}), tok, vision_from=tmp_path / "clip")
