@@ -105,13 +105,13 @@ def test_llm_yes_no_reranker(built, generator):
     batched = yes_no_scores(generator, q, passages, batch_size=3)
     alone = [yes_no_scores(generator, q, [p])[0] for p in passages]
     assert batched == pytest.approx(alone, abs=1e-3)  # right padding changes nothing
-    # hybrid-rerank = the hybrid top `rerank_depth`, reordered by the generator's yes/no margin
+    # rerank="llm" with weight 1 = the hybrid top `rerank_depth`, reordered by the generator's yes/no margin
     # (SmolLM2-135M is a weak judge: on this query it prefers the chess passage, so only the mechanism
     # is asserted here; the quality figure is in benchmarks/results/rag_eval.json)
     _, store, _ = built
     first = rag.search(store, q, mode="hybrid", k=4)
     margins = yes_no_scores(generator, q, [h.text for h in first])
     order = sorted(range(4), key=lambda i: (-margins[i], i))
-    hits = rag.search(store, q, mode="hybrid-rerank", k=4, rerank_depth=4)
+    hits = rag.search(store, q, mode="hybrid", rerank="llm", rerank_weight=1.0, k=4, rerank_depth=4)
     assert [h.chunk_id for h in hits] == [first[i].chunk_id for i in order]
     assert [h.score for h in hits] == pytest.approx([margins[i] for i in order], abs=1e-4)

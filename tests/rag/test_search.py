@@ -123,10 +123,47 @@ def test_approximate_faiss_indexes(tmp_path, built, kind):
     assert [h.text for h in approx] == [h.text for h in exact]  # a small collection: same neighbours
 
 
+def test_fuse_orders_by_hand():
+    from lmforge.rag.rerank import fuse_orders
+
+    ids, scores = [7, 8, 9], [0.1, 0.9, 0.5]  # the reranker's order: 8, 9, 7
+    assert fuse_orders(ids, scores, 1.0) == [(8, 0.9), (9, 0.5), (7, 0.1)]
+    fused = {7: 0.5 / 61 + 0.5 / 63, 8: 0.5 / 62 + 0.5 / 61, 9: 0.5 / 63 + 0.5 / 62}
+    assert fuse_orders(ids, scores, 0.5, 60) == [
+        (8, pytest.approx(fused[8])),
+        (7, pytest.approx(fused[7])),
+        (9, pytest.approx(fused[9])),
+    ]
+    assert [i for i, _ in fuse_orders(ids, scores, 0.0)] == ids  # weight 0: the first stage's order
+
+
+def test_sentence_reranker_is_the_best_sentence_similarity(built):
+    from lmforge.rag.faithfulness import split_sentences
+    from lmforge.rag.rerank import fuse_orders
+
+    _, store, _ = built
+    idx = rag.Index(store)
+    query = "how do bees tell each other where flowers are"
+    first = idx.search(query, mode="hybrid", k=6)
+    hits = idx.search(query, mode="hybrid-rerank", k=6, rerank_depth=6, rerank_weight=1.0)
+    q = idx.embed([query])[0]
+    best = {
+        h.chunk_id: max(float(idx.embed([s])[0] @ q) for s in split_sentences(h.text) or [h.text])
+        for h in first
+    }
+    assert [h.chunk_id for h in hits] == sorted(best, key=lambda c: -best[c])
+    assert [h.score for h in hits] == pytest.approx(sorted(best.values(), reverse=True), abs=1e-5)
+    fused = idx.search(
+        query, mode="hybrid-rerank", k=6, rerank_depth=6
+    )  # default: fused with the first stage
+    ids = [h.chunk_id for h in first]
+    assert [h.chunk_id for h in fused] == [c for c, _ in fuse_orders(ids, [best[c] for c in ids], 0.5)]
+
+
 def test_rerankers(built):
     _, store, _ = built
     idx = rag.Index(store, cross_encoder=lambda q, texts: [float("ants" in t) for t in texts])
-    hits = idx.search("insects", mode="hybrid", rerank="cross-encoder", k=2)
+    hits = idx.search("insects", mode="hybrid", rerank="cross-encoder", rerank_weight=1.0, k=2)
     assert hits[0].path == "insects.jsonl#ants"
     with pytest.raises(LMForgeError, match="needs a cross encoder"):
         rag.Index(store).search("insects", rerank="cross-encoder")

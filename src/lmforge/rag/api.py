@@ -354,7 +354,7 @@ class Index:
                 ranking = rrf([dense, sparse], cfg.rrf_k)
             else:
                 ranking = weighted(dense, sparse, cfg.alpha)
-        rerank = cfg.rerank if cfg.rerank != "none" or cfg.mode != "hybrid-rerank" else "llm"
+        rerank = cfg.rerank if cfg.rerank != "none" or cfg.mode != "hybrid-rerank" else "sentence"
         if rerank != "none":
             depth = cfg.rerank_depth if rerank != "mmr" else n
             ranking = self._rerank(query, ranking[:depth], rerank, cfg) + ranking[depth:]
@@ -383,7 +383,7 @@ class Index:
     def _rerank(
         self, query: str, ranking: list[tuple[int, float]], how: str, cfg: SearchConfig
     ) -> list[tuple[int, float]]:
-        from lmforge.rag.rerank import mmr, yes_no_scores
+        from lmforge.rag.rerank import fuse_orders, mmr, sentence_scores, yes_no_scores
 
         if not ranking:
             return ranking
@@ -394,7 +394,9 @@ class Index:
             return [(ids[i], float(len(order) - r)) for r, i in enumerate(order)]
         rows = self.store.chunks(ids)
         texts = [rows[i]["text"] for i in ids]
-        if how == "llm":
+        if how == "sentence":
+            scores = sentence_scores(self.embed, self.query_vector(query), texts)
+        elif how == "llm":
             # scoring is all prefill: bf16 where this machine runs it faster
             scores = yes_no_scores(load_model(cfg.reranker, "auto"), query, texts)
         else:
@@ -403,9 +405,7 @@ class Index:
                     "rerank='cross-encoder' needs a cross encoder: Index(store, cross_encoder=fn) with fn(query, texts) -> scores"
                 )
             scores = [float(s) for s in self.cross_encoder(query, texts)]
-        # ties (equal relevance judgements) keep the first-stage order
-        order = sorted(range(len(ids)), key=lambda i: (-scores[i], i))
-        return [(ids[i], float(scores[i])) for i in order]
+        return fuse_orders(ids, scores, cfg.rerank_weight, cfg.rrf_k)
 
 
 def index(

@@ -52,10 +52,16 @@ class SearchConfig:
     alpha: float = option(0.5, "weight of the dense score in weighted fusion (1 - alpha for BM25)")
     rrf_k: int = option(60, "the constant in reciprocal-rank fusion, 1 / (rrf_k + rank)")
     candidates: int = option(50, "chunks each retriever contributes before fusion or reranking")
-    rerank: Literal["none", "mmr", "llm", "cross-encoder"] = option(
-        "none", "reranker (hybrid-rerank uses llm when this is none)"
+    rerank: Literal["none", "mmr", "sentence", "llm", "cross-encoder"] = option(
+        "none",
+        "reranker: mmr (diversity), sentence (the encoder's best query-sentence similarity), llm (the "
+        "generator's yes/no), cross-encoder (yours); hybrid-rerank uses sentence when this is none",
     )
     rerank_depth: int = option(20, "how many of the first-stage results the reranker reorders")
+    rerank_weight: float = option(
+        0.5,
+        "relevance rerankers: weight of the reranker's order in a reciprocal-rank fusion with the first stage's (1 = its order alone)",
+    )
     mmr_lambda: float = option(0.7, "MMR trade-off: 1 = relevance only, 0 = diversity only")
     reranker: str = option("smollm2", "the generator the LLM reranker asks 'relevant? yes/no'")
     filters: dict = option(

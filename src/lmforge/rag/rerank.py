@@ -7,8 +7,15 @@ a hook for a cross-encoder.
   its chat template; the score is log p(yes) - log p(no) at the answer position (each summed over the
   word's case variants). Prompts run as one right-padded batch: a causal model's last real position
   never sees the padding after it, so no mask is needed, and only that position goes through the head.
+- Sentence: the best cosine similarity between the query's embedding and those of a chunk's sentences
+  (the chunk's embedding averages its topics; the one sentence that answers stands out). Cheap: the
+  encoder only.
 - Cross-encoder: any callable `(query, [texts]) -> [scores]`, e.g. a sentence-transformers CrossEncoder's
   `lambda q, ts: model.predict([(q, t) for t in ts])`.
+
+A relevance reranker's order is fused with the first stage's by weighted reciprocal-rank fusion
+(`fuse_orders`), not substituted for it: on the shipped sets the first stage is the stronger signal
+(README, "Retrieval-augmented generation").
 """
 
 from __future__ import annotations
@@ -44,6 +51,39 @@ def mmr(query: np.ndarray, cands: np.ndarray, k: int, lam: float = 0.7) -> list[
         picked.append(best)
         left.remove(best)
     return picked
+
+
+def sentence_scores(
+    embed: Callable[[list[str]], np.ndarray], query: np.ndarray, texts: Sequence[str], max_sentences: int = 40
+) -> list[float]:
+    """For each text, the best inner product of `query` (unit vector) with the unit embeddings `embed`
+    gives its sentences (the first `max_sentences`; a text without sentence breaks is one sentence)."""
+    from lmforge.rag.faithfulness import split_sentences
+
+    sentences: list[str] = []
+    owner: list[int] = []
+    for i, text in enumerate(texts):
+        pieces = split_sentences(text)[:max_sentences] or [text]
+        sentences += pieces
+        owner += [i] * len(pieces)
+    best = np.full(len(texts), -np.inf)
+    np.maximum.at(best, np.asarray(owner), embed(sentences) @ query)
+    return best.tolist()
+
+
+def fuse_orders(
+    ids: Sequence[int], scores: Sequence[float], weight: float, rrf_k: int = 60
+) -> list[tuple[int, float]]:
+    """`ids` (in first-stage order) reordered by weight / (rrf_k + reranker rank) + (1 - weight) /
+    (rrf_k + first-stage rank); weight 1 is the reranker's order alone (its scores kept). Ties keep the
+    first-stage order."""
+    by_score = sorted(range(len(ids)), key=lambda i: (-scores[i], i))
+    if weight >= 1:
+        return [(ids[i], float(scores[i])) for i in by_score]
+    rank = {i: r for r, i in enumerate(by_score, 1)}
+    fused = [(1 - weight) / (rrf_k + i + 1) + weight / (rrf_k + rank[i]) for i in range(len(ids))]
+    order = sorted(range(len(ids)), key=lambda i: (-fused[i], i))
+    return [(ids[i], fused[i]) for i in order]
 
 
 def _word_ids(tokenizer, words: Sequence[str]) -> list[int]:
