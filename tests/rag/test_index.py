@@ -126,3 +126,23 @@ def test_bad_input(tmp_path, built):
         rag.search(built[1], "   ")
     with pytest.raises(LMForgeError, match="exceeds what the encoder reads"):
         rag.index([built[0]], tmp_path / "big.db", chunk_tokens=600)
+
+
+def test_fingerprint_survives_a_new_config_field_at_its_default():
+    import dataclasses
+
+    from lmforge.config import ModelConfig
+    from lmforge.lm import LM
+    from lmforge.rag.api import encoder_fingerprint
+    from tiny import tiny_model
+
+    model = tiny_model("bert", head="none")
+    before = encoder_fingerprint(LM(model, None, source="tiny"))
+    # a later ModelConfig with one more field whose default keeps the old behaviour
+    Later = dataclasses.make_dataclass(
+        "Later", [("new_option", int, dataclasses.field(default=0))], bases=(ModelConfig,)
+    )
+    model.config = Later(**dataclasses.asdict(model.config))
+    assert encoder_fingerprint(LM(model, None, source="tiny")) == before
+    model.config = dataclasses.replace(model.config, new_option=3)  # a value that changes the model
+    assert encoder_fingerprint(LM(model, None, source="tiny")) != before

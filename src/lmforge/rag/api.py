@@ -11,6 +11,7 @@ metrics = rag.evaluate("docs.db", "qrels.jsonl", modes=["bm25", "dense", "hybrid
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -103,15 +104,18 @@ def open_store(store: str | Path, create: bool = False, faiss_index: str = "flat
 
 
 def encoder_fingerprint(lm) -> str:
-    """Hash of what decides an embedding: the encoder's config, tokenizer, pooling and weights."""
+    """Hash of what decides an embedding: the encoder's config, tokenizer, pooling and weights. Config
+    fields at their defaults are left out, so a field added to `ModelConfig` later (whose default keeps
+    the old behaviour) does not orphan every existing store."""
     h = hashlib.sha256()
-    h.update(
-        json.dumps(
-            lm.config.to_dict() if hasattr(lm.config, "to_dict") else repr(lm.config),
-            sort_keys=True,
-            default=str,
-        ).encode()
-    )
+    config: Any = repr(lm.config)
+    if dataclasses.is_dataclass(lm.config):
+        config = {
+            f.name: getattr(lm.config, f.name)
+            for f in dataclasses.fields(lm.config)
+            if f.default is dataclasses.MISSING or getattr(lm.config, f.name) != f.default
+        }
+    h.update(json.dumps(config, sort_keys=True, default=str).encode())
     h.update(repr(lm.embedding).encode())
     if lm.tokenizer is not None:
         h.update(str(lm.tokenizer.fingerprint).encode())
