@@ -74,6 +74,7 @@ def test_quickstart_vlm_prints_accuracy_last(tmp_path, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1].startswith("accuracy ") and "%" in out[-1]
     assert any("Q: " in line and "A: " in line for line in out)
+    assert any(line.startswith("stages: clip ") for line in out)  # the CLIP tower, then the VLM
     figures = json.loads(result.results.read_text())
     assert figures["accuracy"] == result.accuracy and set(figures["evaluation"]["by_type"]) == {
         "colour",

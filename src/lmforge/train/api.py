@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from lmforge.multimodal.vlm_quickstart import VLMQuickstartResult
 
 LM_MINUTES, CLIP_MINUTES = 4.0, 9.0  # quickstart's training time budget when --minutes is not given
+VLM_MINUTES = 8.5  # both stages of --recipe vlm (CLIP tower, then the VLM); evaluation adds ~0.5 min
 
 
 def pretrain(
@@ -188,11 +189,12 @@ def quickstart(
         from lmforge.multimodal.quickstart import clip_quickstart
 
         return clip_quickstart(cfg.out, cfg.seed, cfg.minutes or CLIP_MINUTES, cfg.progress)
-    minutes = cfg.minutes or LM_MINUTES
     if cfg.recipe == "vlm":
         from lmforge.multimodal.vlm_quickstart import vlm_quickstart
 
-        return vlm_quickstart(cfg.out, cfg.seed, minutes, cfg.progress)
+        minutes = cfg.minutes or VLM_MINUTES
+        return vlm_quickstart(cfg.out, cfg.seed, minutes, cfg.progress, clip_fraction=cfg.clip_fraction)
+    minutes = cfg.minutes or LM_MINUTES
     say = _say if cfg.progress else (lambda message: None)
     root = Path(cfg.out)
     train_text, val_text, where = sources.quickstart_texts(cfg.text, cfg.val_text, cfg.val_fraction)

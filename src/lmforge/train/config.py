@@ -174,7 +174,13 @@ class QuickstartConfig(ModelShape):
     out: Path = option(Path("runs/quickstart"), "working directory (tokenizer/, data/, run-N/)")
     minutes: float | None = option(
         None,
-        "training time budget in minutes, the schedule sized to end within it (none: 9 for clip, 4 otherwise)",
+        "training time budget in minutes, the schedule sized to end within it "
+        "(none: 9 for clip, 8.5 for vlm, 4 for lm)",
+    )
+    clip_fraction: float = option(
+        0.5,
+        "--recipe vlm: share of the minutes spent first training the image tower as CLIP, the VLM "
+        "starting from it (0: the VLM alone, its ViT from scratch)",
     )
     vocab_size: int = option(4096, "BPE vocabulary size")
     seq_len: int = same_as(TrainConfig, "seq_len", 128)
@@ -193,6 +199,8 @@ class QuickstartConfig(ModelShape):
         if isinstance(self.text, (list, tuple)):
             self.text = [str(t) if isinstance(t, Path) else t for t in self.text]
         check_types(self)
+        if not 0.0 <= self.clip_fraction < 1.0:
+            raise LMForgeError(f"clip_fraction must be in [0, 1), got {self.clip_fraction}")
         if not 0.0 < self.val_fraction < 1.0:
             raise LMForgeError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if (self.minutes is not None and self.minutes <= 0) or self.lr <= 0:
