@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from ranx import Qrels, Run
@@ -100,3 +101,16 @@ def test_shipped_wikipedia_qrels_point_at_the_builtin_corpus():
         words = line["query"].lower().split()
         target = texts[line["relevant"][0]]
         assert not any(" ".join(words[i : i + 8]) in target for i in range(len(words) - 7))
+
+
+def test_shipped_pydoc_qrels_name_library_pages():
+    from lmforge.eval.harness import load_task, shipped_tasks_dir
+
+    task = load_task("rag-pydoc")
+    folder = Path(task.options["corpus"][0])
+    lines = [json.loads(x) for x in (shipped_tasks_dir() / "rag-pydoc.qrels.jsonl").read_text().splitlines()]
+    assert len(lines) == 60 and len({x["id"] for x in lines}) == 60
+    for line in lines:
+        assert line["answer"] and all(p.endswith(".html") and "/" not in p for p in line["relevant"])
+    if folder.is_dir():  # Debian's python3.11-doc, where installed: every named page exists
+        assert all((folder / p).is_file() for line in lines for p in line["relevant"])

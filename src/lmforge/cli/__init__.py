@@ -123,6 +123,7 @@ def _add_param(parser: argparse.ArgumentParser, param: inspect.Parameter, tp: An
         help_text = f"{help_text} (default: {shown})".strip()
         # an option not given stays out of the call: the function's (or the model's) default applies
         kwargs["default"] = default if positional else argparse.SUPPRESS
+    help_text = help_text.replace("%", "%%")  # argparse %-formats help: "95% intervals" is text
     if positional:
         parser.add_argument(param.name, help=help_text, **kwargs)
     else:

@@ -81,6 +81,7 @@ def ask(question: str, *, store: str, stream: bool = True, json: bool = False, *
     return answer
 
 
+@with_options(lmforge.rag.SearchConfig, skip=("mode", "k"))
 def evaluate(
     *,
     store: str,
@@ -89,9 +90,11 @@ def evaluate(
     k: int = 10,
     n_resamples: int = 1000,
     json: bool = False,
+    **options: Any,
 ) -> dict:
     """Retrieval quality of each mode on a qrels file: recall@k, mrr@k, ndcg@k, map with bootstrap
-    intervals (a qrels line: {"query": "...", "relevant": ["path/in/the/indexed/folder.md", ...]}).
+    intervals (a qrels line: {"query": "...", "relevant": ["path/in/the/indexed/folder.md", ...]});
+    the search options (fusion, reranker, ...) apply to every mode.
 
     Args:
         store: the index (SQLite file or postgresql:// URL).
@@ -101,7 +104,7 @@ def evaluate(
         n_resamples: bootstrap resamples for the 95% intervals.
         json: print the metrics as one JSON object instead of a table.
     """
-    results = lmforge.rag.evaluate(store, qrels, modes=modes, k=k, n_resamples=n_resamples)
+    results = lmforge.rag.evaluate(store, qrels, modes=modes, k=k, n_resamples=n_resamples, **options)
     if json:
         flat = {m: {name: v["value"] for name, v in r.items()} for m, r in results.items()}
         print(jsonlib.dumps(flat[modes[0]] if len(modes) == 1 else flat, indent=1))
