@@ -3,7 +3,8 @@ held-out test split (exact match per question type, caption BLEU-3 / CIDEr) and 
 
 Two stages share one time budget, as in LLaVA: first the image tower is trained contrastively as a
 CLIP model (`train_clip` with the CLIP recipe's defaults) for `clip_fraction` of the minutes, then the
-VLM starts its ViT from that tower (`vision_from`) and trains on questions and captions for the rest.
+VLM starts its ViT from that tower (`vision_from`), kept frozen (`freeze_tower`, LLaVA's first stage),
+and trains the projector and decoder on questions and captions for the rest.
 A ViT trained only through the answer loss learns colour but not shape within minutes; the
 contrastive stage is what teaches it shape. `clip_fraction=0` trains the VLM alone from scratch.
 
@@ -90,12 +91,13 @@ def _report_lines(e: VLMEvalResult, test_dir: str) -> list[str]:
 def vlm_quickstart(
     out: str | Path = "runs/quickstart",
     seed: int = 0,
-    minutes: float | None = 8.5,
+    minutes: float | None = 9.0,
     progress: bool = True,
     model: VLMConfig | None = None,
     train: VLMTrainConfig | None = None,
-    clip_fraction: float = 0.5,
+    clip_fraction: float = 0.65,
     clip_train: ClipTrainConfig | None = None,
+    freeze_tower: bool = True,
 ) -> VLMQuickstartResult:
     """Train the image tower as CLIP for `clip_fraction` of `minutes`, the VLM from that tower for the
     rest, then evaluate on the test split. `train` / `clip_train` replace the stages' configs (their
@@ -123,7 +125,9 @@ def vlm_quickstart(
         clip_final = clip.final
         say(f"      CLIP: {clip.steps} steps in {stages['clip'] / 60:.1f} min; tower {clip_final}")
     train = train or VLMTrainConfig(seed=seed, minutes=budget["vlm"], steps=100_000)
-    train = dataclasses.replace(train, vision_from=clip_final)
+    train = dataclasses.replace(
+        train, vision_from=clip_final, freeze_vision=freeze_tower and clip_final is not None
+    )
     start_from = "the CLIP tower" if clip_final is not None else "scratch"
     say(f"[{n - 1}/{n}] training the VLM (ViT from {start_from}) for {_minutes(train.minutes)}")
     t = time.perf_counter()

@@ -175,10 +175,10 @@ class QuickstartConfig(ModelShape):
     minutes: float | None = option(
         None,
         "training time budget in minutes, the schedule sized to end within it "
-        "(none: 9 for clip, 8.5 for vlm, 4 for lm)",
+        "(none: 9 for clip and vlm, 4 for lm)",
     )
     clip_fraction: float = option(
-        0.5,
+        0.65,
         "--recipe vlm: share of the minutes spent first training the image tower as CLIP, the VLM "
         "starting from it (0: the VLM alone, its ViT from scratch)",
     )
