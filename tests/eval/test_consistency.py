@@ -98,6 +98,13 @@ def test_answer_recall_and_fill_blank():
     assert fill_blank("3.5 metres, roughly", ".") == "3.5 metres"
 
 
+def test_split_at_whole_words():
+    from lmforge.eval.consistency import split_at
+
+    assert split_at("In 1941 it had 41 rooms.", "41") == ("In 1941 it had ", " rooms.")
+    assert split_at("Paris, said Parisians.", "Paris") == ("", ", said Parisians.")
+
+
 def test_keep_question():
     assert keep_question("It was completed in ____.", "1889", "1889")
     assert not keep_question("It was completed in ____.", "1889", "1899")  # the QA model failed on the output

@@ -94,6 +94,16 @@ def answer_spans(sentence: str) -> list[str]:
     return [sentence[a:b].rstrip(",") for a, b in sorted(found)]
 
 
+def split_at(sentence: str, span: str) -> tuple[str, str]:
+    """The text before and after the first whole-word occurrence of `span` ("41" is not the end of
+    "1941")."""
+    m = re.search(rf"(?<!\w){re.escape(span)}(?!\w)", sentence)
+    if m is None:
+        before, _, after = sentence.partition(span)
+        return (before, after) if span in sentence else (sentence, "")
+    return sentence[: m.start()], sentence[m.end() :]
+
+
 def normalize_answer(text: str) -> str:
     """SQuAD's normalisation: lowercase, no punctuation, no articles, single spaces."""
     text = "".join(c for c in text.lower() if c not in string.punctuation)
@@ -163,17 +173,17 @@ def qa_consistency(rows: Sequence[dict[str, Any]], lm, cfg: ConsistencyConfig) -
     for i, r in enumerate(rows):
         pairs = [(s, a) for s in split_sentences(r["output"]) for a in answer_spans(s)]
         if cfg.questions == "cloze":
-            pairs = [(s, a) for s, a in pairs if s.split(a, 1)[0].strip()]
+            pairs = [(s, a) for s, a in pairs if split_at(s, a)[0].strip()]
         asked.extend((i, s, a) for s, a in pairs[: cfg.max_questions])
     if cfg.questions == "cloze":
-        questions = [s.replace(a, "____", 1) for _, s, a in asked]
+        questions = ["____".join(split_at(s, a)) for _, s, a in asked]
         prompts = [
-            rows[i][key] + "\n\n" + s.split(a, 1)[0].rstrip()
+            rows[i][key] + "\n\n" + split_at(s, a)[0].rstrip()
             for key in ("output", "source")
             for i, s, a in asked
         ]
         answers = [
-            fill_blank(c, s.split(a, 1)[1])
+            fill_blank(c, split_at(s, a)[1])
             for c, (_, s, a) in zip(_continue_all(lm, prompts, 12), asked + asked)
         ]
     else:
