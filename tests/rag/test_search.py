@@ -135,6 +135,8 @@ def test_fuse_orders_by_hand():
         (9, pytest.approx(fused[9])),
     ]
     assert [i for i, _ in fuse_orders(ids, scores, 0.0)] == ids  # weight 0: the first stage's order
+    with pytest.raises(LMForgeError, match="rerank_weight must be between 0 and 1, got 1.5"):
+        rag.SearchConfig(rerank_weight=1.5)
 
 
 def test_sentence_reranker_is_the_best_sentence_similarity(built):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from lmforge.errors import LMForgeError
 from lmforge.options import check_types, option
 
 DEFAULT_CHUNK_TOKENS = 200
@@ -71,6 +72,8 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         check_types(self)
+        if not 0.0 <= self.rerank_weight <= 1.0:
+            raise LMForgeError(f"rerank_weight must be between 0 and 1, got {self.rerank_weight}")
 
 
 @dataclass
