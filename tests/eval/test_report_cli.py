@@ -11,6 +11,7 @@ import sacrebleu
 import lmforge
 from lmforge.cli import main
 from lmforge.eval import report as report_mod
+from lmforge.hardware import describe
 
 from .conftest import make_tiny_lm
 
@@ -55,6 +56,7 @@ def test_eval_side_by_side_writes_json_markdown_and_plots(patched_load, tmp_path
     report = json.loads((out / "report.json").read_text())
     assert report["seed"] == 3 and report["config"]["models"] == ["tiny-a", "tiny-b"]
     assert report["versions"]["torch"] and report["versions"]["sacrebleu"]
+    assert report["machine"] == describe()
     assert [m["name"] for m in report["models"]] == ["tiny-a", "tiny-b"]
     assert [r["model"] for r in report["results"]] == ["tiny-a", "tiny-b"]
     ppl = report["results"][0]["metrics"]["perplexity"]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.errors import LMForgeError
+from lmforge.hardware import describe
 from lmforge.io.atomic import atomic_file, atomic_write_text
 
 REPORT_VERSION = 1
@@ -91,6 +92,7 @@ def build_report(
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "seed": seed,
         "config": config,
+        "machine": describe(),  # CPU model and flags: the machines change between runs
         "versions": versions(),
         "models": models,
         "tasks": tasks,
