@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,9 +44,26 @@ PALETTE = {
 Split = Literal["train", "test"]
 
 
+# Captions a training image is paired with: mostly both attributes, sometimes one of them.
+TRAIN_TEMPLATES = (
+    "a {colour} {shape}",
+    "a picture of a {colour} {shape}",
+    "a {colour} {shape} on a light background",
+    "a {shape} that is {colour}",
+    "the {shape} is {colour}",
+    "a {colour} shape",
+    "a {shape}",
+)
+
+
 def caption(colour: str, shape: str) -> str:
     """The caption of an image with one `colour` `shape`, as the training pairs use it."""
     return f"a {colour} {shape}"
+
+
+def template_captions() -> list[str]:
+    """Every caption `TRAIN_TEMPLATES` can make for easy-VQA's shapes and colours."""
+    return [t.format(colour=c, shape=s) for t in TRAIN_TEMPLATES for c in COLOURS for s in SHAPES]
 
 
 @dataclass
@@ -69,6 +87,16 @@ class ImageSet:
     @property
     def captions(self) -> list[str]:
         return [caption(c, s) for c, s in zip(self.colours, self.shapes, strict=True)]
+
+    def training_captions(self, rows: list[int], rng: random.Random) -> list[str]:
+        """A caption for each of `rows`, its template drawn from `rng` (contrastive training pairs)."""
+        return [
+            rng.choice(TRAIN_TEMPLATES).format(colour=self.colours[r], shape=self.shapes[r]) for r in rows
+        ]
+
+    def caption_texts(self) -> list[str]:
+        """Every caption `training_captions` can make (the caption tokenizer's training text)."""
+        return template_captions()
 
     def subset(self, rows: list[int] | range) -> ImageSet:
         index = {r: i for i, r in enumerate(rows)}

@@ -4,8 +4,8 @@ It reuses the project's training parts rather than the LM `Trainer` (whose batch
 checkpoints are token windows): AdamW with decay on matrices only and the warmup + cosine schedule
 (train/optim.py), the JSONL/TensorBoard log and loss plot (train/logging.py), atomic checkpoints
 (`CLIP.save`). Each step draws a batch of training images (random horizontal/vertical flips, which
-keep a shape's name and colour) and, for each image, a caption from `TRAIN_TEMPLATES`; the last
-`val_images` of the train split are held out for a validation loss. The test split is never read here.
+keep a shape's name and colour) and, for each image, a caption drawn by `ImageSet.training_captions`;
+the last `val_images` of the train split are held out for a validation loss. The test split is never read here.
 """
 
 from __future__ import annotations
@@ -24,28 +24,17 @@ from lmforge import hardware
 from lmforge.errors import LMForgeError
 from lmforge.io.atomic import atomic_write_text
 from lmforge.multimodal.clip import CLIP, ClipConfig, train_caption_tokenizer
-from lmforge.multimodal.data import COLOURS, SHAPES, ImageSet, load_easy_vqa
+from lmforge.multimodal.data import ImageSet, load_easy_vqa, template_captions
 from lmforge.options import check_types, option
 from lmforge.train.logging import RunLogger
 from lmforge.train.optim import LRSchedule, build_optimizer
 
 CALIBRATION_STEPS = 10  # steps timed before a time budget sizes the schedule (again at 5x)
 
-# Captions a training image is paired with: mostly both attributes, sometimes one of them.
-TRAIN_TEMPLATES = (
-    "a {colour} {shape}",
-    "a picture of a {colour} {shape}",
-    "a {colour} {shape} on a light background",
-    "a {shape} that is {colour}",
-    "the {shape} is {colour}",
-    "a {colour} shape",
-    "a {shape}",
-)
-
 
 def all_template_texts() -> list[str]:
-    """Every caption the templates can make (the tokenizer's training text)."""
-    return [t.format(colour=c, shape=s) for t in TRAIN_TEMPLATES for c in COLOURS for s in SHAPES]
+    """Every caption the easy-VQA templates can make (the tokenizer's training text)."""
+    return template_captions()
 
 
 @dataclass
@@ -86,10 +75,6 @@ class ClipTrainResult:
     final: Path | None
 
 
-def _captions(data: ImageSet, rows: list[int], rng: random.Random) -> list[str]:
-    return [rng.choice(TRAIN_TEMPLATES).format(colour=data.colours[r], shape=data.shapes[r]) for r in rows]
-
-
 def _flip(images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     horizontal = torch.rand(images.shape[0], generator=g) < 0.5
     vertical = torch.rand(images.shape[0], generator=g) < 0.5
@@ -101,14 +86,12 @@ def _flip(images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 def validation_loss(clip: CLIP, data: ImageSet, batch_size: int = 200) -> float:
     """Mean InfoNCE over fixed batches of `data` with the first template's captions."""
     clip.model.eval()
-    losses = []
+    losses, captions = [], data.captions
     for i in range(0, len(data) - 1, batch_size):
         rows = list(range(i, min(i + batch_size, len(data))))
         if len(rows) < 2:
             break
-        ids, mask = clip.tokenize(
-            [TRAIN_TEMPLATES[0].format(colour=data.colours[r], shape=data.shapes[r]) for r in rows]
-        )
+        ids, mask = clip.tokenize([captions[r] for r in rows])
         losses.append(float(clip.model.loss(data.float_images(rows), ids, mask)))
     return sum(losses) / len(losses)
 
@@ -138,7 +121,7 @@ def train_clip(
     if n_train < 2:
         raise LMForgeError(f"need at least 2 training images, have {n_train}")
     train_set, val_set = data.subset(range(n_train)), data.subset(range(len(data) - n_val, len(data)))
-    tokenizer = train_caption_tokenizer(all_template_texts())
+    tokenizer = train_caption_tokenizer(data.caption_texts())
     clip = CLIP.create(model, tokenizer, seed=train.seed)
     optimizer = build_optimizer(clip.model, train.lr, train.weight_decay, betas=(0.9, 0.98))
     schedule = LRSchedule(
@@ -168,7 +151,7 @@ def train_clip(
         images = train_set.float_images(rows)
         if train.flips:
             images = _flip(images, g)
-        ids, mask = clip.tokenize(_captions(train_set, rows, rng))
+        ids, mask = clip.tokenize(train_set.training_captions(rows, rng))
         loss = clip.model.loss(images, ids, mask)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
