@@ -183,6 +183,29 @@ class ModelConfig:
         return ModelConfig.from_dict({**self.to_dict(), **changes})
 
     @classmethod
+    def encoder(
+        cls, n_layer: int, n_head: int, d_model: int, max_seq_len: int, vocab_size: int = 1, **overrides: Any
+    ) -> ModelConfig:
+        """A bidirectional pre-norm encoder with no output head (the ViT's blocks, CLIP's text tower):
+        GELU MLP, biases everywhere, untied; `overrides` set any other field (e.g. `position`)."""
+        fields = dict(
+            vocab_size=vocab_size,
+            n_layer=n_layer,
+            n_head=n_head,
+            d_model=d_model,
+            max_seq_len=max_seq_len,
+            causal=False,
+            position="none",
+            head="none",
+            mlp="gelu",
+            qkv_bias=True,
+            attn_out_bias=True,
+            mlp_bias=True,
+            tie_embeddings=False,
+        )
+        return cls(**{**fields, **overrides})
+
+    @classmethod
     def preset(cls, name: str, **overrides: Any) -> ModelConfig:
         """A named starting point (`lmforge pretrain --preset ...`), with any field overridden."""
         if name not in PRESETS:

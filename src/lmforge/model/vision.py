@@ -83,20 +83,8 @@ class VisionConfig:
 
     def block_config(self) -> ModelConfig:
         """The transformer blocks' config: a bidirectional pre-norm encoder, GELU MLP, with biases."""
-        return ModelConfig(
-            vocab_size=1,
-            n_layer=self.vision_n_layer,
-            n_head=self.vision_n_head,
-            d_model=self.vision_d_model,
-            max_seq_len=self.n_patches + 1,
-            causal=False,
-            position="none",
-            head="none",
-            mlp="gelu",
-            qkv_bias=True,
-            attn_out_bias=True,
-            mlp_bias=True,
-            tie_embeddings=False,
+        return ModelConfig.encoder(
+            self.vision_n_layer, self.vision_n_head, self.vision_d_model, max_seq_len=self.n_patches + 1
         )
 
     def to_dict(self) -> dict:

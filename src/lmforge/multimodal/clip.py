@@ -61,20 +61,13 @@ class ClipConfig(VisionConfig):
             )
 
     def text_config(self) -> ModelConfig:
-        return ModelConfig(
-            vocab_size=max(self.vocab_size, 1),
-            n_layer=self.text_n_layer,
-            n_head=self.text_n_head,
-            d_model=self.text_d_model,
+        return ModelConfig.encoder(
+            self.text_n_layer,
+            self.text_n_head,
+            self.text_d_model,
             max_seq_len=self.text_max_len,
-            causal=False,
+            vocab_size=max(self.vocab_size, 1),
             position="learned",
-            head="none",
-            mlp="gelu",
-            qkv_bias=True,
-            attn_out_bias=True,
-            mlp_bias=True,
-            tie_embeddings=False,
         )
 
     def vision_config(self) -> VisionConfig:
