@@ -114,3 +114,66 @@ def test_shipped_pydoc_qrels_name_library_pages():
         assert line["answer"] and all(p.endswith(".html") and "/" not in p for p in line["relevant"])
     if folder.is_dir():  # Debian's python3.11-doc, where installed: every named page exists
         assert all((folder / p).is_file() for line in lines for p in line["relevant"])
+
+
+def _graded(relevant):
+    return relevant if isinstance(relevant, dict) else {p: 1 for p in relevant}
+
+
+def _main_targets(lines):
+    """{query id: the documents of its highest grade}."""
+    out = {}
+    for line in lines:
+        rel = _graded(line["relevant"])
+        out[line["id"]] = {p for p, g in rel.items() if g == max(rel.values())}
+    return out
+
+
+@pytest.mark.parametrize("name", ["wikipedia", "pydoc"])
+def test_development_sets_are_disjoint_from_the_test_sets(name):
+    """rag-*-dev (for choosing options) asks about other facts than rag-* (for reporting): no query
+    repeated, and no (main document, answer) pair — the same fact — in both."""
+    from lmforge.eval.harness import load_task, shipped_tasks_dir
+
+    read = lambda n: [json.loads(x) for x in (shipped_tasks_dir() / n).read_text().splitlines()]  # noqa: E731
+    dev, test = read(f"rag-{name}-dev.qrels.jsonl"), read(f"rag-{name}.qrels.jsonl")
+    assert load_task(f"rag-{name}-dev").options["qrels"].endswith(f"rag-{name}-dev.qrels.jsonl")
+    assert len(dev) >= {"wikipedia": 30, "pydoc": 40}[name] and len({x["id"] for x in dev}) == len(dev)
+    assert not {x["id"] for x in dev} & {x["id"] for x in test}
+    assert not {x["query"].lower() for x in dev} & {x["query"].lower() for x in test}
+    facts = lambda lines: {  # noqa: E731
+        (p, x["answer"].lower()) for x, (_, ps) in zip(lines, _main_targets(lines).items()) for p in ps
+    }
+    assert not facts(dev) & facts(test)
+    if name == "wikipedia":  # a dev question's main section is never a test question's target
+        test_docs = {p for x in test for p in _graded(x["relevant"])}
+        assert not set().union(*_main_targets(dev).values()) & test_docs
+
+
+def test_shipped_wikipedia_dev_qrels_paraphrase_sections_of_the_builtin_corpus():
+    from lmforge.eval.harness import shipped_tasks_dir
+    from lmforge.rag.ingest import builtin_corpus
+
+    texts = {d.path: " ".join(d.text.lower().split()) for d in builtin_corpus("wikipedia")}
+    lines = [
+        json.loads(x)
+        for x in (shipped_tasks_dir() / "rag-wikipedia-dev.qrels.jsonl").read_text().splitlines()
+    ]
+    for line, (_, targets) in zip(lines, _main_targets(lines).items()):
+        assert set(_graded(line["relevant"])) <= set(texts) and line["answer"]
+        words = line["query"].lower().split()
+        for target in targets:
+            assert not any(" ".join(words[i : i + 8]) in texts[target] for i in range(len(words) - 7))
+
+
+def test_shipped_pydoc_dev_qrels_name_library_pages_that_hold_the_answer():
+    from lmforge.eval.harness import load_task, shipped_tasks_dir
+
+    folder = Path(load_task("rag-pydoc-dev").options["corpus"][0])
+    lines = [
+        json.loads(x) for x in (shipped_tasks_dir() / "rag-pydoc-dev.qrels.jsonl").read_text().splitlines()
+    ]
+    for line, (_, targets) in zip(lines, _main_targets(lines).items()):
+        assert line["answer"] and all(p.endswith(".html") and "/" not in p for p in _graded(line["relevant"]))
+        if folder.is_dir():  # Debian's python3.11-doc, where installed: the main page names the answer
+            assert all(line["answer"] in (folder / p).read_text() for p in targets)
