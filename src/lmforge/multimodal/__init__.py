@@ -6,6 +6,7 @@
 - train.py: `train_clip` (AdamW + schedule from train/optim.py, the run log, atomic checkpoints)
 - evaluate.py: zero-shot classification, Recall@K, CLIPScore, compositional probe, prediction grid
 - quickstart.py: `lmforge quickstart --recipe clip`
+- mae.py: `MaskedAutoencoder` (MAE pretraining of the ViT: `loss(images)`, `transfer_to(vit)`, save/load)
 - vlm.py: `VLMConfig`, `VisionLanguageModel` (ViT → projector → decoder prefix), `VLM` (generates like an
   LM, with `image=`; save/load); vlm_train.py: `train_vlm`, `evaluate_vlm`; vlm_quickstart.py:
   `lmforge quickstart --recipe vlm`
@@ -14,6 +15,7 @@
 from lmforge.multimodal.clip import CLIP, ClipConfig, ClipModel, clip_loss
 from lmforge.multimodal.data import ImageSet, load_easy_vqa, read_image
 from lmforge.multimodal.evaluate import clip_score, evaluate_clip, zero_shot_accuracy
+from lmforge.multimodal.mae import MAEConfig, MaskedAutoencoder, load_vision_encoder
 from lmforge.multimodal.quickstart import ClipQuickstartResult, clip_quickstart
 from lmforge.multimodal.train import ClipTrainConfig, train_clip
 from lmforge.multimodal.vlm import VLM, VisionLanguageModel, VLMConfig
@@ -27,6 +29,8 @@ __all__ = [
     "ClipQuickstartResult",
     "ClipTrainConfig",
     "ImageSet",
+    "MAEConfig",
+    "MaskedAutoencoder",
     "VLM",
     "VLMConfig",
     "VLMQuickstartResult",
@@ -38,6 +42,7 @@ __all__ = [
     "evaluate_clip",
     "evaluate_vlm",
     "load_easy_vqa",
+    "load_vision_encoder",
     "read_image",
     "train_clip",
     "train_vlm",
