@@ -1,24 +1,30 @@
-"""Contrastive training of the CLIP model on easy-VQA image–caption pairs: `train_clip`.
+"""Contrastive training of the CLIP model through the one Trainer: `ClipObjective`, `ClipBatches`,
+`train_clip`.
 
-It reuses the project's training parts rather than the LM `Trainer` (whose batches, metrics and
-checkpoints are token windows): AdamW with decay on matrices only and the warmup + cosine schedule
-(train/optim.py), the JSONL/TensorBoard log and loss plot (train/logging.py), atomic checkpoints
-(`CLIP.save`). Each step draws a batch of training images (random horizontal/vertical flips, which
-keep a shape's name and colour) and, for each image, a caption drawn by `ImageSet.training_captions`;
-the last `val_images` of the train split are held out for a validation loss. The test split is never read here.
+The Trainer (train/trainer.py) runs the loop, as for the language models: AdamW with decay on matrices
+only, warmup + cosine (following the clock under a time budget), clipping, the JSONL/TensorBoard log
+and loss plot, periodic validation, atomic checkpoints (OUT/checkpoints/step-N, OUT/best, OUT/final,
+each a `CLIP.save` directory) and exact resume. What is CLIP's own lives here: the symmetric InfoNCE
+loss of a batch, the validation loss, the checkpoint's model files, and the batches: batch k draws its
+images, their captions (`ImageSet.training_captions`) and random horizontal/vertical flips (which keep
+a shape's name and colour) from a generator seeded by (seed, k), so a resumed run sees the same
+batches. The last `val_images` of the train split are held out for the validation loss (captions from
+`ImageSet.captions`); the test split is never read here.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import random
-import sys
-import time
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from lmforge import hardware
 from lmforge.errors import LMForgeError
@@ -26,10 +32,8 @@ from lmforge.io.atomic import atomic_write_text
 from lmforge.multimodal.clip import CLIP, ClipConfig, train_caption_tokenizer
 from lmforge.multimodal.data import ImageSet, load_easy_vqa, template_captions
 from lmforge.options import check_types, option
-from lmforge.train.logging import RunLogger
-from lmforge.train.optim import LRSchedule, build_optimizer
-
-CALIBRATION_STEPS = 10  # steps timed before a time budget sizes the schedule (again at 5x)
+from lmforge.train.batches import ValSet
+from lmforge.train.trainer import Objective, TrainConfig, Trainer
 
 
 def all_template_texts() -> list[str]:
@@ -41,9 +45,9 @@ def all_template_texts() -> list[str]:
 class ClipTrainConfig:
     """How `train_clip` trains; every field is an option of `lmforge quickstart --recipe clip`."""
 
-    steps: int = option(3000, "optimizer steps (a time budget may size the schedule to fewer)")
+    steps: int = option(3000, "optimizer steps (a time budget may stop the run earlier)")
     minutes: float | None = option(
-        None, "training time budget: the schedule is sized from the first steps' pace to end within it"
+        None, "training time budget: the schedule follows the clock to end within it (Trainer max_minutes)"
     )
     batch_size: int = option(128, "image–caption pairs per step")
     lr: float = option(1e-3, "peak learning rate")
@@ -54,6 +58,7 @@ class ClipTrainConfig:
     flips: bool = option(True, "random horizontal/vertical flips of training images")
     log_every: int = option(50, "steps between log lines and validation losses")
     seed: int = option(0, "seed for initialisation, batches and captions")
+    resume: bool = option(False, "continue the run in `out` from its latest checkpoint")
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -62,6 +67,26 @@ class ClipTrainConfig:
                 raise LMForgeError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.minutes is not None and self.minutes <= 0:
             raise LMForgeError(f"minutes must be positive, got {self.minutes}")
+
+    def training(self, progress: bool = True) -> TrainConfig:
+        """The Trainer's settings for this run (fp32, AdamW betas (0.9, 0.98), clipping at 1)."""
+        return TrainConfig(
+            steps=self.steps,
+            max_minutes=self.minutes,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            min_lr=self.lr / 10,
+            warmup_steps=min(self.warmup_steps, self.steps),
+            weight_decay=self.weight_decay,
+            beta2=0.98,
+            eval_every=self.log_every,
+            log_every=self.log_every,
+            seed=self.seed,
+            precision="fp32",
+            progress=progress,
+            tensorboard=False,
+            resume=self.resume,
+        )
 
 
 @dataclass
@@ -75,25 +100,146 @@ class ClipTrainResult:
     final: Path | None
 
 
-def _flip(images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+def flip_images(images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Each image flipped horizontally and/or vertically with probability 1/2 each."""
     horizontal = torch.rand(images.shape[0], generator=g) < 0.5
     vertical = torch.rand(images.shape[0], generator=g) < 0.5
     images = torch.where(horizontal[:, None, None, None], images.flip(-1), images)
     return torch.where(vertical[:, None, None, None], images.flip(-2), images)
 
 
-@torch.no_grad()
-def validation_loss(clip: CLIP, data: ImageSet, batch_size: int = 200) -> float:
-    """Mean InfoNCE over fixed batches of `data` with the first template's captions."""
-    clip.model.eval()
-    losses, captions = [], data.captions
+def index_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator of batch `index`: a pure function of (seed, index), whoever draws it and when."""
+    return np.random.default_rng([seed, index])
+
+
+def seed_from(rng: np.random.Generator) -> int:
+    return int(rng.integers(2**62))
+
+
+@dataclass
+class ClipBatches:
+    """Batch k: `batch_size` distinct images, a caption each, flipped at random; all seeded by (seed, k).
+    Keys: `images` (B, 3, H, W) floats in [0, 1], `input_ids` and `attention_mask` (B, T)."""
+
+    data: ImageSet
+    tokenize: Any  # CLIP.tokenize
+    batch_size: int
+    flips: bool = True
+    seed: int = 0
+
+    def batch(self, index: int) -> dict[str, torch.Tensor]:
+        rng = index_rng(self.seed, index)
+        rows = rng.choice(len(self.data), size=min(self.batch_size, len(self.data)), replace=False).tolist()
+        captions = self.data.training_captions(rows, random.Random(seed_from(rng)))
+        images = self.data.float_images(rows)
+        if self.flips:
+            images = flip_images(images, torch.Generator().manual_seed(seed_from(rng)))
+        ids, mask = self.tokenize(captions)
+        return {"images": images, "input_ids": ids, "attention_mask": mask}
+
+
+def clip_val_set(clip: CLIP, data: ImageSet, batch_size: int = 200) -> ValSet:
+    """Fixed batches of `data` with their plain captions ("a red circle"), no flips."""
+    captions, batches = data.captions, []
     for i in range(0, len(data) - 1, batch_size):
         rows = list(range(i, min(i + batch_size, len(data))))
         if len(rows) < 2:
             break
         ids, mask = clip.tokenize([captions[r] for r in rows])
-        losses.append(float(clip.model.loss(data.float_images(rows), ids, mask)))
-    return sum(losses) / len(losses)
+        batches.append({"images": data.float_images(rows), "input_ids": ids, "attention_mask": mask})
+    return ValSet(batches)
+
+
+def contrastive_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Symmetric InfoNCE of a batch through the model's forward (so DDP and torch.compile see it):
+    row i's positive is column i, both ways (the same value as `clip_loss`)."""
+    logits_per_image, logits_per_text = model(batch["images"], batch["input_ids"], batch["attention_mask"])
+    labels = torch.arange(logits_per_image.shape[0], device=logits_per_image.device)
+    return (
+        F.cross_entropy(logits_per_image.float(), labels) + F.cross_entropy(logits_per_text.float(), labels)
+    ) / 2
+
+
+class ClipObjective(Objective):
+    """CLIP for the Trainer: InfoNCE loss, validation InfoNCE, checkpoints `CLIP.load` reads; throughput
+    in images."""
+
+    name = "clip"
+    unit, unit_short = "images", "img"
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], config: TrainConfig) -> torch.Tensor:
+        return contrastive_loss(model, batch)
+
+    def evaluate(self, trainer: Trainer) -> dict[str, float]:
+        model = trainer._inspected_model()
+        model.eval()
+        with torch.no_grad(), trainer._autocast():
+            losses = [float(contrastive_loss(model, trainer._to_device(b))) for b in trainer.val_data.batches]
+        model.train()
+        return {"loss": sum(losses) / len(losses)}
+
+    def write_model(self, directory: Path, model: nn.Module) -> None:
+        CLIP(model, self.tokenizer).save(directory)
+
+    def load_weights(self, model: nn.Module, path: Path) -> None:
+        saved = CLIP.load(path)
+        if saved.config != model.config:
+            raise LMForgeError(f"{path}: the checkpoint's CLIP config differs from this run's model")
+        model.load_state_dict(saved.model.state_dict())
+
+
+@dataclass
+class ClipRun:
+    """A CLIP run ready to `trainer.fit()`: the Trainer, the model it trains and the image counts."""
+
+    trainer: Trainer
+    clip: CLIP
+    train_images: int
+    val_images: int
+
+
+def clip_run(
+    model: ClipConfig,
+    train: TrainConfig,
+    out: str | Path,
+    data: ImageSet,
+    val_images: int = 400,
+    train_images: int | None = None,
+    flips: bool = True,
+    identity: dict[str, Any] | None = None,
+) -> ClipRun:
+    """The Trainer for a CLIP model of shape `model` trained on `data` (its last `val_images` held out
+    for validation), writing to `out`."""
+    if data.images.shape[-1] != model.image_size:
+        raise LMForgeError(
+            f"the images are {data.images.shape[-1]}x{data.images.shape[-2]} but the model takes "
+            f"{model.image_size}x{model.image_size}; set image_size to match"
+        )
+    n_val = min(val_images, len(data) // 5)
+    n_train = len(data) - n_val if train_images is None else min(train_images, len(data) - n_val)
+    if n_train < 2:
+        raise LMForgeError(f"need at least 2 training images, have {n_train}")
+    train_set, val_set = data.subset(range(n_train)), data.subset(range(len(data) - n_val, len(data)))
+    tokenizer = train_caption_tokenizer(data.caption_texts())
+    clip = CLIP.create(model, tokenizer, seed=train.seed)
+    batches = ClipBatches(train_set, clip.tokenize, min(train.batch_size, n_train), flips, train.seed)
+    val = clip_val_set(clip, val_set) if n_val >= 2 else None
+    identity = {
+        "objective": "clip",
+        "data": data.split,
+        "images": len(data),
+        "train_images": n_train,
+        "val_images": n_val,
+        "flips": flips,
+        **(identity or {}),
+    }
+    objective = ClipObjective(tokenizer)
+    trainer = Trainer(clip.model, train, batches, out, val, identity=identity, objective=objective)
+    return ClipRun(trainer, clip, n_train, n_val)
 
 
 def train_clip(
@@ -103,98 +249,38 @@ def train_clip(
     data: ImageSet | None = None,
     progress: bool = True,
 ) -> ClipTrainResult:
-    """Train a CLIP model from scratch on easy-VQA's train split (or on `data`).
+    """Train a CLIP model from scratch on easy-VQA's train split (or on `data`) with the Trainer.
 
-    With `out`, writes OUT/log.jsonl, OUT/plot.png, OUT/run.json and the model as OUT/final.
-    """
+    With `out`, writes the Trainer's run directory (log.jsonl, plot.png, checkpoints/, best/, final/)
+    and OUT/run.json; `train.resume` continues it exactly."""
     model = model or ClipConfig()
     train = train or ClipTrainConfig()
-    if data is None:
-        data = load_easy_vqa("train")
-    if data.images.shape[-1] != model.image_size:
-        raise LMForgeError(
-            f"the images are {data.images.shape[-1]}x{data.images.shape[-2]} but the model takes "
-            f"{model.image_size}x{model.image_size}; set image_size to match"
+    data = load_easy_vqa("train") if data is None else data
+    with tempfile.TemporaryDirectory() as scratch:
+        run_dir = Path(out) if out is not None else Path(scratch)
+        run = clip_run(
+            model, train.training(progress), run_dir, data, train.val_images, train.train_images, train.flips
         )
-    n_val = min(train.val_images, len(data) // 5)
-    n_train = len(data) - n_val if train.train_images is None else min(train.train_images, len(data) - n_val)
-    if n_train < 2:
-        raise LMForgeError(f"need at least 2 training images, have {n_train}")
-    train_set, val_set = data.subset(range(n_train)), data.subset(range(len(data) - n_val, len(data)))
-    tokenizer = train_caption_tokenizer(data.caption_texts())
-    clip = CLIP.create(model, tokenizer, seed=train.seed)
-    optimizer = build_optimizer(clip.model, train.lr, train.weight_decay, betas=(0.9, 0.98))
-    schedule = LRSchedule(
-        train.lr, train.steps, min(train.warmup_steps, train.steps), "cosine", train.lr / 10
-    )
-    rng = random.Random(train.seed)
-    g = torch.Generator().manual_seed(train.seed)
-    logger = RunLogger(out, tensorboard=False) if out is not None else None
-    batch = min(train.batch_size, n_train)
-    start = time.perf_counter()
-    loss_value, val, step = math.nan, None, 0
-    total = train.steps
-    timed: dict[int, float] = {}
-    for step in range(train.steps):
-        if train.minutes is not None and step in (CALIBRATION_STEPS, 5 * CALIBRATION_STEPS):
-            # size the schedule to the time budget from the pace so far; once more after the first
-            # steps (slower: allocator warm-up), from the pace since then
-            timed[step] = time.perf_counter() - start
-            first = min(timed)
-            pace = timed[step] / step if step == first else (timed[step] - timed[first]) / (step - first)
-            remaining = (train.minutes * 60 - timed[step]) / pace
-            total = max(step + 1, min(train.steps, step + int(remaining)))
-            schedule = LRSchedule(train.lr, total, min(train.warmup_steps, total), "cosine", train.lr / 10)
-        clip.model.train()
-        lr = schedule.apply(optimizer, step)
-        rows = rng.sample(range(n_train), batch)
-        images = train_set.float_images(rows)
-        if train.flips:
-            images = _flip(images, g)
-        ids, mask = clip.tokenize(train_set.training_captions(rows, rng))
-        loss = clip.model.loss(images, ids, mask)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(clip.model.parameters(), 1.0))
-        optimizer.step()
-        loss_value = float(loss.detach())
-        elapsed = time.perf_counter() - start
-        last = step + 1 == total or (train.minutes is not None and elapsed > train.minutes * 60)
-        if (step + 1) % train.log_every == 0 or last:
-            record = {"kind": "train", "step": step + 1, "loss": loss_value, "lr": lr, "grad_norm": grad_norm}
-            record["temperature"] = float(1 / clip.model.scale().detach())
-            if n_val >= 2:
-                val = validation_loss(clip, val_set)
-            if logger is not None:
-                logger.log(record)
-                if val is not None:
-                    logger.log({"kind": "val", "step": step + 1, "loss": val})
-            if progress:
-                shown = f", val {val:.3f}" if val is not None else ""
-                print(
-                    f"step {step + 1}/{total}: loss {loss_value:.3f}{shown}, τ {record['temperature']:.3f}, "
-                    f"{(step + 1) / elapsed:.1f} steps/s",
-                    file=sys.stderr,
-                    flush=True,
-                )
-        if last:
-            break
-    seconds = time.perf_counter() - start
-    clip.model.eval()
-    final = None
+        result = run.trainer.fit()
+    run.clip.model.eval()
+    val_loss = result.val.get("loss")
     if out is not None:
-        out = Path(out)
-        final = clip.save(out / "final")
-        logger.plot()
-        logger.close()
-        run = {
-            "model": asdict(clip.config),
+        record = {
+            "model": asdict(run.clip.config),
             "train": asdict(train),
-            "steps": step + 1,
-            "train_images": n_train,
-            "val_images": n_val,
-            "seconds": seconds,
+            "steps": result.steps,
+            "train_images": run.train_images,
+            "val_images": run.val_images,
+            "seconds": result.elapsed_s,
             "hardware": hardware.describe(),
         }
-        atomic_write_text(out / "run.json", json.dumps(run, indent=2))
-    return ClipTrainResult(clip, step + 1, loss_value, val, seconds, out, final)
+        atomic_write_text(run_dir / "run.json", json.dumps(record, indent=2))
+    return ClipTrainResult(
+        run.clip,
+        result.steps,
+        result.train_loss,
+        val_loss,
+        result.elapsed_s,
+        run_dir if out is not None else None,
+        result.final if out is not None else None,
+    )

@@ -20,6 +20,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -125,14 +126,19 @@ def save_checkpoint(
     lora_config: lora_lib.LoRAConfig | None = None,
     base_model: str | None = None,
     extra_files: dict[str, str] | None = None,
+    write_model: Callable[[Path, nn.Module], None] | None = None,
 ) -> Path:
     """Write one checkpoint directory atomically; a failure (e.g. a full disk) raises LMForgeError
-    and leaves no partial directory behind."""
+    and leaves no partial directory behind. `write_model(directory, model)` writes the model part
+    (default: `write_model_files`; a Trainer objective passes its own, e.g. a CLIP directory)."""
     path = Path(path)
     size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     try:
         with atomic_dir(path, expected_bytes=size) as tmp:
-            write_model_files(tmp, model, tokenizer, generation_config, lora_config, base_model)
+            if write_model is not None:
+                write_model(tmp, model)
+            else:
+                write_model_files(tmp, model, tokenizer, generation_config, lora_config, base_model)
             if trainer_state is not None:
                 torch.save(trainer_state, tmp / TRAINER_STATE)
             for name, text in (extra_files or {}).items():

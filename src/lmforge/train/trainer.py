@@ -1,7 +1,11 @@
-"""The Trainer: one loop for causal-LM pretraining, masked-LM pretraining and (instruction) fine-tuning.
+"""The Trainer: one loop for every model lmforge trains: causal-LM and masked-LM pretraining,
+(instruction) fine-tuning, and the image–text models (CLIP, the VLM, MAE; see lmforge.multimodal).
 
-The objective lives in the batches (`labels`, -100 = no loss): next-token windows, BERT-masked
-windows, or chat examples with loss on assistant tokens only. The loop itself does gradient
+What differs between them is an `Objective` the Trainer is given: the loss of one micro-batch, the
+validation metrics, the model files a checkpoint holds (and reading its weights back on resume), and
+what throughput counts (tokens, images). The default, `LMObjective`, trains a transformer on token
+batches whose `labels` carry the task (-100 = no loss): next-token windows, BERT-masked windows, or chat
+examples with loss on assistant tokens only. The loop itself does gradient
 accumulation, clipping (the pre-clip norm is logged), bf16/fp16 autocast (fp16 with a GradScaler),
 label smoothing, periodic validation (loss, perplexity, bits-per-byte), JSONL/TensorBoard logs, a
 progress bar with tokens/s, MFU and ETA, and atomic checkpoints with exact resume.
@@ -100,8 +104,8 @@ class TrainConfig:
         "steps that write a record (0: never; costs one extra forward of a batch with explicit attention "
         "weights)",
     )
-    # the schedule then follows the clock too, reaching min_lr by the deadline or by `steps`, whichever
-    # comes first (such runs are not bit-reproducible)
+    # the schedule then follows the clock too: warmup counts steps, then the decay reaches min_lr by the
+    # deadline or by `steps`, whichever comes first (such runs are not bit-reproducible)
     max_minutes: float | None = option(None, "stop (and checkpoint) after this many minutes of training")
     device: str | None = option(None, "cpu, cuda, cuda:1, ... (none: cuda if available)")
     distributed: Literal["ddp", "fsdp"] = option(
@@ -237,6 +241,131 @@ def measured_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32
     return hardware.matmul_flops(precision, device)
 
 
+class Objective:
+    """What the Trainer trains: everything that depends on the kind of model, so the loop (accumulation,
+    clipping, precision, NaN handling, logs, checkpoints, exact resume) stays one.
+
+    Batches are dicts of tensors from a `BatchSource` (a pure function of the micro-batch index);
+    `loss` turns one into a scalar, `evaluate` scores the Trainer's `val_data` (whatever the objective
+    reads), `write_model` / `load_weights` write the model part of a checkpoint directory and read its
+    weights back (resume, NaN rollback). `unit` names what `units_per_step` counts in the throughput
+    record (`<unit>_per_s`); `flops_per_unit` (None: unknown) gives MFU.
+    """
+
+    name = "objective"
+    unit, unit_short = "samples", "samples"
+    distributed = False  # whether it runs under torchrun (its loss goes through the wrapped forward)
+
+    def check(self, model: nn.Module, config: TrainConfig) -> None:
+        """Refuse settings this objective cannot honour (one-line LMForgeError)."""
+        if config.monitor_activations:
+            raise LMForgeError(
+                f"--monitor-activations watches transformer LMs; not available for {self.name}"
+            )
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], config: TrainConfig) -> torch.Tensor:
+        raise NotImplementedError
+
+    def evaluate(self, trainer: Trainer) -> dict[str, float]:
+        return {}
+
+    def write_model(self, directory: Path, model: nn.Module) -> None:
+        raise NotImplementedError
+
+    def load_weights(self, model: nn.Module, path: Path) -> None:
+        raise NotImplementedError
+
+    def model_config(self, model: nn.Module) -> dict[str, Any] | None:
+        config = getattr(model, "config", None)
+        return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else None
+
+    def units_per_batch(self, config: TrainConfig) -> int:
+        return config.batch_size
+
+    def flops_per_unit(self, model: nn.Module, config: TrainConfig) -> float | None:
+        return None
+
+
+class LMObjective(Objective):
+    """A transformer LM on token batches (`input_ids`, `labels`): cross-entropy over the labelled
+    positions; validation loss, perplexity and bits-per-byte; checkpoints `lmforge.load` reads (or a
+    LoRA adapter)."""
+
+    name = "lm"
+    unit, unit_short = "tokens", "tok"
+    distributed = True
+
+    def __init__(
+        self,
+        tokenizer: Any = None,
+        generation_config: dict | None = None,
+        lora: LoRAConfig | None = None,
+        base_model: str | None = None,
+    ):
+        self.tokenizer, self.generation_config = tokenizer, generation_config
+        self.lora, self.base_model = lora, base_model
+
+    def check(self, model: nn.Module, config: TrainConfig) -> None:
+        model_config = getattr(model, "config", None)
+        if model_config is not None and config.seq_len > model_config.max_seq_len:
+            raise LMForgeError(
+                f"--seq-len {config.seq_len} exceeds the model's context of {model_config.max_seq_len}; "
+                f"lower --seq-len or build the model with a larger max_seq_len"
+            )
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], config: TrainConfig) -> torch.Tensor:
+        return loss_fn(model(batch["input_ids"]), batch["labels"], config.label_smoothing)
+
+    def evaluate(self, trainer: Trainer) -> dict[str, float]:
+        """Validation loss (nats/token), perplexity and bits-per-byte (when byte counts are known);
+        batches are split across ranks and the sums all-reduced."""
+        val_data, dist = trainer.val_data, trainer.dist
+        model = trainer._inspected_model()
+        model.eval()
+        sums = torch.zeros(3, dtype=torch.float64, device=trainer.device)  # nats, tokens, bytes
+        with torch.no_grad(), trainer._autocast():
+            for i in range(dist.rank, len(val_data), dist.world_size):
+                batch = trainer._to_device(val_data.batches[i])
+                logits = model(batch["input_ids"])
+                labels = batch["labels"]
+                nats = F.cross_entropy(
+                    logits.float().reshape(-1, logits.shape[-1]),
+                    labels.reshape(-1),
+                    ignore_index=IGNORE,
+                    reduction="sum",
+                )
+                sums[0] += nats.double()
+                sums[1] += (labels != IGNORE).sum()
+                if val_data.num_bytes:
+                    sums[2] += val_data.num_bytes[i]
+        model.train()
+        dist_lib.all_reduce_sum(sums, dist)
+        nats, tokens, nbytes = sums.tolist()
+        loss = nats / max(tokens, 1)
+        out = {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": int(tokens)}
+        if nbytes > 0:
+            out["bits_per_byte"] = nats / (math.log(2) * nbytes)
+        return out
+
+    def write_model(self, directory: Path, model: nn.Module) -> None:
+        ckpt.write_model_files(
+            directory, model, self.tokenizer, self.generation_config, self.lora, self.base_model
+        )
+
+    def load_weights(self, model: nn.Module, path: Path) -> None:
+        ckpt.load_model_weights(model, path)
+
+    def model_config(self, model: nn.Module) -> dict[str, Any] | None:
+        config = getattr(model, "config", None)
+        return config.to_dict() if config is not None else None
+
+    def units_per_batch(self, config: TrainConfig) -> int:
+        return config.batch_size * config.seq_len
+
+    def flops_per_unit(self, model: nn.Module, config: TrainConfig) -> float | None:
+        return flops_per_token(model, config.seq_len)
+
+
 def _fmt_time(seconds: float) -> str:
     seconds = int(seconds)
     return (
@@ -247,7 +376,8 @@ def _fmt_time(seconds: float) -> str:
 
 
 class Trainer:
-    """Trains `model` (a module returning logits) on `train_data`, validating on `val_data`."""
+    """Trains `model` on `train_data` for `objective` (default: an LM returning logits, `LMObjective`
+    built from `tokenizer`, `generation_config`, `lora` and `base_model`), validating on `val_data`."""
 
     def __init__(
         self,
@@ -261,6 +391,7 @@ class Trainer:
         lora: LoRAConfig | None = None,
         base_model: str | None = None,
         identity: dict[str, Any] | None = None,
+        objective: Objective | None = None,
     ):
         self.config = config
         self.train_data = train_data
@@ -271,14 +402,13 @@ class Trainer:
         self.lora = lora
         self.base_model = base_model
         self.identity = identity or {}
+        self.objective = objective or LMObjective(tokenizer, generation_config, lora, base_model)
+        self.objective.check(model, config)
         self.dist = dist_lib.init_distributed(config.device)
         self.device = self.dist.device
-
-        model_config = getattr(model, "config", None)
-        if model_config is not None and config.seq_len > model_config.max_seq_len:
+        if self.dist.enabled and not self.objective.distributed:
             raise LMForgeError(
-                f"--seq-len {config.seq_len} exceeds the model's context of {model_config.max_seq_len}; "
-                f"lower --seq-len or build the model with a larger max_seq_len"
+                f"objective {self.objective.name} trains in one process; run it without torchrun"
             )
         if config.dropout is not None:
             set_dropout(model, config.dropout)
@@ -315,10 +445,9 @@ class Trainer:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def run_config(self) -> dict[str, Any]:
-        model_config = getattr(self.model, "config", None)
         return {
             "train": dataclasses.asdict(self.config),
-            "model": model_config.to_dict() if model_config is not None else None,
+            "model": self.objective.model_config(self.model),
             "lora": dataclasses.asdict(self.lora) if self.lora else None,
             "identity": self.identity,
             "world_size": self.dist.world_size,
@@ -351,36 +480,10 @@ class Trainer:
         return self.wrapped if self.config.distributed == "fsdp" else self.model
 
     def evaluate(self) -> dict[str, float]:
-        """Validation loss (nats/token), perplexity and bits-per-byte (when byte counts are known);
-        batches are split across ranks and the sums all-reduced."""
+        """The objective's validation metrics over `val_data` (empty without it)."""
         if self.val_data is None or not len(self.val_data):
             return {}
-        model = self._inspected_model()
-        model.eval()
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # nats, tokens, bytes
-        with torch.no_grad(), self._autocast():
-            for i in range(self.dist.rank, len(self.val_data), self.dist.world_size):
-                batch = self._to_device(self.val_data.batches[i])
-                logits = model(batch["input_ids"])
-                labels = batch["labels"]
-                nats = F.cross_entropy(
-                    logits.float().reshape(-1, logits.shape[-1]),
-                    labels.reshape(-1),
-                    ignore_index=IGNORE,
-                    reduction="sum",
-                )
-                sums[0] += nats.double()
-                sums[1] += (labels != IGNORE).sum()
-                if self.val_data.num_bytes:
-                    sums[2] += self.val_data.num_bytes[i]
-        model.train()
-        dist_lib.all_reduce_sum(sums, self.dist)
-        nats, tokens, nbytes = sums.tolist()
-        loss = nats / max(tokens, 1)
-        out = {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": int(tokens)}
-        if nbytes > 0:
-            out["bits_per_byte"] = nats / (math.log(2) * nbytes)
-        return out
+        return self.objective.evaluate(self)
 
     def _ratio_due(self, step: int) -> bool:
         every = self.config.update_ratio_every
@@ -410,7 +513,7 @@ class Trainer:
             raise LMForgeError(f"{what}{again}; {named}. Lower --lr, enable --grad-clip or use --on-nan skip")
         weights_ok = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
         if last_good is not None and not (self.dist.enabled and self.config.distributed == "fsdp"):
-            ckpt.load_model_weights(self.model, last_good)
+            self.objective.load_weights(self.model, last_good)
             self.optimizer.load_state_dict(ckpt.load_trainer_state(last_good)["optimizer"])
             action = f"skipped the step and rolled back to {last_good}"
         elif weights_ok:
@@ -447,14 +550,7 @@ class Trainer:
                 {"best.json": json.dumps({"step": self.step, **(metrics or {})})} if kind == "best" else None
             )
             ckpt.save_checkpoint(
-                path,
-                model,
-                state,
-                self.tokenizer,
-                self.generation_config,
-                self.lora,
-                self.base_model,
-                extra,
+                path, model, state, extra_files=extra, write_model=self.objective.write_model
             )
             if kind == "step":
                 ckpt.prune(self.run_dir, self.config.keep_last)
@@ -479,7 +575,7 @@ class Trainer:
             set_model_state_dict(self.model, ckpt_io.read_state(path, cfg, naming), options=opts)
             set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=opts)
         else:
-            ckpt.load_model_weights(self.model, path)
+            self.objective.load_weights(self.model, path)
             self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         rngs = state["rng"]
@@ -505,9 +601,11 @@ class Trainer:
             self.logger = RunLogger(self.run_dir, tensorboard=cfg.tensorboard)
         dist_lib.barrier(info)
 
-        tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * info.world_size
+        objective = self.objective
+        units_per_step = objective.units_per_batch(cfg) * cfg.grad_accum * info.world_size
         peak = None
-        flops_step = flops_per_token(self.model, cfg.seq_len) * tokens_per_step
+        flops_unit = objective.flops_per_unit(self.model, cfg)
+        flops_step = None if flops_unit is None else flops_unit * units_per_step
         if info.is_main:
             peak = self.precision_choice.peak_flops * info.world_size
             self.logger.log({"kind": "precision", "step": self.step, **self.precision_choice.to_dict()})
@@ -529,6 +627,7 @@ class Trainer:
         groups = monitor.Groups(self.model)
         watch = monitor.LossWatch(cfg.spike_factor)
         activation_stats = monitor.ActivationStats(self.model) if cfg.monitor_activations else None
+        warmup_end: tuple[int, float] | None = None  # (step, seconds) where a clock-run's warmup ended
         bad_steps = 0
         start_time = time.perf_counter()
         last_time, last_step, last_print = start_time, self.step, start_time
@@ -542,9 +641,15 @@ class Trainer:
         stop = False
         while self.step < cfg.steps and not stop:
             schedule_step = self.step
-            if cfg.max_minutes is not None:
-                fraction = (time.perf_counter() - start_time) / (cfg.max_minutes * 60)
-                schedule_step = max(self.step, int(fraction * cfg.steps))
+            warmup = self.schedule.warmup_steps
+            if cfg.max_minutes is not None and self.step >= warmup:
+                # warmup counts steps; the decay then spans the time left: min_lr at the deadline
+                now = time.perf_counter() - start_time
+                if warmup_end is None:
+                    warmup_end = (self.step, now)
+                left = cfg.max_minutes * 60 - warmup_end[1]
+                fraction = (now - warmup_end[1]) / left if left > 0 else 1.0
+                schedule_step = max(self.step, warmup + int(fraction * (cfg.steps - warmup)))
             lr = self.schedule.apply(self.optimizer, schedule_step)
             stats: dict[str, float] = {}
             loss_sum = torch.zeros((), device=self.device)
@@ -555,8 +660,7 @@ class Trainer:
                 ctx = contextlib.nullcontext() if sync else self.wrapped.no_sync()
                 with ctx:
                     with self._autocast():
-                        logits = self.forward_model(batch["input_ids"])
-                    loss = loss_fn(logits, batch["labels"], cfg.label_smoothing)
+                        loss = objective.loss(self.forward_model, batch, cfg)
                     self.scaler.scale(loss / cfg.grad_accum).backward()
                 loss_sum += loss.detach()
                 if (
@@ -599,8 +703,8 @@ class Trainer:
                 stop = bool(dist_lib.broadcast_object(elapsed >= cfg.max_minutes * 60, info))
             if info.is_main and (self.step % cfg.log_every == 0 or self.step == cfg.steps or stop):
                 dt = max(now - last_time, 1e-9)
-                tok_s = tokens_per_step * (self.step - last_step) / dt
-                mfu = flops_step * (self.step - last_step) / dt / peak if peak else None
+                rate = units_per_step * (self.step - last_step) / dt
+                mfu = flops_step * (self.step - last_step) / dt / peak if peak and flops_step else None
                 last_time, last_step = now, self.step
                 record = {
                     "kind": "train",
@@ -608,7 +712,7 @@ class Trainer:
                     "loss": train_loss,
                     "lr": lr,
                     "grad_norm": grad_norm,
-                    "tokens_per_s": tok_s,
+                    f"{objective.unit}_per_s": rate,
                     "mfu": mfu,
                     "elapsed_s": elapsed,
                     **{f"grad_norm/{k}": v for k, v in group_norms.items()},
@@ -617,14 +721,18 @@ class Trainer:
                 }
                 self.logger.log(record)
                 if bar is not None:
-                    bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{100 * mfu:.1f}%")
+                    bar.set_postfix(
+                        {"loss": f"{train_loss:.3f}", f"{objective.unit_short}/s": f"{rate:,.0f}"}
+                        | ({"mfu": f"{100 * mfu:.1f}%"} if mfu is not None else {})
+                    )
                 elif cfg.progress and (now - last_print > 30 or self.step == cfg.steps):
                     last_print = now
                     eta = (cfg.steps - self.step) * elapsed / max(self.step - first_step, 1)
                     if cfg.max_minutes is not None:  # the clock ends the run, not the step cap
                         eta = min(eta, max(cfg.max_minutes * 60 - elapsed, 0.0))
                     print(
-                        f"step {self.step}/{cfg.steps} | loss {train_loss:.4f} | {tok_s:,.0f} tok/s | "
+                        f"step {self.step}/{cfg.steps} | loss {train_loss:.4f} | "
+                        f"{rate:,.0f} {objective.unit_short}/s | "
                         f"mfu {100 * (mfu or 0):.1f}% | elapsed {_fmt_time(elapsed)} | eta {_fmt_time(eta)}",
                         file=sys.stderr,
                         flush=True,
