@@ -5,6 +5,8 @@ small fixed cache that must be compacted again and again, and on SmolLM2."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from generate_helpers import tiny_lm, tiny_model
@@ -206,3 +208,28 @@ def test_smollm2_requests_joining_a_running_batch(smollm2):
     with torch.inference_mode():
         check_equals_alone(smollm2, requests, completions, texts, tokens)
     assert max(waiting for _, waiting, _ in trace) > 0
+
+
+@pytest.mark.parametrize("prefill_tokens, groups", [(2048, [4]), (40, [2, 1, 1]), (1, [1, 1, 1, 1])])
+def test_a_burst_of_requests_is_prefilled_together_within_the_token_budget(
+    lm, monkeypatch, prefill_tokens, groups
+):
+    """Four requests queued at once (prompts of 19, 2, 40 and 1 bytes: a group is left-padded) join
+    in groups, one prefill per step: all four together, or as many as the padded prompt-slot budget
+    takes (40: the first two, 2 x 19 slots; then the 40-byte one alone, as a single request always
+    fits; then the last); each gives its lone tokens either way."""
+    requests = [
+        ("Seven tokens prompt", dict(max_new_tokens=6)),
+        ("ab", dict(max_new_tokens=5, seed=2, **SAMPLE)),
+        ("a much longer prompt than the others are", dict(max_new_tokens=4, logprobs=True)),
+        ("q", dict(max_new_tokens=7, repetition_penalty=1.3)),
+    ]
+    sizes = []
+    prefill = lm.engine.prefill
+    monkeypatch.setattr(lm.engine, "prefill", lambda batch: sizes.append(batch.size) or prefill(batch))
+    batcher = ContinuousBatcher(lm, max_batch=4, prefill_tokens=prefill_tokens)
+    completions, texts, tokens, trace = run_batched(batcher, requests, [0, 0, 0, 0])
+    assert sizes == groups
+    assert [running for running, _, _ in trace[: len(groups)]] == list(itertools.accumulate(groups))
+    monkeypatch.undo()
+    check_equals_alone(lm, requests, completions, texts, tokens)

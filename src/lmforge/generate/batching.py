@@ -17,10 +17,12 @@ while not batcher.idle:
 - `add(prompt, **options)` validates the options like `generate` does (a bad one raises here) and queues
   the request; `cancel(request_id)` drops it, queued or running.
 - `step()` runs one decode step over every running request, then fills the free rows with queued
-  requests. A new request is prefilled alone (a batch of 1, exactly as a lone `generate` call runs it),
-  takes its first token from that prefill, and its keys and values are copied into a free row of the
-  running cache so that they end at the cache's shared clock (`Batch.join`); from the next step on it
-  decodes with the others. A request that finishes frees its row at once (`Batch.release`).
+  requests. The requests admitted in one step are prefilled together (one left-padded forward, up to
+  `prefill_tokens` prompt tokens per step; a single request always fits, so a long prompt is never
+  starved), so a burst of arrivals waits for one prefill rather than one each. Each takes its first
+  token from that prefill, and its keys and values are copied into a free row of the running cache so
+  that they end at the cache's shared clock (`Batch.join`); from the next step on it decodes with the
+  others. A request that finishes frees its row at once (`Batch.release`).
 - Each request has its own `GenerationConfig`, processor pipeline (it sees only its own tokens), seeded
   `torch.Generator` (seeded as a lone run seeds it), `StopChecker` and constraint state: it produces the
   tokens it produces alone, whatever runs beside it (to float rounding: a batched matmul may round
@@ -51,7 +53,7 @@ import torch
 from lmforge.errors import LMForgeError
 from lmforge.generate.api import Completion, Run, engine_of, prompt_list
 from lmforge.generate.engine import Batch, Engine, StopChecker, decode_step_name
-from lmforge.generate.search import DecodeOptions, choose, emit_step, process
+from lmforge.generate.search import DecodeOptions, choose, emit_step
 from lmforge.generate.stream import DeltaStream
 
 
@@ -111,9 +113,13 @@ class ContinuousBatcher:
         capacity: cache slots per row. None: sized for the requests and grown as needed, up to the
             model's context; a number: fixed, and a request that needs more (prompt + max_new_tokens)
             is refused at `add`.
+        prefill_tokens: padded prompt slots prefilled together in one step (rows x longest prompt);
+            queued requests beyond it join at the next step. 1 prefills each request alone.
     """
 
-    def __init__(self, lm: Any, *, max_batch: int = 8, capacity: int | None = None):
+    def __init__(
+        self, lm: Any, *, max_batch: int = 8, capacity: int | None = None, prefill_tokens: int = 2048
+    ):
         self.lm = _Bare(lm) if isinstance(lm, Engine) else lm
         self.engine = engine_of(self.lm)
         if not isinstance(max_batch, int) or max_batch < 1:
@@ -122,7 +128,9 @@ class ContinuousBatcher:
             raise LMForgeError(
                 f"capacity={capacity} must be between 2 and the model's context of {self.engine.max_seq_len}"
             )
-        self.max_batch, self.fixed_capacity = max_batch, capacity
+        if not isinstance(prefill_tokens, int) or prefill_tokens < 1:
+            raise LMForgeError(f"prefill_tokens must be an integer >= 1, got {prefill_tokens!r}")
+        self.max_batch, self.fixed_capacity, self.prefill_tokens = max_batch, capacity, prefill_tokens
         self.mode = self.engine.mode()  # the model's load-time choice of decode step
         self.batch: Batch | None = None  # the running batch, allocated by the first request that joins
         self._running: dict[int, _Request] = {}  # row -> request
@@ -222,15 +230,30 @@ class ContinuousBatcher:
     # -- decoding --------------------------------------------------------------------------------
 
     def step(self) -> list[Event]:
-        """One decode step for every running request, then queued requests into the free rows (each
-        gets its first token from its own prefill). Returns one `Event` per request that advanced."""
+        """One decode step for every running request, then queued requests into the free rows, prefilled
+        together within `prefill_tokens` (each gets its first token from that prefill; the rest wait for
+        the next step). Returns one `Event` per request that advanced."""
         events: list[Event] = []
         with torch.inference_mode():
             if self._running:
                 self._decode(events)
-            while self._waiting and len(self._running) < self.max_batch:
-                self._admit(self._waiting.popleft(), events)
+            if self._waiting and len(self._running) < self.max_batch:
+                self._admit(self._next_group(), events)
         return events
+
+    def _next_group(self) -> list[_Request]:
+        """The queued requests to prefill together: first come first, while rows are free and the
+        padded prompt slots (rows x longest prompt) stay within `prefill_tokens`; at least one."""
+        group = [self._waiting.popleft()]
+        width = len(group[0].prompt)
+        free = self.max_batch - len(self._running)
+        while self._waiting and len(group) < free:
+            wider = max(width, len(self._waiting[0].prompt))
+            if wider * (len(group) + 1) > self.prefill_tokens:
+                break
+            group.append(self._waiting.popleft())
+            width = wider
+        return group
 
     def drain(self) -> Iterator[Event]:
         """Step until every request has finished, yielding each event."""
@@ -256,18 +279,22 @@ class ContinuousBatcher:
             if request.finished:
                 self._leave(row)
 
-    def _admit(self, request: _Request, events: list[Event]) -> None:
-        """Prefill a request alone and take its first token, then move it into a free row."""
-        engine = self.engine
-        alone = engine.new_batch(
-            [request.prompt], len(request.prompt), request.options.pad_token_id, self.mode
+    def _admit(self, requests: list[_Request], events: list[Event]) -> None:
+        """Prefill requests together (left-padded), take each one's first token with its own
+        processors and generator, then move each unfinished one into a free row."""
+        prompts = [r.prompt for r in requests]
+        group = self.engine.new_batch(
+            prompts, max(map(len, prompts)), requests[0].options.pad_token_id, self.mode
         )
-        logits = engine.prefill(alone)
-        scores = process(alone, logits, request.options.pipeline)
-        token = choose(scores, request.options.do_sample, request.options.generator)
-        events.append(self._emit(request, token, logits))
-        if not request.finished:
-            self._join(request, alone)
+        logits = self.engine.prefill(group)
+        starts = group.cache.starts.tolist()
+        for i, request in enumerate(requests):
+            ids = group.tokens[i : i + 1, starts[i] : group.length]  # its own tokens, unpadded
+            scores = request.options.pipeline(ids, logits[i : i + 1])
+            token = choose(scores, request.options.do_sample, request.options.generator)
+            events.append(self._emit(request, token, logits[i : i + 1]))
+            if not request.finished:
+                self._join(request, group, i)
 
     def _emit(self, request: _Request, token: torch.Tensor, logits: torch.Tensor) -> Event:
         step = emit_step(token, logits, request.stopper, request.options)
@@ -299,10 +326,10 @@ class ContinuousBatcher:
 
     # -- rows and slots --------------------------------------------------------------------------
 
-    def _join(self, request: _Request, alone: Batch) -> None:
-        """Copy a prefilled request into a free row, moving the running rows first if the clock is
-        before its length or the cache is too small for it."""
-        length = alone.length
+    def _join(self, request: _Request, prefilled: Batch, source_row: int) -> None:
+        """Copy a prefilled request (`source_row` of `prefilled`) into a free row, moving the running
+        rows first if the clock is before its length or the cache is too small for it."""
+        length = prefilled.length - int(prefilled.cache.starts[source_row])
         need = length + request.max_new_tokens
         if self.batch is None:
             capacity = self.fixed_capacity or min(self.engine.max_seq_len, max(need, 256))
@@ -317,7 +344,7 @@ class ContinuousBatcher:
             self._release_free_rows()
             batch.relayout(max(batch.length, length), capacity)
         row = min(set(range(batch.size)) - set(self._running))
-        batch.join(row, alone)
+        batch.join(row, prefilled, source_row)
         request.row = row
         self._running[row] = request
 

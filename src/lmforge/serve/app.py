@@ -75,7 +75,13 @@ class ServerState:
             if not lm.config.causal:
                 raise LMForgeError(f"--model {c.model} is an encoder: give it as --embedding-model")
             self.embedder = load(c.embedding_model, dtype=c.dtype) if c.embedding_model else None
-            scheduler = Scheduler(lm, max_batch=c.max_batch, max_queue=c.max_queue, metrics=self.metrics)
+            scheduler = Scheduler(
+                lm,
+                max_batch=c.max_batch,
+                max_queue=c.max_queue,
+                metrics=self.metrics,
+                prefill_tokens=c.prefill_tokens,
+            )
             warm_up(lm, scheduler)
             scheduler.start(loop)
             self.lm, self.scheduler = lm, scheduler

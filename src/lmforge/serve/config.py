@@ -32,6 +32,11 @@ class ServeConfig:
         f"require `Authorization: Bearer KEY` on /v1/*, /tokenize, /detokenize (also read from {API_KEY_ENV})",
     )
     max_batch: int = option(16, "requests decoded together in the running batch")
+    prefill_tokens: int = option(
+        2048,
+        "prompt tokens (padded: rows x longest prompt) prefilled together in one step; more new requests "
+        "join at the next step, so running streams keep their pace",
+    )
     max_queue: int = option(64, "requests that may wait for a row; more are refused with 429 and Retry-After")
     max_tokens: int = option(512, "new tokens for a request that sets no max_tokens (capped to the context)")
     max_body_bytes: int = option(1_048_576, "largest request body; a larger one is refused with 413")
@@ -49,6 +54,7 @@ class ServeConfig:
         checks = [
             ("port", 0 <= self.port <= 65535, "must be in 0..65535"),
             ("max_batch", self.max_batch >= 1, "must be >= 1"),
+            ("prefill_tokens", self.prefill_tokens >= 1, "must be >= 1"),
             ("max_queue", self.max_queue >= 0, "must be >= 0"),
             ("max_tokens", self.max_tokens >= 1, "must be >= 1"),
             ("max_body_bytes", self.max_body_bytes >= 1024, "must be >= 1024"),

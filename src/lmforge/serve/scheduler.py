@@ -64,9 +64,12 @@ class Ticket:
 class Scheduler:
     """Owns a `ContinuousBatcher` in a thread of its own; see the module docstring."""
 
-    def __init__(self, lm: Any, *, max_batch: int, max_queue: int, metrics: Metrics):
+    def __init__(
+        self, lm: Any, *, max_batch: int, max_queue: int, metrics: Metrics, prefill_tokens: int = 2048
+    ):
         self.lm, self.max_batch, self.max_queue, self.metrics = lm, max_batch, max_queue, metrics
-        self.batcher = ContinuousBatcher(lm, max_batch=max_batch)
+        self.prefill_tokens = prefill_tokens
+        self.batcher = self._new_batcher()
         self._inbox: queue.SimpleQueue[tuple[str, Ticket]] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stopping = False
@@ -195,7 +198,7 @@ class Scheduler:
         """After a failed step: fail the sequences that had started, re-add the waiting ones."""
         tickets = list(self._tickets.values())
         self._tickets.clear()
-        self.batcher = ContinuousBatcher(self.lm, max_batch=self.max_batch)
+        self.batcher = self._new_batcher()
         failed = []
         error = LMForgeError(f"generation failed inside the batch: {type(exc).__name__}: {exc}")
         for ticket in tickets:
@@ -207,6 +210,9 @@ class Scheduler:
                 ticket.request_id = None
                 self._inbox.put(("add", ticket))
         self._deliver(failed)
+
+    def _new_batcher(self) -> ContinuousBatcher:
+        return ContinuousBatcher(self.lm, max_batch=self.max_batch, prefill_tokens=self.prefill_tokens)
 
     def _update_gauges(self) -> None:
         m, b = self.metrics, self.batcher
