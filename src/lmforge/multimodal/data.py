@@ -1,4 +1,5 @@
-"""Image–text data that ships offline: easy-VQA (64×64 images of one coloured shape, with questions).
+"""Image–text data that ships offline: easy-VQA (64×64 images of one coloured shape, with questions) and
+Fashion-MNIST (28×28 greyscale clothing images in 10 classes).
 
 The `easy-vqa` package ships a train split (4,000 images) and a test split (1,000 images); they stay
 apart: training reads `train`, every evaluation reads `test`. The package has no attribute file, so each
@@ -9,13 +10,22 @@ colour nearest to the shape's mean colour, the shape is told by how much of its 
 (rectangle ≈ 1, circle ≈ π/4, triangle ≈ 1/2). tests/multimodal/test_data.py checks that the pixel rule
 agrees with the questions on every image the questions settle.
 
-Images are kept as uint8 (N, 3, H, W) tensors and handed out as float tensors in [0, 1].
+Fashion-MNIST is read from Debian's `dataset-fashion-mnist` (the four IDX files under
+/usr/share/datasets/fashion-mnist, or `$LMFORGE_FASHION_MNIST`): 60,000 train and 10,000 test images,
+kept as they are, one channel at 28 px (the model's `channels=1, image_size=28`). It is a labelled set:
+`classes` holds the 10 class names, `labels` each image's class, and its captions are class-name
+templates ("a photo of a {}", ...). The test split is for evaluation only.
+
+Images are kept as uint8 (N, C, H, W) tensors (C = 3 for easy-VQA, 1 for Fashion-MNIST) and handed
+out as float tensors in [0, 1].
 """
 
 from __future__ import annotations
 
 import functools
+import gzip
 import json
+import os
 import random
 import re
 from dataclasses import dataclass, field
@@ -43,6 +53,29 @@ PALETTE = {
 }
 Split = Literal["train", "test"]
 
+FASHION_MNIST_CLASSES = (
+    "t-shirt/top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+)
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)  # Debian's `dataset-fashion-mnist`
+# Captions of a labelled image (and the zero-shot prompt ensemble): its class name in a few templates.
+CLASS_TEMPLATES = (
+    "a photo of a {}",
+    "a {}",
+    "a picture of a {}",
+    "a grey photo of a {}",
+    "a photo of the {}",
+    "an image of a {}",
+)
+
 
 # Captions a training image is paired with: mostly both attributes, sometimes one of them.
 TRAIN_TEMPLATES = (
@@ -68,13 +101,20 @@ def template_captions() -> list[str]:
 
 @dataclass
 class ImageSet:
-    """Images with their attributes, captions and questions (one split, or a subset of it)."""
+    """Images with their attributes (easy-VQA: shapes, colours), or their class labels (a labelled set:
+    `classes` + `labels`), captions and questions (one split, or a subset of it)."""
 
-    images: torch.Tensor  # (N, 3, H, W) uint8
-    shapes: list[str]
-    colours: list[str]
+    images: torch.Tensor  # (N, C, H, W) uint8
+    shapes: list[str] = field(default_factory=list)
+    colours: list[str] = field(default_factory=list)
     questions: list[tuple[str, str, int]] = field(default_factory=list)  # (question, answer, row)
     split: str = ""
+    classes: tuple[str, ...] = ()  # a labelled set's class names
+    labels: list[int] = field(default_factory=list)  # per image, an index into `classes`
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.classes)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -86,16 +126,22 @@ class ImageSet:
 
     @property
     def captions(self) -> list[str]:
+        if self.labelled:
+            return [CLASS_TEMPLATES[0].format(self.classes[y]) for y in self.labels]
         return [caption(c, s) for c, s in zip(self.colours, self.shapes, strict=True)]
 
     def training_captions(self, rows: list[int], rng: random.Random) -> list[str]:
         """A caption for each of `rows`, its template drawn from `rng` (contrastive training pairs)."""
+        if self.labelled:
+            return [rng.choice(CLASS_TEMPLATES).format(self.classes[self.labels[r]]) for r in rows]
         return [
             rng.choice(TRAIN_TEMPLATES).format(colour=self.colours[r], shape=self.shapes[r]) for r in rows
         ]
 
     def caption_texts(self) -> list[str]:
         """Every caption `training_captions` can make (the caption tokenizer's training text)."""
+        if self.labelled:
+            return [t.format(c) for t in CLASS_TEMPLATES for c in self.classes]
         return template_captions()
 
     def subset(self, rows: list[int] | range) -> ImageSet:
@@ -103,10 +149,12 @@ class ImageSet:
         questions = [(q, a, index[r]) for q, a, r in self.questions if r in index]
         return ImageSet(
             self.images[list(rows)],
-            [self.shapes[r] for r in rows],
-            [self.colours[r] for r in rows],
+            [self.shapes[r] for r in rows] if self.shapes else [],
+            [self.colours[r] for r in rows] if self.colours else [],
             questions,
             self.split,
+            self.classes,
+            [self.labels[r] for r in rows] if self.labels else [],
         )
 
 
@@ -216,3 +264,55 @@ def load_easy_vqa(split: Split = "train", limit: int | None = None) -> ImageSet:
     if limit is not None and limit <= 0:
         raise LMForgeError(f"limit must be a positive number of images, got {limit}")
     return _load_split(split, limit)
+
+
+def fashion_mnist_dir() -> Path:
+    """Folder with Fashion-MNIST's four IDX files: `$LMFORGE_FASHION_MNIST` or Debian's package."""
+    env = os.environ.get("LMFORGE_FASHION_MNIST")
+    for c in ([env] if env else []) + list(FASHION_MNIST_DIRS):
+        if (Path(c) / "t10k-labels-idx1-ubyte.gz").is_file():
+            return Path(c)
+    raise LMForgeError(
+        "Fashion-MNIST was not found: install Debian's `dataset-fashion-mnist` (`apt-get install "
+        "dataset-fashion-mnist`, done by `make setup`) or set LMFORGE_FASHION_MNIST to a folder with its "
+        "four *-ubyte.gz files"
+    )
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """An IDX file (the MNIST format, gzipped or not) as a uint8 array of its stated shape."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise LMForgeError(f"{path} is not an IDX file of unsigned bytes (bad magic number)")
+    ndim = data[3]
+    shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise LMForgeError(f"{path} is truncated: {body.size} bytes for a {shape} array")
+    return body.reshape(shape)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_fashion(split: str) -> ImageSet:
+    root = fashion_mnist_dir()
+    prefix = "train" if split == "train" else "t10k"
+    images = read_idx(root / f"{prefix}-images-idx3-ubyte.gz")  # (N, 28, 28)
+    labels = read_idx(root / f"{prefix}-labels-idx1-ubyte.gz")  # (N,)
+    if images.shape[0] != labels.shape[0]:
+        raise LMForgeError(f"{root}: {images.shape[0]} {split} images but {labels.shape[0]} labels")
+    tensor = torch.from_numpy(images.copy()).unsqueeze(1)  # (N, 1, 28, 28)
+    return ImageSet(tensor, split=split, classes=FASHION_MNIST_CLASSES, labels=labels.astype(int).tolist())
+
+
+def load_fashion_mnist(split: Split = "train", limit: int | None = None) -> ImageSet:
+    """Fashion-MNIST's `train` (60,000) or `test` (10,000) split, (N, 1, 28, 28) with class labels
+    (first `limit` images when given)."""
+    if split not in ("train", "test"):
+        raise LMForgeError(f"unknown Fashion-MNIST split '{split}'; use train or test")
+    if limit is not None and limit <= 0:
+        raise LMForgeError(f"limit must be a positive number of images, got {limit}")
+    data = _load_fashion(split)
+    return data if limit is None or limit >= len(data) else data.subset(range(limit))
