@@ -170,7 +170,7 @@ def test_tiny_training_learns_from_the_image():
     """Seconds of end-to-end training (ViT, projector, decoder from scratch) answer held-out images'
     colours far above chance (1/8): the answer comes from the image prefix."""
     train = VLMTrainConfig(
-        steps=100, batch_size=32, lr=2e-2, warmup_steps=10, caption_share=0.0, log_every=1000
+        steps=100, batch_size=32, lr=1e-2, warmup_steps=10, caption_share=0.0, log_every=1000
     )
     result = train_vlm(VLMConfig(**TINY), train, data=solid_images(256, seed=0), progress=False)
     scores = evaluate_vlm(result.vlm, solid_images(64, seed=1), samples=0)

@@ -1,12 +1,13 @@
-"""Training and evaluation of the VLM on easy-VQA: `train_vlm`, `evaluate_vlm`.
+"""Training and evaluation of the VLM on easy-VQA: `train_vlm`, `VLMObjective`, `evaluate_vlm`.
 
-Training (the same parts as the CLIP trainer: AdamW with decay on matrices, warmup + cosine, the
-JSONL log and loss plot, an atomic checkpoint): each step draws a batch of (image, question, answer)
-samples from the train split, a `caption_share` of them captions (`describe the image.` →
-`a red circle`), flips the images at random (a flip keeps a shape's name and colour), and minimises the
-cross-entropy of the answer tokens and the closing `</s>` only: the image prefix and the question are
-context, never targets. With `minutes`, the schedule is sized to the budget from the pace so far
-(re-estimated every 20 steps). The test split is never read here.
+Training runs through the one Trainer (train/trainer.py: AdamW with decay on matrices, warmup + cosine
+following the clock under a time budget, clipping, the JSONL log and loss plot, atomic checkpoints whose
+model part is a `VLM.save` directory, exact resume). What is the VLM's own lives here: batch k
+(`VLMBatches`, seeded by (seed, k)) holds `batch_size // questions_per_image` training images, each
+asked `questions_per_image` of its questions (a `caption_share` of them `describe the image.` →
+`a red circle`), flipped at random (a flip keeps a shape's name and colour); `VLMObjective`'s loss is
+the cross-entropy of the answer tokens and the closing `</s>` only (the image prefix and the question
+are context, never targets), each image encoded once for its questions. The test split is never read.
 
 Evaluation (`evaluate_vlm`, on the test split): greedy answers through the generation engine, exact
 match overall and per question type (shape, colour, yes/no), and captions scored with corpus BLEU-3
@@ -20,26 +21,25 @@ from __future__ import annotations
 import json
 import math
 import random
-import sys
-import time
+import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from lmforge import hardware
 from lmforge.errors import LMForgeError
 from lmforge.io.atomic import atomic_write_text
 from lmforge.multimodal.data import COLOURS, SHAPES, ImageSet, caption, load_easy_vqa
+from lmforge.multimodal.train import flip_images, index_rng, seed_from
 from lmforge.multimodal.vlm import CAPTION_QUESTION, VLM, VLMConfig, prompt_text, train_vlm_tokenizer
 from lmforge.options import check_types, option
-from lmforge.train.logging import RunLogger
-from lmforge.train.optim import LRSchedule, build_optimizer
-
-CALIBRATION_STEPS = 20
+from lmforge.train.trainer import Objective, TrainConfig, Trainer
 
 
 def question_type(answer: str) -> str:
@@ -56,7 +56,9 @@ class VLMTrainConfig:
     """How `train_vlm` trains; every field is an option of `lmforge quickstart --recipe vlm`."""
 
     steps: int = option(4000, "optimizer steps (the time budget may stop it earlier)")
-    minutes: float | None = option(None, "stop after this many minutes of training (none: run every step)")
+    minutes: float | None = option(
+        None, "training time budget: the schedule follows the clock to end within it (none: every step)"
+    )
     batch_size: int = option(64, "(image, question, answer) samples per step")
     questions_per_image: int = option(
         4, "samples per image in a batch: each image is encoded once for that many of its questions"
@@ -71,6 +73,7 @@ class VLMTrainConfig:
     freeze_vision: bool = option(False, "keep the ViT's weights fixed (with --vision-from)")
     log_every: int = option(100, "steps between log lines")
     seed: int = option(0, "seed for initialisation and batches")
+    resume: bool = option(False, "continue the run in `out` from its latest checkpoint")
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -85,6 +88,27 @@ class VLMTrainConfig:
             raise LMForgeError(
                 "freeze_vision needs vision_from: a ViT trained from scratch cannot stay frozen"
             )
+
+    def training(self, progress: bool = True) -> TrainConfig:
+        """The Trainer's settings for this run (fp32, AdamW betas (0.9, 0.98), clipping at 1, no
+        validation)."""
+        return TrainConfig(
+            steps=self.steps,
+            max_minutes=self.minutes,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            min_lr=self.lr / 10,
+            warmup_steps=min(self.warmup_steps, self.steps),
+            weight_decay=self.weight_decay,
+            beta2=0.98,
+            eval_every=0,
+            log_every=self.log_every,
+            seed=self.seed,
+            precision="fp32",
+            progress=progress,
+            tensorboard=False,
+            resume=self.resume,
+        )
 
 
 @dataclass
@@ -134,19 +158,146 @@ def answer_loss(
 ) -> torch.Tensor:
     """Mean cross-entropy of the answer tokens (the prefix and the question are context only); each
     image's prefix serves `repeat` consecutive rows of `ids`."""
-    P = vlm.config.prefix_length
-    prefix = vlm.network.image_prefix(images).repeat_interleave(repeat, dim=0)  # (B, P, C)
-    logits = vlm.network.decoder(ids, inputs_embeds=prefix)[:, P:]  # (B, T, V): the token positions
+    return prefix_answer_loss(vlm.network, images, ids, targets, repeat)
+
+
+def prefix_answer_loss(
+    network: nn.Module, images: torch.Tensor, ids: torch.Tensor, targets: torch.Tensor, repeat: int = 1
+) -> torch.Tensor:
+    """`answer_loss` on a `VisionLanguageModel` (what the Trainer holds)."""
+    P = network.config.prefix_length
+    prefix = network.image_prefix(images).repeat_interleave(repeat, dim=0)  # (B, P, C)
+    logits = network.decoder(ids, inputs_embeds=prefix)[:, P:]  # (B, T, V): the token positions
     return F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100
     )
 
 
-def _flip(images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    horizontal = torch.rand(images.shape[0], generator=g) < 0.5
-    vertical = torch.rand(images.shape[0], generator=g) < 0.5
-    images = torch.where(horizontal[:, None, None, None], images.flip(-1), images)
-    return torch.where(vertical[:, None, None, None], images.flip(-2), images)
+@dataclass
+class VLMBatches:
+    """Batch k: images drawn without replacement, each with `repeat` of its samples (a question, or the
+    caption request with probability `caption_share`), flipped at random; all seeded by (seed, k).
+    Keys: `images` (B / repeat, 3, H, W), `input_ids` and `labels` (B, T) cut to the longest row."""
+
+    data: ImageSet
+    ids: torch.Tensor  # (Q + N, L): every question's row, then every image's caption row
+    targets: torch.Tensor
+    images_per_batch: int
+    repeat: int
+    caption_share: float
+    flips: bool
+    seed: int
+    pad_token_id: int
+
+    def __post_init__(self) -> None:
+        self.by_image: list[list[int]] = [[] for _ in range(len(self.data))]
+        for i, (_, _, r) in enumerate(self.data.questions):
+            self.by_image[r].append(i)
+        self.asked = [r for r in range(len(self.data)) if self.by_image[r]]
+
+    def batch(self, index: int) -> dict[str, torch.Tensor]:
+        rng = index_rng(self.seed, index)
+        draw = random.Random(seed_from(rng))
+        rows = draw.sample(self.asked, min(self.images_per_batch, len(self.asked)))
+        n_questions = len(self.data.questions)
+        picks = [
+            n_questions + r if draw.random() < self.caption_share else draw.choice(self.by_image[r])
+            for r in rows
+            for _ in range(self.repeat)
+        ]
+        ids, targets = self.ids[picks], self.targets[picks]
+        width = int((ids != self.pad_token_id).sum(1).max())  # drop all-padding columns
+        images = self.data.float_images(torch.tensor(rows))
+        if self.flips:
+            images = flip_images(images, torch.Generator().manual_seed(seed_from(rng)))
+        return {"images": images, "input_ids": ids[:, :width], "labels": targets[:, :width]}
+
+
+class VLMObjective(Objective):
+    """The VLM for the Trainer: the answer-only loss, checkpoints `VLM.load` / `lmforge.load` read;
+    throughput in (image, question, answer) samples."""
+
+    name = "vlm"
+
+    def __init__(self, tokenizer: Any, repeat: int):
+        self.tokenizer, self.repeat = tokenizer, repeat
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], config: TrainConfig) -> torch.Tensor:
+        return prefix_answer_loss(model, batch["images"], batch["input_ids"], batch["labels"], self.repeat)
+
+    def write_model(self, directory: Path, model: nn.Module) -> None:
+        VLM(model, self.tokenizer).save(directory)
+
+    def load_weights(self, model: nn.Module, path: Path) -> None:
+        saved = VLM.load(path)
+        if saved.config != model.config:
+            raise LMForgeError(f"{path}: the checkpoint's VLM config differs from this run's model")
+        model.load_state_dict(saved.network.state_dict())
+
+
+@dataclass
+class VLMRun:
+    """A VLM run ready to `trainer.fit()`: the Trainer and the model it trains."""
+
+    trainer: Trainer
+    vlm: VLM
+
+
+def vlm_run(
+    model: VLMConfig,
+    train: TrainConfig,
+    out: str | Path,
+    data: ImageSet,
+    questions_per_image: int = 4,
+    caption_share: float = 0.2,
+    flips: bool = True,
+    vision_from: str | Path | None = None,
+    freeze_vision: bool = False,
+    identity: dict[str, Any] | None = None,
+) -> VLMRun:
+    """The Trainer for a VLM of shape `model` trained on `data`'s questions and captions, writing to
+    `out`; the ViT starts from a CLIP checkpoint's tower with `vision_from` (kept fixed with
+    `freeze_vision`)."""
+    if data.images.shape[-1] != model.image_size:
+        raise LMForgeError(
+            f"the images are {data.images.shape[-1]}x{data.images.shape[-2]} but the model takes "
+            f"{model.image_size}x{model.image_size}; set image_size to match"
+        )
+    if not data.questions:
+        raise LMForgeError("the training images have no questions")
+    if freeze_vision and vision_from is None:
+        raise LMForgeError("freeze_vision needs vision_from: a ViT trained from scratch cannot stay frozen")
+    vlm = VLM.create(model, train_vlm_tokenizer(training_texts(data)), train.seed, vision_from)
+    if freeze_vision:
+        vlm.network.visual.requires_grad_(False)
+    captions = [(CAPTION_QUESTION, c, r) for r, c in enumerate(data.captions)]
+    ids, targets = encode_samples(vlm, data.questions + captions)  # captions last: row r at Q + r
+    k = min(questions_per_image, train.batch_size)
+    batches = VLMBatches(
+        data,
+        ids,
+        targets,
+        max(1, train.batch_size // k),
+        k,
+        caption_share,
+        flips,
+        train.seed,
+        vlm.tokenizer.pad_token_id,
+    )
+    identity = {
+        "objective": "vlm",
+        "data": data.split,
+        "images": len(data),
+        "questions_per_image": k,
+        "caption_share": caption_share,
+        "flips": flips,
+        "vision_from": None if vision_from is None else str(vision_from),
+        "freeze_vision": freeze_vision,
+        **(identity or {}),
+    }
+    objective = VLMObjective(vlm.tokenizer, k)
+    trainer = Trainer(vlm.network, train, batches, out, identity=identity, objective=objective)
+    return VLMRun(trainer, vlm)
 
 
 def train_vlm(
@@ -156,92 +307,37 @@ def train_vlm(
     data: ImageSet | None = None,
     progress: bool = True,
 ) -> VLMTrainResult:
-    """Train a VLM on easy-VQA's train split (or on `data`) to answer its questions and caption.
-
-    With `out`, writes OUT/log.jsonl, OUT/plot.png, OUT/run.json and the model as OUT/final."""
+    """Train a VLM on easy-VQA's train split (or on `data`) to answer its questions and caption, with the
+    Trainer. With `out`, writes its run directory (log.jsonl, plot.png, checkpoints/, final/) and
+    OUT/run.json; `train.resume` continues it exactly."""
     model = model or VLMConfig()
     train = train or VLMTrainConfig()
     data = load_easy_vqa("train") if data is None else data
-    if data.images.shape[-1] != model.image_size:
-        raise LMForgeError(
-            f"the images are {data.images.shape[-1]}x{data.images.shape[-2]} but the model takes "
-            f"{model.image_size}x{model.image_size}; set image_size to match"
-        )
     if train.train_images is not None:
         data = data.subset(range(min(train.train_images, len(data))))
-    if not data.questions:
-        raise LMForgeError("the training images have no questions")
-    vlm = VLM.create(model, train_vlm_tokenizer(training_texts(data)), train.seed, train.vision_from)
-    if train.freeze_vision:
-        vlm.network.visual.requires_grad_(False)
-    captions = [(CAPTION_QUESTION, c, r) for r, c in enumerate(data.captions)]
-    ids_all, targets_all = encode_samples(vlm, data.questions + captions)  # captions last: row r at Q + r
-    n_questions = len(data.questions)
-    by_image: list[list[int]] = [[] for _ in range(len(data))]
-    for i, (_, _, r) in enumerate(data.questions):
-        by_image[r].append(i)
-    asked = [r for r in range(len(data)) if by_image[r]]
-    k = min(train.questions_per_image, train.batch_size)
-    n_images = max(1, train.batch_size // k)
-    rng = random.Random(train.seed)
-    optimizer = build_optimizer(vlm.network, train.lr, train.weight_decay, betas=(0.9, 0.98))
-    warmup = min(train.warmup_steps, train.steps)
-    schedule = LRSchedule(train.lr, train.steps, warmup, "cosine", train.lr / 10)
-    g = torch.Generator().manual_seed(train.seed)
-    logger = RunLogger(out, tensorboard=False) if out is not None else None
-    start = time.perf_counter()
-    loss_value, step, total = math.nan, 0, train.steps
-    for step in range(train.steps):
-        if train.minutes is not None and step >= CALIBRATION_STEPS and step % CALIBRATION_STEPS == 0:
-            # size the schedule to the budget from the pace so far, again every CALIBRATION_STEPS steps
-            # (on a shared machine the pace drifts: a fixed estimate would end early or overrun)
-            pace = (time.perf_counter() - start) / step
-            total = max(step + 1, min(train.steps, int(train.minutes * 60 / pace)))
-            schedule = LRSchedule(train.lr, total, min(warmup, total), "cosine", train.lr / 10)
-        vlm.network.train()
-        lr = schedule.apply(optimizer, step)
-        rows = rng.sample(asked, min(n_images, len(asked)))
-        picks = [
-            n_questions + r if rng.random() < train.caption_share else rng.choice(by_image[r])
-            for r in rows
-            for _ in range(k)
-        ]
-        ids, targets = ids_all[picks], targets_all[picks]
-        width = int((ids != vlm.tokenizer.pad_token_id).sum(1).max())  # drop all-padding columns
-        images = data.float_images(torch.tensor(rows))
-        if train.flips:
-            images = _flip(images, g)
-        loss = answer_loss(vlm, images, ids[:, :width], targets[:, :width], repeat=k)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(vlm.network.parameters(), 1.0))
-        optimizer.step()
-        loss_value = float(loss.detach())
-        elapsed = time.perf_counter() - start
-        last = step + 1 == total or (train.minutes is not None and elapsed > train.minutes * 60)
-        if (step + 1) % train.log_every == 0 or last:
-            record = {"kind": "train", "step": step + 1, "loss": loss_value, "lr": lr, "grad_norm": grad_norm}
-            if logger is not None:
-                logger.log(record)
-            if progress:
-                print(
-                    f"step {step + 1}/{total}: answer loss {loss_value:.4f}, {(step + 1) / elapsed:.1f} steps/s",
-                    file=sys.stderr,
-                    flush=True,
-                )
-        if last:
-            break
-    seconds = time.perf_counter() - start
-    vlm.network.eval()
-    result = VLMTrainResult(vlm, step + 1, loss_value, seconds, hardware=hardware.describe())
+    with tempfile.TemporaryDirectory() as scratch:
+        run_dir = Path(out) if out is not None else Path(scratch)
+        run = vlm_run(
+            model,
+            train.training(progress),
+            run_dir,
+            data,
+            train.questions_per_image,
+            train.caption_share,
+            train.flips,
+            train.vision_from,
+            train.freeze_vision,
+        )
+        fitted = run.trainer.fit()
+    run.vlm.network.eval()
+    result = VLMTrainResult(
+        run.vlm, fitted.steps, fitted.train_loss, fitted.elapsed_s, hardware=hardware.describe()
+    )
     if out is not None:
-        out = Path(out)
-        result.run_dir, result.final = out, vlm.save(out / "final")
-        logger.plot()
-        logger.close()
-        run = {"model": asdict(vlm.config), "train": asdict(train), "steps": result.steps}
-        run.update(train_loss=loss_value, seconds=seconds, hardware=result.hardware)
-        atomic_write_text(out / "run.json", json.dumps(run, indent=2, default=str))
+        result.run_dir, result.final = run_dir, fitted.final
+        record = {"model": asdict(run.vlm.config), "train": asdict(train), "steps": result.steps}
+        record.update(train_loss=result.train_loss, seconds=result.seconds, hardware=result.hardware)
+        atomic_write_text(run_dir / "run.json", json.dumps(record, indent=2, default=str))
     return result
 
 
