@@ -159,7 +159,24 @@ def test_sentence_reranker_is_the_best_sentence_similarity(built):
         query, mode="hybrid-rerank", k=6, rerank_depth=6
     )  # default: fused with the first stage
     ids = [h.chunk_id for h in first]
-    assert [h.chunk_id for h in fused] == [c for c, _ in fuse_orders(ids, [best[c] for c in ids], 0.5)]
+    weight = rag.SearchConfig().rerank_weight
+    assert [h.chunk_id for h in fused] == [c for c, _ in fuse_orders(ids, [best[c] for c in ids], weight)]
+
+
+def test_ask_passes_every_search_option_to_its_searches(built):
+    """`rag ask` retrieves with the search options it was given, rerank_weight included (a hand-kept
+    list of fields once dropped it, so `--rerank-weight` did nothing in ask)."""
+    from lmforge.rag.answer import gather
+    from lmforge.rag.config import AskConfig
+
+    _, store, _ = built
+    idx = rag.Index(store)
+    query = "how do bees tell each other where flowers are"
+    opts = {"mode": "hybrid-rerank", "k": 6, "rerank_depth": 6}
+    alone = [h.chunk_id for h in idx.search(query, rerank_weight=1.0, **opts)]
+    assert alone != [h.chunk_id for h in idx.search(query, **opts)]  # the weight matters for this query
+    hits, _ = gather(idx, None, query, AskConfig(rerank_weight=1.0, **opts))
+    assert [h.chunk_id for h in hits] == alone
 
 
 def test_rerankers(built):

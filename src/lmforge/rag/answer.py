@@ -151,7 +151,7 @@ def _one_line(text: str) -> str:
 
 def gather(index, lm, question: str, cfg) -> tuple[list, list[str]]:
     """Hits for the question after decomposition and follow-up hops, and the queries that ran."""
-    search_opts = {k: v for k, v in asdict(cfg).items() if k in SEARCH_FIELDS}
+    search_opts = {k: v for k, v in asdict(cfg).items() if k in search_fields()}
     queries = [question]
     if cfg.decompose:
         out = _generate(lm, [{"role": "user", "content": DECOMPOSE.format(question=question)}], 64)
@@ -176,9 +176,14 @@ def gather(index, lm, question: str, cfg) -> tuple[list, list[str]]:
     return hits, queries
 
 
-SEARCH_FIELDS = (
-    "mode", "k", "fusion", "alpha", "rrf_k", "candidates", "rerank", "rerank_depth", "mmr_lambda", "reranker", "filters",
-)  # fmt: skip
+def search_fields() -> frozenset[str]:
+    """The options an ask passes to each search: every `SearchConfig` field (AskConfig extends it), so a
+    search option added there reaches `rag ask` too (a hand-kept list once dropped rerank_weight)."""
+    from dataclasses import fields
+
+    from lmforge.rag.config import SearchConfig
+
+    return frozenset(f.name for f in fields(SearchConfig))
 
 
 def ask_stream(

@@ -58,9 +58,11 @@ class SearchConfig:
         "reranker: mmr (diversity), sentence (the encoder's best query-sentence similarity), llm (the "
         "generator's yes/no), cross-encoder (yours); hybrid-rerank uses sentence when this is none",
     )
-    rerank_depth: int = option(20, "how many of the first-stage results the reranker reorders")
+    # depth 30 and weight 0.2: chosen on the development sets rag-pydoc-dev and rag-wikipedia-dev only
+    # (benchmarks/rag_tune.py, results/rag_tune.json); the test sets report them (results/rag_eval.json)
+    rerank_depth: int = option(30, "how many of the first-stage results the reranker reorders")
     rerank_weight: float = option(
-        0.5,
+        0.2,
         "relevance rerankers: weight of the reranker's order in a reciprocal-rank fusion with the first stage's (1 = its order alone)",
     )
     mmr_lambda: float = option(0.7, "MMR trade-off: 1 = relevance only, 0 = diversity only")
