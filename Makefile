@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml scripts/setup_assets.py
 	# tests/multimodal: open_clip's ClipLoss as the oracle; --no-deps: its torchvision/timm would replace torch==2.13.0
 	# (the tests load open_clip/loss.py alone, which needs only torch)
 	$(PY) -m pip install -q --no-deps 'open_clip_torch>=3.0,<3.4'
+	# tests/quant/test_hqq.py: hqq's Quantizer as the oracle of int4 RTN and of --method hqq; --no-deps: hqq.core
+	# imports only torch, numpy and termcolor (its transformers/accelerate requirements would move those pins)
+	$(PY) -m pip install -q --no-deps hqq==0.2.8.post1 termcolor==3.3.0
 	$(PY) scripts/setup_assets.py
 	# WordNet 3.0 database for METEOR (Debian's wordnet-base; skipped where present or without apt/root)
 	test -f /usr/share/wordnet/data.noun || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \

@@ -111,6 +111,11 @@ def _choose_codes(model, config: QuantizeConfig, tokenizer) -> Codes:
 
         codes.weights = gptq_weights(model, targets, config, windows)
         return _static_scales(model, config, codes, windows)
+    if config.method == "hqq":
+        from lmforge.quant.hqq import hqq_weights
+
+        codes.weights = hqq_weights(model, targets, config.group_size)
+        return codes
     if config.method == "awq":
         from lmforge.quant.awq import awq
 

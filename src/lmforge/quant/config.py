@@ -11,7 +11,7 @@ from lmforge.quant.formats import GROUP_SIZES
 
 Scheme = Literal["bf16", "fp16", "int8", "int4", "w8a8-dynamic", "w8a8-static"]
 SCHEMES: tuple[str, ...] = get_args(Scheme)
-Method = Literal["rtn", "gptq", "awq", "smoothquant", "llm-int8"]
+Method = Literal["rtn", "gptq", "awq", "smoothquant", "llm-int8", "hqq"]
 CALIBRATED = ("gptq", "awq", "smoothquant")  # methods that read calibration text
 
 
@@ -30,7 +30,8 @@ class QuantizeConfig:
         "rtn",
         "rtn (round to nearest), gptq (Hessian-aware), awq (activation-aware scales and clipping, "
         "int8/int4), smoothquant (w8a8-dynamic: migrate activation "
-        "outliers into the weights), llm-int8 (int8 / w8a8-dynamic: outlier input columns in float)",
+        "outliers into the weights), llm-int8 (int8 / w8a8-dynamic: outlier input columns in float), "
+        "hqq (int4 asymmetric: zero-points by half-quadratic lp optimisation, no calibration data)",
     )
     group_size: int = option(64, "int4: input columns per scale/zero group (32, 64, 128 or 256)")
     symmetric: bool = option(False, "int4: scale only (zero = 0) instead of scale + zero per group")
@@ -95,6 +96,11 @@ class QuantizeConfig:
             )
         if self.method == "llm-int8" and self.scheme not in ("int8", "w8a8-dynamic"):
             raise LMForgeError(f"method llm-int8 is an int8 method: use scheme int8, not {self.scheme}")
+        if self.method == "hqq" and (self.scheme != "int4" or self.symmetric):
+            raise LMForgeError(
+                "method hqq optimises int4 zero-points: use scheme int4 without --symmetric, "
+                f"not {self.scheme}{' --symmetric' if self.symmetric else ''}"
+            )
         if self.auto_keep != (self.budget_mb is not None):
             raise LMForgeError("--auto-keep and --budget-mb go together: give both or neither")
         if self.auto_keep and not self.bits:
