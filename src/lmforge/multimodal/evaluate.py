@@ -9,6 +9,9 @@
   w · max(cos(image, text), 0) with w = 2.5; `clip_score_model` computes it with one of our checkpoints.
 - `compositional_probe`: for each image, its caption against captions with the colour swapped, the shape
   swapped, or both; accuracy is the share of pairs where the true caption scores higher.
+- `evaluate_classes`: on a labelled set (Fashion-MNIST), zero-shot class accuracy with the prompt
+  ensemble `CLASS_TEMPLATES` (and with one prompt), per class, and linear probes (`probe.linear_probe`)
+  on the frozen image tower's pooled features and on raw pixels, fitted on the train split.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import torch.nn.functional as F
 from lmforge.errors import LMForgeError
 from lmforge.eval.metrics.multimodal import clip_score
 from lmforge.multimodal.clip import CLIP
-from lmforge.multimodal.data import COLOURS, SHAPES, ImageSet, caption
+from lmforge.multimodal.data import CLASS_TEMPLATES, COLOURS, SHAPES, ImageSet, caption
+from lmforge.multimodal.probe import ProbeResult, image_features, linear_probe, pixel_features
 
 SHAPE_PROMPTS = ("a {}", "a picture of a {}", "a {} on a light background", "the shape is a {}")
 COLOUR_PROMPTS = ("a {} shape", "a picture of a {} shape", "something {}", "the shape is {}")
@@ -51,15 +55,28 @@ def zero_shot_predict(image_emb: torch.Tensor, classifier: torch.Tensor) -> torc
 def zero_shot_accuracy(
     clip: CLIP, data: ImageSet, attribute: str, templates: Sequence[str] | None = None
 ) -> float:
-    """Accuracy of zero-shot `attribute` ("shape" or "colour") classification over `data`."""
-    classes, labels, default = {
-        "shape": (SHAPES, data.shapes, SHAPE_PROMPTS),
-        "colour": (COLOURS, data.colours, COLOUR_PROMPTS),
-    }[attribute]
-    classifier = zero_shot_classifier(clip, classes, templates or default)
-    predicted = zero_shot_predict(clip.encode_images(data.images), classifier)
-    truth = torch.tensor([classes.index(x) for x in labels])
+    """Accuracy of zero-shot `attribute` ("shape" or "colour"; "class" on a labelled set) classification
+    over `data`."""
+    predicted, truth = _zero_shot(clip, data, attribute, templates)
     return float((predicted == truth).float().mean())
+
+
+def _zero_shot(
+    clip: CLIP, data: ImageSet, attribute: str, templates: Sequence[str] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted, true) class indices of `data` under zero-shot classification of `attribute`."""
+    if attribute == "class":
+        if not data.labelled:
+            raise LMForgeError("zero-shot 'class' accuracy needs a labelled set (classes + labels)")
+        classes, truth, default = data.classes, torch.tensor(data.labels), CLASS_TEMPLATES
+    else:
+        classes, labels, default = {
+            "shape": (SHAPES, data.shapes, SHAPE_PROMPTS),
+            "colour": (COLOURS, data.colours, COLOUR_PROMPTS),
+        }[attribute]
+        truth = torch.tensor([classes.index(x) for x in labels])
+    classifier = zero_shot_classifier(clip, classes, templates or default)
+    return zero_shot_predict(clip.encode_images(data.images), classifier), truth
 
 
 def retrieval_recall(
@@ -164,9 +181,70 @@ def evaluate_clip(clip: CLIP, data: ImageSet) -> ClipEvaluation:
     )
 
 
+@dataclass
+class ClassEvaluation:
+    """Zero-shot and linear-probe figures of a CLIP model on a labelled test split."""
+
+    zero_shot: float  # prompt ensemble
+    single_prompt: float  # CLASS_TEMPLATES[0] alone
+    per_class: dict[str, float]
+    probe: ProbeResult  # on the image tower's pooled features
+    pixel_probe: ProbeResult | None  # on raw pixels (the baseline)
+    images: int
+    prompts: int
+    features: str = "the ViT's pooled output ([CLS]), before the CLIP projection"
+
+    @property
+    def accuracy(self) -> float:
+        """Zero-shot accuracy with the prompt ensemble."""
+        return self.zero_shot
+
+
+def evaluate_classes(
+    clip: CLIP, train: ImageSet, test: ImageSet, pixel_baseline: bool = True, seed: int = 0
+) -> ClassEvaluation:
+    """Zero-shot accuracy on `test` and linear probes fitted on `train` (C chosen on a validation slice
+    of it), scored on `test`: the image tower's features and, with `pixel_baseline`, raw pixels."""
+    if not (train.labelled and test.labelled) or train.classes != test.classes:
+        raise LMForgeError("evaluate_classes needs labelled train and test sets with the same classes")
+    predicted, truth = _zero_shot(clip, test, "class")
+    right = predicted == truth
+    single = zero_shot_accuracy(clip, test, "class", CLASS_TEMPLATES[:1])
+    tower = clip.model.visual
+    probe = linear_probe(
+        image_features(tower, train.images),
+        train.labels,
+        image_features(tower, test.images),
+        test.labels,
+        seed=seed,
+    )
+    pixels = None
+    if pixel_baseline:
+        pixels = linear_probe(
+            pixel_features(train.images), train.labels, pixel_features(test.images), test.labels, seed=seed
+        )
+    return ClassEvaluation(
+        zero_shot=float(right.float().mean()),
+        single_prompt=single,
+        per_class={c: float(right[truth == i].float().mean()) for i, c in enumerate(test.classes)},
+        probe=probe,
+        pixel_probe=pixels,
+        images=len(test),
+        prompts=len(CLASS_TEMPLATES),
+    )
+
+
+def _show(ax, image: torch.Tensor) -> None:
+    """Draw a (C, H, W) uint8 image: colour as is, one channel in grey."""
+    if image.shape[0] == 1:
+        ax.imshow(image[0].numpy(), cmap="gray", vmin=0, vmax=255)
+    else:
+        ax.imshow(image.permute(1, 2, 0).numpy())
+
+
 def prediction_grid(clip: CLIP, data: ImageSet, path: str | Path, n: int = 24, seed: int = 0) -> Path:
-    """A PNG of `n` held-out images, each titled with its zero-shot colour + shape prediction (green when
-    both are right, red otherwise)."""
+    """A PNG of `n` held-out images, each titled with its zero-shot colour + shape prediction (its class on
+    a labelled set; green when right, red otherwise)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -176,19 +254,30 @@ def prediction_grid(clip: CLIP, data: ImageSet, path: str | Path, n: int = 24, s
 
     rows = random.Random(seed).sample(range(len(data)), min(n, len(data)))
     image_emb = clip.encode_images(data.images[rows])
-    shape = zero_shot_predict(image_emb, zero_shot_classifier(clip, SHAPES, SHAPE_PROMPTS))
-    colour = zero_shot_predict(image_emb, zero_shot_classifier(clip, COLOURS, COLOUR_PROMPTS))
+    if data.labelled:
+        predicted = zero_shot_predict(image_emb, zero_shot_classifier(clip, data.classes, CLASS_TEMPLATES))
+        titles = [data.classes[p] for p in predicted.tolist()]
+        right = [p == data.labels[r] for p, r in zip(predicted.tolist(), rows, strict=True)]
+        what = f"{len(data.classes)}-class"
+    else:
+        shape = zero_shot_predict(image_emb, zero_shot_classifier(clip, SHAPES, SHAPE_PROMPTS)).tolist()
+        colour = zero_shot_predict(image_emb, zero_shot_classifier(clip, COLOURS, COLOUR_PROMPTS)).tolist()
+        titles = [f"{COLOURS[c]} {SHAPES[s]}" for s, c in zip(shape, colour, strict=True)]
+        right = [
+            SHAPES[s] == data.shapes[r] and COLOURS[c] == data.colours[r]
+            for r, s, c in zip(rows, shape, colour, strict=True)
+        ]
+        what = "easy-VQA"
     cols = 6
     fig, axes = plt.subplots(
         (len(rows) + cols - 1) // cols, cols, figsize=(cols * 1.7, 1.9 * len(rows) / cols + 0.4)
     )
     for ax in axes.flat:
         ax.axis("off")
-    for ax, r, s, c in zip(axes.flat, rows, shape.tolist(), colour.tolist(), strict=False):
-        ax.imshow(data.images[r].permute(1, 2, 0).numpy())
-        right = SHAPES[s] == data.shapes[r] and COLOURS[c] == data.colours[r]
-        ax.set_title(f"{COLOURS[c]} {SHAPES[s]}", fontsize=8, color="tab:green" if right else "tab:red")
-    fig.suptitle("zero-shot predictions on held-out easy-VQA images", fontsize=9)
+    for ax, r, title, ok in zip(axes.flat, rows, titles, right, strict=False):
+        _show(ax, data.images[r])
+        ax.set_title(title, fontsize=8, color="tab:green" if ok else "tab:red")
+    fig.suptitle(f"zero-shot predictions on held-out {what} images", fontsize=9)
     fig.tight_layout()
     path = Path(path)
     with atomic_file(path, suffix=".png") as tmp:
@@ -209,18 +298,21 @@ def retrieval_grid(
 
     from lmforge.io.atomic import atomic_file
 
+    if queries is None and data.labelled:
+        queries = [CLASS_TEMPLATES[0].format(data.classes[i]) for i in (0, 7, 8)][: len(data.classes)]
     queries = list(
         queries or [caption("red", "circle"), caption("teal", "triangle"), caption("yellow", "rectangle")]
     )
+    captions = data.captions
     top = (clip.encode_texts(queries) @ clip.encode_images(data.images).T).topk(k, dim=1).indices
     fig, axes = plt.subplots(len(queries), k, figsize=(k * 1.4, len(queries) * 1.5 + 0.3), squeeze=False)
     for q, (text, rows) in enumerate(zip(queries, top.tolist(), strict=True)):
         for j, r in enumerate(rows):
             ax = axes[q][j]
-            ax.imshow(data.images[r].permute(1, 2, 0).numpy())
+            _show(ax, data.images[r])
             ax.set_xticks([])
             ax.set_yticks([])
-            right = caption(data.colours[r], data.shapes[r]) == text
+            right = captions[r] == text
             for spine in ax.spines.values():
                 spine.set_color("tab:green" if right else "tab:red")
                 spine.set_linewidth(2)

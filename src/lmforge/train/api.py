@@ -188,7 +188,8 @@ def quickstart(
     if cfg.recipe == "clip":
         from lmforge.multimodal.quickstart import clip_quickstart
 
-        return clip_quickstart(cfg.out, cfg.seed, cfg.minutes or CLIP_MINUTES, cfg.progress)
+        minutes = cfg.minutes or CLIP_MINUTES
+        return clip_quickstart(cfg.out, cfg.seed, minutes, cfg.progress, dataset=cfg.dataset or "easy-vqa")
     if cfg.recipe == "vlm":
         from lmforge.multimodal.vlm_quickstart import vlm_quickstart
 

