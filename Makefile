@@ -29,6 +29,9 @@ $(STAMP): pyproject.toml scripts/setup_assets.py
 	# Debian's Chromium + chromedriver for the chat-page browser test (tests/serve/test_chat_page.py fails without them)
 	test -x /usr/bin/chromium || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 		apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; } || echo "chromium not installed: the chat-page test will fail"
+	# Debian's Fashion-MNIST (IDX files under /usr/share/datasets/fashion-mnist) for the CLIP recipe's --dataset fashion-mnist, the linear probes and MAE
+	test -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; } || echo "dataset-fashion-mnist not installed: tests/multimodal/test_fashion*.py will fail"
 	touch $(STAMP)
 
 quickstart: setup
