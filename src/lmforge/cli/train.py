@@ -17,13 +17,16 @@ from lmforge.options import with_options
 
 @with_options(lmforge.PretrainConfig)
 def pretrain(data: str, *, out: str, **options: Any) -> lmforge.TrainResult:
-    """Pretrain a transformer from scratch on prepared shards: next-token (clm) or masked (mlm).
+    """Pretrain from scratch: a transformer on prepared shards, next-token (clm) or masked (mlm); or an
+    image model on an image dataset: CLIP (clip), the VLM (vlm) or a masked autoencoder (mae).
 
     Writes OUT/log.jsonl, OUT/plot.png, OUT/checkpoints/step-N (with trainer state), OUT/best and
-    OUT/final (checkpoint directories `lmforge.load` reads). `--resume` continues OUT exactly.
+    OUT/final (a checkpoint directory `lmforge.load` reads; for clip/mae, `CLIP.load` /
+    `MaskedAutoencoder.load`). `--resume` continues OUT exactly.
 
     Args:
-        data: directory written by `lmforge prepare`.
+        data: directory written by `lmforge prepare`; with --objective clip/vlm/mae an image dataset:
+            easy-vqa or fashion-mnist.
         out: run directory.
     """
     result = lmforge.pretrain(data, out=out, **options)
@@ -104,7 +107,7 @@ def _report(result: lmforge.TrainResult) -> None:
         f"done: {result.steps} steps, train loss {result.train_loss:.4f}"
         + (f"; validation {shown}" if shown else "")
     )
-    print(f"run directory: {result.run_dir} ({result.final} loads with lmforge.load)")
+    print(f"run directory: {result.run_dir}; model: {result.final}")
     if result.merged is not None:
         print(f"merged checkpoint: {result.merged}")
     if result.quantized is not None:

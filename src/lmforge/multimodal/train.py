@@ -32,6 +32,8 @@ from lmforge.io.atomic import atomic_write_text
 from lmforge.multimodal.clip import CLIP, ClipConfig, train_caption_tokenizer
 from lmforge.multimodal.data import ImageSet, load_easy_vqa, template_captions
 from lmforge.options import check_types, option
+from lmforge.tokenizer import Tokenizer
+from lmforge.train import checkpoint as ckpt
 from lmforge.train.batches import ValSet
 from lmforge.train.trainer import Objective, TrainConfig, Trainer
 
@@ -192,6 +194,12 @@ class ClipObjective(Objective):
         model.load_state_dict(saved.model.state_dict())
 
 
+def run_tokenizer(out: str | Path) -> Tokenizer | None:
+    """The tokenizer saved in the latest checkpoint of the run in `out` (None: no checkpoint)."""
+    latest = ckpt.latest_checkpoint(out)
+    return Tokenizer.from_dir(latest) if latest is not None else None
+
+
 @dataclass
 class ClipRun:
     """A CLIP run ready to `trainer.fit()`: the Trainer, the model it trains and the image counts."""
@@ -211,9 +219,12 @@ def clip_run(
     train_images: int | None = None,
     flips: bool = True,
     identity: dict[str, Any] | None = None,
+    tokenizer: Tokenizer | None = None,
 ) -> ClipRun:
     """The Trainer for a CLIP model of shape `model` trained on `data` (its last `val_images` held out
-    for validation), writing to `out`."""
+    for validation), writing to `out`. The caption tokenizer is `tokenizer`, else that of the run in
+    `out` when it has a checkpoint (WordPiece training numbers its vocabulary differently each time, so
+    a resumed run must keep its own), else one trained on `data.caption_texts()`."""
     if data.images.shape[-1] != model.image_size:
         raise LMForgeError(
             f"the images are {data.images.shape[-1]}x{data.images.shape[-2]} but the model takes "
@@ -224,7 +235,10 @@ def clip_run(
     if n_train < 2:
         raise LMForgeError(f"need at least 2 training images, have {n_train}")
     train_set, val_set = data.subset(range(n_train)), data.subset(range(len(data) - n_val, len(data)))
-    tokenizer = train_caption_tokenizer(data.caption_texts())
+    if tokenizer is None:
+        tokenizer = run_tokenizer(out)
+    if tokenizer is None:
+        tokenizer = train_caption_tokenizer(data.caption_texts())
     clip = CLIP.create(model, tokenizer, seed=train.seed)
     batches = ClipBatches(train_set, clip.tokenize, min(train.batch_size, n_train), flips, train.seed)
     val = clip_val_set(clip, val_set) if n_val >= 2 else None
@@ -235,6 +249,7 @@ def clip_run(
         "train_images": n_train,
         "val_images": n_val,
         "flips": flips,
+        "tokenizer": tokenizer.fingerprint,
         **(identity or {}),
     }
     objective = ClipObjective(tokenizer)

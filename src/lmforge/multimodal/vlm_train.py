@@ -36,7 +36,7 @@ from lmforge import hardware
 from lmforge.errors import LMForgeError
 from lmforge.io.atomic import atomic_write_text
 from lmforge.multimodal.data import COLOURS, SHAPES, ImageSet, caption, load_easy_vqa
-from lmforge.multimodal.train import flip_images, index_rng, seed_from
+from lmforge.multimodal.train import flip_images, index_rng, run_tokenizer, seed_from
 from lmforge.multimodal.vlm import CAPTION_QUESTION, VLM, VLMConfig, prompt_text, train_vlm_tokenizer
 from lmforge.options import check_types, option
 from lmforge.train.trainer import Objective, TrainConfig, Trainer
@@ -254,10 +254,12 @@ def vlm_run(
     vision_from: str | Path | None = None,
     freeze_vision: bool = False,
     identity: dict[str, Any] | None = None,
+    tokenizer: Any = None,
 ) -> VLMRun:
     """The Trainer for a VLM of shape `model` trained on `data`'s questions and captions, writing to
     `out`; the ViT starts from a CLIP checkpoint's tower with `vision_from` (kept fixed with
-    `freeze_vision`)."""
+    `freeze_vision`). The tokenizer is `tokenizer`, else that of the run in `out` when it has a
+    checkpoint (a resumed run keeps its own), else one trained on `data`."""
     if data.images.shape[-1] != model.image_size:
         raise LMForgeError(
             f"the images are {data.images.shape[-1]}x{data.images.shape[-2]} but the model takes "
@@ -267,7 +269,11 @@ def vlm_run(
         raise LMForgeError("the training images have no questions")
     if freeze_vision and vision_from is None:
         raise LMForgeError("freeze_vision needs vision_from: a ViT trained from scratch cannot stay frozen")
-    vlm = VLM.create(model, train_vlm_tokenizer(training_texts(data)), train.seed, vision_from)
+    if tokenizer is None:
+        tokenizer = run_tokenizer(out)
+    if tokenizer is None:
+        tokenizer = train_vlm_tokenizer(training_texts(data))
+    vlm = VLM.create(model, tokenizer, train.seed, vision_from)
     if freeze_vision:
         vlm.network.visual.requires_grad_(False)
     captions = [(CAPTION_QUESTION, c, r) for r, c in enumerate(data.captions)]
@@ -293,6 +299,7 @@ def vlm_run(
         "flips": flips,
         "vision_from": None if vision_from is None else str(vision_from),
         "freeze_vision": freeze_vision,
+        "tokenizer": tokenizer.fingerprint,
         **(identity or {}),
     }
     objective = VLMObjective(vlm.tokenizer, k)

@@ -35,7 +35,13 @@ from lmforge.options import configure
 from lmforge.train import checkpoint as ckpt
 from lmforge.train import sources
 from lmforge.train.batches import CLMBatches, ValSet, whole_text_val_set
-from lmforge.train.config import FinetuneConfig, PretrainConfig, QuickstartConfig, check_context
+from lmforge.train.config import (
+    IMAGE_OBJECTIVES,
+    FinetuneConfig,
+    PretrainConfig,
+    QuickstartConfig,
+    check_context,
+)
 from lmforge.train.distributed import pick_device
 from lmforge.train.logging import RunLogger
 from lmforge.train.trainer import Trainer, TrainResult, calibrate_steps
@@ -51,11 +57,21 @@ VLM_MINUTES = 9.0  # both stages of --recipe vlm (CLIP tower, then the VLM); eva
 def pretrain(
     data: str | Path, config: PretrainConfig | None = None, *, out: str | Path, **options: Any
 ) -> TrainResult:
-    """Pretrain a transformer from scratch on a `lmforge.prepare` directory: next-token (clm) or
-    masked (mlm). Writes OUT/log.jsonl, OUT/plot.png, OUT/checkpoints/step-N, OUT/best and OUT/final."""
+    """Pretrain a model from scratch: a transformer on a `lmforge.prepare` directory, next-token (clm)
+    or masked (mlm), or an image model on a dataset named by `data` (easy-vqa, fashion-mnist): CLIP
+    (clip), the VLM (vlm) or a masked autoencoder (mae). Writes OUT/log.jsonl, OUT/plot.png,
+    OUT/checkpoints/step-N, OUT/best and OUT/final."""
     start = time.perf_counter()
     cfg = configure(PretrainConfig, config, options, "pretrain")
     ckpt.check_run_dir(out, cfg.resume)
+    if cfg.objective in IMAGE_OBJECTIVES:
+        from lmforge.multimodal.pretrain import image_trainer
+
+        trainer = image_trainer(str(data), cfg, out)
+        if trainer.dist.is_main and cfg.progress:
+            millions = sum(p.numel() for p in trainer.model.parameters()) / 1e6
+            _say(f"model: {cfg.objective} ({millions:.2f}M parameters) on {data}")
+        return dataclasses.replace(trainer.fit(), total_s=time.perf_counter() - start)
     tok = _shards_tokenizer(data, cfg.tokenizer)
     defaults = {"vocab_size": tok.vocab_size}
     if tok.pad_token_id is not None:

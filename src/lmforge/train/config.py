@@ -2,7 +2,8 @@
 
 - `TrainConfig` (trainer.py): the Trainer's settings, shared by every command that trains;
 - `ModelShape`: the model a run builds from scratch, a preset with any field changed;
-- `PretrainConfig` = TrainConfig + ModelShape + the objective and the shards' tokenizer;
+- `PretrainConfig` = TrainConfig + ModelShape + the objective and the shards' tokenizer (and, for the
+  image objectives clip / vlm / mae, their data options, declared in ClipTrainConfig / VLMTrainConfig);
 - `FinetuneConfig` = TrainConfig with fine-tuning's own defaults (fewer steps, a lower lr, ...) + the
   data source, LoRA and merging;
 - `QuickstartConfig` = ModelShape + the time budget, tokenizer size and samples of `lmforge quickstart`.
@@ -23,6 +24,8 @@ from typing import Any, Literal
 from lmforge.config import PRESETS, ModelConfig
 from lmforge.errors import LMForgeError
 from lmforge.generate.config import GenerationConfig
+from lmforge.multimodal.train import ClipTrainConfig
+from lmforge.multimodal.vlm_train import VLMTrainConfig
 from lmforge.options import check_types, option, same_as
 from lmforge.quant.config import QuantizeConfig
 from lmforge.train.lora import LoRAConfig
@@ -35,7 +38,9 @@ class ModelShape:
 
     preset: str = option("gpt-tiny", f"model preset: {', '.join(PRESETS)}")
     model_overrides: dict[str, Any] | None = option(
-        None, 'any ModelConfig fields as JSON, e.g. \'{"position": "rope", "norm": "rmsnorm"}\''
+        None,
+        'any ModelConfig fields as JSON, e.g. \'{"position": "rope", "norm": "rmsnorm"}\' (--objective '
+        "clip / vlm / mae: ClipConfig / VLMConfig / VisionConfig + MAEConfig fields of the recipe model)",
     )
     n_layer: int | None = option(None, "transformer blocks (overrides the preset)")
     n_head: int | None = option(None, "attention heads (overrides the preset)")
@@ -54,19 +59,46 @@ class ModelShape:
 class PretrainConfig(TrainConfig, ModelShape):
     """Every option of `lmforge.pretrain`: the model to build, the objective and the training run."""
 
-    objective: Literal["clm", "mlm"] = option(
-        "clm", "clm (causal next-token) or mlm (BERT masking; needs an encoder preset like bert-tiny)"
+    objective: Literal["clm", "mlm", "clip", "vlm", "mae"] = option(
+        "clm",
+        "clm (causal next-token), mlm (BERT masking; needs an encoder preset like bert-tiny), or on an "
+        "image dataset: clip (contrastive image–caption), vlm (answers and captions; easy-vqa) or mae "
+        "(masked image modeling)",
     )
     tokenizer: Path | None = option(
         None, "tokenizer the shards were made with (none: the one their manifest names)"
     )
     whole_word: bool = option(False, "mlm: mask whole words")
     mask_prob: float = option(0.15, "mlm: fraction of tokens selected for masking")
+    val_images: int = same_as(ClipTrainConfig, "val_images")
+    train_images: int | None = same_as(ClipTrainConfig, "train_images")
+    flips: bool = same_as(ClipTrainConfig, "flips")
+    questions_per_image: int = same_as(VLMTrainConfig, "questions_per_image")
+    caption_share: float = same_as(VLMTrainConfig, "caption_share")
+    vision_from: Path | None = same_as(VLMTrainConfig, "vision_from")
+    freeze_vision: bool = same_as(VLMTrainConfig, "freeze_vision")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0.0 < self.mask_prob < 1.0:
             raise LMForgeError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
+        if self.objective in IMAGE_OBJECTIVES:
+            sizes = [n for n in ("n_layer", "n_head", "d_model") if getattr(self, n) is not None]
+            if sizes:
+                raise LMForgeError(
+                    f"--{sizes[0].replace('_', '-')} shapes a text transformer; for --objective "
+                    f"{self.objective} give the model's fields in --model-overrides"
+                )
+            # the data options, checked as the training functions check them
+            VLMTrainConfig(
+                questions_per_image=self.questions_per_image,
+                caption_share=self.caption_share,
+                vision_from=self.vision_from,
+                freeze_vision=self.freeze_vision,
+            )
+            if self.val_images < 0:
+                raise LMForgeError(f"val_images must be >= 0, got {self.val_images}")
+            return
         model = self.model_config()  # the preset's own vocabulary stands in for the tokenizer's
         if self.objective == "mlm" and model.head != "mlm":
             raise LMForgeError(
@@ -75,6 +107,9 @@ class PretrainConfig(TrainConfig, ModelShape):
         if self.objective == "clm" and not model.causal:
             raise LMForgeError(f"objective clm needs a causal decoder preset, not {self.preset}")
         check_context(self.seq_len, model.max_seq_len)
+
+
+IMAGE_OBJECTIVES = ("clip", "vlm", "mae")  # trained on an image dataset (lmforge.multimodal.pretrain)
 
 
 def check_context(seq_len: int, max_seq_len: int) -> None:

@@ -730,10 +730,11 @@ class Trainer:
                     eta = (cfg.steps - self.step) * elapsed / max(self.step - first_step, 1)
                     if cfg.max_minutes is not None:  # the clock ends the run, not the step cap
                         eta = min(eta, max(cfg.max_minutes * 60 - elapsed, 0.0))
+                    shown_mfu = f"mfu {100 * mfu:.1f}% | " if mfu is not None else ""
                     print(
                         f"step {self.step}/{cfg.steps} | loss {train_loss:.4f} | "
-                        f"{rate:,.0f} {objective.unit_short}/s | "
-                        f"mfu {100 * (mfu or 0):.1f}% | elapsed {_fmt_time(elapsed)} | eta {_fmt_time(eta)}",
+                        f"{rate:,.0f} {objective.unit_short}/s | {shown_mfu}"
+                        f"elapsed {_fmt_time(elapsed)} | eta {_fmt_time(eta)}",
                         file=sys.stderr,
                         flush=True,
                     )
