@@ -1,9 +1,10 @@
-"""Training: one Trainer for causal-LM and masked-LM pretraining and (instruction / LoRA) fine-tuning.
+"""Training: one Trainer for causal-LM and masked-LM pretraining, (instruction / LoRA) fine-tuning and
+the image models (CLIP, the VLM, MAE: their `Objective`s live in lmforge.multimodal).
 
 - api.py: `pretrain`, `finetune`, `quickstart`, `merge_lora` — the functions `lmforge` exports
 - config.py: their options, each declared once (`PretrainConfig`, `FinetuneConfig`, `QuickstartConfig`)
 - trainer.py: `TrainConfig`, `Trainer` (accumulation, clipping, autocast, validation, exact resume),
-  `TrainResult`
+  `Objective` (what depends on the model; `LMObjective` the default), `TrainResult`
 - sources.py: a run's batches from shards, chat JSONL or text, with its validation set
 - batches.py: batch sources addressed by micro-batch index (CLM windows, MLM masking, SFT examples)
 - optim.py: AdamW parameter groups (no decay on norms, biases, embeddings) and LR schedules

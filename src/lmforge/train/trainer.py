@@ -248,8 +248,8 @@ class Objective:
     Batches are dicts of tensors from a `BatchSource` (a pure function of the micro-batch index);
     `loss` turns one into a scalar, `evaluate` scores the Trainer's `val_data` (whatever the objective
     reads), `write_model` / `load_weights` write the model part of a checkpoint directory and read its
-    weights back (resume, NaN rollback). `unit` names what `units_per_step` counts in the throughput
-    record (`<unit>_per_s`); `flops_per_unit` (None: unknown) gives MFU.
+    weights back (resume, NaN rollback). `unit` names what `units_per_batch` counts in the
+    throughput record (`<unit>_per_s`); `flops_per_unit` (None: unknown) gives MFU.
     """
 
     name = "objective"
