@@ -118,3 +118,20 @@ def test_llm_yes_no_reranker(built, generator):
     hits = rag.search(store, q, mode="hybrid", rerank="llm", rerank_weight=1.0, k=4, rerank_depth=4)
     assert [h.chunk_id for h in hits] == [first[i].chunk_id for i in order]
     assert [h.score for h in hits] == pytest.approx([margins[i] for i in order], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_faithfulness_judge_option(built, generator, minilm):
+    """`faithfulness_judge=True` (`rag ask --faithfulness-judge`) adds the generator's support probability
+    for each sentence and source to similarity and overlap (the mechanism with a tiny model:
+    tests/rag/test_faithfulness.py)."""
+    from lmforge.rag.faithfulness import judge_probabilities, support
+
+    _, store, _ = built
+    q = "How do honey bees tell each other where the flowers are?"
+    on = rag.ask(store, q, k=2, max_new_tokens=16, faithfulness_judge=True)
+    assert on.faithfulness.sentences
+    sources = {s.n: s.text for s in on.sources}
+    for a, b in zip(support(on.text, sources, minilm), on.faithfulness.sentences):
+        assert not a.judge and b.judge == pytest.approx(judge_probabilities(generator, b.sentence, sources))
+        assert b.scores == pytest.approx({n: (a.scores[n] * 2 + b.judge[n]) / 3 for n in sources})

@@ -77,6 +77,7 @@ TASK_OPTIONS: dict[str, dict[str, Any]] = {
         "k": 10,
         "answers": 0,
         "max_new_tokens": 32,
+        "faithfulness_judge": False,
     },
 }
 
@@ -652,7 +653,8 @@ def run_rag(lm, task: Task, settings: RunSettings) -> tuple[dict, int, list, dic
     or a cached one in the temp folder), document-level retrieval metrics of each mode; with
     `answers: N`, the first N questions with an "answer" are answered with and without retrieval
     (answer recall = the share of the reference answer's words in the generated one) and the
-    retrieved answers' faithfulness and citation scores."""
+    retrieved answers' faithfulness and citation scores (`faithfulness_judge: true`: the generator judges
+    support too)."""
     import tempfile
 
     from lmforge.rag.api import evaluate as rag_evaluate
@@ -675,7 +677,9 @@ def run_rag(lm, task: Task, settings: RunSettings) -> tuple[dict, int, list, dic
         from lmforge.rag.bm25 import tokenize
         from lmforge.rag.config import AskConfig
 
-        cfg = AskConfig(max_new_tokens=int(o["max_new_tokens"]), k=3)
+        cfg = AskConfig(
+            max_new_tokens=int(o["max_new_tokens"]), k=3, faithfulness_judge=bool(o["faithfulness_judge"])
+        )
         rows = [ex.data for ex in read_jsonl(Path(o["qrels"])) if ex.data.get("answer")][: int(o["answers"])]
 
         def recall(reference: str, text: str) -> float:

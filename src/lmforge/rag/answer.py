@@ -215,5 +215,10 @@ def ask_stream(
     if faithfulness and sources and text:
         from lmforge.rag.faithfulness import score
 
-        answer.faithfulness = score(text, [s.text for s in sources], threshold=cfg.support_threshold)
+        answer.faithfulness = score(
+            text,
+            [s.text for s in sources],
+            threshold=cfg.support_threshold,
+            judge=lm if cfg.faithfulness_judge else None,
+        )
     yield answer

@@ -92,3 +92,8 @@ class AskConfig(SearchConfig):
         0.5, "adaptive: mean token probability of the closed-book answer below which it retrieves"
     )
     support_threshold: float = option(0.5, "faithfulness: a sentence is supported at or above this score")
+    faithfulness_judge: bool = option(
+        False,
+        "faithfulness: the generator also judges whether each source supports each sentence (its yes/no "
+        "probability joins similarity and overlap in the mean; one prompt per sentence and source)",
+    )

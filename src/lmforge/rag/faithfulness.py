@@ -5,8 +5,12 @@
   source's sentences (and of the whole source), with the MiniLM encoder unless another is given;
 - overlap: the fraction of the sentence's content words (BM25 tokens: lowercased, stopwords out)
   that occur in the source.
-A sentence's support by a source is their mean, in [0, 1]. Citations are `[n]` markers (1-based source
-numbers, `[1, 3]` and `[1][3]` both work).
+A sentence's support by a source is their mean, in [0, 1]. Optionally (`judge=` a loaded generator; `rag
+ask --faithfulness-judge`) a third signal joins the mean:
+- judge: the generator's probability that the source supports the sentence, p(yes) / (p(yes) + p(no))
+  for "Source: ... Statement: ... Is the statement supported by the source? yes or no" (the LLM
+  reranker's yes/no scoring with another question).
+Citations are `[n]` markers (1-based source numbers, `[1, 3]` and `[1][3]` both work).
 
 `score(answer, sources)` aggregates:
 - faithfulness: the fraction of sentences supported (>= threshold) by at least one source, cited or not;
@@ -26,6 +30,9 @@ import numpy as np
 
 from lmforge.rag.bm25 import tokenize
 
+SUPPORT_PROMPT = (
+    "Source:\n{passage}\n\nStatement: {query}\n\nIs the statement supported by the source? Answer yes or no."
+)
 CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 _SENTENCE = re.compile(r"(?<=[.!?])(?:\s*\[\d+(?:\s*,\s*\d+)*\])*\s+(?=\S)")
 
@@ -39,6 +46,7 @@ class SentenceSupport:
     overlap: dict[int, float]
     cited_score: float  # support by the cited sources together (0 when nothing is cited)
     best_source: int | None
+    judge: dict[int, float] = field(default_factory=dict)  # the generator's p(supported), when it judged
 
     @property
     def best_score(self) -> float:
@@ -89,13 +97,22 @@ def _overlap(sentence: str, source_words: set[str]) -> float:
     return sum(w in source_words for w in words) / len(words)
 
 
+def judge_probabilities(judge, sentence: str, sources: Mapping[int, str]) -> dict[int, float]:
+    """{source number: the generator's p(yes) / (p(yes) + p(no)) that the source supports `sentence`}."""
+    from lmforge.rag.rerank import yes_no_scores
+
+    margins = yes_no_scores(judge, sentence, list(sources.values()), prompt=SUPPORT_PROMPT)
+    return {n: float(1 / (1 + np.exp(-m))) for n, m in zip(sources, margins)}
+
+
 def support(
     answer: str,
     sources: Sequence[str] | Mapping[int, str],
     encoder: Any = None,
+    judge: Any = None,
 ) -> list[SentenceSupport]:
     """Per-sentence support scores of `answer` by `sources` (a list: source n is `sources[n - 1]`;
-    or a mapping {n: text})."""
+    or a mapping {n: text}); with `judge` (a loaded generator) its support probability is a third signal."""
     from lmforge.rag.models import load_model
 
     srcs = dict(sources) if isinstance(sources, Mapping) else {i + 1: t for i, t in enumerate(sources)}
@@ -118,23 +135,32 @@ def support(
     for i, (raw, text) in enumerate(zip(sentences, plain)):
         sim = {n: float(np.clip((s_emb[a:b] @ a_emb[i]).max(), 0, 1)) for n, (a, b) in spans.items()}
         ovl = {n: _overlap(text, words[n]) for n in srcs}
-        scores = {n: (sim[n] + ovl[n]) / 2 for n in srcs}
+        jud = judge_probabilities(judge, text, srcs) if judge is not None else {}
+        signals = [sim, ovl, *([jud] if jud else [])]
+        scores = {n: sum(x[n] for x in signals) / len(signals) for n in srcs}
         cited = [n for n in citations(raw) if n in srcs]
         if cited:
             joint_words = set().union(*(words[n] for n in cited))
-            cited_score = (max(sim[n] for n in cited) + _overlap(text, joint_words)) / 2
+            parts = [max(sim[n] for n in cited), _overlap(text, joint_words)]
+            parts += [max(jud[n] for n in cited)] if jud else []
+            cited_score = sum(parts) / len(parts)
         else:
             cited_score = 0.0
         best = max(scores, key=scores.get) if scores else None
-        out.append(SentenceSupport(text, citations(raw), scores, sim, ovl, cited_score, best))
+        out.append(SentenceSupport(text, citations(raw), scores, sim, ovl, cited_score, best, jud))
     return out
 
 
 def score(
-    answer: str, sources: Sequence[str] | Mapping[int, str], encoder: Any = None, threshold: float = 0.5
+    answer: str,
+    sources: Sequence[str] | Mapping[int, str],
+    encoder: Any = None,
+    threshold: float = 0.5,
+    judge: Any = None,
 ) -> Faithfulness:
-    """Faithfulness, citation recall and precision of `answer` (see the module docstring)."""
-    per = support(answer, sources, encoder)
+    """Faithfulness, citation recall and precision of `answer` (see the module docstring); `judge`, a
+    loaded generator, adds its support probability to each sentence's score."""
+    per = support(answer, sources, encoder, judge)
     if not per:
         return Faithfulness([], 0.0, 0.0, 0.0, threshold, [])
     faithful = [s.best_score >= threshold for s in per]

@@ -98,9 +98,17 @@ def _word_ids(tokenizer, words: Sequence[str]) -> list[int]:
 
 @torch.inference_mode()
 def yes_no_scores(
-    lm, query: str, passages: Sequence[str], *, max_passage_tokens: int = 320, batch_size: int = 8
+    lm,
+    query: str,
+    passages: Sequence[str],
+    *,
+    max_passage_tokens: int = 320,
+    batch_size: int = 8,
+    prompt: str = YES_NO_PROMPT,
 ) -> list[float]:
-    """log p(yes) - log p(no) of the generator for each passage (higher = more relevant)."""
+    """log p(yes) - log p(no) of the generator for each passage (higher = more relevant). `prompt`
+    (with `{passage}` and `{query}`) asks the yes/no question: relevance by default; the faithfulness
+    judge asks whether the passage supports a statement."""
     tok = lm.tokenizer
     yes, no = _word_ids(tok, ["yes", "Yes", "YES"]), _word_ids(tok, ["no", "No", "NO"])
     prompts = []
@@ -108,7 +116,7 @@ def yes_no_scores(
         ids = tok.encode(p)
         if len(ids) > max_passage_tokens:
             p = tok.decode(ids[:max_passage_tokens])
-        messages = [{"role": "user", "content": YES_NO_PROMPT.format(passage=p, query=query)}]
+        messages = [{"role": "user", "content": prompt.format(passage=p, query=query)}]
         prompts.append(tok.encode_chat(messages, add_generation_prompt=True))
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     model = lm.model
