@@ -99,7 +99,7 @@ def _overlap(sentence: str, source_words: set[str]) -> float:
 
 def judge_probabilities(judge, sentence: str, sources: Mapping[int, str]) -> dict[int, float]:
     """{source number: the generator's p(yes) / (p(yes) + p(no)) that the source supports `sentence`}."""
-    from lmforge.rag.rerank import yes_no_scores
+    from lmforge.rag.yesno import yes_no_scores
 
     margins = yes_no_scores(judge, sentence, list(sources.values()), prompt=SUPPORT_PROMPT)
     return {n: float(1 / (1 + np.exp(-m))) for n, m in zip(sources, margins)}
