@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lmforge-installed
+LLMC_VENV ?= $(HOME)/.cache/lmforge/llmc-venv
 
 .PHONY: setup quickstart test test-slow bench lint format clean
 
@@ -22,6 +23,15 @@ $(STAMP): pyproject.toml scripts/setup_assets.py
 	# tests/quant/test_hqq.py: hqq's Quantizer as the oracle of int4 RTN and of --method hqq; --no-deps: hqq.core
 	# imports only torch, numpy and termcolor (its transformers/accelerate requirements would move those pins)
 	$(PY) -m pip install -q --no-deps hqq==0.2.8.post1 termcolor==3.3.0
+	# tests/quant/test_llmcompressor.py: llm-compressor's GPTQ and SmoothQuant as oracles, in an environment of their
+	# own (llmcompressor 0.14 pins compressed-tensors 0.19, transformers<=5.17, auto-round, ...) that reuses this
+	# one's torch and transformers through a .pth file; the rest --no-deps: what its imports need, tested versions
+	$(PY) -m venv --without-pip $(LLMC_VENV)
+	$(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > \
+		"$$($(LLMC_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/lmforge-venv.pth"
+	$(PY) -m pip --python $(LLMC_VENV)/bin/python install -q --no-deps llmcompressor==0.14.0.1 \
+		compressed-tensors==0.19.0 loguru==0.7.3 datasets==5.2.0 multiprocess==0.70.19 dill==0.4.1 \
+		pyarrow==26.0.1 xxhash==4.1.0
 	$(PY) scripts/setup_assets.py
 	# WordNet 3.0 database for METEOR (Debian's wordnet-base; skipped where present or without apt/root)
 	test -f /usr/share/wordnet/data.noun || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
