@@ -7,15 +7,16 @@ z = (8 − z_h) · s = min + 8 s; groups are runs of g input columns of a row in
 the row-major weight to (−1, g)). The one convention that differs: we store s and z in bfloat16 (what the
 CPU int4 kernel reads) and round each weight against the stored values, so
 - scales equal hqq's, zeros equal −z_h · s + 8 · s_stored (the minimum plus 8 stored steps), each
-  rounded to bfloat16 and within one bfloat16 step: hqq's s is 1 / (15 / (max − min)), ours (max − min) / 15, one
-  float32 ulp apart, which can round to neighbouring bfloat16 values (often on SmolLM2, whose weights
-  come from fp16 Q4_1 blocks and so sit on ties of the bfloat16 grid);
+  rounded to bfloat16 and within one bfloat16 step: hqq's s is 1 / (15 / (max − min)), ours
+  (max − min) / 15, one float32 ulp apart, which can round to neighbouring bfloat16 values (often on
+  SmolLM2, whose weights come from fp16 Q4_1 blocks and so sit on ties of the bfloat16 grid);
 - codes equal hqq's wherever hqq's unrounded position w / s + z_h is farther from a rounding tie (a
   half-integer) than the bfloat16 rounding can move it: 2⁻⁸ · (|w − z| + 8 s + |z|) / s code steps (from
   (w − z)/s with s and z each off by at most one bfloat16 step, 2⁻⁸ relative, and z = min + 8 s carrying
   s's error eight times). Elsewhere they differ by one step;
 - dequantized weights differ by at most one step s (where a code differs) plus bfloat16 rounding, and the
-  reconstruction error of the two agrees within 1%.
+  reconstruction errors agree within 1% plus what bfloat16 storage of s and z adds (which is all of ours
+  on SmolLM2 at g32: its weights lie on that grid, so hqq's float32 error there is ~0).
 Our int8 (symmetric, per row, no zero) and symmetric int4 (zero 0, codes 1..15) have no hqq
 counterpart: hqq's quantizer is always min-max asymmetric.
 """
