@@ -46,9 +46,14 @@ def clip(sets):
     return CLIP.create(ClipConfig(**TINY), train_caption_tokenizer(sets[0].caption_texts()), seed=0)
 
 
-def test_zero_shot_is_the_prompt_ensemble(clip, sets):
+@pytest.fixture(scope="module")
+def evaluation(clip, sets):
+    return evaluate_classes(clip, *sets)
+
+
+def test_zero_shot_is_the_prompt_ensemble(clip, sets, evaluation):
     _, test = sets
-    result = evaluate_classes(clip, *sets, pixel_baseline=False)
+    result = evaluation
     # direct computation: per class the normalised mean of its prompts' normalised embeddings
     texts = torch.stack(
         [
@@ -69,12 +74,11 @@ def test_zero_shot_is_the_prompt_ensemble(clip, sets):
         assert result.per_class[c] == pytest.approx(float((predicted[truth == i] == i).float().mean()))
     single = zero_shot_accuracy(clip, test, "class", CLASS_TEMPLATES[:1])
     assert result.single_prompt == single
-    assert result.pixel_probe is None
 
 
-def test_probes_are_linear_probes_on_the_tower_and_on_pixels(clip, sets):
+def test_probes_are_linear_probes_on_the_tower_and_on_pixels(clip, sets, evaluation):
     train, test = sets
-    result = evaluate_classes(clip, train, test)
+    result = evaluation
     direct = linear_probe(
         image_features(clip.model.visual, train.images),
         train.labels,
@@ -84,6 +88,7 @@ def test_probes_are_linear_probes_on_the_tower_and_on_pixels(clip, sets):
     assert result.probe.accuracy == pytest.approx(direct.accuracy) and result.probe.C == direct.C
     assert result.probe.features == TINY["vision_d_model"]
     assert result.pixel_probe.features == 28 * 28 and result.pixel_probe.accuracy > 0.6
+    assert evaluate_classes(clip, train, test.subset(range(50)), pixel_baseline=False).pixel_probe is None
     with pytest.raises(LMForgeError, match="labelled"):
         evaluate_classes(clip, train, ImageSet(test.images[:3]))
 

@@ -81,10 +81,9 @@ def test_bad_inputs_are_one_line_errors():
 
 
 def test_pixel_probe_on_fashion_mnist():
-    """Raw pixels of 4,000 training images already separate the classes well (≈ 84% on all 60,000)."""
-    train, test = load_fashion_mnist("train", limit=4000), load_fashion_mnist("test", limit=1000)
-    result = linear_probe(
-        pixel_features(train.images), train.labels, pixel_features(test.images), test.labels
-    )
-    assert 0.74 < result.accuracy < 0.9
+    """Raw pixels of 1,500 training images already separate the classes well (≈ 84% on all 60,000)."""
+    train, test = load_fashion_mnist("train", limit=1500), load_fashion_mnist("test", limit=500)
+    x, tx = pixel_features(train.images), pixel_features(test.images)
+    result = linear_probe(x, train.labels, tx, test.labels, Cs=(0.01, 0.1), max_iter=50)
+    assert 0.7 < result.accuracy < 0.9
     assert result.per_class[1] > 0.9  # trousers are the easy class
