@@ -128,15 +128,17 @@ def test_a_few_steps_lower_the_loss():
     x = torch.zeros(32, 1, 16, 16)
     for i, (r, c) in enumerate(torch.randint(0, 10, (32, 2), generator=g).tolist()):
         x[i, 0, r : r + 6, c : c + 6] = 1.0
-    optimizer = torch.optim.AdamW(mae.parameters(), lr=3e-3)
+    optimizer = torch.optim.AdamW(mae.parameters(), lr=1e-2)
     fixed = torch.Generator().manual_seed(6)
-    before = float(mae.loss(x, torch.Generator().manual_seed(7)))
-    for _ in range(60):
+    with torch.no_grad():
+        before = float(mae.loss(x, torch.Generator().manual_seed(7)))
+    for _ in range(25):
         loss = mae.loss(x, fixed)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    after = float(mae.loss(x, torch.Generator().manual_seed(7)))
+    with torch.no_grad():
+        after = float(mae.loss(x, torch.Generator().manual_seed(7)))  # masks it never trained on
     assert after < 0.7 * before
 
 
