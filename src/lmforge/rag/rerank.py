@@ -8,8 +8,10 @@ a hook for a cross-encoder.
   word's case variants). Prompts run as one right-padded batch: a causal model's last real position
   never sees the padding after it, so no mask is needed, and only that position goes through the head.
 - Sentence: the best cosine similarity between the query's embedding and those of a chunk's sentences
-  (the chunk's embedding averages its topics; the one sentence that answers stands out). Cheap: the
-  encoder only.
+  (the chunk's embedding averages its topics; the one sentence that answers stands out). The encoder
+  only, but every sentence of the top `rerank_depth` chunks is embedded per query: on rag-pydoc's
+  200-token chunks, depth 30 at 1 thread, about 3.5-7.6 s a query against ~40 ms for hybrid
+  (benchmarks/results/rag_latency.json).
 - Cross-encoder: any callable `(query, [texts]) -> [scores]`, e.g. a sentence-transformers CrossEncoder's
   `lambda q, ts: model.predict([(q, t) for t in ts])`.
 
