@@ -34,9 +34,11 @@ MAX_CODE = 15
 
 
 def shrink(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
-    """Generalised soft threshold: sign(x) · max(|x| − |x|^(p−1) / β, 0) (p = 1: plain soft threshold)."""
+    """Generalised soft threshold: sign(x) · max(|x| − |x|^(p−1) / β, 0) (p = 1: plain soft threshold).
+    In place on one buffer: this runs on every weight each round, and is most of HQQ's time."""
     magnitude = x.abs()
-    return torch.sign(x) * (magnitude - magnitude.pow(p - 1) / beta).clamp(min=0)
+    magnitude.sub_(magnitude.pow(p - 1).div_(beta)).clamp_(min=0)
+    return magnitude.copysign_(x)
 
 
 @torch.no_grad()
