@@ -45,6 +45,7 @@ OPTIONS = {
     "int8": {"scheme": "int8"},
     "int4": {"scheme": "int4", "group_size": 64},
     "int4-awq": {"scheme": "int4", "group_size": 64, "method": "awq"},
+    "int4-hqq": {"scheme": "int4", "group_size": 64, "method": "hqq"},
     "int4-gptq": {"scheme": "int4", "group_size": 64, "method": "gptq"},
 }
 AIMS = "decode: bf16 >= BF16, int8 >= Q8_0, int4 >= Q4_0; int8 ppl <= +0.5%; int4 RTN g64 delta <= Q4_0's"
