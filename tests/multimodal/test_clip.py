@@ -64,6 +64,30 @@ def test_loss_and_logits_match_open_clip(batch):
     torch.testing.assert_close(a.grad, b.grad)
 
 
+def test_grouped_loss_spreads_each_rows_target_over_its_group():
+    """With groups, a row's positives are every column of its group (UniCL): against a loop over the
+    definition, -1/|P| * sum of log-softmax over the positives, both ways; distinct groups give open_clip's
+    plain InfoNCE."""
+    g = torch.Generator().manual_seed(0)
+    image = F.normalize(torch.randn(9, 16, generator=g), dim=-1)
+    text = F.normalize(torch.randn(9, 16, generator=g), dim=-1)
+    groups = torch.tensor([0, 1, 0, 2, 1, 0, 3, 2, 0])
+    got = clip_loss(image, text, 7.0, groups)
+    logits = 7.0 * image @ text.T
+    total = 0.0
+    for matrix in (logits, logits.T):
+        logp = matrix.log_softmax(-1)
+        for i in range(9):
+            positives = [j for j in range(9) if groups[j] == groups[i]]
+            total += -sum(float(logp[i, j]) for j in positives) / len(positives)
+    assert float(got) == pytest.approx(total / 18, rel=1e-5)
+    reference = open_clip_loss_module().ClipLoss()
+    torch.testing.assert_close(
+        clip_loss(image, text, 7.0, torch.arange(9)), reference(image, text, torch.tensor(7.0))
+    )
+    assert not torch.allclose(got, clip_loss(image, text, 7.0))
+
+
 def test_perfectly_aligned_features_give_low_loss():
     eye = torch.eye(8)
     assert clip_loss(eye, eye, 100.0) < 1e-3

@@ -83,12 +83,33 @@ def clip_logits(
 
 
 def clip_loss(
-    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    groups: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Symmetric InfoNCE: row i's positive is column i, in both directions; the mean of the two."""
+    """Symmetric InfoNCE: row i's positive is column i, in both directions; the mean of the two.
+
+    With `groups` (B,) (e.g. class labels), every pair in the same group is a positive: each row's
+    target spreads evenly over its group's columns (UniCL, Yang et al. 2022). A batch of class captions
+    holds many images of one class, and plain InfoNCE would push apart captions that say the same thing."""
     logits_per_image, logits_per_text = clip_logits(image_features, text_features, logit_scale)
-    labels = torch.arange(logits_per_image.shape[0], device=logits_per_image.device)
-    return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+    return symmetric_infonce(logits_per_image, logits_per_text, groups)
+
+
+def symmetric_infonce(
+    logits_per_image: torch.Tensor, logits_per_text: torch.Tensor, groups: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The loss of `clip_loss` from its logits (B, B) both ways (computed in float32)."""
+    n = logits_per_image.shape[0]
+    if groups is None:
+        targets = torch.arange(n, device=logits_per_image.device)
+    else:
+        same = (groups[:, None] == groups[None, :]).float()
+        targets = same / same.sum(1, keepdim=True)  # symmetric: the same targets both ways
+    return (
+        F.cross_entropy(logits_per_image.float(), targets) + F.cross_entropy(logits_per_text.float(), targets)
+    ) / 2
 
 
 class ClipModel(nn.Module):
@@ -128,9 +149,14 @@ class ClipModel(nn.Module):
         )
 
     def loss(
-        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self,
+        images: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        groups: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return clip_loss(self.encode_image(images), self.encode_text(input_ids, attention_mask), self.scale())
+        image, text = self.encode_image(images), self.encode_text(input_ids, attention_mask)
+        return clip_loss(image, text, self.scale(), groups)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
