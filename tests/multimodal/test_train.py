@@ -70,3 +70,35 @@ def test_bad_training_inputs():
         train_clip(
             ClipConfig(image_size=32, patch_size=8), ClipTrainConfig(steps=1), data=data, progress=False
         )
+
+
+def test_class_positives_carry_the_labels_into_the_loss():
+    """positives="class": batches carry the rows' labels and the objective's loss is clip_loss with
+    them as groups (UniCL) — not the pair loss; unlabelled data refuses it in one line."""
+    from lmforge.multimodal.clip import clip_loss, train_caption_tokenizer
+    from lmforge.multimodal.data import load_fashion_mnist
+    from lmforge.multimodal.train import ClipBatches, contrastive_loss
+
+    data = load_fashion_mnist("train", limit=64)
+    config = ClipConfig(**{**TINY, "image_size": 28, "patch_size": 7, "channels": 1})
+    clip = CLIP.create(config, train_caption_tokenizer(data.caption_texts()), seed=0)
+    batch = ClipBatches(data, clip.tokenize, 32, flips=False, seed=3, groups=True).batch(5)
+    again = ClipBatches(data, clip.tokenize, 32, flips=False, seed=3, groups=False).batch(5)
+    assert torch.equal(batch["images"], again["images"]) and "groups" not in again
+    rows = [next(i for i in range(64) if torch.equal(data.float_images([i])[0], x)) for x in batch["images"]]
+    assert batch["groups"].tolist() == [data.labels[r] for r in rows]
+    assert len(set(batch["groups"].tolist())) < 32  # several images of a class: positives beyond the diagonal
+    model = clip.model.eval()
+    with torch.no_grad():
+        image = model.encode_image(batch["images"])
+        text = model.encode_text(batch["input_ids"], batch["attention_mask"])
+        got = contrastive_loss(model, batch)
+        torch.testing.assert_close(got, clip_loss(image, text, model.scale(), batch["groups"]))
+        assert not torch.allclose(got, contrastive_loss(model, again))
+    with pytest.raises(LMForgeError, match="positives=class needs class labels"):
+        train_clip(
+            ClipConfig(**TINY),
+            ClipTrainConfig(steps=1, positives="class"),
+            data=load_easy_vqa("train", limit=20),
+            progress=False,
+        )

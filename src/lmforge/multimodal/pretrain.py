@@ -86,7 +86,17 @@ def image_trainer(dataset: str, cfg: PretrainConfig, out: str | Path) -> Trainer
     if cfg.objective == "clip":
         from lmforge.multimodal.train import clip_run
 
-        run = clip_run(configs[0], train, out, data, cfg.val_images, cfg.train_images, cfg.flips, identity)
+        run = clip_run(
+            configs[0],
+            train,
+            out,
+            data,
+            cfg.val_images,
+            cfg.train_images,
+            cfg.flips,
+            identity,
+            positives=cfg.positives,
+        )
     elif cfg.objective == "vlm":
         from lmforge.multimodal.vlm_train import vlm_run
 

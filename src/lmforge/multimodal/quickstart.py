@@ -129,7 +129,7 @@ def clip_quickstart(
     if dataset == "fashion-mnist":
         data, test = load_fashion_mnist("train"), load_fashion_mnist("test")
         model = model or FASHION_MODEL
-        train = train or ClipTrainConfig(seed=seed, minutes=minutes, flips=False)
+        train = train or ClipTrainConfig(seed=seed, minutes=minutes, flips=False, positives="class")
     else:
         data, test = None, load_easy_vqa("test")
         model = model or RECIPE_MODEL

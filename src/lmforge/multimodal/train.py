@@ -19,17 +19,16 @@ import random
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lmforge import hardware
 from lmforge.errors import LMForgeError
 from lmforge.io.atomic import atomic_write_text
-from lmforge.multimodal.clip import CLIP, ClipConfig, train_caption_tokenizer
+from lmforge.multimodal.clip import CLIP, ClipConfig, symmetric_infonce, train_caption_tokenizer
 from lmforge.multimodal.data import ImageSet, load_easy_vqa, template_captions
 from lmforge.options import check_types, option
 from lmforge.tokenizer import Tokenizer
@@ -58,6 +57,11 @@ class ClipTrainConfig:
     train_images: int | None = option(None, "use the first N train-split images (none: all but val_images)")
     val_images: int = option(400, "images at the end of the train split held out for a validation loss")
     flips: bool = option(True, "random horizontal/vertical flips of training images")
+    positives: Literal["pair", "class"] = option(
+        "pair",
+        "InfoNCE positives: each image's own caption (pair), or every caption of its class in the batch "
+        "(class, UniCL: for labelled data such as fashion-mnist, where a batch holds many images of a class)",
+    )
     log_every: int = option(50, "steps between log lines and validation losses")
     seed: int = option(0, "seed for initialisation, batches and captions")
     resume: bool = option(False, "continue the run in `out` from its latest checkpoint")
@@ -129,6 +133,7 @@ class ClipBatches:
     batch_size: int
     flips: bool = True
     seed: int = 0
+    groups: bool = False  # add `groups`, the rows' class labels (positives="class")
 
     def batch(self, index: int) -> dict[str, torch.Tensor]:
         rng = index_rng(self.seed, index)
@@ -138,29 +143,30 @@ class ClipBatches:
         if self.flips:
             images = flip_images(images, torch.Generator().manual_seed(seed_from(rng)))
         ids, mask = self.tokenize(captions)
-        return {"images": images, "input_ids": ids, "attention_mask": mask}
+        batch = {"images": images, "input_ids": ids, "attention_mask": mask}
+        return batch | ({"groups": torch.tensor([self.data.labels[r] for r in rows])} if self.groups else {})
 
 
-def clip_val_set(clip: CLIP, data: ImageSet, batch_size: int = 200) -> ValSet:
-    """Fixed batches of `data` with their plain captions ("a red circle"), no flips."""
+def clip_val_set(clip: CLIP, data: ImageSet, batch_size: int = 200, groups: bool = False) -> ValSet:
+    """Fixed batches of `data` with their plain captions ("a red circle"), no flips (with `groups`: the
+    rows' class labels too)."""
     captions, batches = data.captions, []
     for i in range(0, len(data) - 1, batch_size):
         rows = list(range(i, min(i + batch_size, len(data))))
         if len(rows) < 2:
             break
         ids, mask = clip.tokenize([captions[r] for r in rows])
-        batches.append({"images": data.float_images(rows), "input_ids": ids, "attention_mask": mask})
+        batch = {"images": data.float_images(rows), "input_ids": ids, "attention_mask": mask}
+        batches.append(batch | ({"groups": torch.tensor([data.labels[r] for r in rows])} if groups else {}))
     return ValSet(batches)
 
 
 def contrastive_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Symmetric InfoNCE of a batch through the model's forward (so DDP and torch.compile see it):
-    row i's positive is column i, both ways (the same value as `clip_loss`)."""
+    """Symmetric InfoNCE of a batch through the model's forward (so DDP and torch.compile see it): row
+    i's positive is column i, both ways, or every column of its group when the batch has `groups` (the
+    same value as `clip_loss`)."""
     logits_per_image, logits_per_text = model(batch["images"], batch["input_ids"], batch["attention_mask"])
-    labels = torch.arange(logits_per_image.shape[0], device=logits_per_image.device)
-    return (
-        F.cross_entropy(logits_per_image.float(), labels) + F.cross_entropy(logits_per_text.float(), labels)
-    ) / 2
+    return symmetric_infonce(logits_per_image, logits_per_text, batch.get("groups"))
 
 
 class ClipObjective(Objective):
@@ -220,6 +226,7 @@ def clip_run(
     flips: bool = True,
     identity: dict[str, Any] | None = None,
     tokenizer: Tokenizer | None = None,
+    positives: str = "pair",
 ) -> ClipRun:
     """The Trainer for a CLIP model of shape `model` trained on `data` (its last `val_images` held out
     for validation), writing to `out`. The caption tokenizer is `tokenizer`, else that of the run in
@@ -234,14 +241,19 @@ def clip_run(
     n_train = len(data) - n_val if train_images is None else min(train_images, len(data) - n_val)
     if n_train < 2:
         raise LMForgeError(f"need at least 2 training images, have {n_train}")
+    groups = positives == "class"
+    if groups and not data.labelled:
+        raise LMForgeError(
+            f"positives=class needs class labels, and {data.split or 'this data'} has none: use positives=pair"
+        )
     train_set, val_set = data.subset(range(n_train)), data.subset(range(len(data) - n_val, len(data)))
     if tokenizer is None:
         tokenizer = run_tokenizer(out)
     if tokenizer is None:
         tokenizer = train_caption_tokenizer(data.caption_texts())
     clip = CLIP.create(model, tokenizer, seed=train.seed)
-    batches = ClipBatches(train_set, clip.tokenize, min(train.batch_size, n_train), flips, train.seed)
-    val = clip_val_set(clip, val_set) if n_val >= 2 else None
+    batches = ClipBatches(train_set, clip.tokenize, min(train.batch_size, n_train), flips, train.seed, groups)
+    val = clip_val_set(clip, val_set, groups=groups) if n_val >= 2 else None
     identity = {
         "objective": "clip",
         "data": data.split,
@@ -249,6 +261,7 @@ def clip_run(
         "train_images": n_train,
         "val_images": n_val,
         "flips": flips,
+        "positives": positives,
         "tokenizer": tokenizer.fingerprint,
         **(identity or {}),
     }
@@ -274,7 +287,14 @@ def train_clip(
     with tempfile.TemporaryDirectory() as scratch:
         run_dir = Path(out) if out is not None else Path(scratch)
         run = clip_run(
-            model, train.training(progress), run_dir, data, train.val_images, train.train_images, train.flips
+            model,
+            train.training(progress),
+            run_dir,
+            data,
+            train.val_images,
+            train.train_images,
+            train.flips,
+            positives=train.positives,
         )
         result = run.trainer.fit()
     run.clip.model.eval()

@@ -73,6 +73,7 @@ class PretrainConfig(TrainConfig, ModelShape):
     val_images: int = same_as(ClipTrainConfig, "val_images")
     train_images: int | None = same_as(ClipTrainConfig, "train_images")
     flips: bool = same_as(ClipTrainConfig, "flips")
+    positives: Literal["pair", "class"] = same_as(ClipTrainConfig, "positives")
     questions_per_image: int = same_as(VLMTrainConfig, "questions_per_image")
     caption_share: float = same_as(VLMTrainConfig, "caption_share")
     vision_from: Path | None = same_as(VLMTrainConfig, "vision_from")
