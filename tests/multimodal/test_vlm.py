@@ -173,8 +173,26 @@ def test_tiny_training_learns_from_the_image():
         steps=100, batch_size=32, lr=1e-2, warmup_steps=10, caption_share=0.0, log_every=1000
     )
     result = train_vlm(VLMConfig(**TINY), train, data=solid_images(256, seed=0), progress=False)
-    scores = evaluate_vlm(result.vlm, solid_images(64, seed=1), samples=0)
+    test = solid_images(64, seed=1)
+    scores = evaluate_vlm(result.vlm, test, samples=0)
     assert scores.by_type["colour"] >= 0.6, scores
+    assert scores.clip_score is None
+    # with a CLIP model, the captions' mean CLIPScore under it, beside the reference captions'
+    from lmforge.multimodal.clip import CLIP, ClipConfig, train_caption_tokenizer
+    from lmforge.multimodal.evaluate import clip_score_model
+
+    clip = CLIP.create(
+        ClipConfig(patch_size=16, vision_d_model=16, vision_n_layer=1, text_d_model=16, text_n_layer=1),
+        train_caption_tokenizer(test.captions + ["a picture"]),
+        seed=0,
+    )
+    small = test.subset(range(8))
+    scored = evaluate_vlm(result.vlm, small, samples=0, clip=clip)
+    captions = result.vlm.caption(list(small.images))
+    assert scored.clip_score == pytest.approx(float(clip_score_model(clip, small.images, captions).mean()))
+    assert scored.clip_score_reference == pytest.approx(
+        float(clip_score_model(clip, small.images, small.captions).mean())
+    )
 
 
 @pytest.mark.slow

@@ -26,7 +26,7 @@ from pathlib import Path
 from lmforge import hardware
 from lmforge.errors import LMForgeError
 from lmforge.io.atomic import atomic_write_text
-from lmforge.multimodal.clip import ClipConfig
+from lmforge.multimodal.clip import CLIP, ClipConfig
 from lmforge.multimodal.data import load_easy_vqa
 from lmforge.multimodal.train import ClipTrainConfig, train_clip
 from lmforge.multimodal.vlm import VLM, VLMConfig
@@ -84,7 +84,12 @@ def _report_lines(e: VLMEvalResult, test_dir: str) -> list[str]:
         "sample answers on held-out images:",
         *lines,
         f"exact match by question type: {kinds}",
-        f"captions: exact {e.caption_accuracy:.1%}, BLEU-3 {e.bleu:.1f}, CIDEr {e.cider:.2f}",
+        f"captions: exact {e.caption_accuracy:.1%}, BLEU-3 {e.bleu:.1f}, CIDEr {e.cider:.2f}"
+        + (
+            f", CLIPScore {e.clip_score:.3f} (reference captions {e.clip_score_reference:.3f})"
+            if e.clip_score is not None
+            else ""
+        ),
     ]
 
 
@@ -136,7 +141,9 @@ def vlm_quickstart(
     say(f"[{n}/{n}] evaluating on the easy-VQA test split")
     t = time.perf_counter()
     test = load_easy_vqa("test")
-    evaluation = evaluate_vlm(trained.vlm, test)
+    # the captions' CLIPScore under the first stage's CLIP (the tower's contrastive partner)
+    scorer = CLIP.load(clip_final) if clip_final is not None else None
+    evaluation = evaluate_vlm(trained.vlm, test, clip=scorer)
     stages["evaluate"] = time.perf_counter() - t
     total = time.perf_counter() - start
     results = {

@@ -35,6 +35,7 @@ from torch import nn
 from lmforge import hardware
 from lmforge.errors import LMForgeError
 from lmforge.io.atomic import atomic_write_text
+from lmforge.multimodal.clip import CLIP
 from lmforge.multimodal.data import COLOURS, SHAPES, ImageSet, caption, load_easy_vqa
 from lmforge.multimodal.train import flip_images, index_rng, run_tokenizer, seed_from
 from lmforge.multimodal.vlm import CAPTION_QUESTION, VLM, VLMConfig, prompt_text, train_vlm_tokenizer
@@ -389,6 +390,8 @@ class VLMEvalResult:
     bleu: float  # corpus BLEU-3 of the captions, 0-100
     cider: float
     samples: list[tuple[int, str, str, str]]  # (image row, question, answer, expected)
+    clip_score: float | None = None  # mean CLIPScore of the captions under a CLIP model, when given
+    clip_score_reference: float | None = None  # the same for the reference captions
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -396,10 +399,16 @@ class VLMEvalResult:
 
 @torch.inference_mode()
 def evaluate_vlm(
-    vlm: VLM, data: ImageSet | None = None, batch_size: int = 256, limit: int | None = None, samples: int = 6
+    vlm: VLM,
+    data: ImageSet | None = None,
+    batch_size: int = 256,
+    limit: int | None = None,
+    samples: int = 6,
+    clip: CLIP | None = None,
 ) -> VLMEvalResult:
     """Exact-match accuracy (overall and per question type) and caption BLEU / CIDEr on easy-VQA's
-    test split (or `data`); `limit` keeps the first N questions."""
+    test split (or `data`); `limit` keeps the first N questions. With `clip`, also the captions' mean
+    CLIPScore (Hessel et al. 2021: 2.5 · max(cos, 0)) beside the reference captions' under that model."""
     data = load_easy_vqa("test") if data is None else data
     questions = data.questions[:limit] if limit else data.questions
     if not questions:
@@ -417,6 +426,12 @@ def evaluate_vlm(
     from lmforge.eval.metrics.text import bleu
 
     step = max(1, len(questions) // max(samples, 1))
+    scores = {}
+    if clip is not None:
+        from lmforge.multimodal.evaluate import clip_score_model
+
+        scores["clip_score"] = float(clip_score_model(clip, data.images, caps).mean())
+        scores["clip_score_reference"] = float(clip_score_model(clip, data.images, refs).mean())
     return VLMEvalResult(
         accuracy=sum(right.values()) / len(questions),
         by_type={k: right[k] / counts[k] for k in sorted(counts)},
@@ -425,6 +440,7 @@ def evaluate_vlm(
         bleu=bleu(caps, refs, max_ngram_order=3),
         cider=cider(caps, [[r] for r in refs], n=3),
         samples=[(r, q, answers[i], a) for i, (q, a, r) in enumerate(questions) if i % step == 0][:samples],
+        **scores,
     )
 
 
