@@ -47,3 +47,17 @@ def test_background_probe_equals_a_scene_by_scene_computation():
     assert got["scenes"] == len(labels)
     assert abs(got["background_swap"] - wins / len(labels)) < 1e-9
     assert 0.0 <= got["colour_of_shape"] <= 1.0
+
+
+def test_evaluate_clip_reports_the_background_probe():
+    from lmforge.multimodal.clip import ClipConfig
+    from lmforge.multimodal.data import load_easy_vqa
+    from lmforge.multimodal.evaluate import evaluate_clip
+
+    tokenizer = train_caption_tokenizer([caption(c, s) for c in COLOURS for s in SHAPES])
+    config = ClipConfig(patch_size=16, vision_d_model=16, vision_n_layer=1, text_d_model=16, text_n_layer=1)
+    clip = CLIP.create(config, tokenizer, seed=1)
+    evaluation = evaluate_clip(clip, load_easy_vqa("test", limit=48))
+    assert {k: evaluation.compositional[k] for k in ("background_swap", "colour_of_shape", "scenes")} == (
+        background_probe(clip)
+    )

@@ -8,7 +8,8 @@
 - `clip_score` (from `lmforge.eval.metrics.multimodal`): CLIPScore (Hessel et al. 2021),
   w · max(cos(image, text), 0) with w = 2.5; `clip_score_model` computes it with one of our checkpoints.
 - `compositional_probe`: for each image, its caption against captions with the colour swapped, the shape
-  swapped, or both; accuracy is the share of pairs where the true caption scores higher.
+  swapped, or both; accuracy is the share of pairs where the true caption scores higher. `evaluate_clip`
+  adds `scenes.background_probe` ("blue circle" vs "red circle" on generated red-background scenes).
 - `evaluate_classes`: on a labelled set (Fashion-MNIST), zero-shot class accuracy with the prompt
   ensemble `CLASS_TEMPLATES` (and with one prompt), per class, and linear probes (`probe.linear_probe`)
   on the frozen image tower's pooled features and on raw pixels, fitted on the train split.
@@ -29,6 +30,7 @@ from lmforge.eval.metrics.multimodal import clip_score
 from lmforge.multimodal.clip import CLIP
 from lmforge.multimodal.data import CLASS_TEMPLATES, COLOURS, SHAPES, ImageSet, caption
 from lmforge.multimodal.probe import ProbeResult, image_features, linear_probe, pixel_features
+from lmforge.multimodal.scenes import background_probe
 
 SHAPE_PROMPTS = ("a {}", "a picture of a {}", "a {} on a light background", "the shape is a {}")
 COLOUR_PROMPTS = ("a {} shape", "a picture of a {} shape", "something {}", "the shape is {}")
@@ -174,7 +176,8 @@ def evaluate_clip(clip: CLIP, data: ImageSet) -> ClipEvaluation:
         colour_accuracy=zero_shot_accuracy(clip, data, "colour"),
         single_prompt=single,
         retrieval=gallery_retrieval(clip, data),
-        compositional=compositional_probe(clip, data),
+        # the swaps on the test images, and generated scenes: the shape's colour vs the background's
+        compositional={**compositional_probe(clip, data), **background_probe(clip)},
         clip_score_matched=float(matched.mean()),
         clip_score_mismatched=float(mismatched.mean()),
         images=len(data),

@@ -90,7 +90,8 @@ def _report_lines(e: ClipEvaluation) -> list[str]:
         + ", text→image "
         + "/".join(f"{r[f'text_to_image_R@{k}']:.1%}" for k in (1, 5, 10)),
         f"compositional probe: colour swaps {c['colour_swap']:.1%}, shape swaps {c['shape_swap']:.1%}, "
-        f"both {c['both_swapped']:.1%}",
+        f"both {c['both_swapped']:.1%}; shape colour vs background colour (generated scenes) "
+        f"{c['background_swap']:.1%}",
         f"CLIPScore: true captions {e.clip_score_matched:.3f}, wrong captions {e.clip_score_mismatched:.3f}",
     ]
 
