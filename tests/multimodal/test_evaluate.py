@@ -14,6 +14,7 @@ from lmforge.errors import LMForgeError
 from lmforge.multimodal.clip import CLIP, ClipConfig, train_caption_tokenizer
 from lmforge.multimodal.evaluate import (
     clip_score_model,
+    clip_score_pairs,
     retrieval_recall,
     zero_shot_classifier,
 )
@@ -107,6 +108,57 @@ def test_clip_score_model_pairs_images_with_texts():
     torch.testing.assert_close(scores, expected.clamp(min=0))
     with pytest.raises(LMForgeError, match="one text per image"):
         clip_score_model(clip, images, ["a red circle"])
+
+
+def test_clip_score_equals_open_clips_scoring_of_the_same_features():
+    """CLIPScore from open_clip's own scoring: its `get_logits` at logit scale 1 is the cosine matrix of
+    normalised features; CLIPScore is 2.5 x its diagonal, floored at 0."""
+    from lmforge.eval.metrics.multimodal import clip_score
+
+    g = torch.Generator().manual_seed(3)
+    image, text = torch.randn(12, 24, generator=g), torch.randn(12, 24, generator=g)
+    logits, _ = (
+        _open_clip_module("loss")
+        .ClipLoss()
+        .get_logits(F.normalize(image, dim=-1), F.normalize(text, dim=-1), torch.tensor(1.0))
+    )
+    expected = 2.5 * logits.diagonal().clamp(min=0)
+    torch.testing.assert_close(clip_score(image, text), expected)
+    assert (expected == 0).any() and (expected > 0).any()  # both sides of the floor are exercised
+
+
+def test_clipscore_command_scores_image_files(tmp_path, capsys):
+    """`lmforge eval clipscore --model DIR --pairs FILE`: image files with their captions, equal to
+    clip_score_model on the same images; a malformed line and a wrong size are one-line errors."""
+    import json
+
+    from PIL import Image
+
+    from lmforge.cli import main
+    from lmforge.multimodal.data import load_easy_vqa
+
+    data = load_easy_vqa("test", limit=3)
+    clip = CLIP.create(
+        ClipConfig(patch_size=16, vision_d_model=16, vision_n_layer=1, text_d_model=16), _tokenizer()
+    )
+    clip.save(tmp_path / "clip")
+    lines = []
+    for i in range(3):
+        Image.fromarray(data.images[i].permute(1, 2, 0).numpy()).save(tmp_path / f"{i}.png")
+        lines.append(json.dumps({"image": f"{i}.png", "text": data.captions[i]}))
+    (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    main(["eval", "clipscore", "--model", str(tmp_path / "clip"), "--pairs", str(tmp_path / "pairs.jsonl")])
+    printed = json.loads(capsys.readouterr().out)
+    expected = clip_score_model(clip, data.images, data.captions)
+    assert printed["pairs"] == 3
+    assert printed["scores"] == pytest.approx(expected.tolist(), abs=1e-6)
+    (tmp_path / "bad.jsonl").write_text('{"image": "0.png"}\n')
+    with pytest.raises(LMForgeError, match="bad.jsonl:1: each line must be"):
+        clip_score_pairs(clip, tmp_path / "bad.jsonl")
+    Image.new("RGB", (32, 32)).save(tmp_path / "small.png")
+    with pytest.raises(LMForgeError, match="32x32 but the model takes 64x64"):
+        clip_score_pairs(clip, [(tmp_path / "small.png", "a red circle")])
+    assert clip_score_pairs(clip, [(tmp_path / "small.png", "a red circle")], resize=True)["pairs"] == 1
 
 
 def test_grids_are_written(tmp_path):

@@ -74,6 +74,20 @@ def eval_metric(
     return scores
 
 
+def eval_clipscore(*, model: Path, pairs: Path, resize: bool = False) -> dict:
+    """CLIPScore (2.5 · max(cos, 0), Hessel et al. 2021) of image–text pairs under one of our CLIP
+    checkpoints; prints JSON with the mean and each pair's score.
+
+    Args:
+        model: a CLIP checkpoint directory (e.g. runs/quickstart/clip-1/final).
+        pairs: JSONL, one {"image": path, "text": caption} per line (paths relative to the file).
+        resize: resize images of another size instead of refusing them.
+    """
+    scores = lmforge.multimodal.clip_score_pairs(model, pairs, resize)
+    print(json.dumps(scores, indent=2))
+    return scores
+
+
 def eval_tasks() -> list[str]:
     """List the shipped evaluation tasks with their type and description."""
     names = lmforge.list_tasks()
@@ -202,6 +216,7 @@ COMMANDS = {
     "eval": eval_models,
     "eval compare": eval_compare,
     "eval metric": eval_metric,
+    "eval clipscore": eval_clipscore,
     "eval tasks": eval_tasks,
     "eval judge": eval_judge,
     "eval refree": eval_refree,

@@ -19,7 +19,13 @@ evaluation, masked image modeling and linear probes.
 
 from lmforge.multimodal.clip import CLIP, ClipConfig, ClipModel, clip_loss
 from lmforge.multimodal.data import ImageSet, load_easy_vqa, load_fashion_mnist, read_image
-from lmforge.multimodal.evaluate import clip_score, evaluate_classes, evaluate_clip, zero_shot_accuracy
+from lmforge.multimodal.evaluate import (
+    clip_score,
+    clip_score_pairs,
+    evaluate_classes,
+    evaluate_clip,
+    zero_shot_accuracy,
+)
 from lmforge.multimodal.mae import MAEConfig, MaskedAutoencoder, load_vision_encoder
 from lmforge.multimodal.probe import ProbeResult, image_features, linear_probe, pixel_features
 from lmforge.multimodal.quickstart import ClipQuickstartResult, clip_quickstart
@@ -46,6 +52,7 @@ __all__ = [
     "clip_loss",
     "clip_quickstart",
     "clip_score",
+    "clip_score_pairs",
     "evaluate_classes",
     "evaluate_clip",
     "evaluate_vlm",

@@ -6,7 +6,8 @@
 - `retrieval_recall`: Recall@K both ways with relevance given by labels (an image and a text are a match
   when their labels are equal), so captions shared by several images are handled.
 - `clip_score` (from `lmforge.eval.metrics.multimodal`): CLIPScore (Hessel et al. 2021),
-  w · max(cos(image, text), 0) with w = 2.5; `clip_score_model` computes it with one of our checkpoints.
+  w · max(cos(image, text), 0) with w = 2.5; `clip_score_model` computes it with one of our checkpoints,
+  `clip_score_pairs` on image files with their texts (`lmforge eval clipscore`).
 - `compositional_probe`: for each image, its caption against captions with the colour swapped, the shape
   swapped, or both; accuracy is the share of pairs where the true caption scores higher. `evaluate_clip`
   adds `scenes.background_probe` ("blue circle" vs "red circle" on generated red-background scenes).
@@ -41,6 +42,44 @@ def clip_score_model(clip: CLIP, images: torch.Tensor, texts: Sequence[str]) -> 
     if len(texts) != images.shape[0]:
         raise LMForgeError(f"{images.shape[0]} images but {len(texts)} texts: give one text per image")
     return clip_score(clip.encode_images(images), clip.encode_texts(list(texts)))
+
+
+def clip_score_pairs(
+    model: CLIP | str | Path, pairs: str | Path | Sequence[tuple[str | Path, str]], resize: bool = False
+) -> dict:
+    """CLIPScore of (image file, text) pairs under one of our CLIP checkpoints: the mean, and each pair's.
+
+    `pairs` is a list, or a JSONL file with `{"image": path, "text": caption}` per line (relative image paths
+    are read beside the file); images of another size are refused, or resized with `resize`."""
+    import json
+
+    from lmforge.multimodal.data import read_image
+
+    clip = model if isinstance(model, CLIP) else CLIP.load(model)
+    if isinstance(pairs, str | Path):
+        path = Path(pairs)
+        if not path.is_file():
+            raise LMForgeError(f"pairs file not found: {path}")
+        rows = []
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                rows.append((path.parent / row["image"], str(row["text"])))
+            except (ValueError, KeyError, TypeError):
+                raise LMForgeError(
+                    f'{path}:{n}: each line must be a JSON object {{"image": path, "text": caption}}'
+                ) from None
+        pairs = rows
+    if not pairs:
+        raise LMForgeError("no (image, text) pairs to score")
+    size, mode = clip.config.image_size, "resize" if resize else "refuse"
+    images = torch.stack([read_image(image, size, mode) for image, _ in pairs])
+    if clip.config.channels == 1:  # a grey model: the mean of the three channels
+        images = images.float().mean(1, keepdim=True).round().to(torch.uint8)
+    scores = clip_score_model(clip, images, [text for _, text in pairs]).tolist()
+    return {"clip_score": sum(scores) / len(scores), "pairs": len(scores), "scores": scores}
 
 
 def zero_shot_classifier(clip: CLIP, classes: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
