@@ -128,8 +128,21 @@ def test_pretrain_clip_from_the_cli_learns_and_final_loads(tmp_path, capsys):
         '"text_n_layer": 1, "text_n_head": 2, "embed_dim": 32}'
     )
     args = ["pretrain", "easy-vqa", "--objective", "clip", "--out", str(out), "--model-overrides", overrides]
-    args += "--steps 60 --batch-size 48 --lr 3e-3 --warmup-steps 5 --eval-every 30 --log-every 15".split()
-    args += "--train-images 300 --val-images 60 --no-progress".split()
+    args += [
+        "--steps",
+        "60",
+        "--batch-size",
+        "48",
+        "--lr",
+        "3e-3",
+        "--warmup-steps",
+        "5",
+        "--eval-every",
+        "30",
+        "--log-every",
+        "15",
+    ]
+    args += ["--train-images", "300", "--val-images", "60", "--no-progress"]
     args += ["--no-tensorboard", "--precision", "fp32"]
     assert main(args) == 0
     assert f"model: {out / 'final'}" in capsys.readouterr().out
