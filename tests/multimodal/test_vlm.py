@@ -106,7 +106,9 @@ def test_save_load_roundtrip(vlm, data, tmp_path):
     )
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "config.json").write_text('{"model_type": "lmforge-clip"}')
-    with pytest.raises(LMForgeError, match="not a VLM checkpoint"):
+    with pytest.raises(
+        LMForgeError, match="holds a 'lmforge-clip' model, not a VLM; give a directory written by"
+    ):
         VLM.load(tmp_path / "other")
 
 

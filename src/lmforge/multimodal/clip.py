@@ -18,7 +18,6 @@ and the tokenizer; it is written atomically and read back with `ClipModel.load` 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,9 +29,9 @@ from torch import nn
 
 from lmforge.config import ModelConfig
 from lmforge.errors import LMForgeError
-from lmforge.io.atomic import atomic_dir
 from lmforge.model.transformer import Transformer
 from lmforge.model.vision import VisionConfig, VisionTransformer
+from lmforge.multimodal.checkpoint import config_from, load_weights, read_meta, save_model
 from lmforge.options import option
 from lmforge.tokenizer import Tokenizer
 
@@ -163,16 +162,41 @@ class ClipModel(nn.Module):
 
 
 def train_caption_tokenizer(captions: Sequence[str], vocab_size: int = 256) -> Tokenizer:
-    """A lowercase WordPiece tokenizer ([CLS] ... [SEP], [PAD]) trained on the captions."""
+    """A lowercase WordPiece tokenizer ([CLS] ... [SEP], [PAD]) for the captions, the same every time.
+
+    Hugging Face's WordPiece trainer breaks ties between equally frequent merges by hash order, so the
+    sub-word pieces it keeps differ from run to run (and so would every token id). The vocabulary kept
+    is what the captions alone determine: the special tokens, every single character (word-initial and
+    `##` continuation, so any word can still be spelled) and the captions' words, most frequent first,
+    up to `vocab_size`, numbered in that fixed order."""
+    import json
+    from collections import Counter
+
+    from tokenizers import Tokenizer as Backend
+
     from lmforge.tokenizer.train import train_tokenizer
 
-    return train_tokenizer(
+    trained = train_tokenizer(
         texts=list(captions),
         algorithm="wordpiece",
         vocab_size=vocab_size,
         min_frequency=1,
         show_progress=False,
     )
+    backend = trained.backend
+    data = json.loads(backend.to_str())
+    vocab = data["model"]["vocab"]
+    specials = sorted((t for t in vocab if t in trained.special_tokens.values()), key=vocab.get)
+    chars = sorted(t for t in vocab if len(t.removeprefix("##")) == 1 and t not in specials)
+    words: Counter = Counter()
+    for text in captions:
+        normalized = backend.normalizer.normalize_str(text) if backend.normalizer else text
+        words.update(w for w, _ in backend.pre_tokenizer.pre_tokenize_str(normalized))
+    ranked = sorted((w for w in words if w not in chars and w not in specials), key=lambda w: (-words[w], w))
+    kept = [*specials, *chars, *ranked][: max(vocab_size, len(specials) + len(chars))]
+    data["model"]["vocab"] = {token: i for i, token in enumerate(kept)}
+    canonical = Backend.from_str(json.dumps(data))
+    return Tokenizer._with_config(canonical, trained.config_dict(), None)
 
 
 class CLIP:
@@ -221,38 +245,12 @@ class CLIP:
 
     def save(self, path: str | Path) -> Path:
         """Write config.json, model.safetensors and the tokenizer into `path`, atomically."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
-        size = sum(t.numel() * t.element_size() for t in state.values())
-        meta = {"model_type": MODEL_TYPE, "lmforge": {"clip": dataclasses.asdict(self.config)}}
-        with atomic_dir(path, expected_bytes=size) as tmp:
-            save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-            (tmp / "config.json").write_text(json.dumps(meta, indent=2))
-            self.tokenizer.save(tmp)
-        return path
+        return save_model(path, self.model, MODEL_TYPE, {"clip": self.config}, self.tokenizer.save)
 
     @classmethod
     def load(cls, path: str | Path) -> CLIP:
         """Read a directory `save` wrote; anything else is a one-line error."""
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        config_file = path / "config.json"
-        if not config_file.is_file():
-            raise LMForgeError(f"{path} is not a CLIP checkpoint directory (no config.json)")
-        try:
-            meta = json.loads(config_file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise LMForgeError(f"{config_file} is not valid JSON ({exc.msg})") from None
-        if meta.get("model_type") != MODEL_TYPE:
-            raise LMForgeError(
-                f"{path} holds a {meta.get('model_type', 'unknown')!r} model, not a CLIP model; "
-                "give a directory written by `lmforge quickstart --recipe clip` or CLIP.save"
-            )
-        fields = {f.name for f in dataclasses.fields(ClipConfig)}
-        config = ClipConfig(**{k: v for k, v in meta["lmforge"]["clip"].items() if k in fields})
-        model = ClipModel(config)
-        model.load_state_dict(load_file(str(path / "model.safetensors")))
-        return cls(model.eval(), Tokenizer.from_dir(path))
+        written_by = "`lmforge quickstart --recipe clip` or CLIP.save"
+        meta = read_meta(path, MODEL_TYPE, "a CLIP", "a CLIP model", written_by)
+        model = load_weights(ClipModel(config_from(ClipConfig, meta["clip"])), path)
+        return cls(model, Tokenizer.from_dir(path))

@@ -21,7 +21,6 @@ or a CLIP image tower of the same shape; `save`/`load` write and read a checkpoi
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,9 +28,9 @@ import torch
 from torch import nn
 
 from lmforge.errors import LMForgeError
-from lmforge.io.atomic import atomic_dir
 from lmforge.model.transformer import Block, make_norm
 from lmforge.model.vision import VisionConfig, VisionTransformer
+from lmforge.multimodal.checkpoint import config_from, load_weights, read_meta, save_model
 from lmforge.options import check_types, option
 
 MODEL_TYPE = "lmforge-mae"
@@ -197,49 +196,16 @@ class MaskedAutoencoder(nn.Module):
 
     def save(self, path: str | Path) -> Path:
         """Write config.json and model.safetensors (encoder + decoder) into `path`, atomically."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        size = sum(t.numel() * t.element_size() for t in state.values())
-        meta = {
-            "model_type": MODEL_TYPE,
-            "lmforge": {"vision": dataclasses.asdict(self.vision), "mae": dataclasses.asdict(self.config)},
-        }
-        with atomic_dir(path, expected_bytes=size) as tmp:
-            save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-            (tmp / "config.json").write_text(json.dumps(meta, indent=2))
-        return path
+        return save_model(path, self, MODEL_TYPE, {"vision": self.vision, "mae": self.config})
 
     @classmethod
     def load(cls, path: str | Path) -> MaskedAutoencoder:
         """Read a directory `save` wrote; anything else is a one-line error."""
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        config_file = path / "config.json"
-        if not config_file.is_file():
-            raise LMForgeError(f"{path} is not an MAE checkpoint directory (no config.json)")
-        try:
-            meta = json.loads(config_file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise LMForgeError(f"{config_file} is not valid JSON ({exc.msg})") from None
-        if meta.get("model_type") != MODEL_TYPE:
-            raise LMForgeError(
-                f"{path} holds a {meta.get('model_type', 'unknown')!r} model, not a masked autoencoder; "
-                "give a directory written by MaskedAutoencoder.save"
-            )
-        vision = _known_fields(VisionConfig, meta["lmforge"]["vision"])
-        model = cls(vision, _known_fields(MAEConfig, meta["lmforge"]["mae"]))
-        model.load_state_dict(load_file(str(path / "model.safetensors")))
-        return model.eval()
+        meta = read_meta(path, MODEL_TYPE, "an MAE", "a masked autoencoder", "MaskedAutoencoder.save")
+        model = cls(config_from(VisionConfig, meta["vision"]), config_from(MAEConfig, meta["mae"]))
+        return load_weights(model, path)
 
 
 def load_vision_encoder(path: str | Path) -> VisionTransformer:
     """The ViT encoder of an MAE checkpoint directory (ready for a linear probe or a CLIP tower)."""
     return MaskedAutoencoder.load(path).encoder
-
-
-def _known_fields(cls: type, values: dict):
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in values.items() if k in names})

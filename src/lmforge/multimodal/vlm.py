@@ -37,9 +37,9 @@ from torch import nn
 from lmforge.config import ModelConfig
 from lmforge.errors import LMForgeError
 from lmforge.generate.engine import COMPILE_MODES, CompileMode, Engine
-from lmforge.io.atomic import atomic_dir
 from lmforge.model.transformer import Transformer
 from lmforge.model.vision import VisionConfig, VisionTransformer
+from lmforge.multimodal.checkpoint import config_from, load_weights, read_meta, save_model
 from lmforge.options import check_types, option
 from lmforge.tokenizer import Tokenizer
 
@@ -329,39 +329,24 @@ class VLM:
 
     def save(self, path: str | Path) -> Path:
         """Write config.json, model.safetensors, the tokenizer and generation_config.json, atomically."""
-        from safetensors.torch import save_file
 
-        path = Path(path)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.network.state_dict().items()}
-        size = sum(t.numel() * t.element_size() for t in state.values())
-        meta = {"model_type": MODEL_TYPE, "lmforge": {"vlm": dataclasses.asdict(self.config)}}
-        with atomic_dir(path, expected_bytes=size) as tmp:
-            save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-            (tmp / "config.json").write_text(json.dumps(meta, indent=2))
+        def extra(tmp: Path) -> None:
             (tmp / "generation_config.json").write_text(json.dumps(self.generation_config, indent=2))
             self.tokenizer.save(tmp)
-        return path
+
+        return save_model(path, self.network, MODEL_TYPE, {"vlm": self.config}, extra)
 
     @classmethod
     def load(cls, path: str | Path, compile: CompileMode = "eager") -> VLM:
         """Read a directory `save` wrote; anything else is a one-line error."""
-        from safetensors.torch import load_file
-
         path = Path(path)
-        if not is_vlm_dir(path):
-            raise LMForgeError(
-                f"{path} is not a VLM checkpoint directory; give one written by "
-                "`lmforge quickstart --recipe vlm` or VLM.save"
-            )
-        meta = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        fields = {f.name for f in dataclasses.fields(VLMConfig)}
-        config = VLMConfig(**{k: v for k, v in meta["lmforge"]["vlm"].items() if k in fields})
-        network = VisionLanguageModel(config)
-        network.load_state_dict(load_file(str(path / "model.safetensors")))
+        written_by = "`lmforge quickstart --recipe vlm` or VLM.save"
+        meta = read_meta(path, MODEL_TYPE, "a VLM", "a VLM", written_by)
+        network = load_weights(VisionLanguageModel(config_from(VLMConfig, meta["vlm"])), path)
         generation = None
         if (path / "generation_config.json").is_file():
             generation = json.loads((path / "generation_config.json").read_text(encoding="utf-8"))
-        return cls(network.eval(), Tokenizer.from_dir(path), generation, source=str(path), compile=compile)
+        return cls(network, Tokenizer.from_dir(path), generation, source=str(path), compile=compile)
 
 
 def is_vlm_dir(path: str | Path) -> bool:
