@@ -71,14 +71,6 @@ class MAEObjective(Objective):
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], config: TrainConfig) -> torch.Tensor:
         return masked_loss(model, batch)
 
-    def evaluate(self, trainer: Trainer) -> dict[str, float]:
-        model = trainer._inspected_model()
-        model.eval()
-        with torch.no_grad(), trainer._autocast():
-            losses = [float(masked_loss(model, trainer._to_device(b))) for b in trainer.val_data.batches]
-        model.train()
-        return {"loss": sum(losses) / len(losses)}
-
     def write_model(self, directory: Path, model: nn.Module) -> None:
         model.save(directory)
 

@@ -267,7 +267,16 @@ class Objective:
         raise NotImplementedError
 
     def evaluate(self, trainer: Trainer) -> dict[str, float]:
-        return {}
+        """The mean of `loss` over the validation batches, in eval mode without gradients."""
+        model = trainer._inspected_model()
+        model.eval()
+        with torch.no_grad(), trainer._autocast():
+            losses = [
+                float(self.loss(model, trainer._to_device(b), trainer.config))
+                for b in trainer.val_data.batches
+            ]
+        model.train()
+        return {"loss": sum(losses) / len(losses)}
 
     def write_model(self, directory: Path, model: nn.Module) -> None:
         raise NotImplementedError
