@@ -41,6 +41,16 @@ def test_index_search_reindex_like_sqlite(pg_url, built, tmp_path):
         want = rag.search(sqlite_store, "what makes bread dough rise", mode=mode, k=4)
         assert [(h.path, h.start, h.end) for h in got] == [(h.path, h.start, h.end) for h in want]
         assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=1e-5)
+    # the sentence reranker's cache: filled at the first rerank, read back by the next process
+    got = idx.search("what makes bread dough rise", mode="hybrid-rerank", k=4)
+    want = rag.search(sqlite_store, "what makes bread dough rise", mode="hybrid-rerank", k=4)
+    assert [(h.path, h.start) for h in got] == [(h.path, h.start) for h in want]
+    assert idx.sentence_vectors_embedded > 0
+    warm = rag.Index(url)
+    assert [h.chunk_id for h in warm.search("what makes bread dough rise", mode="hybrid-rerank", k=4)] == [
+        h.chunk_id for h in got
+    ]
+    assert warm.sentence_vectors_embedded == 0
     hits = idx.search("flows into the sea", mode="dense", k=10, filters={"path": "notes/*"})
     assert {h.path for h in hits} == {"notes/rivers.md"}
     # incremental: replace one, delete one; unchanged chunks reuse their stored embeddings
@@ -51,6 +61,13 @@ def test_index_search_reindex_like_sqlite(pg_url, built, tmp_path):
     again = rag.index([folder], url)
     assert again.replaced == ["volcano.md"] and again.deleted == ["bread.txt"] and again.chunks_reused >= 1
     assert idx.search("Big Island shield volcano", mode="bm25", k=1)[0].path == "volcano.md"
+    orphans = idx.store.db.execute(
+        "SELECT count(*) FROM rag_test.sentence_vectors v "
+        "WHERE NOT EXISTS (SELECT 1 FROM rag_test.chunks c WHERE c.hash = v.hash)"
+    ).fetchone()[0]
+    assert (
+        orphans == 0 and idx.store.db.execute("SELECT count(*) FROM rag_test.sentence_vectors").fetchone()[0]
+    )
     assert idx.store.size_bytes() > 0
     with pytest.raises(LMForgeError, match="chunk_tokens 24"):
         rag.index([folder], url, chunk_tokens=50)

@@ -153,7 +153,9 @@ class Index:
         self._bm25: tuple[int, Any, np.ndarray] | None = None
         self._query_cache: OrderedDict[tuple, list[Hit]] = OrderedDict()
         self._qvec_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._fingerprint: str | None = None
         self.cache_hits = 0
+        self.sentence_vectors_embedded = 0
 
     # --- models ---------------------------------------------------------------------------------------
     @property
@@ -175,6 +177,24 @@ class Index:
         out = np.empty((len(texts), emb.shape[1]), np.float32)
         out[order] = emb.float().cpu().numpy()
         return out
+
+    def sentence_vectors(self, texts: list[str]) -> list[np.ndarray]:
+        """Each chunk text's sentence vectors (what the sentence reranker scores), from the store's cache
+        (keyed by the text's content hash and the encoder's fingerprint); those not cached are embedded
+        together, as the uncached `rerank.sentence_vectors` does, and written to the cache."""
+        from lmforge.rag.rerank import sentence_vectors
+
+        if self._fingerprint is None:
+            self._fingerprint = encoder_fingerprint(self.encoder)
+        hashes = [content_hash(t) for t in texts]
+        cached = self.store.sentence_vectors(sorted(set(hashes)), self._fingerprint)
+        todo = {h: t for h, t in zip(hashes, texts) if h not in cached}
+        if todo:
+            fresh = dict(zip(todo, sentence_vectors(self.embed, list(todo.values()))))
+            self.store.put_sentence_vectors(fresh, self._fingerprint)
+            self.sentence_vectors_embedded += sum(len(v) for v in fresh.values())
+            cached.update(fresh)
+        return [cached[h] for h in hashes]
 
     def query_vector(self, query: str) -> np.ndarray:
         vec = self._qvec_cache.get(query)
@@ -387,7 +407,7 @@ class Index:
     def _rerank(
         self, query: str, ranking: list[tuple[int, float]], how: str, cfg: SearchConfig
     ) -> list[tuple[int, float]]:
-        from lmforge.rag.rerank import fuse_orders, mmr, sentence_scores, yes_no_scores
+        from lmforge.rag.rerank import best_sentence_scores, fuse_orders, mmr, yes_no_scores
 
         if not ranking:
             return ranking
@@ -399,7 +419,7 @@ class Index:
         rows = self.store.chunks(ids)
         texts = [rows[i]["text"] for i in ids]
         if how == "sentence":
-            scores = sentence_scores(self.embed, self.query_vector(query), texts)
+            scores = best_sentence_scores(self.query_vector(query), self.sentence_vectors(texts))
         elif how == "llm":
             # scoring is all prefill: bf16 where this machine runs it faster
             scores = yes_no_scores(load_model(cfg.reranker, "auto"), query, texts)

@@ -3,7 +3,8 @@
 Tables live in a schema of their own (`lmforge_rag` unless the URL's `?schema=` says otherwise).
 Embeddings are `vector` columns; dense search is an exact inner-product scan (`ORDER BY embedding <#> q`,
 pgvector's negative inner product); approximate pgvector indexes are not built yet. Every write is one
-transaction, with the same `version` counter.
+transaction, with the same `version` counter; the sentence reranker's cache (`sentence_vectors`) works
+as in `SQLiteStore`.
 """
 
 from __future__ import annotations
@@ -80,6 +81,10 @@ class PostgresStore:
         )
         self.db.execute(f"CREATE INDEX IF NOT EXISTS chunks_doc ON {s}.chunks(doc)")
         self.db.execute(f"CREATE INDEX IF NOT EXISTS chunks_hash ON {s}.chunks(hash)")
+        self.db.execute(
+            f"CREATE TABLE IF NOT EXISTS {s}.sentence_vectors (hash TEXT NOT NULL, encoder TEXT NOT NULL, "
+            "n INT NOT NULL, vectors BYTEA NOT NULL, PRIMARY KEY (hash, encoder))"
+        )
         self.faiss_kind = self.settings().get("faiss_index", faiss_index)
         self._in_tx = False
 
@@ -128,11 +133,47 @@ class PostgresStore:
         )
         return {h: _vec(e) for h, e in rows}
 
-    def delete_document(self, path: str) -> None:
+    def _delete(self, path: str) -> list[str]:
+        rows = self.db.execute(
+            f"DELETE FROM {self.schema}.chunks c USING {self.schema}.documents d "
+            "WHERE d.id = c.doc AND d.path = %s RETURNING c.hash",
+            (path,),
+        ).fetchall()
         self.db.execute(f"DELETE FROM {self.schema}.documents WHERE path = %s", (path,))
+        return [r[0] for r in rows]
+
+    def _prune_sentence_vectors(self, hashes: list[str]) -> None:
+        s = self.schema
+        self.db.execute(
+            f"DELETE FROM {s}.sentence_vectors v WHERE v.hash = ANY(%s) "
+            f"AND NOT EXISTS (SELECT 1 FROM {s}.chunks c WHERE c.hash = v.hash)",
+            (sorted(set(hashes)),),
+        )
+
+    def delete_document(self, path: str) -> None:
+        self._prune_sentence_vectors(self._delete(path))
+
+    def sentence_vectors(self, hashes: list[str], encoder: str) -> dict[str, np.ndarray]:
+        rows = self.db.execute(
+            f"SELECT hash, n, vectors FROM {self.schema}.sentence_vectors WHERE encoder = %s AND hash = ANY(%s)",
+            (encoder, list(hashes)),
+        )
+        return {h: np.frombuffer(bytes(b), dtype=np.float32).reshape(n, -1) for h, n, b in rows}
+
+    def put_sentence_vectors(self, vectors: dict[str, np.ndarray], encoder: str) -> None:
+        s = self.schema
+        with self.db.transaction(), self.db.cursor() as cur:
+            cur.executemany(
+                f"INSERT INTO {s}.sentence_vectors(hash, encoder, n, vectors) SELECT %s, %s, %s, %s "
+                f"WHERE EXISTS (SELECT 1 FROM {s}.chunks WHERE hash = %s) ON CONFLICT DO NOTHING",
+                [
+                    (h, encoder, len(v), np.ascontiguousarray(v, np.float32).tobytes(), h)
+                    for h, v in vectors.items()
+                ],
+            )
 
     def put_document(self, doc: Document, chunks: list[Chunk], hashes: list[str], emb: np.ndarray) -> None:
-        self.delete_document(doc.path)
+        old = self._delete(doc.path)
         doc_id = self.db.execute(
             f"INSERT INTO {self.schema}.documents(path, hash, root, source, title, mtime, meta, text) "
             "VALUES (%s,%s,%s,%s,%s,%s,%s,%s) RETURNING id",
@@ -147,6 +188,7 @@ class PostgresStore:
                     for i, (c, h, e) in enumerate(zip(chunks, hashes, emb))
                 ],
             )
+        self._prune_sentence_vectors(old)
 
     def counts(self) -> tuple[int, int]:
         d = self.db.execute(f"SELECT count(*) FROM {self.schema}.documents").fetchone()[0]

@@ -9,8 +9,8 @@ a hook for a cross-encoder.
   never sees the padding after it, so no mask is needed, and only that position goes through the head.
 - Sentence: the best cosine similarity between the query's embedding and those of a chunk's sentences
   (the chunk's embedding averages its topics; the one sentence that answers stands out). The encoder
-  only, but every sentence of the top `rerank_depth` chunks is embedded per query: on rag-pydoc's
-  200-token chunks, depth 30 at 1 thread, about 3.5-7.6 s a query against ~40 ms for hybrid
+  only; a chunk's sentence vectors are embedded the first time it is reranked and cached in the store
+  (`Index.sentence_vectors`), so a query pays only for chunks no earlier query reranked
   (benchmarks/results/rag_latency.json).
 - Cross-encoder: any callable `(query, [texts]) -> [scores]`, e.g. a sentence-transformers CrossEncoder's
   `lambda q, ts: model.predict([(q, t) for t in ts])`.
@@ -28,7 +28,15 @@ import numpy as np
 
 from lmforge.rag.yesno import YES_NO_PROMPT, yes_no_scores
 
-__all__ = ["YES_NO_PROMPT", "fuse_orders", "mmr", "sentence_scores", "yes_no_scores"]
+__all__ = [
+    "YES_NO_PROMPT",
+    "best_sentence_scores",
+    "fuse_orders",
+    "mmr",
+    "sentence_scores",
+    "sentence_vectors",
+    "yes_no_scores",
+]
 
 CrossEncoder = Callable[[str, list[str]], Sequence[float]]
 
@@ -53,22 +61,36 @@ def mmr(query: np.ndarray, cands: np.ndarray, k: int, lam: float = 0.7) -> list[
     return picked
 
 
+def sentence_vectors(
+    embed: Callable[[list[str]], np.ndarray], texts: Sequence[str], max_sentences: int = 40
+) -> list[np.ndarray]:
+    """For each text, the unit embeddings (sentences, d) `embed` gives its sentences (the first
+    `max_sentences`; a text without sentence breaks is one sentence), all texts in one `embed` call."""
+    from lmforge.rag.faithfulness import split_sentences
+
+    pieces = [split_sentences(text)[:max_sentences] or [text] for text in texts]
+    if not pieces:
+        return []
+    emb = embed([s for p in pieces for s in p])
+    return np.split(emb, np.cumsum([len(p) for p in pieces])[:-1])
+
+
+def best_sentence_scores(query: np.ndarray, vectors: Sequence[np.ndarray]) -> list[float]:
+    """For each text's sentence vectors, the best inner product with `query` (a unit vector)."""
+    if not vectors:
+        return []
+    owner = np.repeat(np.arange(len(vectors)), [len(v) for v in vectors])
+    best = np.full(len(vectors), -np.inf)
+    np.maximum.at(best, owner, np.concatenate(vectors) @ query)
+    return best.tolist()
+
+
 def sentence_scores(
     embed: Callable[[list[str]], np.ndarray], query: np.ndarray, texts: Sequence[str], max_sentences: int = 40
 ) -> list[float]:
-    """For each text, the best inner product of `query` (unit vector) with the unit embeddings `embed`
-    gives its sentences (the first `max_sentences`; a text without sentence breaks is one sentence)."""
-    from lmforge.rag.faithfulness import split_sentences
-
-    sentences: list[str] = []
-    owner: list[int] = []
-    for i, text in enumerate(texts):
-        pieces = split_sentences(text)[:max_sentences] or [text]
-        sentences += pieces
-        owner += [i] * len(pieces)
-    best = np.full(len(texts), -np.inf)
-    np.maximum.at(best, np.asarray(owner), embed(sentences) @ query)
-    return best.tolist()
+    """For each text, the best inner product of `query` (unit vector) with its sentences' unit
+    embeddings (uncached: `Index.sentence_vectors` keeps them in the store)."""
+    return best_sentence_scores(query, sentence_vectors(embed, texts, max_sentences))
 
 
 def fuse_orders(

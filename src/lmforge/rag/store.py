@@ -7,6 +7,11 @@ killed at any point leaves every document either fully in its old state or fully
 FAISS file is a cache of the stored embeddings, tagged with the version it was built at; when the tag
 and the store disagree (a killed run, another writer) it is rebuilt from SQLite without re-embedding.
 
+`sentence_vectors` caches what the sentence reranker embeds: the unit vectors of a chunk's sentences,
+keyed by the chunk's content hash and the encoder's fingerprint, filled at the first query that reranks
+the chunk. A cache changes no result, so writing it does not bump the version; its rows go in the
+transaction that removes the last chunk with their hash (a replaced or deleted document).
+
 Both backends (this one and `pgstore.PostgresStore`) offer the same methods; `Index` uses only those.
 """
 
@@ -40,6 +45,10 @@ CREATE TABLE IF NOT EXISTS chunks (
 );
 CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc);
 CREATE INDEX IF NOT EXISTS chunks_hash ON chunks(hash);
+CREATE TABLE IF NOT EXISTS sentence_vectors (
+    hash TEXT NOT NULL, encoder TEXT NOT NULL, n INTEGER NOT NULL, vectors BLOB NOT NULL,
+    PRIMARY KEY (hash, encoder)
+);
 """
 
 FILTER_FIELDS = ("path", "title", "section", "root", "source")
@@ -159,13 +168,68 @@ class SQLiteStore:
                 out[h] = np.frombuffer(blob, dtype=np.float32)
         return out
 
-    def delete_document(self, path: str) -> None:
-        """Inside a transaction: remove a document and its chunks."""
+    def _delete(self, path: str) -> list[str]:
+        """Remove a document and its chunks; the hashes its chunks had."""
+        old = [
+            h
+            for (h,) in self.db.execute(
+                "SELECT c.hash FROM chunks c JOIN documents d ON d.id = c.doc WHERE d.path = ?", (path,)
+            )
+        ]
         self.db.execute("DELETE FROM documents WHERE path = ?", (path,))
+        return old
+
+    def _prune_sentence_vectors(self, hashes: list[str]) -> None:
+        """Drop the cached sentence vectors of those `hashes` no chunk has any more."""
+        hashes = sorted(set(hashes))
+        for i in range(0, len(hashes), 500):
+            part = hashes[i : i + 500]
+            marks = ",".join("?" * len(part))
+            self.db.execute(
+                f"DELETE FROM sentence_vectors WHERE hash IN ({marks}) "
+                "AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.hash = sentence_vectors.hash)",
+                part,
+            )
+
+    def delete_document(self, path: str) -> None:
+        """Inside a transaction: remove a document, its chunks and their cached sentence vectors."""
+        self._prune_sentence_vectors(self._delete(path))
+
+    def sentence_vectors(self, hashes: list[str], encoder: str) -> dict[str, np.ndarray]:
+        """{chunk hash: (sentences, d) float32} cached for `encoder` (a fingerprint), of those `hashes`
+        that have them."""
+        out: dict[str, np.ndarray] = {}
+        for i in range(0, len(hashes), 500):
+            part = hashes[i : i + 500]
+            marks = ",".join("?" * len(part))
+            for h, n, blob in self.db.execute(
+                f"SELECT hash, n, vectors FROM sentence_vectors WHERE encoder = ? AND hash IN ({marks})",
+                [encoder, *part],
+            ):
+                out[h] = np.frombuffer(blob, dtype=np.float32).reshape(n, -1)
+        return out
+
+    def put_sentence_vectors(self, vectors: dict[str, np.ndarray], encoder: str) -> None:
+        """Cache sentence vectors in one transaction that leaves the version alone (results do not
+        change), only for hashes some chunk still has."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.executemany(
+                "INSERT OR IGNORE INTO sentence_vectors(hash, encoder, n, vectors) SELECT ?, ?, ?, ? "
+                "WHERE EXISTS (SELECT 1 FROM chunks WHERE hash = ?)",
+                [
+                    (h, encoder, len(v), np.ascontiguousarray(v, np.float32).tobytes(), h)
+                    for h, v in vectors.items()
+                ],
+            )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     def put_document(self, doc: Document, chunks: list[Chunk], hashes: list[str], emb: np.ndarray) -> None:
         """Inside a transaction: write a document (replacing one at the same path) and its chunks."""
-        self.delete_document(doc.path)
+        old = self._delete(doc.path)
         cur = self.db.execute(
             "INSERT INTO documents(path, hash, root, source, title, mtime, meta, text) VALUES (?,?,?,?,?,?,?,?)",
             (doc.path, doc.id, doc.root, doc.source, doc.title, doc.mtime, json.dumps(doc.meta), doc.text),
@@ -189,6 +253,7 @@ class SQLiteStore:
                 for i, (c, h, e) in enumerate(zip(chunks, hashes, emb))
             ],
         )
+        self._prune_sentence_vectors(old)
 
     def counts(self) -> tuple[int, int]:
         docs = self.db.execute("SELECT count(*) FROM documents").fetchone()[0]
