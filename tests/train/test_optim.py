@@ -71,3 +71,74 @@ def test_frozen_parameters_are_left_out():
     model.tok_emb.weight.requires_grad_(False)
     names = {n for g in param_groups(model, 0.1) for n in g["names"]}
     assert "tok_emb.weight" not in names and "blocks.0.attn.qkv.weight" in names
+
+
+def _newton_schulz(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """The quintic Newton–Schulz iteration of Keller Jordan's Muon, written out in float64."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.double()
+    tall = x.shape[0] > x.shape[1]
+    x = x.T if tall else x
+    x = x / x.norm()
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
+def test_muon_steps_the_hidden_matrices_and_adamw_the_rest():
+    """One step from zero momentum: a hidden matrix moves by lr·0.2·√max(shape)·NS(g) after decay
+    (Moonlight's RMS matching; the first Nesterov update is (1 - μ²)·g, which NS normalises away);
+    embeddings, norms, biases and an untied head follow a plain AdamW step on the same gradients."""
+    torch.manual_seed(0)
+    model = Transformer(tiny_config("gpt2", tie_embeddings=False))
+    twin = Transformer(tiny_config("gpt2", tie_embeddings=False))
+    twin.load_state_dict(model.state_dict())
+    opt = build_optimizer(model, 1e-2, weight_decay=0.1, name="muon")
+    names = {n for g in opt.param_groups if g.get("names") for n in g["names"]}
+    muon_names = set(opt.optimizers[0].param_groups[0]["names"])
+    assert "blocks.0.attn.qkv.weight" in muon_names and "blocks.0.mlp.proj.weight" in muon_names
+    assert not muon_names & {"tok_emb.weight", "pos_emb.weight", "lm_head.weight"}
+    assert all(n.endswith("weight") and "norm" not in n for n in muon_names)
+    assert names == {n for n, p in model.named_parameters()}
+
+    # random full-rank gradients (a real tiny batch's are near rank-deficient, where bf16 noise in
+    # PyTorch's iteration is amplified on purpose: NS pushes every singular value toward 1)
+    directions = {n: torch.randn_like(p) for n, p in model.named_parameters()}
+    for m in (model, twin):
+        sum((p * directions[n]).sum() for n, p in m.named_parameters()).backward()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt.step()
+    others = [(n, p) for n, p in twin.named_parameters() if n not in muon_names]
+    reference = torch.optim.AdamW(
+        [
+            {"params": [p for n, p in others if n == "lm_head.weight"], "weight_decay": 0.1},
+            {"params": [p for n, p in others if n != "lm_head.weight"], "weight_decay": 0.0},
+        ],
+        lr=1e-2,
+        betas=(0.9, 0.95),
+        eps=1e-8,
+    )
+    reference.step()
+    twin_params = dict(twin.named_parameters())
+    for n, p in model.named_parameters():
+        if n in muon_names:
+            grad = twin_params[n].grad
+            step = -1e-2 * 0.2 * max(p.shape) ** 0.5 * _newton_schulz(grad)
+            moved = p.detach().double() - before[n].double() * (1 - 1e-2 * 0.1)
+            # PyTorch iterates in bf16: the step agrees with the float64 one to its rounding
+            assert (moved - step).norm() / step.norm() < 0.03, n
+        else:
+            torch.testing.assert_close(p.detach(), twin_params[n].detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_muon_state_round_trips_and_refuses_an_adamw_state():
+    model = Transformer(tiny_config("gpt2"))
+    opt = build_optimizer(model, 1e-3, name="muon")
+    model(torch.randint(0, 256, (1, 8))).float().mean().backward()
+    opt.step()
+    fresh = build_optimizer(model, 1e-3, name="muon")
+    fresh.load_state_dict(opt.state_dict())
+    assert len(fresh.state) == len(opt.state) > 0
+    with pytest.raises(LMForgeError, match="not Muon's"):
+        fresh.load_state_dict(build_optimizer(model, 1e-3).state_dict())

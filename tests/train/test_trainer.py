@@ -81,13 +81,23 @@ def test_grad_accumulation_matches_a_big_batch(tmp_path):
     np.testing.assert_allclose(losses(tmp_path / "a"), losses(tmp_path / "b"), rtol=1e-5)
 
 
-def test_interrupted_run_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_interrupted_run_resumes_exactly(tmp_path, optimizer):
     """A run that crashes after its step-4 checkpoint and is resumed logs the same losses, learning
-    rates and validation as an uninterrupted one (dropout on, so RNG state matters too)."""
+    rates and validation as an uninterrupted one (dropout on, so RNG state matters too; with Muon the
+    momentum of both of its optimizers is in the checkpoint)."""
     data = _tokens()
     val = clm_val_set(_tokens(600, seed=9), 4, 16, 2)
     cfg = TrainConfig(
-        steps=10, batch_size=4, seq_len=16, lr=3e-3, warmup_steps=2, save_every=4, eval_every=3, **QUIET
+        steps=10,
+        batch_size=4,
+        seq_len=16,
+        lr=3e-3,
+        warmup_steps=2,
+        save_every=4,
+        eval_every=3,
+        optimizer=optimizer,
+        **QUIET,
     )
 
     Trainer(_model(dropout=0.1), cfg, CLMBatches(data, 4, 16), tmp_path / "full", val).fit()

@@ -29,6 +29,7 @@ from lmforge.multimodal.vlm_train import VLMTrainConfig
 from lmforge.options import check_types, option, same_as
 from lmforge.quant.config import QuantizeConfig
 from lmforge.train.lora import LoRAConfig
+from lmforge.train.optim import OptimizerName
 from lmforge.train.trainer import Precision, TrainConfig
 
 
@@ -227,6 +228,7 @@ class QuickstartConfig(ModelShape):
     seq_len: int = same_as(TrainConfig, "seq_len", 128)
     batch_size: int = same_as(TrainConfig, "batch_size", 16)
     lr: float = same_as(TrainConfig, "lr", 3e-3)
+    optimizer: OptimizerName = same_as(TrainConfig, "optimizer")
     samples: int = option(2, "samples to generate at the end")
     max_new_tokens: int = same_as(GenerationConfig, "max_new_tokens", 120)
     prompt: str = option("ROMEO:", "text the samples start from")
@@ -267,6 +269,7 @@ class QuickstartConfig(ModelShape):
                 "batch_size": self.batch_size,
                 "seq_len": self.seq_len,
                 "lr": self.lr,
+                "optimizer": self.optimizer,
                 "warmup_steps": 0,
                 "seed": self.seed,
                 "precision": self.precision,

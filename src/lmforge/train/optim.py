@@ -1,9 +1,16 @@
-"""AdamW with decoupled weight decay on matrices only, and the learning-rate schedules.
+"""AdamW (or Muon for the hidden matrices) with decoupled weight decay on matrices only, and the
+learning-rate schedules.
 
 Weight decay pulls weights toward zero; it helps the large matrices (attention, MLP) and hurts the
 parameters that set a scale or an offset, so norms, biases and embeddings get none — the split
 nanoGPT and most LLM recipes use. The schedule is linear warmup, then cosine / linear / constant decay
 to `min_lr`; it is a pure function of the step, so resuming needs only the step number.
+
+`optimizer="muon"` gives the hidden weight matrices (attention and MLP projections) to PyTorch's Muon
+(momentum, then the update orthogonalised by Newton–Schulz iterations) and everything else (embeddings,
+the output head, norms, biases) to AdamW, the split of the modded-nanogpt speedruns and Moonlight.
+Muon's step is scaled to AdamW's update RMS (Moonlight's 0.2·√max(rows, cols)), so one learning rate
+and weight decay serve both.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from torch import nn
 from lmforge.errors import LMForgeError
 
 Decay = Literal["cosine", "linear", "constant"]
+OptimizerName = Literal["adamw", "muon"]
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -49,13 +57,71 @@ def build_optimizer(
     weight_decay: float = 0.1,
     betas: tuple[float, float] = (0.9, 0.95),
     eps: float = 1e-8,
-) -> torch.optim.AdamW:
-    """AdamW over `param_groups`; the fused CUDA kernel is used when every parameter is on a GPU."""
+    name: OptimizerName = "adamw",
+) -> torch.optim.AdamW | MuonAdamW:
+    """AdamW over `param_groups` (the fused CUDA kernel when every parameter is on a GPU), or with
+    `name="muon"` Muon for the hidden matrices and AdamW for the rest."""
     groups = param_groups(model, weight_decay)
     if not groups:
         raise LMForgeError("the model has no trainable parameters (all frozen?)")
     on_cuda = all(p.is_cuda for g in groups for p in g["params"])
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=on_cuda or None)
+    adamw = {"lr": lr, "betas": tuple(betas), "eps": eps, "fused": on_cuda or None}
+    if name == "adamw":
+        return torch.optim.AdamW(groups, **adamw)
+    if name != "muon":
+        raise LMForgeError(f"unknown optimizer '{name}'; use adamw or muon")
+    head = getattr(model, "lm_head", None)
+    head_ids = {id(head.weight)} if isinstance(head, nn.Linear) else set()
+    muon_group = {"params": [], "names": [], "weight_decay": weight_decay}
+    rest = []
+    for group in groups:
+        kept = {"params": [], "names": [], "weight_decay": group["weight_decay"]}
+        for p, n in zip(group["params"], group["names"]):
+            hidden = group["weight_decay"] == weight_decay and p.dim() == 2 and id(p) not in head_ids
+            target = muon_group if hidden and group is groups[0] else kept
+            target["params"].append(p)
+            target["names"].append(n)
+        rest += [kept] if kept["params"] else []
+    if not muon_group["params"]:
+        return torch.optim.AdamW(groups, **adamw)
+    muon = torch.optim.Muon([muon_group], lr=lr, adjust_lr_fn="match_rms_adamw")
+    return MuonAdamW(muon, torch.optim.AdamW(rest, **adamw) if rest else None)
+
+
+class MuonAdamW:
+    """Muon for the hidden matrices and AdamW for the other parameters, driven as one optimizer:
+    `param_groups` lists both (the schedule sets every group's rate), `step`, `zero_grad` and one
+    state dict."""
+
+    def __init__(self, muon: torch.optim.Optimizer, adamw: torch.optim.Optimizer | None):
+        self.optimizers = [o for o in (muon, adamw) if o is not None]
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    @property
+    def state(self) -> dict:
+        return {k: v for o in self.optimizers for k, v in o.state.items()}
+
+    def step(self, closure: None = None) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"muon_adamw": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "muon_adamw" not in state or len(state["muon_adamw"]) != len(self.optimizers):
+            raise LMForgeError(
+                "the checkpoint's optimizer state is not Muon's; resume with --optimizer adamw"
+            )
+        for optimizer, part in zip(self.optimizers, state["muon_adamw"]):
+            optimizer.load_state_dict(part)
 
 
 @dataclass

@@ -40,7 +40,7 @@ from lmforge.train import monitor
 from lmforge.train.batches import IGNORE, BatchSource, ValSet
 from lmforge.train.logging import RunLogger
 from lmforge.train.lora import LoRAConfig, LoRALinear
-from lmforge.train.optim import LRSchedule, build_optimizer
+from lmforge.train.optim import LRSchedule, OptimizerName, build_optimizer
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -59,6 +59,12 @@ class TrainConfig:
     min_lr: float | None = option(None, "learning rate at the end of the decay (none: lr / 10)")
     warmup_steps: int = option(100, "linear warmup steps")
     schedule: Literal["cosine", "linear", "constant"] = option("cosine", "decay after warmup")
+    optimizer: OptimizerName = option(
+        "adamw",
+        "adamw, or muon: PyTorch's Muon (orthogonalised momentum) for the hidden weight matrices and "
+        "AdamW for embeddings, output head, norms and biases, one lr for both (Muon's step matched to "
+        "AdamW's update RMS)",
+    )
     weight_decay: float = option(
         0.1, "decoupled AdamW weight decay (matrices only; none on norms, biases, embeddings)"
     )
@@ -142,6 +148,10 @@ class TrainConfig:
                 raise LMForgeError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.eps <= 0 or (self.max_minutes is not None and self.max_minutes <= 0):
             raise LMForgeError(f"eps and max_minutes must be positive, got {self.eps} and {self.max_minutes}")
+        if self.optimizer == "muon" and self.distributed == "fsdp":
+            raise LMForgeError(
+                "--optimizer muon runs without FSDP (its sharded state is AdamW's); use --distributed ddp"
+            )
 
     def training(self) -> TrainConfig:
         """The plain `TrainConfig` part of a config that extends it (what the Trainer and its resume
@@ -436,7 +446,12 @@ class Trainer:
         self.wrapped = dist_lib.wrap_model(self.model, self.dist, config.distributed)
         # after wrapping: FSDP swaps the parameters for sharded ones, which the optimizer must hold
         self.optimizer = build_optimizer(
-            self.model, config.lr, config.weight_decay, (config.beta1, config.beta2), config.eps
+            self.model,
+            config.lr,
+            config.weight_decay,
+            (config.beta1, config.beta2),
+            config.eps,
+            config.optimizer,
         )
         self.forward_model = torch.compile(self.wrapped) if config.compile else self.wrapped
         self.step = 0
