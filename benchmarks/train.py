@@ -36,8 +36,6 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from nanogpt import NanoGPT  # noqa: E402
-
 from lmforge import hardware  # noqa: E402
 from lmforge.config import ModelConfig  # noqa: E402
 from lmforge.data.loaders import CLMBatchSampler  # noqa: E402
@@ -48,6 +46,7 @@ from lmforge.tokenizer.train import train_tokenizer  # noqa: E402
 from lmforge.train.batches import ShardBatches  # noqa: E402
 from lmforge.train.logging import read_log  # noqa: E402
 from lmforge.train.trainer import TrainConfig, Trainer, flops_per_token  # noqa: E402
+from nanogpt import NanoGPT  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 SHAPE = {"n_layer": 6, "n_head": 6, "d_model": 384}
