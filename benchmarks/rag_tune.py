@@ -10,8 +10,8 @@ each set, so a setting's score is its smaller dev margin over the best other mod
 dense or hybrid), ties broken by the mean nDCG@10 of the two sets. The test sets (rag-wikipedia,
 rag-pydoc) are never read here; `benchmarks/rag_eval.py` reports them with the default this chooses.
 
-Only the benchmark memoizes sentence embeddings across settings (a setting changes the fusion, not the
-embeddings), so the sweep pays for each sentence once. Stores are the ones `rag_eval.py` builds.
+The store caches each chunk's sentence vectors (`Index.sentence_vectors`; a setting changes the fusion,
+not the embeddings), so the sweep pays for each sentence once. Stores are the ones `rag_eval.py` builds.
 Writes benchmarks/results/rag_tune.json with the CPU model and flags and the load average.
 
     python benchmarks/rag_tune.py [--threads 1] [--weights 0.1 0.2 ...] [--depths 10 20 30]
@@ -35,20 +35,6 @@ SETS = {
 }
 SINGLE = ["bm25", "dense", "hybrid"]
 METRIC = "ndcg@10"
-
-
-def memoize_embeddings(idx) -> None:
-    """Give `idx` an `embed` that computes each distinct text once (benchmark only)."""
-    cache: dict[str, np.ndarray] = {}
-    embed = idx.embed
-
-    def cached(texts: list[str], batch_size: int = 64) -> np.ndarray:
-        new = [t for t in dict.fromkeys(texts) if t not in cache]
-        if new:
-            cache.update(zip(new, embed(new, batch_size)))
-        return np.stack([cache[t] for t in texts]) if texts else embed(texts, batch_size)
-
-    idx.embed = cached
 
 
 def main() -> None:
@@ -87,7 +73,6 @@ def main() -> None:
         store = work / f"{name}.db"
         report = rag.index([corpus], store)  # incremental: nothing to do when the store is current
         idx = rag.Index(store)
-        memoize_embeddings(idx)
         start = time.perf_counter()
         base = rag.evaluate(idx, qrels, modes=SINGLE, k=10)
         single[name] = max(base[m][METRIC]["value"] for m in SINGLE)

@@ -139,9 +139,25 @@ def test_fuse_orders_by_hand():
         rag.SearchConfig(rerank_weight=1.5)
 
 
+def test_fuse_scores_by_hand():
+    from lmforge.rag.rerank import fuse_scores
+
+    ids, first, scores = [7, 8, 9], [0.05, 0.04, 0.01], [0.1, 0.9, 0.5]
+    # min-max: first stage 7 -> 1, 8 -> 0.75, 9 -> 0; reranker 7 -> 0, 8 -> 1, 9 -> 0.5
+    fused = {7: 0.7 * 1.0, 8: 0.3 * 1.0 + 0.7 * 0.75, 9: 0.3 * 0.5}
+    assert fuse_scores(ids, first, scores, 0.3) == [
+        (8, pytest.approx(fused[8])),
+        (7, pytest.approx(fused[7])),
+        (9, pytest.approx(fused[9])),
+    ]
+    assert fuse_scores(ids, first, scores, 1.0) == [(8, 0.9), (9, 0.5), (7, 0.1)]  # its order and scores
+    assert [i for i, _ in fuse_scores(ids, first, [0.2] * 3, 0.5)] == ids  # a flat reranker changes nothing
+    assert [i for i, _ in fuse_scores(ids, first, scores, 0.0)] == ids
+
+
 def test_sentence_reranker_is_the_best_sentence_similarity(built):
     from lmforge.rag.faithfulness import split_sentences
-    from lmforge.rag.rerank import fuse_orders
+    from lmforge.rag.rerank import fuse_orders, fuse_scores
 
     _, store, _ = built
     idx = rag.Index(store)
@@ -155,12 +171,16 @@ def test_sentence_reranker_is_the_best_sentence_similarity(built):
     }
     assert [h.chunk_id for h in hits] == sorted(best, key=lambda c: -best[c])
     assert [h.score for h in hits] == pytest.approx(sorted(best.values(), reverse=True), abs=1e-5)
-    fused = idx.search(
-        query, mode="hybrid-rerank", k=6, rerank_depth=6
-    )  # default: fused with the first stage
-    ids = [h.chunk_id for h in first]
+    # default: the min-max normalized scores of both stages, weighted
+    fused = idx.search(query, mode="hybrid-rerank", k=6, rerank_depth=6)
+    ids, first_scores = [h.chunk_id for h in first], [h.score for h in first]
     weight = rag.SearchConfig().rerank_weight
-    assert [h.chunk_id for h in fused] == [c for c, _ in fuse_orders(ids, [best[c] for c in ids], weight)]
+    assert rag.SearchConfig().rerank_fusion == "weighted"
+    want = fuse_scores(ids, first_scores, [best[c] for c in ids], weight)
+    assert [h.chunk_id for h in fused] == [c for c, _ in want]
+    assert [h.score for h in fused] == pytest.approx([s for _, s in want], abs=1e-5)
+    rrf = idx.search(query, mode="hybrid-rerank", k=6, rerank_depth=6, rerank_fusion="rrf")
+    assert [h.chunk_id for h in rrf] == [c for c, _ in fuse_orders(ids, [best[c] for c in ids], weight)]
 
 
 def test_ask_passes_every_search_option_to_its_searches(built):

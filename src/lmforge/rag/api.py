@@ -407,7 +407,7 @@ class Index:
     def _rerank(
         self, query: str, ranking: list[tuple[int, float]], how: str, cfg: SearchConfig
     ) -> list[tuple[int, float]]:
-        from lmforge.rag.rerank import best_sentence_scores, fuse_orders, mmr, yes_no_scores
+        from lmforge.rag.rerank import best_sentence_scores, fuse_orders, fuse_scores, mmr, yes_no_scores
 
         if not ranking:
             return ranking
@@ -429,6 +429,8 @@ class Index:
                     "rerank='cross-encoder' needs a cross encoder: Index(store, cross_encoder=fn) with fn(query, texts) -> scores"
                 )
             scores = [float(s) for s in self.cross_encoder(query, texts)]
+        if cfg.rerank_fusion == "weighted":
+            return fuse_scores(ids, [s for _, s in ranking], scores, cfg.rerank_weight)
         return fuse_orders(ids, scores, cfg.rerank_weight, cfg.rrf_k)
 
 

@@ -63,7 +63,14 @@ class SearchConfig:
     rerank_depth: int = option(30, "how many of the first-stage results the reranker reorders")
     rerank_weight: float = option(
         0.2,
-        "relevance rerankers: weight of the reranker's order in a reciprocal-rank fusion with the first stage's (1 = its order alone)",
+        "relevance rerankers: weight of the reranker in its fusion with the first stage (1 = its order alone)",
+    )
+    # weighted: chosen on the development sets only, by a rule fixed before the comparison
+    # (benchmarks/rag_rerank_study.py, results/rag_rerank_study.json)
+    rerank_fusion: Literal["weighted", "rrf"] = option(
+        "weighted",
+        "relevance rerankers: a weighted sum of the reranker's and the first stage's scores, each min-max "
+        "normalized over the reordered chunks (weighted), or weighted reciprocal-rank fusion of the two orders (rrf)",
     )
     mmr_lambda: float = option(0.7, "MMR trade-off: 1 = relevance only, 0 = diversity only")
     reranker: str = option("smollm2", "the generator the LLM reranker asks 'relevant? yes/no'")

@@ -15,9 +15,11 @@ a hook for a cross-encoder.
 - Cross-encoder: any callable `(query, [texts]) -> [scores]`, e.g. a sentence-transformers CrossEncoder's
   `lambda q, ts: model.predict([(q, t) for t in ts])`.
 
-A relevance reranker's order is fused with the first stage's by weighted reciprocal-rank fusion
-(`fuse_orders`), not substituted for it: on the shipped sets the first stage is the stronger signal
-(README, "Retrieval-augmented generation").
+A relevance reranker's scores are fused with the first stage's, not substituted for them: on the shipped
+sets the first stage is the stronger signal (README, "Retrieval-augmented generation"). The default is a
+weighted sum of both min-max normalized over the reordered candidates (`fuse_scores`), so a margin
+counts, not only a rank; `rerank_fusion="rrf"` fuses the two orders by weighted reciprocal-rank fusion
+(`fuse_orders`). Both were compared on the development sets only (benchmarks/rag_rerank_study.py).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = [
     "YES_NO_PROMPT",
     "best_sentence_scores",
     "fuse_orders",
+    "fuse_scores",
     "mmr",
     "sentence_scores",
     "sentence_vectors",
@@ -91,6 +94,25 @@ def sentence_scores(
     """For each text, the best inner product of `query` (unit vector) with its sentences' unit
     embeddings (uncached: `Index.sentence_vectors` keeps them in the store)."""
     return best_sentence_scores(query, sentence_vectors(embed, texts, max_sentences))
+
+
+def fuse_scores(
+    ids: Sequence[int], first: Sequence[float], scores: Sequence[float], weight: float
+) -> list[tuple[int, float]]:
+    """`ids` (in first-stage order, with first-stage scores `first`) reordered by weight * minmax(reranker
+    score) + (1 - weight) * minmax(first-stage score), each normalized to [0, 1] over these candidates (all
+    equal: 1); weight 1 is the reranker's order alone (its scores kept). Ties keep the first-stage order."""
+    if weight >= 1:
+        return fuse_orders(ids, scores, weight)
+
+    def minmax(x: Sequence[float]) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        span = x.max() - x.min()
+        return (x - x.min()) / span if span > 0 else np.ones_like(x)
+
+    fused = weight * minmax(scores) + (1 - weight) * minmax(first)
+    order = sorted(range(len(ids)), key=lambda i: (-fused[i], i))
+    return [(ids[i], float(fused[i])) for i in order]
 
 
 def fuse_orders(
