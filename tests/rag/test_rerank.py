@@ -91,3 +91,20 @@ def test_changed_chunks_get_new_vectors_and_deleted_ones_go(store_of_paragraphs)
     np.testing.assert_allclose(
         [float((v @ fresh.query_vector("Mauna Kea on Hawaii Island")).max()) for v in got], ref, atol=1e-6
     )
+
+
+def test_sentence_vectors_at_index_time(tmp_path, minilm, monkeypatch):
+    folder = write_corpus(tmp_path / "corpus")
+    store = tmp_path / "index.db"
+    report = rag.index([folder], store, chunk_tokens=64, overlap=8, sentence_vectors=True)
+    assert set(_cached(store)) == _chunk_hashes(store)  # every chunk's, before any query
+    assert report.sentences_embedded == sum(_cached(store).values())
+    idx = rag.Index(store)
+    idx.query_vector(QUERY)
+    monkeypatch.setattr(idx, "embed", lambda *a, **k: pytest.fail("embedded at query time"))
+    assert idx.search(QUERY, mode="hybrid-rerank", k=3)
+    monkeypatch.undo()
+    # re-indexing a change embeds the changed chunks' sentences only
+    (folder / "glaciers.txt").write_text("Glaciers are rivers of ice. They carve U-shaped valleys.")
+    again = rag.index([folder], store, sentence_vectors=True)
+    assert again.sentences_embedded == 2 and set(_cached(store)) == _chunk_hashes(store)

@@ -71,6 +71,7 @@ class IndexReport:
     chunks: int
     seconds: float
     embed_seconds: float
+    sentences_embedded: int = 0
 
     @property
     def chunks_per_s(self) -> float:
@@ -84,6 +85,8 @@ class IndexReport:
             f"embedded {self.chunks_embedded} chunks ({self.chunks_per_s:.1f} chunks/s), "
             f"reused {self.chunks_reused}; {self.seconds:.1f} s",
         ]
+        if self.sentences_embedded:
+            lines.append(f"embedded {self.sentences_embedded} sentences for the sentence reranker")
         for s in self.skipped:
             lines.append(f"skipped {s.path}: {s.reason}")
         return "\n".join(lines)
@@ -317,6 +320,9 @@ class Index:
             with self.store.transaction():
                 for p in deleted:
                     self.store.delete_document(p)
+        sentences = self.sentence_vectors_embedded
+        if cfg.sentence_vectors:
+            self.fill_sentence_vectors(progress)
         n_docs, n_chunks = self.store.counts()
         if n_chunks and hasattr(self.store, "faiss_index"):
             self.store.faiss_index()  # build and save the dense index now, not at the first query
@@ -333,7 +339,17 @@ class Index:
             chunks=n_chunks,
             seconds=time.perf_counter() - start,
             embed_seconds=embed_s,
+            sentences_embedded=self.sentence_vectors_embedded - sentences,
         )
+
+    def fill_sentence_vectors(self, progress: Any = None, batch: int = 256) -> None:
+        """Cache the sentence vectors of every chunk that has none yet (`batch` chunks a transaction)."""
+        _, texts = self.store.chunk_texts()
+        texts = list(dict.fromkeys(texts))
+        for i in range(0, len(texts), batch):
+            self.sentence_vectors(texts[i : i + batch])  # reads the cached ones, embeds and writes the rest
+            if progress:
+                progress(i + len(texts[i : i + batch]))
 
     # --- retrieval ------------------------------------------------------------------------------------
     def bm25(self):

@@ -38,6 +38,11 @@ class IndexConfig:
     )
     batch_size: int = option(64, "chunks embedded per batch")
     delete_missing: bool = option(True, "delete documents of an indexed folder that are no longer in it")
+    sentence_vectors: bool = option(
+        False,
+        "also embed every chunk's sentences now (the sentence reranker's cache; about as long again as the "
+        "chunks), so hybrid-rerank embeds nothing at query time; else each chunk's at its first rerank",
+    )
 
     def __post_init__(self) -> None:
         check_types(self)
