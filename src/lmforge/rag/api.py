@@ -156,7 +156,7 @@ class Index:
         self._bm25: tuple[int, Any, np.ndarray] | None = None
         self._query_cache: OrderedDict[tuple, list[Hit]] = OrderedDict()
         self._qvec_cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._fingerprint: str | None = None
+        self._sentence_key: str | None = None
         self.cache_hits = 0
         self.sentence_vectors_embedded = 0
 
@@ -183,18 +183,18 @@ class Index:
 
     def sentence_vectors(self, texts: list[str]) -> list[np.ndarray]:
         """Each chunk text's sentence vectors (what the sentence reranker scores), from the store's cache
-        (keyed by the text's content hash and the encoder's fingerprint); those not cached are embedded
-        together, as the uncached `rerank.sentence_vectors` does, and written to the cache."""
-        from lmforge.rag.rerank import sentence_vectors
+        (keyed by the text's content hash, the encoder's fingerprint and `SENTENCE_VECTORS_VERSION`); those
+        not cached are embedded by the uncached `rerank.sentence_vectors` and written to the cache."""
+        from lmforge.rag.rerank import SENTENCE_VECTORS_VERSION, sentence_vectors
 
-        if self._fingerprint is None:
-            self._fingerprint = encoder_fingerprint(self.encoder)
+        if self._sentence_key is None:
+            self._sentence_key = f"{encoder_fingerprint(self.encoder)}:{SENTENCE_VECTORS_VERSION}"
         hashes = [content_hash(t) for t in texts]
-        cached = self.store.sentence_vectors(sorted(set(hashes)), self._fingerprint)
+        cached = self.store.sentence_vectors(sorted(set(hashes)), self._sentence_key)
         todo = {h: t for h, t in zip(hashes, texts) if h not in cached}
         if todo:
             fresh = dict(zip(todo, sentence_vectors(self.embed, list(todo.values()))))
-            self.store.put_sentence_vectors(fresh, self._fingerprint)
+            self.store.put_sentence_vectors(fresh, self._sentence_key)
             self.sentence_vectors_embedded += sum(len(v) for v in fresh.values())
             cached.update(fresh)
         return [cached[h] for h in hashes]
