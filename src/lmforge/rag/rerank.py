@@ -13,8 +13,8 @@ a hook for a cross-encoder.
   (`Index.sentence_vectors`), so a query pays only for chunks no earlier query reranked
   (benchmarks/results/rag_latency.json). Each sentence is embedded in a forward of its own: a batched
   forward gives a row that differs in the last bits with its batch-mates (up to 2e-7 here), and the cache
-  must return what the uncached path computes; on these short sentences it is also faster at 1 thread
-  than batches of 64 (2.8 s vs 4.3 s for 141 sentences).
+  must return what the uncached path computes (benchmarks/rag_cache_check.py); on these short
+  sentences one at a time is also faster at 1 thread than padded batches of 64.
 - Cross-encoder: any callable `(query, [texts]) -> [scores]`, e.g. a sentence-transformers CrossEncoder's
   `lambda q, ts: model.predict([(q, t) for t in ts])`.
 
@@ -22,7 +22,8 @@ A relevance reranker's scores are fused with the first stage's, not substituted 
 sets the first stage is the stronger signal (README, "Retrieval-augmented generation"). The default is a
 weighted sum of both min-max normalized over the reordered candidates (`fuse_scores`), so a margin
 counts, not only a rank; `rerank_fusion="rrf"` fuses the two orders by weighted reciprocal-rank fusion
-(`fuse_orders`). Both were compared on the development sets only (benchmarks/rag_rerank_study.py).
+(`fuse_orders`). The default was chosen on the development sets only (benchmarks/rag_rerank_study.py);
+on the test sets it did worse than rrf (benchmarks/results/rag_eval.json; README).
 """
 
 from __future__ import annotations
