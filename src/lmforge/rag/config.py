@@ -40,8 +40,8 @@ class IndexConfig:
     delete_missing: bool = option(True, "delete documents of an indexed folder that are no longer in it")
     sentence_vectors: bool = option(
         False,
-        "also embed every chunk's sentences now (the sentence reranker's cache; about as long again as the "
-        "chunks), so hybrid-rerank embeds nothing at query time; else each chunk's at its first rerank",
+        "also embed every chunk's sentences now (the sentence reranker's cache; about twice the time of "
+        "embedding the chunks), so hybrid-rerank embeds nothing at query time; else each chunk's at its first rerank",
     )
 
     def __post_init__(self) -> None:
