@@ -70,8 +70,8 @@ def quality(minutes: float, names: list[str], out_dir: Path) -> list[dict]:
             samples=0,
             progress=False,
         )
-        defaults = lmforge.QuickstartConfig()
-        tokens_per_step = defaults.batch_size * defaults.seq_len
+        recipe = lmforge.QuickstartConfig(minutes=minutes).for_budget()  # the settings it trained with
+        tokens_per_step = recipe.batch_size * recipe.seq_len
         rows.append(
             {
                 "variant": name,

@@ -18,6 +18,7 @@ Tokenizer training and tokenizing are outside both budgets (nanoGPT's `prepare.p
     python benchmarks/nanogpt.py                  # the full comparison
     python benchmarks/nanogpt.py --iters 200      # a quick check of the script
     python benchmarks/nanogpt.py --default        # also the default quickstart (its own time budget)
+    taskset -c 0 python benchmarks/nanogpt.py --default --threads 1   # one core, both sides
 
 Both sides run in this one process, one after the other, with the same threads; the load average is
 recorded before and after each (the machine is shared: compare only figures from one run).
@@ -172,7 +173,12 @@ def main() -> None:
     parser.add_argument("--work", default="runs/bench-nanogpt")
     parser.add_argument("--default", action="store_true", help="also run the default quickstart")
     parser.add_argument("--out", default=str(RESULTS / "nanogpt.json"))
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads for both sides (default: torch's)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -135,3 +135,29 @@ def test_unusable_text_is_a_one_line_error(tmp_path, texts):
         )
     with pytest.raises(LMForgeError, match="is empty"):
         run(["quickstart", "--text", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "qs3")])
+
+
+def test_the_budget_picks_the_recipe_and_given_options_win():
+    from lmforge.train.config import LM_BUDGETS, LM_MINUTES, QuickstartConfig
+
+    cfg = QuickstartConfig().for_budget()
+    row = next(r for up_to, r in LM_BUDGETS if up_to >= LM_MINUTES)
+    assert cfg.minutes == LM_MINUTES
+    assert (cfg.preset, cfg.d_model, cfg.lr, cfg.optimizer) == (
+        row["preset"],
+        row["d_model"],
+        row["lr"],
+        "muon",
+    )
+    for minutes in (0.5, 2, 30):  # every budget has a row with every setting
+        assert QuickstartConfig(minutes=minutes).for_budget().warmup_steps is not None
+    mine = QuickstartConfig(
+        minutes=1, lr=1e-3, optimizer="adamw", d_model=64, model_overrides={"position": "rope"}
+    )
+    mine = mine.for_budget()
+    assert (mine.lr, mine.optimizer, mine.d_model) == (1e-3, "adamw", 64)
+    assert mine.model_overrides["position"] == "rope" and mine.model_config(vocab_size=300).position == "rope"
+    preset = QuickstartConfig(minutes=1, preset="gpt-nano").for_budget()
+    assert preset.d_model is None and preset.model_config(vocab_size=300).d_model == 384  # the preset's own
+    with pytest.raises(LMForgeError, match="lr must be positive"):
+        QuickstartConfig(lr=0.0)

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from lmforge.multimodal.quickstart import ClipQuickstartResult
     from lmforge.multimodal.vlm_quickstart import VLMQuickstartResult
 
-LM_MINUTES, CLIP_MINUTES = 4.0, 9.0  # quickstart's training time budget when --minutes is not given
+CLIP_MINUTES = 9.0  # quickstart's training time budget when --minutes is not given (LM: config.LM_MINUTES)
 VLM_MINUTES = 9.0  # both stages of --recipe vlm (CLIP tower, then the VLM); evaluation adds ~0.3 min
 
 
@@ -211,7 +211,8 @@ def quickstart(
 
         minutes = cfg.minutes or VLM_MINUTES
         return vlm_quickstart(cfg.out, cfg.seed, minutes, cfg.progress, clip_fraction=cfg.clip_fraction)
-    minutes = cfg.minutes or LM_MINUTES
+    cfg = cfg.for_budget()
+    minutes = cfg.minutes
     say = _say if cfg.progress else (lambda message: None)
     root = Path(cfg.out)
     train_text, val_text, where = sources.quickstart_texts(cfg.text, cfg.val_text, cfg.val_fraction)
@@ -244,14 +245,16 @@ def quickstart(
     train = dataclasses.replace(
         train,
         steps=steps,
-        warmup_steps=min(100, steps // 10),
+        warmup_steps=min(cfg.warmup_steps, steps // 10),
         eval_every=max(steps // 4, 1),
         max_minutes=minutes,
     )
     millions = model.num_parameters() / 1e6
+    shape = model.config
     say(
-        f"[3/4] pretraining {cfg.preset} ({millions:.2f}M parameters) for {minutes:g} min "
-        f"(at most {steps} steps of {cfg.batch_size}x{cfg.seq_len} tokens) -> {run_dir}"
+        f"[3/4] pretraining a GPT of {shape.n_layer} layers x {shape.d_model} ({millions:.2f}M parameters; "
+        f"{cfg.optimizer}, lr {cfg.lr:g}) for {minutes:g} min (at most {steps} steps of "
+        f"{cfg.batch_size}x{cfg.seq_len} tokens) -> {run_dir}"
     )
     generation = _generation_config(tok)
     trainer = Trainer(model, train, train_batches, run_dir, val_sample, tok, generation)
