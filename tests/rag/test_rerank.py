@@ -108,3 +108,22 @@ def test_sentence_vectors_at_index_time(tmp_path, minilm, monkeypatch):
     (folder / "glaciers.txt").write_text("Glaciers are rivers of ice. They carve U-shaped valleys.")
     again = rag.index([folder], store, sentence_vectors=True)
     assert again.sentences_embedded == 2 and set(_cached(store)) == _chunk_hashes(store)
+
+
+def test_a_store_being_written_is_searched_uncached(store_of_paragraphs):
+    """Filling the cache is best effort: while another process holds the store's write lock, a search
+    neither waits for it nor fails; it reranks uncached, with the same result."""
+    _, store = store_of_paragraphs
+    writer = sqlite3.connect(store, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        locked = rag.Index(store).search(QUERY, **OPTS)
+        assert _cached(store) == {}
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    free = rag.Index(store)
+    assert [(h.chunk_id, h.score) for h in free.search(QUERY, **OPTS)] == [
+        (h.chunk_id, h.score) for h in locked
+    ]
+    assert _cached(store)

@@ -161,7 +161,14 @@ class PostgresStore:
         return {h: np.frombuffer(bytes(b), dtype=np.float32).reshape(n, -1) for h, n, b in rows}
 
     def put_sentence_vectors(self, vectors: dict[str, np.ndarray], encoder: str) -> None:
+        """Best effort, as in `SQLiteStore`: a user without write rights searches uncached."""
+        import psycopg
+
         s = self.schema
+        with contextlib.suppress(psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction):
+            self._put_sentence_vectors(vectors, encoder, s)
+
+    def _put_sentence_vectors(self, vectors: dict[str, np.ndarray], encoder: str, s: str) -> None:
         with self.db.transaction(), self.db.cursor() as cur:
             cur.executemany(
                 f"INSERT INTO {s}.sentence_vectors(hash, encoder, n, vectors) SELECT %s, %s, %s, %s "

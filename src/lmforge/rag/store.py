@@ -211,8 +211,15 @@ class SQLiteStore:
 
     def put_sentence_vectors(self, vectors: dict[str, np.ndarray], encoder: str) -> None:
         """Cache sentence vectors in one transaction that leaves the version alone (results do not
-        change), only for hashes some chunk still has."""
-        self.db.execute("BEGIN IMMEDIATE")
+        change), only for hashes some chunk still has. Best effort: a store another process is writing
+        (or a read-only file) is left alone at once, and the search goes on uncached."""
+        self.db.execute("PRAGMA busy_timeout = 0")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return
+        finally:
+            self.db.execute("PRAGMA busy_timeout = 5000")
         try:
             self.db.executemany(
                 "INSERT OR IGNORE INTO sentence_vectors(hash, encoder, n, vectors) SELECT ?, ?, ?, ? "
@@ -223,6 +230,8 @@ class SQLiteStore:
                 ],
             )
             self.db.execute("COMMIT")
+        except sqlite3.OperationalError:
+            self.db.execute("ROLLBACK")
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
