@@ -106,7 +106,9 @@ def main() -> None:
             "reranker": "sentence",
             "rerank_weight": defaults.rerank_weight,
             "rerank_depth": defaults.rerank_depth,
-            "chosen_on": "rag-wikipedia-dev, rag-pydoc-dev (benchmarks/results/rag_tune.json)",
+            "rerank_fusion": defaults.rerank_fusion,
+            "chosen_on": "rag-wikipedia-dev, rag-pydoc-dev (benchmarks/results/rag_tune.json, "
+            "rag_rerank_study.json)",
         },
         "sets": {},
     }
