@@ -171,15 +171,16 @@ def test_sentence_reranker_is_the_best_sentence_similarity(built):
     }
     assert [h.chunk_id for h in hits] == sorted(best, key=lambda c: -best[c])
     assert [h.score for h in hits] == pytest.approx(sorted(best.values(), reverse=True), abs=1e-5)
-    # default: the min-max normalized scores of both stages, weighted
-    fused = idx.search(query, mode="hybrid-rerank", k=6, rerank_depth=6)
+    # weighted: the min-max normalized scores of both stages
+    fused = idx.search(query, mode="hybrid-rerank", k=6, rerank_depth=6, rerank_fusion="weighted")
     ids, first_scores = [h.chunk_id for h in first], [h.score for h in first]
     weight = rag.SearchConfig().rerank_weight
-    assert rag.SearchConfig().rerank_fusion == "weighted"
     want = fuse_scores(ids, first_scores, [best[c] for c in ids], weight)
     assert [h.chunk_id for h in fused] == [c for c, _ in want]
     assert [h.score for h in fused] == pytest.approx([s for _, s in want], abs=1e-5)
-    rrf = idx.search(query, mode="hybrid-rerank", k=6, rerank_depth=6, rerank_fusion="rrf")
+    # default: reciprocal-rank fusion of the two orders
+    assert rag.SearchConfig().rerank_fusion == "rrf"
+    rrf = idx.search(query, mode="hybrid-rerank", k=6, rerank_depth=6)
     assert [h.chunk_id for h in rrf] == [c for c, _ in fuse_orders(ids, [best[c] for c in ids], weight)]
 
 

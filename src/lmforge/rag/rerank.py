@@ -19,11 +19,11 @@ a hook for a cross-encoder.
   `lambda q, ts: model.predict([(q, t) for t in ts])`.
 
 A relevance reranker's scores are fused with the first stage's, not substituted for them: on the shipped
-sets the first stage is the stronger signal (README, "Retrieval-augmented generation"). The default is a
-weighted sum of both min-max normalized over the reordered candidates (`fuse_scores`), so a margin
-counts, not only a rank; `rerank_fusion="rrf"` fuses the two orders by weighted reciprocal-rank fusion
-(`fuse_orders`). The default was chosen on the development sets only (benchmarks/rag_rerank_study.py);
-on the test sets it did worse than rrf (benchmarks/results/rag_eval.json; README).
+sets the first stage is the stronger signal (README, "Retrieval-augmented generation"). The default,
+`rerank_fusion="rrf"`, fuses the two orders by weighted reciprocal-rank fusion (`fuse_orders`);
+`"weighted"` sums both scores min-max normalized over the reordered candidates (`fuse_scores`), so a
+margin counts, not only a rank. A dev-only study preferred the weighted sum by one question
+(benchmarks/rag_rerank_study.py); the test sets scored it below rrf (benchmarks/results/rag_eval.json).
 """
 
 from __future__ import annotations
