@@ -243,7 +243,7 @@ class QuickstartConfig(ModelShape):
     minutes: float | None = option(
         None,
         "training time budget in minutes, the schedule sized to end within it "
-        "(none: 9 for clip and vlm, 8 for lm)",
+        f"(none: 9 for clip and vlm, {LM_MINUTES:g} for lm)",
     )
     clip_fraction: float = option(
         0.65,

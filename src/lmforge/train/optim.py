@@ -71,14 +71,14 @@ def build_optimizer(
     if name != "muon":
         raise LMForgeError(f"unknown optimizer '{name}'; use adamw or muon")
     head = getattr(model, "lm_head", None)
-    head_ids = {id(head.weight)} if isinstance(head, nn.Linear) else set()
+    outside = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    outside |= {id(head.weight)} if isinstance(head, nn.Linear) else set()
     muon_group = {"params": [], "names": [], "weight_decay": weight_decay}
     rest = []
     for group in groups:
         kept = {"params": [], "names": [], "weight_decay": group["weight_decay"]}
-        for p, n in zip(group["params"], group["names"]):
-            hidden = group["weight_decay"] == weight_decay and p.dim() == 2 and id(p) not in head_ids
-            target = muon_group if hidden and group is groups[0] else kept
+        for p, n in zip(group["params"], group["names"]):  # hidden matrices are all in the decay group
+            target = muon_group if p.dim() == 2 and id(p) not in outside else kept
             target["params"].append(p)
             target["names"].append(n)
         rest += [kept] if kept["params"] else []
