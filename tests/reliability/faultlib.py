@@ -36,7 +36,12 @@ def tree(path: Path) -> dict[str, bytes]:
         return {"": path.read_bytes()}
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        return _walk(fd, "")
+        files = _walk(fd, "")
+        # a directory swapped out while being read is the old version being deleted file by file: its
+        # listing can be a part of it, which a reader must not take for the destination (read again)
+        if os.fstat(fd).st_ino != os.stat(path).st_ino:
+            raise FileNotFoundError(f"{path} was replaced while being read")
+        return files
     finally:
         os.close(fd)
 
