@@ -5,6 +5,7 @@ slower on a Zen 3), and the AOT decode step's package key includes the instructi
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import functools
 import hashlib
@@ -32,6 +33,31 @@ FLAGS = (
     "amx_int8",
     "avx_vnni",
 )
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -2, -3, -4
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
+
+    By default a big tensor is a fresh mmap, unmapped when freed, and the heap's top is trimmed: a
+    training step of a small model then takes ~40k page faults (1.7M in 40 steps of the quickstart's
+    model, a quarter of the time in the kernel). Here big blocks come from the heap (no mmap; glibc
+    still falls back to it when the heap cannot grow), 1 GiB of freed heap is kept and the heap grows
+    256 MB at a time: ~10x fewer faults, 20-40% more tokens/s, peak memory ~8% higher (README,
+    "Better models per minute"). Once per process, Linux with glibc; LMFORGE_KEEP_FREED_MEMORY=0
+    leaves malloc as it is. Returns whether the settings were applied."""
+    if os.environ.get("LMFORGE_KEEP_FREED_MEMORY", "1") == "0" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    settings = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 256 << 20))
+    return all(libc.mallopt(param, value) == 1 for param, value in settings)
 
 
 @functools.cache

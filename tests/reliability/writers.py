@@ -28,8 +28,9 @@ from lmforge.io import atomic  # noqa: E402
 # Points of the discipline: "staged" = everything written, before the fsync and rename; "fsynced" =
 # the first staged file is on disk, the rest not; "exchanged" = the new directory swapped in, the old
 # one not yet removed; "half-swapped" = the two-rename swap (file systems without RENAME_EXCHANGE)
-# between its renames; "journal" = a multi-file write between its first and second rename.
-KILL_POINTS = ("staged", "fsynced", "exchanged", "half-swapped", "journal")
+# between its renames; "journal" = a multi-file write between its first and second rename; "replaced" =
+# a single file renamed over the destination, its staging not yet removed (the far side of the commit).
+KILL_POINTS = ("staged", "fsynced", "exchanged", "half-swapped", "journal", "replaced")
 
 
 def _die() -> None:
@@ -80,6 +81,14 @@ def install(point: str) -> None:
             real_replace(src, dst, **kw)
 
         os.replace = replace_second_dies
+    elif point == "replaced":
+
+        def replace_then_die(src, dst, **kw):
+            real_replace(src, dst, **kw)
+            if atomic.TAG in Path(src).parent.name and atomic.TAG not in Path(dst).parent.name:
+                _die()
+
+        os.replace = replace_then_die
     else:
         raise ValueError(point)
     del real_fsync_tree

@@ -347,10 +347,13 @@ def atomic_write_files(directory: str | os.PathLike, files: dict[str, str | byte
             (directory / name).write_bytes(payload)
         return directory
     container = lock_fd = None
-    created = not directory.exists()
+    created = False  # by this call: removed again if the write fails
     try:
-        if created:
+        try:
             directory.mkdir()
+            created = True
+        except FileExistsError:  # there already, or made by a writer racing this one
+            pass
         container, lock_fd = _open_container(directory, next(iter(data)))
         for name, payload in data.items():
             with os.fdopen(os.open(container / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:

@@ -423,6 +423,7 @@ class Trainer:
         self.identity = identity or {}
         self.objective = objective or LMObjective(tokenizer, generation_config, lora, base_model)
         self.objective.check(model, config)
+        hardware.keep_freed_memory()
         self.dist = dist_lib.init_distributed(config.device)
         self.device = self.dist.device
         if self.dist.enabled and not self.objective.distributed:
