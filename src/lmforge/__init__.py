@@ -23,6 +23,7 @@ from lmforge.eval.judge import JudgeConfig, JudgeResult, judge
 from lmforge.eval.refree import ReferenceFreeConfig, reference_free
 from lmforge.eval.safety import SafetyConfig, safety
 from lmforge.generate.config import GenerationConfig
+from lmforge.hardware import keep_freed_memory
 from lmforge.lm import LM, load
 from lmforge.multimodal import (
     CLIP,
@@ -97,6 +98,7 @@ __all__ = [
     "human_eval",
     "human_results",
     "judge",
+    "keep_freed_memory",
     "list_tasks",
     "load",
     "load_task",

@@ -135,6 +135,7 @@ def test_serves_only_batch_one_unpadded_with_a_free_slot():
     assert not aot_module.serves(1, False, 12, 12)  # this step fills the last slot
 
 
+@pytest.mark.slow  # a third compile (~30 s)
 def test_a_corrupt_kept_package_is_compiled_again(packages, models):
     """A truncated package on disk (an interrupted copy, a full disk) is rebuilt, not an error."""
     model = models["gpt2"]

@@ -134,8 +134,15 @@ def hf_logits(path, ids: torch.Tensor) -> torch.Tensor:
         return model(ids).logits
 
 
+# llama in the default suite; the others (~16 s each, transformers' GGUF reader) with -m slow
 @pytest.mark.parametrize(
-    "arch, family", [("llama", "llama"), ("qwen2", "qwen2"), ("phi3", "llama"), ("gpt2", "gpt2")]
+    "arch, family",
+    [
+        ("llama", "llama"),
+        pytest.param("qwen2", "qwen2", marks=pytest.mark.slow),
+        pytest.param("phi3", "llama", marks=pytest.mark.slow),
+        pytest.param("gpt2", "gpt2", marks=pytest.mark.slow),
+    ],
 )
 def test_tiny_gguf_logits_equal_transformers(tmp_path, tokenizer_metadata, arch, family):
     path = tiny_gguf(tmp_path, arch, tokenizer_metadata)

@@ -227,6 +227,7 @@ def test_ddp_two_processes_match_one_process_with_accumulation(shards, tmp_path,
     _check_ddp_matches_accumulation(tmp_path / "ddp", tmp_path / "acc")
 
 
+@pytest.mark.slow  # the CLI test above covers DDP in the default suite
 def test_ddp_through_the_api(shards, tmp_path):
     """A script calling `lmforge.pretrain` under torchrun against `lmforge.pretrain(grad_accum=2)` here;
     every rank gets a result, rank 0's says so."""

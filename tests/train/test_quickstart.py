@@ -151,6 +151,8 @@ def test_the_budget_picks_the_recipe_and_given_options_win():
     )
     for minutes in (0.5, 2, 30):  # every budget has a row with every setting
         assert QuickstartConfig(minutes=minutes).for_budget().warmup_steps is not None
+    # the budget picks the row: a short run takes more, smaller steps than the default 9 minutes
+    assert (QuickstartConfig(minutes=2).for_budget().batch_size, cfg.batch_size) == (16, 32)
     mine = QuickstartConfig(
         minutes=1, lr=1e-3, optimizer="adamw", d_model=64, model_overrides={"position": "rope"}
     )

@@ -28,7 +28,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lmforge import hardware
 from lmforge.errors import LMForgeError, os_error_line
 
 # Modules of this package that define COMMANDS; each area adds its own.
@@ -241,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("LMFORGE_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
-    hardware.keep_freed_memory()  # every command allocates big tensors: reuse freed memory (see there)
+    import lmforge
+
+    lmforge.keep_freed_memory()  # every command allocates big tensors: reuse freed memory (see there)
     try:
         run(argv)
     except LMForgeError as exc:
