@@ -114,6 +114,7 @@ os.environ["LMFORGE_KEEP_FREED_MEMORY"] = "0"
 refused = hardware.keep_freed_memory.__wrapped__()
 del os.environ["LMFORGE_KEEP_FREED_MEMORY"]
 applied = hardware.keep_freed_memory()
+faults_of_five_steps()  # the heap grows to hold what the steps used to map and unmap
 print(refused, applied, default, faults_of_five_steps())
 """
 
@@ -127,5 +128,5 @@ def test_training_steps_reuse_freed_memory_instead_of_faulting_it_in_again():
     refused, applied, default, kept = out.stdout.split()
     assert (refused, applied) == ("False", "True")
     # by default the steps' big activations and gradients go back to the kernel when freed and come
-    # back as fresh zeroed pages (~33k page faults a step here); kept, they are reused
-    assert int(kept) * 4 < int(default), (kept, default)
+    # back as fresh zeroed pages (~33k page faults a step here); kept, they are reused (~0 here)
+    assert int(kept) * 5 < int(default), (kept, default)

@@ -203,7 +203,8 @@ LM_MINUTES = 9.0  # the LM quickstart's training budget when --minutes is not gi
 # wide at 8 (2.012 vs 2.017) and gained nothing from a second thread (2.014 in the default 9 minutes
 # at 2 threads); the explicit softmax trains faster than the CPU's fused attention kernel at this
 # 128-token context. In the default 9 minutes at 2 threads, batch 32 beat 16 (1.976 vs 2.006 bits/byte:
-# 1,149 vs 1,969 steps, 4.7M vs 4.0M tokens; two threads share a bigger batch's matmuls better); short
+# 1,149 vs 1,969 steps, 4.7M vs 4.0M tokens; two threads share a bigger batch's matmuls better; the
+# default command then scored 1.973); short
 # budgets keep 16 (the nanoGPT comparison at 2.4 minutes ran with it: more steps matter more there).
 _SMALL_GPT = {
     "preset": "gpt-tiny",
@@ -308,15 +309,16 @@ class QuickstartConfig(ModelShape):
         minutes = self.minutes or LM_MINUTES
         row = next(row for up_to, row in LM_BUDGETS if minutes <= up_to)
         filled: dict[str, Any] = {"minutes": minutes}
+        shape = ("preset", "n_layer", "n_head", "d_model", "model_overrides")
         if self.preset is None:
             filled["preset"] = row["preset"]
-            for name in ("n_layer", "n_head", "d_model"):
+            for name in shape[1:4]:
                 if getattr(self, name) is None:
                     filled[name] = row.get(name)
             filled["model_overrides"] = {**row.get("model_overrides", {}), **(self.model_overrides or {})}
-        for name in ("seq_len", "batch_size", "lr", "optimizer", "warmup_steps"):
-            if getattr(self, name) is None:
-                filled[name] = row[name]
+        for name, value in row.items():  # the training settings: the row's other keys
+            if name not in shape and getattr(self, name) is None:
+                filled[name] = value
         return dataclasses.replace(self, **filled)
 
     def training(self, **changes: Any) -> TrainConfig:
