@@ -204,12 +204,13 @@ LM_MINUTES = 9.0  # the LM quickstart's training budget when --minutes is not gi
 # at 2 threads); the explicit softmax trains faster than the CPU's fused attention kernel at this
 # 128-token context. In the default 9 minutes at 2 threads, batch 32 beat 16 (1.976 vs 2.006 bits/byte:
 # 1,149 vs 1,969 steps, 4.7M vs 4.0M tokens; two threads share a bigger batch's matmuls better; the
-# default command then scored 1.973); short
-# budgets keep 16 (the nanoGPT comparison at 2.4 minutes ran with it: more steps matter more there).
+# default command then scored 1.973); short budgets keep 16 (the nanoGPT comparison at 2.4 minutes ran
+# with it: more steps matter more there).
 _SMALL_GPT = {
     "preset": "gpt-tiny",
     "n_layer": 4,
     "n_head": 4,
+    "d_model": 128,
     "model_overrides": {"position": "rope", "attn_backend": "math"},
     "seq_len": 128,
     "batch_size": 16,
@@ -218,8 +219,8 @@ _SMALL_GPT = {
     "warmup_steps": 20,
 }
 LM_BUDGETS: tuple[tuple[float, dict[str, Any]], ...] = (
-    (5.0, {**_SMALL_GPT, "d_model": 128}),
-    (math.inf, {**_SMALL_GPT, "d_model": 128, "batch_size": 32}),
+    (5.0, _SMALL_GPT),
+    (math.inf, {**_SMALL_GPT, "batch_size": 32}),
 )
 
 
@@ -309,15 +310,15 @@ class QuickstartConfig(ModelShape):
         minutes = self.minutes or LM_MINUTES
         row = next(row for up_to, row in LM_BUDGETS if minutes <= up_to)
         filled: dict[str, Any] = {"minutes": minutes}
-        shape = ("preset", "n_layer", "n_head", "d_model", "model_overrides")
+        sizes = ("n_layer", "n_head", "d_model")
         if self.preset is None:
             filled["preset"] = row["preset"]
-            for name in shape[1:4]:
+            for name in sizes:
                 if getattr(self, name) is None:
                     filled[name] = row.get(name)
             filled["model_overrides"] = {**row.get("model_overrides", {}), **(self.model_overrides or {})}
         for name, value in row.items():  # the training settings: the row's other keys
-            if name not in shape and getattr(self, name) is None:
+            if name not in ("preset", *sizes, "model_overrides") and getattr(self, name) is None:
                 filled[name] = value
         return dataclasses.replace(self, **filled)
 
