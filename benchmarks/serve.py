@@ -1,4 +1,4 @@
-"""Serving under load: `lmforge serve` vs llama.cpp's `llama-server` on the same SmolLM2 weights in F32.
+"""Serving under load: `lmforge serve` vs llama.cpp's `llama-server` on the same SmolLM2 weights, in F32 or BF16.
 
 A load generator with the official `openai` async client: N concurrent clients (1, 4, 8, 16), each
 sending a fixed number of streaming requests one after another (`/v1/completions`, a 128-token prompt
@@ -8,17 +8,22 @@ is started afresh for each N with N rows (lmforge `--max-batch N`, llama-server 
 (all tokens over the wall time of the level), time to first token p50/p95, inter-token latency p50/p95
 (the gaps between a stream's chunks, one token each), failed requests and the server's peak RSS.
 
-lmforge loads the shipped Q4_1 GGUF dequantized to F32; llama-server runs an F32 GGUF that
-`llama-quantize --allow-requantize` makes from the same file (`scripts/build_llama_cpp.sh --targets
-"llama-server llama-quantize"` builds both tools; the F32 file is kept in the same cache). Without
+`--precision auto` (default) is what `lmforge serve` does unset: `--dtype auto`, bfloat16 where this
+machine runs it natively and measurably faster, else float32 (`lmforge.hardware.choose_precision`);
+llama-server then runs the GGUF of the type lmforge resolved to. `--precision f32`: lmforge loads the
+shipped Q4_1 GGUF dequantized to float32; llama-server runs an F32 GGUF that `llama-quantize
+--allow-requantize` makes from the same file (`scripts/build_llama_cpp.sh --targets "llama-server
+llama-quantize"` builds both tools; the file is kept in the same cache). `--precision bf16`: bfloat16 and
+a BF16 GGUF made the same way. Results go to serve.json (auto), serve_f32.json, serve_bf16.json. Without
 llama-server the lmforge side still runs and the comparison is left out.
 
 `--soak SECONDS` instead runs N clients (default 8) against lmforge for that long, and reports failed
 requests and the server's RSS over time (first and last minute).
 
-Prints a table with the machine's CPU model and flags and saves benchmarks/results/serve.json.
+Prints a table with the machine's CPU model and flags and saves the JSON named above.
 
-    python benchmarks/serve.py [--clients 1 4 8 16] [--requests 3] [--compile compile] [--threads 2]
+    python benchmarks/serve.py [--clients 1 4 8 16] [--requests 3] [--compile auto] [--threads 2]
+    python benchmarks/serve.py --precision f32 --clients 1 8
     python benchmarks/serve.py --soak 600 --clients 8
 """
 
@@ -40,6 +45,8 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "serve.json"
+DTYPES = {"auto": "auto", "f32": "float32", "bf16": "bfloat16"}  # --precision: lmforge's --dtype
+GGUF_TYPES = {"float32": "F32", "bfloat16": "BF16"}  # the llama.cpp type of the dtype lmforge runs in
 AIMS = "8 clients >= 3x one client; lmforge >= llama-server at 8 clients; TTFT p95 < 1 s at 8 clients"
 
 
@@ -150,7 +157,7 @@ def start_lmforge(clients: int, args: argparse.Namespace, log_dir: Path) -> Serv
         "max_batch": clients,
         "max_queue": 4 * clients,
         "compile": args.compile,
-        "dtype": "float32",
+        "dtype": DTYPES[args.precision],
         "log_level": "warning",
     }
     code = "import json, sys, lmforge; lmforge.serve(**json.loads(sys.argv[1]))"
@@ -170,16 +177,17 @@ def llama_tools() -> Path | None:
     return folder
 
 
-def f32_gguf(tools: Path) -> Path:
-    """The shipped Q4_1 SmolLM2 requantized to F32 by llama-quantize (made once, kept in the cache)."""
+def requantized_gguf(tools: Path, kind: str) -> Path:
+    """The shipped Q4_1 SmolLM2 requantized to `kind` (F32, BF16) by llama-quantize (made once, kept in
+    the cache)."""
     from lmforge.assets import asset_path
 
     source = asset_path("smollm2")
-    target = tools.parent / f"{source.stem.replace('.Q4_1', '')}.F32.gguf"
+    target = tools.parent / f"{source.stem.replace('.Q4_1', '')}.{kind}.gguf"
     if not target.exists():
         tmp = target.with_suffix(".tmp")
         subprocess.run(
-            [str(tools / "llama-quantize"), "--allow-requantize", str(source), str(tmp), "F32"],
+            [str(tools / "llama-quantize"), "--allow-requantize", str(source), str(tmp), kind],
             check=True,
             capture_output=True,
         )
@@ -379,13 +387,28 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--compile", default="compile", choices=["auto", "eager", "compile", "aot"])
+    parser.add_argument(
+        "--compile",
+        default="auto",
+        choices=["auto", "eager", "compile", "aot"],
+        help="lmforge's decode step (auto: as `lmforge serve` does unset; compile: its fastest)",
+    )
     parser.add_argument("--sides", nargs="+", default=["lmforge", "llama-server"])
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=list(DTYPES),
+        help="weights on both sides: lmforge's default choice (auto), F32 or BF16",
+    )
     parser.add_argument(
         "--soak", type=float, default=0, help="seconds of soak at --clients (one value) instead"
     )
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--output", type=Path, default=None, help="default: results/serve[_f32|_bf16].json")
     args = parser.parse_args()
+    if args.output is None:
+        args.output = (
+            RESULTS if args.precision == "auto" else RESULTS.with_name(f"serve_{args.precision}.json")
+        )
 
     import torch
 
@@ -401,6 +424,11 @@ def main() -> None:
         "machine": machine(),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
+    from lmforge.io.load import resolve_dtype
+
+    runs_in = str(resolve_dtype(DTYPES[args.precision], torch.device("cpu"))).removeprefix("torch.")
+    record["settings"]["lmforge_dtype"] = runs_in
+    print(f"lmforge runs in {runs_in}; llama-server on {GGUF_TYPES[runs_in]} weights")
     if args.soak:
         record["soak"] = soak(args, prompts, log_dir)
         print(json.dumps(record["soak"], indent=1))
@@ -413,7 +441,7 @@ def main() -> None:
         print(
             "llama-server not built: run scripts/build_llama_cpp.sh --targets 'llama-server llama-quantize'"
         )
-    gguf = f32_gguf(tools) if tools else None
+    gguf = requantized_gguf(tools, GGUF_TYPES[runs_in]) if tools else None
     sides: dict[str, list[LevelResult]] = {}
     for clients in args.clients:  # the sides take turns at each level: both meet the same hour's load
         for side in args.sides:

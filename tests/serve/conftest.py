@@ -4,7 +4,7 @@ HTTP (the official `openai` client, httpx, a browser). Started once per session 
 - `tiny_server`: a tiny random Llama saved with a small byte-level BPE tokenizer and a chat template
   (tests/tiny.py's model, 1,024-token context): fast, for most tests;
 - `limits_server`: the same checkpoint behind an API key, one row, a one-request queue and a 4 KiB body
-  limit, for 401, 413 and 429;
+  limit, for 401, 413 and 429; it and `fuzz_server` keep the default dtype (auto);
 - `fuzz_server`: the tiny model with a 96-token context (every fuzzed request stays short);
 - `smollm2_server`: SmolLM2-135M-Instruct with all-MiniLM-L6-v2 for /v1/embeddings.
 """
@@ -37,6 +37,7 @@ def tiny_server(tiny_checkpoint, tmp_path_factory):
         tmp_path_factory.mktemp("logs"),
         max_batch=8,
         compile="eager",
+        dtype="float32",  # its replies are compared with tiny_lm's, loaded in float32
         served_model_name="tiny",
     )
     yield server
@@ -61,7 +62,12 @@ def limits_server(tiny_checkpoint, tmp_path_factory):
 @pytest.fixture(scope="session")
 def smollm2_server(tmp_path_factory):
     server = start_server(
-        "smollm2", tmp_path_factory.mktemp("logs"), embedding_model="minilm", compile="eager", max_batch=4
+        "smollm2",
+        tmp_path_factory.mktemp("logs"),
+        embedding_model="minilm",
+        compile="eager",
+        max_batch=4,
+        dtype="float32",  # replies compared with the float32 `smollm2` fixture's
     )
     yield server
     server.stop()

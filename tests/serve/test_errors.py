@@ -10,7 +10,10 @@ import time
 
 import httpx2 as httpx
 import pytest
+import torch
 from serve_helpers import API_KEY
+
+from lmforge.io.load import resolve_dtype
 
 MESSAGES = [{"role": "user", "content": "hello world"}]
 
@@ -134,7 +137,13 @@ def test_the_api_key_is_required_where_it_is_set(limits_server):
             )
             assert error["type"] == "authentication_error"
         check_envelope(http.get("/v1/models"), 401)
-        assert http.get("/health").status_code == 200  # probes and scrapes need no key
+        health = http.get("/health")  # probes and scrapes need no key
+        assert health.status_code == 200
+        # the default dtype is the hardware's choice (bfloat16 on a CPU with AMX / AVX-512 BF16 where the
+        # probe measures it faster), made the same way as in this process
+        assert health.json()["dtype"] == str(resolve_dtype("auto", torch.device("cpu"))).removeprefix(
+            "torch."
+        )
         assert http.get("/metrics").status_code == 200
         ok = http.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"})
         assert ok.status_code == 200

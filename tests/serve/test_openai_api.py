@@ -21,7 +21,7 @@ def lone_chat(lm, messages, **options):
 
 def test_health_and_models(tiny_server):
     with tiny_server.http() as http:
-        assert http.get("/health").json() == {"status": "ok"}
+        assert http.get("/health").json() == {"status": "ok", "dtype": "float32"}
     models = tiny_server.client().models.list()
     assert [m.id for m in models.data] == ["tiny"]
     assert models.data[0].model_extra["max_model_len"] == 1024

@@ -74,7 +74,7 @@ class ServerState:
             lm = load(c.model, dtype=c.dtype, compile=c.compile)
             if not lm.config.causal:
                 raise LMForgeError(f"--model {c.model} is an encoder: give it as --embedding-model")
-            self.embedder = load(c.embedding_model, dtype=c.dtype) if c.embedding_model else None
+            self.embedder = load(c.embedding_model, dtype=c.embedding_dtype) if c.embedding_model else None
             scheduler = Scheduler(
                 lm,
                 max_batch=c.max_batch,
@@ -87,7 +87,12 @@ class ServerState:
             self.lm, self.scheduler = lm, scheduler
             self.tokens = TokenText(lm.tokenizer) if lm.tokenizer is not None else None
             self.status = "ok"
-            log.info("lmforge serve: %s ready on the running batch of %d rows", c.model_id, c.max_batch)
+            log.info(
+                "lmforge serve: %s ready in %s on the running batch of %d rows",
+                c.model_id,
+                str(lm.engine.dtype).removeprefix("torch."),
+                c.max_batch,
+            )
         except Exception as exc:  # noqa: BLE001 - reported by /health and by serve()
             self.status, self.error = "error", f"{exc}"
             log.error("lmforge serve: loading failed: %s", exc)
@@ -473,6 +478,8 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
     @app.get("/health", summary="200 when the model is ready, 503 while it loads (or failed to)")
     async def health() -> JSONResponse:
         body = {"status": state.status} | ({"error": state.error} if state.error else {})
+        if state.lm is not None:
+            body["dtype"] = str(state.lm.engine.dtype).removeprefix("torch.")
         return JSONResponse(body, status_code=200 if state.status == "ok" else 503)
 
     @app.get("/metrics", summary="Prometheus metrics")

@@ -43,7 +43,15 @@ class ServeConfig:
     compile: Literal["auto", "eager", "compile", "aot"] = option(
         "auto", "decode step of the running batch (see lmforge.load): auto, eager, compile or aot"
     )
-    dtype: str | None = option(None, "weights dtype, e.g. float32 or bfloat16 (unset: float32 on CPU)")
+    dtype: str = option(
+        "auto",
+        "generation model's weights dtype: auto (bfloat16 where this machine runs it natively and the cached "
+        "matmul probe finds it faster, else float32; see lmforge.hardware.choose_precision), float32, "
+        "bfloat16, ...",
+    )
+    embedding_dtype: str = option(
+        "float32", "embedding model's weights dtype (float32: /v1/embeddings equals LM.embed; auto as above)"
+    )
     threads: int | None = option(None, "torch intra-op threads (unset: torch's choice)")
     log_level: Literal["debug", "info", "warning", "error"] = option("info", "uvicorn's log level")
 
