@@ -353,6 +353,11 @@ def soak(args: argparse.Namespace, prompts: list[str], log_dir: Path) -> dict:
         "rss_first_minute_max_mb": round(max(first) / 2**20, 1),
         "rss_last_minute_max_mb": round(max(last) / 2**20, 1),
         "peak_rss_mb": round(rss.peak / 2**20, 1),
+        "rss_max_mb_by_minute": [
+            round(max(m for t, m in rss.samples if minute * 60 <= t < (minute + 1) * 60) / 2**20, 1)
+            for minute in range(int(rss.samples[-1][0] // 60) + 1)
+            if any(minute * 60 <= t < (minute + 1) * 60 for t, _ in rss.samples)
+        ],
     }
 
 

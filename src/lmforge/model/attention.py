@@ -25,6 +25,7 @@ from torch import nn
 
 from lmforge.config import ModelConfig
 from lmforge.errors import LMForgeError
+from lmforge.model.linear import Linear
 from lmforge.model.position import apply_rope
 
 
@@ -114,8 +115,8 @@ class Attention(nn.Module):
         self.config = config
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         qkv_out = (config.n_head + 2 * config.n_kv_head) * config.head_dim
-        self.qkv = nn.Linear(config.d_model, qkv_out, bias=config.qkv_bias)
-        self.proj = nn.Linear(config.n_head * config.head_dim, config.d_model, bias=config.attn_out_bias)
+        self.qkv = Linear(config.d_model, qkv_out, bias=config.qkv_bias)
+        self.proj = Linear(config.n_head * config.head_dim, config.d_model, bias=config.attn_out_bias)
         if config.linformer_k is not None:  # E projects the keys, F the values, along the sequence
             shape = (config.linformer_k, config.max_seq_len)
             self.linformer_e = nn.Parameter(torch.randn(shape) * config.init_std)

@@ -19,6 +19,7 @@ from torch import nn
 from lmforge.config import ModelConfig
 from lmforge.errors import LMForgeError
 from lmforge.model.attention import Attention, build_attention_mask
+from lmforge.model.linear import Linear
 from lmforge.model.position import RotaryEmbedding, rope_inv_freq, sinusoidal_table
 
 
@@ -76,8 +77,8 @@ class MLP(nn.Module):
         self.gated = config.gated_mlp
         self.act = ACTIVATIONS[config.mlp]
         # gated MLPs fuse gate and up into one projection: fc(x) = [gate | up]
-        self.fc = nn.Linear(config.d_model, config.d_mlp * (2 if self.gated else 1), bias=config.mlp_bias)
-        self.proj = nn.Linear(config.d_mlp, config.d_model, bias=config.mlp_bias)
+        self.fc = Linear(config.d_model, config.d_mlp * (2 if self.gated else 1), bias=config.mlp_bias)
+        self.proj = Linear(config.d_mlp, config.d_model, bias=config.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc(as_rows(x))
@@ -112,10 +113,10 @@ class MLMHead(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.dense = nn.Linear(config.d_model, config.d_model)
+        self.dense = Linear(config.d_model, config.d_model)
         self.act = ACTIVATIONS[config.mlp if not config.gated_mlp else "gelu"]
         self.norm = make_norm(config)
-        self.decoder = nn.Linear(config.d_model, config.vocab_size)
+        self.decoder = Linear(config.d_model, config.vocab_size)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.norm(self.act(self.dense(h))))
@@ -142,7 +143,7 @@ class Transformer(nn.Module):
         self.lm_head = None
         self.mlm = None
         if config.head == "lm":
-            self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+            self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
         elif config.head == "mlm":
             self.mlm = MLMHead(config)
         self.tie_weights()
