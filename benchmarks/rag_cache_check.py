@@ -36,10 +36,14 @@ def main() -> None:
     from lmforge.rag.api import read_qrels
 
     out = {"machine": describe(), "load_average_before": os.getloadavg(), "search": {}, "sets": {}}
-    opts = {"mode": "hybrid-rerank", "k": 50, "candidates": 50}  # what `rag.evaluate` asks for at k=10
+    # what `rag.evaluate` asks for at k=10, with the sentence reranker (the one with a store cache)
+    opts = {"mode": "hybrid-rerank", "rerank": "sentence", "k": 50, "candidates": 50}
+    cfg = SearchConfig(rerank="sentence")
     out["search"] = {
         **opts,
-        **{k: getattr(SearchConfig(), k) for k in ("rerank_depth", "rerank_weight", "rerank_fusion")},
+        "rerank_depth": cfg.depth_for("sentence"),
+        "rerank_weight": cfg.weight_for("sentence"),
+        "rerank_fusion": cfg.rerank_fusion,
     }
     for name in args.sets:
         store = Path(args.work).expanduser() / f"{name}.db"

@@ -6,7 +6,7 @@ this CPU, so a store of N chunks is that store's documents copied under distinct
 `copy1/...`) until it holds N chunks, written through the store's own write path (`put_document`) with
 the stored embeddings. The texts and vectors repeat, so these stores measure latency only, never
 retrieval quality. Each query is embedded by MiniLM as in real use; the query caches are cleared before
-every query. hybrid-rerank runs with `SearchConfig`'s defaults (the sentence reranker), three ways:
+every query. hybrid-rerank runs the sentence reranker at `SearchConfig`'s defaults, three ways:
 
 - `hybrid-rerank (uncached)`: the store's sentence cache switched off (every sentence of the top
   `rerank_depth` chunks embedded at every query: what the reranker did before the cache);
@@ -115,14 +115,14 @@ def measure(path: Path, queries: list[str], rerank_queries: int) -> dict:
     out = {"chunks": idx.store.counts()[1], "faiss_build_s": faiss_s, "bm25_build_s": bm25_s}
     for mode in MODES[:-1]:
         idx.search(queries[-1], mode=mode, k=10)  # warm-up
-    uncached.search(queries[-1], mode="hybrid-rerank", k=10)
+    uncached.search(queries[-1], mode="hybrid-rerank", rerank="sentence", k=10)
 
     def timed(column: str, index: Index, q: str, mode: str) -> None:
         index._query_cache.clear()
         index._qvec_cache.clear()
         before = index.sentence_vectors_embedded
         start = time.perf_counter()
-        index.search(q, mode=mode, k=10)
+        index.search(q, mode=mode, k=10, rerank="sentence" if mode == "hybrid-rerank" else "none")
         times[column].append(time.perf_counter() - start)
         embedded[column].append(index.sentence_vectors_embedded - before)
 
@@ -185,8 +185,8 @@ def main() -> None:
         "candidates": cfg.candidates,
         "hybrid_rerank": {
             "reranker": "sentence",
-            "rerank_depth": cfg.rerank_depth,
-            "rerank_weight": cfg.rerank_weight,
+            "rerank_depth": cfg.depth_for("sentence"),
+            "rerank_weight": cfg.weight_for("sentence"),
         },
         "sizes": [],
     }

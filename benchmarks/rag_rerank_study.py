@@ -109,7 +109,9 @@ def study(idx, queries: dict[str, str], judged: dict[str, dict[str, int]]) -> di
                     [path[c] for c in order] + [h.path for h in rest]
                 )
     for fusion, variant in (("rrf", "max"), ("weighted", "score-fusion")):
-        check = document_run(idx, queries, "hybrid-rerank", K, rerank_fusion=fusion, rerank_weight=0.2)
+        check = document_run(
+            idx, queries, "hybrid-rerank", K, rerank="sentence", rerank_fusion=fusion, rerank_weight=0.2
+        )
         assert check == runs[(variant, 0.2)], f"the study's {variant} differs from Index.search's"
     per = {m: retrieval.per_query(r, judged, [METRIC])[METRIC] for m, r in single.items()}
     value = {m: float(np.mean(list(p.values()))) for m, p in per.items()}

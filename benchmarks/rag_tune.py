@@ -60,8 +60,8 @@ def main() -> None:
         "rule": "max over settings of min over dev sets of (hybrid-rerank nDCG@10 - best of bm25/dense/hybrid); "
         "ties: mean nDCG@10",
         "default_before": {
-            "rerank_weight": SearchConfig().rerank_weight,
-            "rerank_depth": SearchConfig().rerank_depth,
+            "rerank_weight": SearchConfig().weight_for("sentence"),
+            "rerank_depth": SearchConfig().depth_for("sentence"),
         },
         "sets": {},
         "settings": [],
@@ -85,7 +85,9 @@ def main() -> None:
         }
         print(f"## {name} dev ({report.chunks} chunks)\n{rag.eval_table(base)}")
         for w, d in grid:
-            res = rag.evaluate(idx, qrels, modes=["hybrid-rerank"], k=10, rerank_weight=w, rerank_depth=d)
+            res = rag.evaluate(
+                idx, qrels, modes=["hybrid-rerank"], k=10, rerank="sentence", rerank_weight=w, rerank_depth=d
+            )
             scores[(w, d)][name] = res["hybrid-rerank"][METRIC]["value"]
             print(f"  weight {w:.1f} depth {d:2d}: {METRIC} {scores[(w, d)][name]:.3f}", flush=True)
         out["sets"][name]["sweep_seconds"] = time.perf_counter() - start

@@ -94,6 +94,39 @@ def test_cli_ask_json(built, capsys):
     assert "empty question" in capsys.readouterr().err
 
 
+def test_query_likelihood_reranker(built, generator):
+    """The score is the mean log-probability of the query's tokens after the passage prompt: checked
+    against a plain full forward of the whole sequence, one passage at a time, and through search."""
+    import torch
+    from rag_corpus import DOCS, RECORDS
+
+    from lmforge.rag.models import load_model
+    from lmforge.rag.rerank import QUERY_LIKELIHOOD_PROMPT, query_likelihood_scores
+
+    q = "How do honey bees tell each other where the flowers are?"
+    passages = [DOCS["chess.html"], RECORDS[0]["text"], DOCS["bread.txt"], RECORDS[1]["text"]]
+    batched = query_likelihood_scores(generator, q, passages, batch_size=4)
+    tok = generator.tokenizer
+    question = tok.encode(" " + q)
+    for passage, got in zip(passages, batched):
+        prompt = tok.encode(QUERY_LIKELIHOOD_PROMPT.format(passage=passage))
+        with torch.inference_mode():
+            logits = generator.model(torch.tensor([prompt + question]))[0].float()
+        logp = torch.log_softmax(logits[len(prompt) - 1 : -1], dim=-1)
+        want = logp[torch.arange(len(question)), torch.tensor(question)].mean().item()
+        assert got == pytest.approx(want, abs=1e-4)  # right padding and the sliced head change nothing
+    assert max(range(4), key=batched.__getitem__) == 1  # the bee passage predicts the bee question best
+    # hybrid-rerank: the hybrid top `rerank_depth`, reordered by the scores (weight 1: their order alone)
+    _, store, _ = built
+    assert rag.SearchConfig(mode="hybrid-rerank").reranker_used == "query-likelihood"
+    first = rag.search(store, q, mode="hybrid", k=4)
+    scores = query_likelihood_scores(load_model("smollm2", "auto"), q, [h.text for h in first])
+    order = sorted(range(4), key=lambda i: (-scores[i], i))
+    hits = rag.search(store, q, mode="hybrid-rerank", rerank_weight=1.0, k=4, rerank_depth=4)
+    assert [h.chunk_id for h in hits] == [first[i].chunk_id for i in order]
+    assert [h.score for h in hits] == pytest.approx([scores[i] for i in order], abs=1e-4)
+
+
 @pytest.mark.slow
 def test_llm_yes_no_reranker(built, generator):
     from rag_corpus import DOCS, RECORDS

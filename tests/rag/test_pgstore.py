@@ -42,12 +42,13 @@ def test_index_search_reindex_like_sqlite(pg_url, built, tmp_path):
         assert [(h.path, h.start, h.end) for h in got] == [(h.path, h.start, h.end) for h in want]
         assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=1e-5)
     # the sentence reranker's cache: filled at the first rerank, read back by the next process
-    got = idx.search("what makes bread dough rise", mode="hybrid-rerank", k=4)
-    want = rag.search(sqlite_store, "what makes bread dough rise", mode="hybrid-rerank", k=4)
+    sentence = {"mode": "hybrid-rerank", "rerank": "sentence", "k": 4}
+    got = idx.search("what makes bread dough rise", **sentence)
+    want = rag.search(sqlite_store, "what makes bread dough rise", **sentence)
     assert [(h.path, h.start) for h in got] == [(h.path, h.start) for h in want]
     assert idx.sentence_vectors_embedded > 0
     warm = rag.Index(url)
-    assert [h.chunk_id for h in warm.search("what makes bread dough rise", mode="hybrid-rerank", k=4)] == [
+    assert [h.chunk_id for h in warm.search("what makes bread dough rise", **sentence)] == [
         h.chunk_id for h in got
     ]
     assert warm.sentence_vectors_embedded == 0

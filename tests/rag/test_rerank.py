@@ -15,7 +15,7 @@ from lmforge.rag.ingest import content_hash
 from lmforge.rag.rerank import sentence_scores
 
 QUERY = "how do bees tell each other where flowers are"
-OPTS = {"mode": "hybrid-rerank", "k": 8, "rerank_depth": 8, "rerank_weight": 1.0}
+OPTS = {"mode": "hybrid-rerank", "rerank": "sentence", "k": 8, "rerank_depth": 8, "rerank_weight": 1.0}
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ def test_changed_chunks_get_new_vectors_and_deleted_ones_go(store_of_paragraphs)
     folder, store = store_of_paragraphs
     idx = rag.Index(store)
     for query in ("volcano lava eruptions Hawaii", "bread yeast dough"):
-        idx.search(query, mode="hybrid-rerank", k=20, rerank_depth=20)
+        idx.search(query, mode="hybrid-rerank", rerank="sentence", k=20, rerank_depth=20)
     before = _cached(store)
     bread = {
         content_hash(t)
@@ -81,7 +81,9 @@ def test_changed_chunks_get_new_vectors_and_deleted_ones_go(store_of_paragraphs)
     assert kept and kept == set(after)  # the unchanged chunks (volcano's too) keep theirs
     # the changed chunk is embedded at its next rerank; nothing else is
     fresh = rag.Index(store)
-    hits = fresh.search("Mauna Kea on Hawaii Island", mode="hybrid-rerank", k=20, rerank_depth=20)
+    hits = fresh.search(
+        "Mauna Kea on Hawaii Island", mode="hybrid-rerank", rerank="sentence", k=20, rerank_depth=20
+    )
     new = {content_hash(h.text) for h in hits} - kept
     assert new and fresh.sentence_vectors_embedded == sum(_cached(store)[h] for h in new)
     ref = sentence_scores(
@@ -102,7 +104,7 @@ def test_sentence_vectors_at_index_time(tmp_path, minilm, monkeypatch):
     idx = rag.Index(store)
     idx.query_vector(QUERY)
     monkeypatch.setattr(idx, "embed", lambda *a, **k: pytest.fail("embedded at query time"))
-    assert idx.search(QUERY, mode="hybrid-rerank", k=3)
+    assert idx.search(QUERY, mode="hybrid-rerank", rerank="sentence", k=3)
     monkeypatch.undo()
     # re-indexing a change embeds the changed chunks' sentences only
     (folder / "glaciers.txt").write_text("Glaciers are rivers of ice. They carve U-shaped valleys.")

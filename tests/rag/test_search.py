@@ -163,7 +163,8 @@ def test_sentence_reranker_is_the_best_sentence_similarity(built):
     idx = rag.Index(store)
     query = "how do bees tell each other where flowers are"
     first = idx.search(query, mode="hybrid", k=6)
-    hits = idx.search(query, mode="hybrid-rerank", k=6, rerank_depth=6, rerank_weight=1.0)
+    opts = {"mode": "hybrid-rerank", "rerank": "sentence", "k": 6, "rerank_depth": 6}
+    hits = idx.search(query, rerank_weight=1.0, **opts)
     q = idx.embed([query])[0]
     best = {
         h.chunk_id: max(float(idx.embed([s])[0] @ q) for s in split_sentences(h.text) or [h.text])
@@ -172,15 +173,15 @@ def test_sentence_reranker_is_the_best_sentence_similarity(built):
     assert [h.chunk_id for h in hits] == sorted(best, key=lambda c: -best[c])
     assert [h.score for h in hits] == pytest.approx(sorted(best.values(), reverse=True), abs=1e-5)
     # weighted: the min-max normalized scores of both stages
-    fused = idx.search(query, mode="hybrid-rerank", k=6, rerank_depth=6, rerank_fusion="weighted")
+    fused = idx.search(query, rerank_fusion="weighted", **opts)
     ids, first_scores = [h.chunk_id for h in first], [h.score for h in first]
-    weight = rag.SearchConfig().rerank_weight
+    weight = rag.SearchConfig().weight_for("sentence")
     want = fuse_scores(ids, first_scores, [best[c] for c in ids], weight)
     assert [h.chunk_id for h in fused] == [c for c, _ in want]
     assert [h.score for h in fused] == pytest.approx([s for _, s in want], abs=1e-5)
     # default: reciprocal-rank fusion of the two orders
     assert rag.SearchConfig().rerank_fusion == "rrf"
-    rrf = idx.search(query, mode="hybrid-rerank", k=6, rerank_depth=6)
+    rrf = idx.search(query, **opts)
     assert [h.chunk_id for h in rrf] == [c for c, _ in fuse_orders(ids, [best[c] for c in ids], weight)]
 
 
@@ -193,7 +194,7 @@ def test_ask_passes_every_search_option_to_its_searches(built):
     _, store, _ = built
     idx = rag.Index(store)
     query = "how do bees tell each other where flowers are"
-    opts = {"mode": "hybrid-rerank", "k": 6, "rerank_depth": 6}
+    opts = {"mode": "hybrid-rerank", "rerank": "sentence", "k": 6, "rerank_depth": 6}
     alone = [h.chunk_id for h in idx.search(query, rerank_weight=1.0, **opts)]
     assert alone != [h.chunk_id for h in idx.search(query, **opts)]  # the weight matters for this query
     hits, _ = gather(idx, None, query, AskConfig(rerank_weight=1.0, **opts))

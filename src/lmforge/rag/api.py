@@ -394,9 +394,9 @@ class Index:
                 ranking = rrf([dense, sparse], cfg.rrf_k)
             else:
                 ranking = weighted(dense, sparse, cfg.alpha)
-        rerank = cfg.rerank if cfg.rerank != "none" or cfg.mode != "hybrid-rerank" else "sentence"
+        rerank = cfg.reranker_used
         if rerank != "none":
-            depth = cfg.rerank_depth if rerank != "mmr" else n
+            depth = cfg.depth_for(rerank) if rerank != "mmr" else n
             ranking = self._rerank(query, ranking[:depth], rerank, cfg) + ranking[depth:]
         ranking = ranking[: cfg.k]
         rows = self.store.chunks([cid for cid, _ in ranking])
@@ -423,7 +423,14 @@ class Index:
     def _rerank(
         self, query: str, ranking: list[tuple[int, float]], how: str, cfg: SearchConfig
     ) -> list[tuple[int, float]]:
-        from lmforge.rag.rerank import best_sentence_scores, fuse_orders, fuse_scores, mmr, yes_no_scores
+        from lmforge.rag.rerank import (
+            best_sentence_scores,
+            fuse_orders,
+            fuse_scores,
+            mmr,
+            query_likelihood_scores,
+            yes_no_scores,
+        )
 
         if not ranking:
             return ranking
@@ -439,15 +446,18 @@ class Index:
         elif how == "llm":
             # scoring is all prefill: bf16 where this machine runs it faster
             scores = yes_no_scores(load_model(cfg.reranker, "auto"), query, texts)
+        elif how == "query-likelihood":
+            scores = query_likelihood_scores(load_model(cfg.reranker, "auto"), query, texts)
         else:
             if self.cross_encoder is None:
                 raise LMForgeError(
                     "rerank='cross-encoder' needs a cross encoder: Index(store, cross_encoder=fn) with fn(query, texts) -> scores"
                 )
             scores = [float(s) for s in self.cross_encoder(query, texts)]
+        weight = cfg.weight_for(how)
         if cfg.rerank_fusion == "weighted":
-            return fuse_scores(ids, [s for _, s in ranking], scores, cfg.rerank_weight)
-        return fuse_orders(ids, scores, cfg.rerank_weight, cfg.rrf_k)
+            return fuse_scores(ids, [s for _, s in ranking], scores, weight)
+        return fuse_orders(ids, scores, weight, cfg.rrf_k)
 
 
 def index(

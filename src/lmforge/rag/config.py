@@ -58,17 +58,23 @@ class SearchConfig:
     alpha: float = option(0.5, "weight of the dense score in weighted fusion (1 - alpha for BM25)")
     rrf_k: int = option(60, "the constant in reciprocal-rank fusion, 1 / (rrf_k + rank)")
     candidates: int = option(50, "chunks each retriever contributes before fusion or reranking")
-    rerank: Literal["none", "mmr", "sentence", "llm", "cross-encoder"] = option(
+    rerank: Literal["none", "mmr", "sentence", "llm", "query-likelihood", "cross-encoder"] = option(
         "none",
         "reranker: mmr (diversity), sentence (the encoder's best query-sentence similarity), llm (the "
-        "generator's yes/no), cross-encoder (yours); hybrid-rerank uses sentence when this is none",
+        "generator's yes/no), query-likelihood (how well the generator predicts the query from the chunk), "
+        "cross-encoder (yours); hybrid-rerank uses query-likelihood when this is none",
     )
-    # depth 30 and weight 0.2: chosen on the development sets rag-pydoc-dev and rag-wikipedia-dev only
-    # (benchmarks/rag_tune.py, results/rag_tune.json); the test sets report them (results/rag_eval.json)
-    rerank_depth: int = option(30, "how many of the first-stage results the reranker reorders")
-    rerank_weight: float = option(
-        0.2,
-        "relevance rerankers: weight of the reranker in its fusion with the first stage (1 = its order alone)",
+    # Unset: each reranker's own, chosen on the development sets rag-pydoc-dev and rag-wikipedia-dev
+    # only, and reported on the test sets (results/rag_eval.json): query-likelihood depth 5, weight 1
+    # (benchmarks/rag_ql_study.py); the others depth 30, weight 0.2 (benchmarks/rag_tune.py).
+    rerank_depth: int | None = option(
+        None,
+        "how many of the first-stage results the reranker reorders (unset: 5 for query-likelihood, else 30)",
+    )
+    rerank_weight: float | None = option(
+        None,
+        "relevance rerankers: weight of the reranker in its fusion with the first stage (1 = its order "
+        "alone; unset: 1 for query-likelihood, else 0.2)",
     )
     # rrf: the fusion rerank_depth and rerank_weight were chosen under (benchmarks/rag_tune.py). The
     # min-max weighted sum won the dev-only study (benchmarks/rag_rerank_study.py) by one question of
@@ -90,8 +96,25 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         check_types(self)
-        if not 0.0 <= self.rerank_weight <= 1.0:
+        if self.rerank_weight is not None and not 0.0 <= self.rerank_weight <= 1.0:
             raise LMForgeError(f"rerank_weight must be between 0 and 1, got {self.rerank_weight}")
+        if self.rerank_depth is not None and self.rerank_depth < 1:
+            raise LMForgeError(f"rerank_depth must be >= 1, got {self.rerank_depth}")
+
+    @property
+    def reranker_used(self) -> str:
+        """The reranker a search runs: `rerank`, or query-likelihood for hybrid-rerank when it is none."""
+        return self.rerank if self.rerank != "none" or self.mode != "hybrid-rerank" else "query-likelihood"
+
+    def depth_for(self, rerank: str) -> int:
+        if self.rerank_depth is not None:
+            return self.rerank_depth
+        return 5 if rerank == "query-likelihood" else 30
+
+    def weight_for(self, rerank: str) -> float:
+        if self.rerank_weight is not None:
+            return self.rerank_weight
+        return 1.0 if rerank == "query-likelihood" else 0.2
 
 
 @dataclass

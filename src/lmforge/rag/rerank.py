@@ -15,11 +15,19 @@ a hook for a cross-encoder.
   forward gives a row that differs in the last bits with its batch-mates (up to 2e-7 here), and the cache
   must return what the uncached path computes (benchmarks/rag_cache_check.py); on these short
   sentences one at a time is also faster at 1 thread than padded batches of 64.
+- Query likelihood (UPR, Sachan et al. 2022): the generator reads "Passage: ... Please write a question
+  based on this passage. Question:" and the score is the mean log-probability of the query's tokens after
+  it, i.e. how well the passage predicts the question. Unlike the yes/no judgement, which a 135M model
+  answers near chance, this asks the model only to do what it was trained for: predict text. Rows run
+  right-padded in batches (the padding comes after every scored position), and only the query's
+  positions go through the head. `hybrid-rerank` uses it on the hybrid top 5, chosen on the development
+  sets only (benchmarks/rag_ql_study.py).
 - Cross-encoder: any callable `(query, [texts]) -> [scores]`, e.g. a sentence-transformers CrossEncoder's
   `lambda q, ts: model.predict([(q, t) for t in ts])`.
 
-A relevance reranker's scores are fused with the first stage's, not substituted for them: on the shipped
-sets the first stage is the stronger signal (README, "Retrieval-augmented generation"). The default,
+A relevance reranker's order is fused with the first stage's by a weight (1 = its order alone: the
+query-likelihood default, which reorders only the hybrid top 5; the sentence reranker's 0.2, over the
+top 30, keeps the first stage as the stronger signal). The default fusion,
 `rerank_fusion="rrf"`, fuses the two orders by weighted reciprocal-rank fusion (`fuse_orders`);
 `"weighted"` sums both scores min-max normalized over the reordered candidates (`fuse_scores`), so a
 margin counts, not only a rank. A dev-only study preferred the weighted sum by one question
@@ -44,6 +52,7 @@ __all__ = [
     "fuse_orders",
     "fuse_scores",
     "mmr",
+    "query_likelihood_scores",
     "sentence_scores",
     "sentence_vectors",
     "yes_no_scores",
@@ -101,6 +110,42 @@ def sentence_scores(
     """For each text, the best inner product of `query` (unit vector) with its sentences' unit
     embeddings (uncached: `Index.sentence_vectors` keeps them in the store)."""
     return best_sentence_scores(query, sentence_vectors(embed, texts, max_sentences))
+
+
+QUERY_LIKELIHOOD_PROMPT = "Passage: {passage}\nPlease write a question based on this passage.\nQuestion:"
+
+
+def query_likelihood_scores(
+    lm, query: str, passages: Sequence[str], *, max_passage_tokens: int = 320, batch_size: int = 8
+) -> list[float]:
+    """For each passage, the generator's mean log-probability of the query's tokens after
+    `QUERY_LIKELIHOOD_PROMPT` (the passage cut to its first `max_passage_tokens` tokens)."""
+    import torch
+
+    tok = lm.tokenizer
+    question = tok.encode(" " + query.strip())
+    if not question:
+        return [0.0] * len(passages)
+    prompts = []
+    for p in passages:
+        ids = tok.encode(p)
+        if len(ids) > max_passage_tokens:
+            p = tok.decode(ids[:max_passage_tokens])
+        prompts.append(tok.encode(QUERY_LIKELIHOOD_PROMPT.format(passage=p)))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    target = torch.tensor(question, device=lm.device)
+    steps = torch.arange(len(question), device=lm.device)
+    out: list[float] = []
+    with torch.inference_mode():
+        for i in range(0, len(prompts), batch_size):
+            rows = prompts[i : i + batch_size]
+            width = max(len(r) for r in rows) + len(question)
+            ids = [r + question + [pad] * (width - len(r) - len(question)) for r in rows]
+            h = lm.model.hidden_states(torch.tensor(ids, device=lm.device))  # (B, T, C)
+            for j, r in enumerate(rows):
+                logp = torch.log_softmax(lm.model.lm_head(h[j, len(r) - 1 + steps]).float(), dim=-1)
+                out.append(logp[steps, target].mean().item())
+    return out
 
 
 def fuse_scores(
