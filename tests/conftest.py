@@ -55,3 +55,18 @@ def tiny_model():
     from tiny import tiny_model
 
     return tiny_model
+
+
+@pytest.fixture
+def low_precision_as_asked(monkeypatch):
+    """bf16 and fp16 count as native on this CPU, so the Trainer runs them as asked: on a CPU without
+    them (a Zen 3) it falls back to fp32 by design (tests/test_hardware.py), and autocast tests are about
+    what happens once the precision is chosen. Emulated, a tiny model still runs them."""
+    from lmforge import hardware
+
+    native = hardware.native_support
+    monkeypatch.setattr(
+        hardware,
+        "native_support",
+        lambda precision, device="cpu", flags=None: native(precision, device, flags) or "assumed by the test",
+    )

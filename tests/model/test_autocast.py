@@ -26,6 +26,9 @@ ATTENTION = {"bmm", "baddbmm", "_scaled_dot_product_flash_attention_for_cpu"}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+pytestmark = pytest.mark.usefixtures("low_precision_as_asked")
+
+
 class MatmulRecorder(TorchDispatchMode):
     """Per forward call: (op name, dtypes of its floating-point tensor inputs) for every matmul-like op."""
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmforge.model.linear import Linear
 from lmforge.quant.formats import rtn
 from lmforge.quant.qat import QATLinear, prepare, strip
 from tiny import tiny_model
@@ -133,7 +134,7 @@ def test_finetune_qat_writes_a_float_final_and_a_quantized_checkpoint(tmp_path, 
     out = capsys.readouterr().out
     assert f"quantized checkpoint (QAT): {tmp_path / 'run' / 'int4'}" in out
     final = lmforge.load(tmp_path / "run" / "final", device="cpu", compile="eager")
-    assert type(final.model.blocks[0].mlp.fc) is nn.Linear  # the QAT-tuned float weights
+    assert type(final.model.blocks[0].mlp.fc) is Linear  # the QAT-tuned float weights
     quantized = lmforge.load(tmp_path / "run" / "int4", device="cpu", compile="eager")
     assert isinstance(quantized.model.blocks[0].mlp.fc, Int4Linear)
     record = quantized.model.quantization

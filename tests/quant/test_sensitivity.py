@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 import lmforge
 from lmforge.errors import LMForgeError
 from lmforge.lm import LM
+from lmforge.model.linear import Linear
 from lmforge.quant.config import QuantizeConfig
 from lmforge.quant.convert import plan
 from lmforge.quant.report import checkpoint_bytes
@@ -56,7 +56,7 @@ def test_auto_keep_keeps_the_fragile_layer_within_the_budget(tmp_path):
     result = lmforge.quantize(lm, out=tmp_path / "q", auto_keep=True, budget_mb=budget, **common)
     kept = result.lm.model.quantization["kept"]
     assert FRAGILE in kept and kept[FRAGILE].startswith("--auto-keep")
-    assert type(result.lm.model.get_submodule(FRAGILE)) is nn.Linear
+    assert type(result.lm.model.get_submodule(FRAGILE)) is Linear  # kept in float
     assert checkpoint_bytes(result.lm.model) <= budget * 2**20  # tensors; the file adds its JSON header
     assert max(result.card["sensitivity"], key=result.card["sensitivity"].get) == FRAGILE
     loaded = lmforge.load(tmp_path / "q", device="cpu", compile="eager")

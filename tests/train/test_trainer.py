@@ -184,7 +184,7 @@ def test_failing_save_leaves_no_partial_checkpoint(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_autocast_precisions_follow_fp32(tmp_path, precision):
+def test_autocast_precisions_follow_fp32(tmp_path, precision, low_precision_as_asked):
     """bf16 / fp16 autocast (fp16 with a GradScaler) track the fp32 losses closely on a tiny model."""
     base = dict(steps=3, batch_size=2, seq_len=16, lr=3e-3, warmup_steps=0, **QUIET)
     Trainer(_model(), TrainConfig(**base), CLMBatches(_tokens(), 2, 16), tmp_path / "fp32").fit()
