@@ -25,20 +25,14 @@ dense / hybrid is larger than the sentence reranker's; among those, the largest 
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
+from rag_dev import METRIC, SETS, finish, margin_table, run_studies
+
 RESULTS = Path(__file__).parent / "results" / "rag_ql_study.json"
-TASKS = Path(__file__).resolve().parents[1] / "src" / "lmforge" / "tasks"
-SETS = {
-    "wikipedia": TASKS / "rag-wikipedia-dev.qrels.jsonl",
-    "pydoc": TASKS / "rag-pydoc-dev.qrels.jsonl",
-}
 VARIANTS = {
     "sentence@30/0.2": {"rerank": "sentence", "rerank_depth": 30, "rerank_weight": 0.2},
     **{
@@ -47,7 +41,7 @@ VARIANTS = {
     },
     "query-likelihood@5/1.0": {"rerank": "query-likelihood", "rerank_depth": 5, "rerank_weight": 1.0},
 }
-METRIC, K = "ndcg@10", 10
+K = 10
 
 
 SCORED: dict[tuple[str, str], float] = {}  # (query, passage) -> the generator's score
@@ -105,60 +99,22 @@ def study(idx, queries: dict[str, str], judged: dict[str, dict[str, int]]) -> di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", default="~/.cache/lmforge/bench-rag")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-
-    import torch
-
-    torch.set_num_threads(args.threads)
-    from lmforge.hardware import describe
-    from lmforge.io.atomic import atomic_write_text
-    from lmforge.rag.api import open_index, read_qrels
-
     memoize_query_likelihood()
-    work = Path(args.work).expanduser()
-    print(f"machine: {describe()}")
-    out = {
-        "machine": describe(),
-        "load_average_before": os.getloadavg(),
-        "rule": __doc__.split("The rule")[1],
-    }
-    out["sets"] = {}
-    for name, qrels in SETS.items():
-        idx = open_index(work / f"{name}.db")
-        queries, judged = read_qrels(qrels, idx)
-        out["sets"][name] = study(idx, queries, judged)
-        print(name, json.dumps(out["sets"][name]["diagnosis"]), flush=True)
-    table = {
-        key: {
-            "min_margin": min(out["sets"][n]["variants"][key]["margin"] for n in SETS),
-            "mean": float(np.mean([out["sets"][n]["variants"][key][METRIC] for n in SETS])),
-        }
-        for key in VARIANTS
-    }
+    out = run_studies(__doc__.splitlines()[0], __doc__.split("The rule")[1], study, default_threads=2)
+    table = margin_table(out)
     incumbent = "sentence@30/0.2"
     passing = [k for k in VARIANTS if table[k]["min_margin"] > table[incumbent]["min_margin"]]
     out["table"] = table
     out["chosen"] = (
         max(passing, key=lambda k: (table[k]["min_margin"], table[k]["mean"])) if passing else incumbent
     )
-    print(f"\n| variant | {' | '.join(f'{n} {METRIC} (margin)' for n in SETS)} | min margin | s/query |")
-    print("|---|" + "---|" * len(SETS) + "---|---|")
-    for k, t in table.items():
-        cells = " | ".join(
-            f"{out['sets'][n]['variants'][k][METRIC]:.3f} ({out['sets'][n]['variants'][k]['margin']:+.3f})"
-            for n in SETS
-        )
-        speed = np.mean([out["sets"][n]["variants"][k]["seconds_per_query"] for n in SETS])
-        print(f"| {k} | {cells} | {t['min_margin']:+.3f} | {speed:.2f} |")
     best = ", ".join(f"{n} {out['sets'][n]['best_single']}" for n in SETS)
     print(f"best single modes: {best}")
-    print(f"chosen by the rule: {out['chosen']}")
-    out["load_average_after"] = os.getloadavg()
-    atomic_write_text(RESULTS, json.dumps(out, indent=1) + "\n")
-    print(f"wrote {RESULTS}")
+
+    def speed(k: str) -> str:
+        return f"{np.mean([out['sets'][n]['variants'][k]['seconds_per_query'] for n in SETS]):.2f}"
+
+    finish(out, table, RESULTS, speed)
 
 
 if __name__ == "__main__":

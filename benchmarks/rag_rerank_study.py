@@ -26,24 +26,16 @@ Otherwise the defaults stay. It chose score-fusion@0.2, now `SearchConfig`'s def
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import time
 from pathlib import Path
 
 import numpy as np
 
+from rag_dev import METRIC, SETS, finish, margin_table, run_studies
+
 RESULTS = Path(__file__).parent / "results" / "rag_rerank_study.json"
-TASKS = Path(__file__).resolve().parents[1] / "src" / "lmforge" / "tasks"
-SETS = {
-    "wikipedia": TASKS / "rag-wikipedia-dev.qrels.jsonl",
-    "pydoc": TASKS / "rag-pydoc-dev.qrels.jsonl",
-}
 VARIANTS = ["max", "top2-mean", "max+chunk", "max+heading", "score-fusion"]
 WEIGHTS = [0.2, 0.5, 1.0]
 DEPTH, CANDIDATES, K = 30, 50, 10
-METRIC = "ndcg@10"
 
 
 def minmax(x: np.ndarray) -> np.ndarray:
@@ -131,40 +123,9 @@ def study(idx, queries: dict[str, str], judged: dict[str, dict[str, int]]) -> di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", default="~/.cache/lmforge/bench-rag")
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-
-    import torch
-
-    torch.set_num_threads(args.threads)
-    from lmforge.hardware import describe
-    from lmforge.io.atomic import atomic_write_text
-    from lmforge.rag.api import open_index, read_qrels
-
-    work = Path(args.work).expanduser()
-    out = {
-        "machine": describe(),
-        "load_average_before": os.getloadavg(),
-        "rule": __doc__.split("The rule")[1],
-    }
-    out["sets"] = {}
-    for name, qrels in SETS.items():
-        start = time.perf_counter()
-        idx = open_index(work / f"{name}.db")
-        queries, judged = read_qrels(qrels, idx)
-        out["sets"][name] = study(idx, queries, judged)
-        out["sets"][name]["seconds"] = time.perf_counter() - start
-        print(name, json.dumps(out["sets"][name]["diagnosis"]), flush=True)
+    out = run_studies(__doc__.splitlines()[0], __doc__.split("The rule")[1], study, default_threads=1)
     default = "max@0.2"
-    table = {}
-    for key in out["sets"]["wikipedia"]["variants"]:
-        s = [out["sets"][n]["variants"][key] for n in SETS]
-        table[key] = {
-            "min_margin": min(x["margin"] for x in s),
-            "mean": float(np.mean([x[METRIC] for x in s])),
-        }
+    table = margin_table(out)
     d = table[default]
     passing = [
         k
@@ -179,18 +140,7 @@ def main() -> None:
     out["chosen"] = (
         max(passing, key=lambda k: (table[k]["min_margin"], table[k]["mean"])) if passing else default
     )
-    print(f"\n| variant@weight | {' | '.join(f'{n} {METRIC} (margin)' for n in SETS)} | min margin |")
-    print("|---|" + "---|" * len(SETS) + "---|")
-    for k, t in table.items():
-        cells = " | ".join(
-            f"{out['sets'][n]['variants'][k][METRIC]:.3f} ({out['sets'][n]['variants'][k]['margin']:+.3f})"
-            for n in SETS
-        )
-        print(f"| {k} | {cells} | {t['min_margin']:+.3f} |")
-    print(f"chosen by the rule: {out['chosen']}")
-    out["load_average_after"] = os.getloadavg()
-    atomic_write_text(RESULTS, json.dumps(out, indent=1) + "\n")
-    print(f"wrote {RESULTS}")
+    finish(out, table, RESULTS)
 
 
 if __name__ == "__main__":
