@@ -45,6 +45,9 @@ class Int8Linear(nn.Module):
         self.path = "kernel" if kernels.available("int8") and on_cpu else "dequantize"
         self.kernel_rows = kernels.int8_rows() if self.path == "kernel" else 0
         self.kernel_dtype = kernels.fast_dtype()
+        # the scales in the kernel's dtype ahead of time: a cast inside a compiled step leaves the
+        # kernel an unrealized input, which inductor's lowering of the int8/int4 kernels rejects
+        self.register_buffer("kernel_scale", self.scale.to(self.kernel_dtype), persistent=False)
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
@@ -58,7 +61,7 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
         if self.path == "kernel" and rows.shape[0] <= self.kernel_rows:
-            y = kernels.int8_mm(rows.to(self.kernel_dtype), self.qweight, self.scale).to(x.dtype)
+            y = kernels.int8_mm(rows.to(self.kernel_dtype), self.qweight, self.kernel_scale).to(x.dtype)
             y = y if self.bias is None else y + self.bias
         else:
             dtype = self.kernel_dtype if self.path == "kernel" else x.dtype
@@ -94,7 +97,8 @@ class Int4Linear(nn.Module):
         else:
             held = codes.to(torch.uint8)
         self.register_buffer("codes", held, persistent=False)
-        self.register_buffer("scale_zero", kernels.scale_and_zero(self.scale, self.zero), persistent=False)
+        scale_zero = kernels.scale_and_zero(self.scale, self.zero).to(self.kernel_dtype)  # see Int8Linear
+        self.register_buffer("scale_zero", scale_zero, persistent=False)
 
     def int_codes(self) -> torch.Tensor:
         """The codes (N, K) in 0..15."""
