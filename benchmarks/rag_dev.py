@@ -22,8 +22,8 @@ METRIC = "ndcg@10"
 
 
 def run_studies(description: str, rule: str, study: Callable, default_threads: int) -> dict:
-    """Parse --work/--threads, run `study(idx, queries, judged)` on each dev store (built by
-    benchmarks/rag_eval.py's stores under --work) and return the record: machine, load, rule, sets."""
+    """Parse --work/--threads, run `study(idx, queries, judged)` on each dev set against its store under
+    --work (the stores benchmarks/rag_eval.py builds) and return the record: machine, load, rule, sets."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--work", default="~/.cache/lmforge/bench-rag")
     parser.add_argument("--threads", type=int, default=default_threads)

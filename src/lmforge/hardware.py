@@ -45,9 +45,9 @@ def keep_freed_memory() -> bool:
 
     By default a big tensor is a fresh mmap, unmapped when freed, and the heap's top is trimmed: a
     training step of a small model then takes tens of thousands of page faults (3.8M in 40 steps of
-    the quickstart's default model and batch, a quarter of the time in the kernel). Here big blocks come from the heap (no mmap; glibc
-    still falls back to it when the heap cannot grow), 1 GiB of freed heap is kept and the heap grows
-    256 MB at a time: ~10-25x fewer faults, 20-40% more tokens/s, peak memory 8-12% higher
+    the quickstart's default model and batch, a quarter of the time in the kernel). Here big blocks
+    come from the heap (no mmap; glibc still falls back to it when the heap cannot grow), 1 GiB of
+    freed heap is kept and the heap grows 256 MB at a time: ~10-25x fewer faults, 20-40% more tokens/s, peak memory 8-12% higher
     (benchmarks/allocator.py). Once per process, Linux with glibc; LMFORGE_KEEP_FREED_MEMORY=0
     leaves malloc as it is. Returns whether the settings were applied."""
     if os.environ.get("LMFORGE_KEEP_FREED_MEMORY", "1") == "0" or platform.libc_ver()[0] != "glibc":

@@ -17,6 +17,12 @@ from lmforge.options import check_types, option
 DEFAULT_CHUNK_TOKENS = 200
 DEFAULT_OVERLAP = 32
 DEFAULT_ENCODER = "minilm"
+# a relevance reranker's (depth, weight) when unset, chosen on the development sets rag-pydoc-dev and
+# rag-wikipedia-dev only and reported on the test sets (results/rag_eval.json): query-likelihood's by
+# benchmarks/rag_ql_study.py, the others' by benchmarks/rag_tune.py
+RERANK_DEFAULTS = {"query-likelihood": (5, 1.0)}
+RERANK_DEFAULT = (30, 0.2)
+_QL, _OTHER = RERANK_DEFAULTS["query-likelihood"], RERANK_DEFAULT
 
 Mode = Literal["bm25", "dense", "hybrid", "hybrid-rerank"]
 
@@ -64,17 +70,16 @@ class SearchConfig:
         "generator's yes/no), query-likelihood (how well the generator predicts the query from the chunk), "
         "cross-encoder (yours); hybrid-rerank uses query-likelihood when this is none",
     )
-    # Unset: each reranker's own, chosen on the development sets rag-pydoc-dev and rag-wikipedia-dev
-    # only, and reported on the test sets (results/rag_eval.json): query-likelihood depth 5, weight 1
-    # (benchmarks/rag_ql_study.py); the others depth 30, weight 0.2 (benchmarks/rag_tune.py).
+    # unset: each reranker's own (RERANK_DEFAULTS)
     rerank_depth: int | None = option(
         None,
-        "how many of the first-stage results the reranker reorders (unset: 5 for query-likelihood, else 30)",
+        "how many of the first-stage results the reranker reorders "
+        f"(unset: {_QL[0]} for query-likelihood, else {_OTHER[0]})",
     )
     rerank_weight: float | None = option(
         None,
         "relevance rerankers: weight of the reranker in its fusion with the first stage (1 = its order "
-        "alone; unset: 1 for query-likelihood, else 0.2)",
+        f"alone; unset: {_QL[1]:g} for query-likelihood, else {_OTHER[1]:g})",
     )
     # rrf: the fusion rerank_depth and rerank_weight were chosen under (benchmarks/rag_tune.py). The
     # min-max weighted sum won the dev-only study (benchmarks/rag_rerank_study.py) by one question of
@@ -107,14 +112,16 @@ class SearchConfig:
         return self.rerank if self.rerank != "none" or self.mode != "hybrid-rerank" else "query-likelihood"
 
     def depth_for(self, rerank: str) -> int:
+        """`rerank_depth`, or `rerank`'s own default when unset."""
         if self.rerank_depth is not None:
             return self.rerank_depth
-        return 5 if rerank == "query-likelihood" else 30
+        return RERANK_DEFAULTS.get(rerank, RERANK_DEFAULT)[0]
 
     def weight_for(self, rerank: str) -> float:
+        """`rerank_weight`, or `rerank`'s own default when unset."""
         if self.rerank_weight is not None:
             return self.rerank_weight
-        return 1.0 if rerank == "query-likelihood" else 0.2
+        return RERANK_DEFAULTS.get(rerank, RERANK_DEFAULT)[1]
 
 
 @dataclass

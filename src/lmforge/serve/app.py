@@ -90,7 +90,7 @@ class ServerState:
             log.info(
                 "lmforge serve: %s ready in %s on the running batch of %d rows",
                 c.model_id,
-                str(lm.engine.dtype).removeprefix("torch."),
+                dtype_name(lm),
                 c.max_batch,
             )
         except Exception as exc:  # noqa: BLE001 - reported by /health and by serve()
@@ -127,6 +127,11 @@ class ServerState:
     def model_ids(self) -> list[str]:
         c = self.config
         return [c.model_id] + ([c.embedding_model] if c.embedding_model else [])
+
+
+def dtype_name(lm: LM) -> str:
+    """The generation model's dtype as `--dtype` spells it ("bfloat16", "float32")."""
+    return str(lm.engine.dtype).removeprefix("torch.")
 
 
 def model_not_found(name: str, known: list[str]) -> p.APIError:
@@ -479,7 +484,7 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
     async def health() -> JSONResponse:
         body = {"status": state.status} | ({"error": state.error} if state.error else {})
         if state.lm is not None:
-            body["dtype"] = str(state.lm.engine.dtype).removeprefix("torch.")
+            body["dtype"] = dtype_name(state.lm)
         return JSONResponse(body, status_code=200 if state.status == "ok" else 503)
 
     @app.get("/metrics", summary="Prometheus metrics")
