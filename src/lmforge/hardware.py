@@ -232,23 +232,31 @@ def probe_key(device: torch.device | str = "cpu") -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
+def cached_probe(section: str, key: str, measure, device: torch.device | str = "cpu"):
+    """`measure()`'s result for `key` in `section` of this machine's probe record, measured on the
+    first call and cached on disk (the record keeps every section; a concurrent writer at worst makes
+    the other one measure again)."""
+    from lmforge.io.atomic import atomic_write_text
+
+    path = cache_dir() / f"{probe_key(device)}.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        record = {}
+    figures = record.setdefault(section, {})
+    if key not in figures:
+        figures[key] = measure()
+        record["machine"] = f"{cpu_model()}, {torch.get_num_threads()} threads"
+        atomic_write_text(path, json.dumps(record, indent=1))
+    return figures[key]
+
+
 def matmul_flops(precision: str, device: torch.device | str = "cpu", seconds: float = 0.3) -> float:
     """Matmul FLOP/s of `precision` on `device` (square 1024 / 4096 matrices, the best of short windows
     so a moment of contention does not lower it), measured once per machine and cached on disk."""
-    from lmforge.io.atomic import atomic_write_text
-
     device = torch.device(device)
-    path = cache_dir() / f"{probe_key(device)}.json"
-    try:
-        cached = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cached = {}
-    flops = cached.get("matmul_flops", {})
-    if precision not in flops:
-        flops[precision] = _measure_matmul(PRECISION_DTYPES[precision], device, seconds)
-        record = {"machine": f"{cpu_model()}, {torch.get_num_threads()} threads", "matmul_flops": flops}
-        atomic_write_text(path, json.dumps(record, indent=1))
-    return float(flops[precision])
+    measure = lambda: _measure_matmul(PRECISION_DTYPES[precision], device, seconds)  # noqa: E731
+    return float(cached_probe("matmul_flops", precision, measure, device))
 
 
 def _measure_matmul(dtype: torch.dtype, device: torch.device, seconds: float) -> float:

@@ -55,7 +55,8 @@ def test_compiled_step_logits_equal_eager(models, family, prompts):
 def test_compiled_step_copies_no_matmul_input(family):
     """At batch 1 the step's matmul inputs keep plain strides. Under inductor a (1, 1, C) result
     viewed as (1, C) gets stride 0 on its size-1 dimension, and the CPU matmul then copies that input
-    before multiplying: the model computes what feeds a matmul as (tokens, C) rows (`as_rows`)."""
+    before multiplying: the model computes what feeds a matmul as (tokens, C) rows (`as_rows`). (Inside
+    the custom op `lmforge::linear_fp32`, as here, the strides reach aten's matmul as they are.)"""
     # a layer count no other test uses: its own graph (same-shaped models share one), with kernel
     # profiling; after this module's other tests it is also past dynamo's default limit of 8 graphs
     engine = Engine(tiny_model(family, seed=12, n_layer=3), compile="compile")
@@ -67,7 +68,8 @@ def test_compiled_step_copies_no_matmul_input(family):
         engine.step(batch, torch.tensor([6]))
     names = [e.name for e in prof.events()]
     assert batch.step_counts == {"compile": 2}
-    assert "aoti_torch_cpu_mm_out" in names  # the profile sees the graph's matmuls
+    # the profile sees the graph's matmuls: float32 linears are the custom op that picks the kernel
+    assert "lmforge::linear_fp32" in names and "aten::mm" in names
     assert "aten::clone" not in names
 
 

@@ -43,6 +43,7 @@ from lmforge.io.atomic import atomic_file
 # the files whose code the exported graph is traced from: editing one must not reuse an old package
 _TRACED = (
     "model/transformer.py",
+    "model/linear.py",
     "model/attention.py",
     "model/position.py",
     "generate/cache.py",

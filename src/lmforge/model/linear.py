@@ -1,31 +1,127 @@
-"""The model's linear layer: `nn.Linear` with a faster single-row path for bfloat16 on the CPU."""
+"""The model's linear layer: `nn.Linear` with faster inference paths on the CPU, chosen per machine."""
 
 from __future__ import annotations
+
+import functools
+import math
+import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+KERNELS = ("aten", "onednn")
+MIN_PROBE_WEIGHT = 1 << 18  # smaller weights stay in cache and cost microseconds: aten, unprobed
+ONEDNN_MARGIN = 1.1  # oneDNN is chosen where the probe measures it at least this much faster
+
 
 class Linear(nn.Linear):
-    """`nn.Linear`, but one row of bfloat16 input on the CPU goes through `torch.addmv`.
+    """`nn.Linear`, with two inference paths on the CPU that read the weight faster:
 
-    With a single row, oneDNN's bf16 matrix-matrix product reads the weight about 1.5x slower than its
-    matrix-vector product (SmolLM2's shapes, `benchmarks/gemv.py`); a one-token decode step is mostly
-    that read. Both accumulate in fp32 and round once, so the results are bit-identical (tested). Under
-    torch.compile the graph keeps `F.linear` (the compiler picks its own kernel, and a branch on the row
-    count would specialise a graph traced with a symbolic batch size)."""
+    - one row of bfloat16 goes through `torch.mv`: oneDNN's bf16 matrix-matrix product reads the
+      weight about 1.5x slower than its matrix-vector product (`benchmarks/gemv.py`); both accumulate
+      in fp32 and round once, so the results are bit-identical (tested); eager only (under
+      torch.compile the compiler picks its own kernel, and a branch on the row count would specialise
+      a graph traced with a symbolic batch size);
+    - float32 without autograd runs oneDNN's linear where a probe on this machine measured it faster
+      than aten's (MKL) for the weight's shape and the row count's bucket (`fp32_kernel`): on a Zen 3
+      with 2 threads MKL streams a wide one-row weight at ~11 GB/s and oneDNN at ~18-22 GB/s, and at 8
+      rows (a served batch) oneDNN is up to 2x faster on the LM head. Compiled and exported graphs
+      call it as the custom op `lmforge::linear_fp32`, which picks the kernel at run time (inductor
+      lowers oneDNN's linear itself only for frozen weights)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
-        if (
-            x.dtype is torch.bfloat16
-            and w.dtype is torch.bfloat16
-            and x.device.type == "cpu"
-            and x.numel() == x.shape[-1]
-            and not torch.compiler.is_compiling()
-        ):
-            v = x.reshape(-1)
-            y = torch.mv(w, v) if self.bias is None else torch.addmv(self.bias, w, v)
-            return y.reshape(*x.shape[:-1], w.shape[0])
+        if x.device.type == "cpu":
+            if x.dtype is torch.float32 and w.dtype is torch.float32:
+                if not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)):
+                    if torch.compiler.is_compiling():
+                        return torch.ops.lmforge.linear_fp32(x, w, self.bias)
+                    return linear_fp32(x, w, self.bias)
+            elif (
+                x.dtype is torch.bfloat16
+                and w.dtype is torch.bfloat16
+                and x.numel() == x.shape[-1]
+                and not torch.compiler.is_compiling()
+            ):
+                v = x.reshape(-1)
+                y = torch.mv(w, v) if self.bias is None else torch.addmv(self.bias, w, v)
+                return y.reshape(*x.shape[:-1], w.shape[0])
         return F.linear(x, w, self.bias)
+
+
+def linear_fp32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`F.linear` for float32 on the CPU through the kernel this machine runs fastest (no autograd)."""
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    if rows and fp32_kernel(*weight.shape, rows) == "onednn":
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
+
+
+@torch.library.custom_op("lmforge::linear_fp32", mutates_args=())
+def _linear_fp32_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return linear_fp32(x, weight, bias)
+
+
+@_linear_fp32_op.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
+def row_bucket(rows: int) -> int:
+    """The row count a probe measures for `rows`: one (a decode step), a served batch, or a prompt."""
+    return 1 if rows <= 1 else 8 if rows <= 32 else 128
+
+
+def fp32_kernel(out_features: int, in_features: int, rows: int) -> str:
+    """Which kernel runs a float32 linear of this shape fastest here ("aten" or "onednn"): measured once
+    per machine, shape and row bucket, cached on disk beside the matmul probe (`lmforge.hardware`)."""
+    return _fp32_kernel(out_features, in_features, row_bucket(rows), torch.get_num_threads())
+
+
+@functools.cache
+def _fp32_kernel(out_features: int, in_features: int, rows: int, threads: int) -> str:
+    if out_features * in_features < MIN_PROBE_WEIGHT or not _has_onednn_linear():
+        return "aten"
+    from lmforge import hardware
+
+    times = hardware.cached_probe(
+        "fp32_linear_seconds",
+        f"{out_features}x{in_features} rows {rows}",
+        lambda: measure_fp32_linear(out_features, in_features, rows),
+    )
+    return "onednn" if times["onednn"] * ONEDNN_MARGIN <= times["aten"] else "aten"
+
+
+@functools.cache
+def _has_onednn_linear() -> bool:
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        x, w = torch.ones(2, 4), torch.ones(3, 4)
+        return torch.equal(torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], ""), x @ w.T)
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def measure_fp32_linear(out_features: int, in_features: int, rows: int, rounds: int = 3) -> dict:
+    """Seconds per call of each kernel, the best of `rounds` alternating passes over enough copies of the
+    weight that they do not fit in a CPU cache (as in a decode step, which streams every layer's)."""
+    g = torch.Generator().manual_seed(0)  # never the global generator
+    copies = max(2, math.ceil((64 << 20) / (out_features * in_features * 4)))
+    weights = [torch.randn(out_features, in_features, generator=g) for _ in range(copies)]
+    x = torch.randn(rows, in_features, generator=g)
+    run = {
+        "aten": lambda w: F.linear(x, w),
+        "onednn": lambda w: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], ""),
+    }
+    best = dict.fromkeys(run, math.inf)
+    with torch.no_grad():
+        for _ in range(rounds):
+            for name, kernel in run.items():
+                kernel(weights[0])
+                start = time.perf_counter()
+                for w in weights:
+                    kernel(w)
+                best[name] = min(best[name], (time.perf_counter() - start) / copies)
+    return best
