@@ -5,6 +5,7 @@ own lowering (the custom op); every other case is `F.linear`."""
 
 from __future__ import annotations
 
+import gc
 import json
 
 import pytest
@@ -147,3 +148,39 @@ def test_fp32_kernel_choice_is_measured_once_per_machine_and_shape(tmp_path, mon
 def test_fp32_probe_times_both_kernels():
     figures = linear.measure_fp32_linear(512, 512, 1, rounds=1)
     assert set(figures) == set(linear.KERNELS) and all(0 < t < 1 for t in figures.values())
+
+
+def test_packed_fp32_weights_equal_f_linear_and_follow_the_weight():
+    """`pack_fp32` gives big float32 weights a oneDNN-packed copy that the inference path reads (eager and
+    compiled); small and bf16 weights are left alone; a weight changed in place is read plain again,
+    and the copy goes with the weight."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(Linear(576, 960), Linear(960, 576, bias=False), Linear(16, 8))
+    half = Linear(576, 960).to(torch.bfloat16)
+    assert linear.pack_fp32(model) == (576 * 960 + 960 * 576) * 4 and linear.pack_fp32(half) == 0
+    big, other, small = model
+    assert linear.packed_weight(big.weight) is not None and linear.packed_weight(small.weight) is None
+    assert linear.pack_fp32(model) == 0  # packed already
+    x = torch.randn(3, 5, 576)
+    with torch.no_grad():
+        for rows in (x[:1, :1], x[0], x):
+            torch.testing.assert_close(big(rows), F.linear(rows, big.weight, big.bias), rtol=1e-5, atol=1e-5)
+        read = []
+        real = linear.packed_weight
+        linear.packed_weight = lambda w: read.append(real(w) is not None) or real(w)
+        try:
+            compiled = torch.compile(model[:2], dynamic=True)
+            torch.testing.assert_close(
+                compiled(x), other(F.linear(x, big.weight, big.bias)), rtol=1e-5, atol=1e-5
+            )
+        finally:
+            linear.packed_weight = real
+        assert len(read) >= 2 and all(read)  # the layers read their packed copies in the compiled graph
+        big.weight.mul_(-1)  # in place: the packed copy is stale
+        assert linear.packed_weight(big.weight) is None
+        torch.testing.assert_close(big(x), F.linear(x, big.weight, big.bias))
+        assert linear.pack_fp32(model) == 576 * 960 * 4  # packed anew
+    key = id(other.weight)
+    del model, big, other, small, compiled
+    gc.collect()
+    assert key not in linear._PACKED

@@ -23,6 +23,12 @@ def minilm():
 
 
 def test_chat_is_smollm2s_own_reply_streamed_or_whole(smollm2_server, smollm2):
+    """The server reads float32 weights in oneDNN's packed layout (--pack-weights, the default), the
+    `smollm2` fixture in this process the plain ones: the same greedy reply."""
+    with smollm2_server.http() as http:
+        health = http.get("/health").json()
+    layers = 30 * (960 * 576 + 576 * 576 + 3072 * 576 + 576 * 1536) + 49152 * 576  # and the tied head
+    assert health["dtype"] == "float32" and health["packed_weights_mb"] == round(layers * 4 / 2**20, 1)
     client = smollm2_server.client()
     args = dict(model="smollm2", messages=MESSAGES, temperature=0, max_tokens=24)
     whole = client.chat.completions.create(**args)

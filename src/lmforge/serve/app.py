@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lmforge.errors import LMForgeError
 from lmforge.generate.batching import Event
 from lmforge.lm import LM, load
+from lmforge.model.linear import pack_fp32
 from lmforge.serve import protocol as p
 from lmforge.serve.config import ServeConfig
 from lmforge.serve.metrics import Metrics
@@ -61,6 +62,7 @@ class ServerState:
         self.scheduler: Scheduler | None = None
         self.tokens: TokenText | None = None
         self.status = "loading"
+        self.packed_bytes = 0  # float32 weights also kept in oneDNN's packed layout (--pack-weights)
         self.error: str | None = None
         self.on_error = on_error
         self.embed_lock = threading.Lock()
@@ -75,6 +77,11 @@ class ServerState:
             if not lm.config.causal:
                 raise LMForgeError(f"--model {c.model} is an encoder: give it as --embedding-model")
             self.embedder = load(c.embedding_model, dtype=c.embedding_dtype) if c.embedding_model else None
+            self.packed_bytes = pack_fp32(lm.model) if c.pack_weights else 0
+            if self.packed_bytes:
+                log.info(
+                    "lmforge serve: %d MB of float32 weights also packed for oneDNN", self.packed_bytes >> 20
+                )
             scheduler = Scheduler(
                 lm,
                 max_batch=c.max_batch,
@@ -485,6 +492,7 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         body = {"status": state.status} | ({"error": state.error} if state.error else {})
         if state.lm is not None:
             body["dtype"] = dtype_name(state.lm)
+            body["packed_weights_mb"] = round(state.packed_bytes / 2**20, 1)
         return JSONResponse(body, status_code=200 if state.status == "ok" else 503)
 
     @app.get("/metrics", summary="Prometheus metrics")

@@ -52,6 +52,11 @@ class ServeConfig:
     embedding_dtype: str = option(
         "float32", "embedding model's weights dtype (float32: /v1/embeddings equals LM.embed; auto as above)"
     )
+    pack_weights: bool = option(
+        True,
+        "float32 on the CPU: keep each linear weight also in oneDNN's packed layout, which batched decode "
+        "reads 1.3-1.8x faster (the weights' memory twice over; lmforge.model.linear.pack_fp32)",
+    )
     threads: int | None = option(None, "torch intra-op threads (unset: torch's choice)")
     log_level: Literal["debug", "info", "warning", "error"] = option("info", "uvicorn's log level")
 
