@@ -29,7 +29,8 @@ class Linear(nn.Linear):
       with 2 threads MKL streams a wide one-row weight at ~11 GB/s and oneDNN at ~18-22 GB/s, and at 8
       rows (a served batch) oneDNN is up to 2x faster on the LM head. Compiled and exported graphs
       call it as the custom op `lmforge::linear_fp32`, which picks the kernel at run time (inductor
-      lowers oneDNN's linear itself only for frozen weights)."""
+      lowers oneDNN's linear itself only for frozen weights). A weight given a packed copy by
+      `pack_fp32` (what `lmforge serve` does) is read from that copy instead."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
