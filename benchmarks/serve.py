@@ -3,8 +3,8 @@
 A load generator with the official `openai` async client: N concurrent clients (1, 4, 8, 16), each
 sending a fixed number of streaming requests one after another (`/v1/completions`, a 128-token prompt
 of its own, 128 new tokens, greedy, `ignore_eos` so every request generates all of them). Each server
-is started afresh for each N with N rows (lmforge `--max-batch N`, llama-server `-np N -c 8192`), both on
-`--threads 2`, and warmed up with one request. Reported per side and N: aggregate generated tokens/s
+is started afresh for each N with N rows (lmforge `--max-batch N`, llama-server `-np N -c 8192`; `--max-batch
+M` gives both M rows at every level instead, e.g. 16, `lmforge serve`'s default), both on `--threads 2`, and warmed up with one request. Reported per side and N: aggregate generated tokens/s
 (all tokens over the wall time of the level), time to first token p50/p95, inter-token latency p50/p95
 (the gaps between a stream's chunks, one token each), failed requests and the server's peak RSS.
 
@@ -154,7 +154,7 @@ def start_lmforge(clients: int, args: argparse.Namespace, log_dir: Path) -> Serv
         "model": "smollm2",
         "port": port,
         "threads": args.threads,
-        "max_batch": clients,
+        "max_batch": args.max_batch or clients,
         "max_queue": 4 * clients,
         "compile": args.compile,
         "dtype": DTYPES[args.precision],
@@ -199,7 +199,7 @@ def start_llama(clients: int, args: argparse.Namespace, tools: Path, gguf: Path,
     port = free_port()
     cmd = [
         str(tools / "llama-server"),
-        "-m", str(gguf), "-t", str(args.threads), "-np", str(clients), "-c", "8192",
+        "-m", str(gguf), "-t", str(args.threads), "-np", str(args.max_batch or clients), "-c", "8192",
         "--host", "127.0.0.1", "--port", str(port), "--alias", "smollm2",
     ]  # fmt: skip
     return Server("llama-server", cmd, port, "smollm2", log_dir / "llama-server.log")
@@ -392,6 +392,9 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--max-batch", type=int, default=None, help="rows of both servers (default: the level's clients)"
+    )
     parser.add_argument(
         "--compile",
         default="auto",

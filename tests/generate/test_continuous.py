@@ -138,6 +138,26 @@ def test_a_long_late_request_moves_the_clock_and_grows_the_cache():
     assert trace[3][2] < 10 and trace[4][2] == 301  # the clock jumped to the long prompt's length
 
 
+def test_steps_run_over_the_rows_up_to_the_last_running_one(lm, monkeypatch):
+    """A batch made for 4 steps only the rows in use: 3 while row 2 runs (a free row 1 below it
+    steps with padding), then a late request takes row 1 (the lowest free), and when row 2 leaves the
+    steps shrink to 2 rows, then to 1; every request still gives its lone tokens."""
+    rows = []  # rows each decode step ran
+    batcher = ContinuousBatcher(lm, max_batch=4)
+    step = batcher.engine.step
+    monkeypatch.setattr(batcher.engine, "step", lambda b, t: rows.append(len(t)) or step(b, t))
+    requests = [
+        ("The first one", dict(max_new_tokens=12)),  # row 0, leaves last
+        ("b", dict(max_new_tokens=3)),  # row 1, leaves first
+        ("xyz", dict(max_new_tokens=6, seed=5, **SAMPLE)),  # row 2
+        ("Hello", dict(max_new_tokens=5)),  # joins row 1 at step 4
+    ]
+    completions, texts, tokens, trace = run_batched(batcher, requests, [0, 0, 0, 4])
+    assert rows == [3] * 5 + [2] * 3 + [1] * 3
+    check_equals_alone(lm, requests, completions, texts, tokens)
+    assert batcher.batch.size == 4
+
+
 def test_cancel_frees_the_row_and_the_others_are_unchanged(lm):
     requests = [
         ("one", dict(max_new_tokens=10)),

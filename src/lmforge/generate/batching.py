@@ -22,7 +22,9 @@ while not batcher.idle:
   starved), so a burst of arrivals waits for one prefill rather than one each. Each takes its first
   token from that prefill, and its keys and values are copied into a free row of the running cache so
   that they end at the cache's shared clock (`Batch.join`); from the next step on it decodes with the
-  others. A request that finishes frees its row at once (`Batch.release`).
+  others. A request that finishes frees its row at once (`Batch.release`). A step runs over the rows up
+  to the last running one only (a join takes the lowest free row): a batch made for 16 that serves 8
+  steps 8 rows, not 16.
 - Each request has its own `GenerationConfig`, processor pipeline (it sees only its own tokens), seeded
   `torch.Generator` (seeded as a lone run seeds it), `StopChecker` and constraint state: it produces the
   tokens it produces alone, whatever runs beside it (to float rounding: a batched matmul may round
@@ -263,7 +265,8 @@ class ContinuousBatcher:
     def _decode(self, events: list[Event]) -> None:
         batch = self.batch
         self._make_room()
-        tokens = torch.full((batch.size,), 0, dtype=torch.long, device=self.engine.device)
+        # rows above the last running one are free: they do not step (a join takes the lowest free row)
+        tokens = torch.zeros(max(self._running) + 1, dtype=torch.long, device=self.engine.device)
         for row, request in self._running.items():
             tokens[row] = request.pending[0]
         logits = self.engine.step(batch, tokens)

@@ -137,6 +137,26 @@ class Batch:
         self.tokens[row, self.length - (end - start) : self.length] = source.tokens[source_row, start:end]
         self._check_padding()
 
+    def head(self, rows: int) -> Batch:
+        """The first `rows` rows as a batch of their own sharing this one's tensors: a step on it writes
+        here (`follow` then takes its clock and step counts)."""
+        cache = self.cache
+        starts = cache.starts[:rows]
+        return Batch(
+            cache=KVCache([t[:rows] for t in cache.k], [t[:rows] for t in cache.v], cache.length, starts),
+            tokens=self.tokens[:rows],
+            prompt_slots=self.prompt_slots,
+            padded=bool(starts.any()),
+            mode=self.mode,
+            aot_checked=self.aot_checked,
+        )
+
+    def follow(self, head: Batch) -> None:
+        """After steps on `head(rows)`: the clock, step counts and checks it moved on."""
+        self.cache.length = head.cache.length
+        self.step_counts.update(head.step_counts)
+        self.last_step, self.aot_checked = head.last_step, head.aot_checked
+
     @torch.inference_mode()
     def release(self, rows: int | list[int]) -> None:
         """Empty rows: their slots are masked out from now on and a `join` can reuse them."""
@@ -377,7 +397,13 @@ class Engine:
 
     @torch.inference_mode()
     def step(self, batch: Batch, tokens: torch.Tensor) -> torch.Tensor:
-        """Append `tokens` (B,) or (B, T) to every row; return their logits (B, V) or (B, T, V)."""
+        """Append `tokens` (B,) or (B, T) to every row; return their logits (B, V) or (B, T, V).
+
+        Tokens for fewer rows than the batch has, R < B, step the first R rows only: the others (free
+        rows of a continuous batch) keep what they hold and are masked out until a sequence joins."""
+        whole = batch
+        if tokens.shape[0] < batch.size:
+            batch = batch.head(tokens.shape[0])
         single = tokens.dim() == 1
         if single:
             tokens = tokens[:, None]
@@ -409,6 +435,8 @@ class Engine:
                 logits = self.compiled_forward(self.model, tokens, positions, batch.cache, mask, rope)
         self._count(batch, kind)
         batch.cache.advance(T)
+        if batch is not whole:
+            whole.follow(batch)
         logits = logits.float()
         return logits[:, 0] if single else logits
 
