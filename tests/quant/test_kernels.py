@@ -85,7 +85,7 @@ def test_int8_linear_paths_equal_dequantize_then_matmul(rows, dtype):
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
-@pytest.mark.parametrize("rows", [1, 5])
+@pytest.mark.parametrize("rows", [1, 5, 150])  # decode, a few rows, prefill (past int4_rows)
 def test_int4_linear_paths_equal_dequantize_then_matmul(rows, symmetric):
     w, b = _weight()
     q = rtn(w, 4, 32, symmetric)
@@ -98,6 +98,21 @@ def test_int4_linear_paths_equal_dequantize_then_matmul(rows, symmetric):
     fallback.path = "dequantize"
     fallback._set_codes(q.codes)
     _check_against_dequantized(fallback, x)
+
+
+def test_int4_inputs_past_the_kernel_rows_dequantize(monkeypatch):
+    """Up to `kernel_rows` rows (measured per machine, `kernels.int4_rows`) take the kernel; more rows
+    (prefill) a matmul on dequantized weights; both equal dequantize-then-matmul."""
+    w, b = _weight()
+    module = Int4Linear(rtn(w, 4, 32), b)
+    assert module.path == "kernel" and module.kernel_rows == kernels.int4_rows(32) >= 1
+    calls = []
+    int4_mm = kernels.int4_mm
+    monkeypatch.setattr(kernels, "int4_mm", lambda x, *a: calls.append(len(x)) or int4_mm(x, *a))
+    module.kernel_rows = 4
+    for rows in (4, 5):
+        _check_against_dequantized(module, torch.randn(rows, 128))
+    assert calls == [4]
 
 
 def test_int4_rows_not_a_multiple_of_16_fall_back():

@@ -4,7 +4,8 @@
   `aten._weight_int8pack_mm`, larger ones (prefill) through a bfloat16 matmul on weights dequantized on
   the fly when that is faster on this CPU (`kernels.int8_rows`, measured).
 - `Int4Linear`: group-wise codes packed for `aten._weight_int4pack_mm_for_cpu`, scale and zero per
-  group. Its checkpoint form is portable (`qweight`: codes two to a byte); the kernel's own layout
+  group; like Int8Linear, inputs of more rows than the kernel is faster for dequantize
+  (`kernels.int4_rows`). Its checkpoint form is portable (`qweight`: codes two to a byte); the kernel's own layout
   is built when the module is made or loaded, and is the only copy of the codes held in memory.
 - `Int8Embedding`: rows of int8 codes with a scale each; with tied embeddings it reads the LM head's
   codes (one copy serves both: a row scale of the embedding is an output-channel scale of the head).
@@ -87,6 +88,7 @@ class Int4Linear(nn.Module):
         self.path = "kernel" if kernels.available("int4") and (fits or meta) else "dequantize"
         self.kernel_dtype = kernels.fast_dtype()  # read by forward (nothing measured in a compiled step)
         self._set_codes(weight.codes)
+        self.kernel_rows = kernels.int4_rows(self.group_size) if self.path == "kernel" else 0
 
     def _set_codes(self, codes: torch.Tensor) -> None:
         """Hold the codes in the form the forward path reads: the kernel's packing, or plain codes."""
@@ -111,12 +113,13 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        if self.path == "kernel":
+        if self.path == "kernel" and rows.shape[0] <= self.kernel_rows:
             dtype = self.kernel_dtype
             y = kernels.int4_mm(rows.to(dtype), self.codes, self.group_size, self.scale_zero).to(x.dtype)
             y = y if self.bias is None else y + self.bias
         else:
-            y = kernels.linear(rows, self.dequantize(x.dtype), self.bias)
+            dtype = self.kernel_dtype if self.path == "kernel" else x.dtype
+            y = kernels.linear(rows.to(dtype), self.dequantize(dtype), self.bias).to(x.dtype)
         return y.view(*x.shape[:-1], self.out_features)
 
     # the checkpoint holds the codes two to a byte (`qweight`), not the kernel's CPU-specific layout
@@ -137,6 +140,7 @@ class Int4Linear(nn.Module):
         codes = kernels.from_nibbles(qweight)
         self.path = "kernel" if kernels.available("int4") and self.out_features % 16 == 0 else "dequantize"
         self._set_codes(codes.cpu() if self.path == "kernel" else codes)
+        self.kernel_rows = kernels.int4_rows(self.group_size) if self.path == "kernel" else 0
 
     def extra_repr(self) -> str:
         return (
