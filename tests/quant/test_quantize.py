@@ -136,13 +136,18 @@ def test_cli_quantize(tmp_path, capsys):
 def test_compiled_decode_with_quantized_weights_equals_eager(tmp_path, options):
     """`lmforge.load(DIR, compile="compile")` of a quantized checkpoint generates the tokens eager does
     (the modules' kernel choices are attributes fixed at build/load time: nothing is measured while
-    tracing)."""
+    tracing), for one prompt and for a padded batch of three, also when every eager int4 input is past
+    the rows its kernel wins at (prefill dequantizes; compiled steps keep the kernel)."""
     lm = LM(tiny_model("llama", vocab_size=320, tie_embeddings=False, seed=3), compile="eager")
     lmforge.quantize(lm, out=tmp_path / "q", report=False, **options)
-    prompt = [[1, 2, 3, 4, 5]]
-    eager = lmforge.load(tmp_path / "q", compile="eager").generate(prompt, max_new_tokens=12, ignore_eos=True)
-    compiled = lmforge.load(tmp_path / "q", compile="compile").generate(
-        prompt, max_new_tokens=12, ignore_eos=True
-    )
-    assert len(set(eager[0].token_ids)) > 6  # a model whose greedy tokens vary
-    assert compiled[0].token_ids == eager[0].token_ids
+    eager_lm = lmforge.load(tmp_path / "q", compile="eager")
+    compiled_lm = lmforge.load(tmp_path / "q", compile="compile")
+    for module in compiled_lm.model.modules():
+        if isinstance(module, Int4Linear):
+            module.kernel_rows = 0
+    for prompts in ([[1, 2, 3, 4, 5]], [[1, 2, 3, 4, 5], [6, 7, 8], [2, 9, 4, 1]]):
+        eager = eager_lm.generate(prompts, max_new_tokens=12, ignore_eos=True)
+        compiled = compiled_lm.generate(prompts, max_new_tokens=12, ignore_eos=True)
+        assert len(set(eager[0].token_ids)) > 6  # a model whose greedy tokens vary
+        assert [c.token_ids for c in compiled] == [e.token_ids for e in eager]
+        assert {c.decode_step for c in compiled} == {"compile"}

@@ -113,7 +113,8 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        if self.path == "kernel" and rows.shape[0] <= self.kernel_rows:
+        # compiled steps keep the kernel: unpacking its layout inside a graph would repeat every step
+        if self.path == "kernel" and (rows.shape[0] <= self.kernel_rows or torch.compiler.is_compiling()):
             dtype = self.kernel_dtype
             y = kernels.int4_mm(rows.to(dtype), self.codes, self.group_size, self.scale_zero).to(x.dtype)
             y = y if self.bias is None else y + self.bias
