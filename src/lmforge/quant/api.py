@@ -167,7 +167,7 @@ def _kernels_line(paths: list[str]) -> str:
         return "none (float weights)"
     text = []
     if "kernel" in paths:
-        text.append(f"torch CPU int8/int4 weight-only kernels, activations in {kernels.fast_dtype()}")
+        text.append(f"torch CPU int8/int4 weight-only kernels, their activations in {kernels.fast_dtype()}")
     if "int_mm" in paths:
         text.append("per-token int8 activations × int8 weights through torch._int_mm (int32 sums)")
     if "dequantize" not in paths:

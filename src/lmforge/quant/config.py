@@ -52,7 +52,7 @@ class QuantizeConfig:
     )
     compute_dtype: Literal["auto", "bfloat16", "float32"] = option(
         "auto",
-        "int8/int4: dtype of activations, norms and biases (auto: bfloat16 where its kernels are faster)",
+        "int8/int4: dtype of activations, norms and biases (auto: bfloat16 where its matmul runs natively and faster)",
     )
     act_clip: Literal["minmax", "percentile"] = option(
         "minmax",

@@ -36,7 +36,7 @@ def compute_dtype(config: QuantizeConfig) -> torch.dtype:
     if config.scheme in ("bf16", "fp16"):
         return {"bf16": torch.bfloat16, "fp16": torch.float16}[config.scheme]
     if config.compute_dtype == "auto":
-        return kernels.fast_dtype()
+        return kernels.matmul_dtype()
     return DTYPES[config.compute_dtype]
 
 

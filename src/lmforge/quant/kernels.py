@@ -6,8 +6,9 @@
   chosen by the kernel (it may depend on the CPU), so checkpoints store the codes two to a byte
   (`nibbles`) and a module packs them for the kernel when built; `unpack_int4` reads the kernel's
   layout back by packing index digits through the kernel itself (no assumption about the layout).
-Both kernels run fast with bfloat16 activations on CPUs with AVX-512 BF16 / AMX and about 10x slower
-with float32 ones; `fast_dtype()` measures which (once per process) instead of trusting the flags.
+Both kernels run bfloat16 activations about 10x faster than float32 ones, on CPUs with AVX-512 BF16 /
+AMX and (measured on a Zen 3) on CPUs without; `fast_dtype()` measures which (once per process). What
+is not a kernel's input (norms, attention, matmuls of dequantized weights) runs in `matmul_dtype()`.
 Where a kernel is missing (another device, an older torch), `available()` says so and the modules
 dequantize and use `F.linear` — the same arithmetic, slower.
 """
@@ -20,7 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from lmforge.hardware import cpu_flags
+from lmforge.hardware import PRECISION_DTYPES, choose_precision
 
 INNER_K_TILES = 8  # what the CPU packer expects for K ≥ 64 (tiles of 8 × 16 × 2 values)
 
@@ -44,10 +45,11 @@ def available(kind: str) -> bool:
 
 @functools.cache
 def fast_dtype() -> torch.dtype:
-    """bfloat16 where the int8 kernel runs faster with bf16 activations than with fp32 (measured on
-    a 1536 × 576 matrix-vector product, SmolLM2's MLP shape), else float32. Without the BF16 flags
-    bf16 is emulated and slow, so the measurement is skipped."""
-    if not available("int8") or not {"avx512_bf16", "amx_bf16"} & cpu_flags():
+    """The activations' dtype for the kernels: bfloat16 where the int8 kernel runs faster with bf16
+    activations than with fp32 (measured once per process on a 1536 × 576 matrix-vector product,
+    SmolLM2's MLP shape), else float32. Not a question of native bf16 alone: on a Zen 3 without it the
+    kernels ran bf16 activations 6-12x faster than float32 ones (and faster than a float32 matmul)."""
+    if not available("int8"):
         return torch.float32
     codes = torch.randint(-127, 128, (1536, 576), dtype=torch.int8)
     times = {}
@@ -55,6 +57,14 @@ def fast_dtype() -> torch.dtype:
         x, scale = torch.randn(1, 576, dtype=dtype), torch.rand(1536, dtype=dtype)
         times[dtype] = _cpu_time(lambda x=x, scale=scale: torch.ops.aten._weight_int8pack_mm(x, codes, scale))
     return min(times, key=times.get)
+
+
+@functools.cache
+def matmul_dtype() -> torch.dtype:
+    """The dtype a quantized model computes the rest in (norms, attention, the matmuls of dequantized
+    weights): bfloat16 where this CPU runs it natively and its matmul probe measures it faster (AMX,
+    AVX-512 BF16), else float32 — `lmforge.hardware.choose_precision("auto")`."""
+    return PRECISION_DTYPES[choose_precision("auto").precision]
 
 
 def aligned(t: torch.Tensor) -> torch.Tensor:
@@ -122,12 +132,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
 
 @functools.cache
 def int8_rows() -> int:
-    """The most input rows for which `_weight_int8pack_mm` beats dequantizing to `fast_dtype()` and a
+    """The most input rows for which `_weight_int8pack_mm` beats dequantizing to `matmul_dtype()` and a
     plain matmul, measured once per process on a 1536 × 576 weight; 0 when the kernel is missing. Decode steps (a
     few rows) take the kernel, prefill (its cost grows with the rows, the matmul's hardly) the other."""
     if not available("int8"):
         return 0
-    dtype = fast_dtype()
+    dtype, mm_dtype = fast_dtype(), matmul_dtype()
     codes = torch.randint(-127, 128, (1536, 576), dtype=torch.int8)
     scale = torch.rand(1536, dtype=dtype)
 
@@ -135,7 +145,8 @@ def int8_rows() -> int:
     for rows in (2, 4, 8, 16, 32, 64, 128, 256):
         x = torch.randn(rows, 576, dtype=dtype)
         kernel = _cpu_time(lambda x=x: int8_mm(x, codes, scale))
-        dequantized = _cpu_time(lambda x=x: F.linear(x, codes.to(dtype) * scale[:, None]))
+        x = x.to(mm_dtype)
+        dequantized = _cpu_time(lambda x=x: F.linear(x, codes.to(mm_dtype) * scale[:, None].to(mm_dtype)))
         if kernel > dequantized:
             break
         best = rows
@@ -145,14 +156,13 @@ def int8_rows() -> int:
 @functools.cache
 def int4_rows(group_size: int) -> int:
     """Like `int8_rows` for `_weight_int4pack_mm_for_cpu` with groups of `group_size` (a 1536 × 1152
-    weight, which 32, 64 and 128 divide): without native bf16 the kernel runs float32 activations far
-    slower than a float32 matmul on prefill-sized inputs (a Zen 3 prefilled SmolLM2 int4 at 9 tok/s),
-    so those dequantize."""
+    weight, which 32, 64 and 128 divide): prefill-sized inputs run faster as a matmul of dequantized
+    weights (a Zen 3, before this choice, prefilled SmolLM2 int4 at 9 tok/s)."""
     if not available("int4"):
         return 0
     from lmforge.quant.formats import dequantize_int4
 
-    dtype = fast_dtype()
+    dtype, mm_dtype = fast_dtype(), matmul_dtype()
     codes = torch.randint(0, 16, (1536, 1152), dtype=torch.uint8)
     scale = torch.rand(1536, 1152 // group_size, dtype=torch.bfloat16)
     zero = torch.rand(1536, 1152 // group_size, dtype=torch.bfloat16)
@@ -162,8 +172,9 @@ def int4_rows(group_size: int) -> int:
     for rows in (2, 4, 8, 16, 32, 64, 128, 256):
         x = torch.randn(rows, 1152, dtype=dtype)
         kernel = _cpu_time(lambda x=x: int4_mm(x, packed, group_size, scale_zero))
+        x = x.to(mm_dtype)
         dequantized = _cpu_time(
-            lambda x=x: F.linear(x, dequantize_int4(codes, scale, zero, group_size, dtype))
+            lambda x=x: F.linear(x, dequantize_int4(codes, scale, zero, group_size, mm_dtype))
         )
         if kernel > dequantized:
             break

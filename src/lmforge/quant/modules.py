@@ -1,16 +1,16 @@
 """Quantized modules that take the place of `nn.Linear` / `nn.Embedding` (through `lmforge.model.swap`).
 
 - `Int8Linear`: int8 codes (N, K) and per-row scales; decode-sized inputs go through
-  `aten._weight_int8pack_mm`, larger ones (prefill) through a bfloat16 matmul on weights dequantized on
-  the fly when that is faster on this CPU (`kernels.int8_rows`, measured).
+  `aten._weight_int8pack_mm`, larger ones (prefill) through a matmul on weights dequantized on the fly
+  when that is faster on this CPU (`kernels.int8_rows`, measured).
 - `Int4Linear`: group-wise codes packed for `aten._weight_int4pack_mm_for_cpu`, scale and zero per
   group; like Int8Linear, inputs of more rows than the kernel is faster for dequantize
   (`kernels.int4_rows`). Its checkpoint form is portable (`qweight`: codes two to a byte); the kernel's own layout
   is built when the module is made or loaded, and is the only copy of the codes held in memory.
 - `Int8Embedding`: rows of int8 codes with a scale each; with tied embeddings it reads the LM head's
   codes (one copy serves both: a row scale of the embedding is an output-channel scale of the head).
-Activations enter the kernels in `kernels.fast_dtype()` (bf16 on CPUs with AVX-512 BF16 / AMX) and
-leave in the dtype they came in. Where a kernel is missing each module dequantizes and uses `F.linear`
+Activations enter the kernels in `kernels.fast_dtype()` (bf16 where measured faster) and leave in the
+dtype they came in; inputs past the kernels' rows multiply weights dequantized to `kernels.matmul_dtype()`. Where a kernel is missing each module dequantizes and uses `F.linear`
 (`.path` says which: "kernel" or "dequantize").
 """
 
@@ -46,6 +46,7 @@ class Int8Linear(nn.Module):
         self.path = "kernel" if kernels.available("int8") and on_cpu else "dequantize"
         self.kernel_rows = kernels.int8_rows() if self.path == "kernel" else 0
         self.kernel_dtype = kernels.fast_dtype()
+        self.matmul_dtype = kernels.matmul_dtype()
         # the scales in the kernel's dtype ahead of time: a cast inside a compiled step leaves the
         # kernel an unrealized input, which inductor's lowering of the int8/int4 kernels rejects
         self.register_buffer("kernel_scale", self.scale.to(self.kernel_dtype), persistent=False)
@@ -65,7 +66,7 @@ class Int8Linear(nn.Module):
             y = kernels.int8_mm(rows.to(self.kernel_dtype), self.qweight, self.kernel_scale).to(x.dtype)
             y = y if self.bias is None else y + self.bias
         else:
-            dtype = self.kernel_dtype if self.path == "kernel" else x.dtype
+            dtype = self.matmul_dtype if self.path == "kernel" else x.dtype
             y = kernels.linear(rows.to(dtype), self.dequantize(dtype), self.bias).to(x.dtype)
         return y.view(*x.shape[:-1], self.out_features)
 
@@ -87,6 +88,7 @@ class Int4Linear(nn.Module):
         fits = self.out_features % 16 == 0 and not meta and weight.codes.device.type == "cpu"
         self.path = "kernel" if kernels.available("int4") and (fits or meta) else "dequantize"
         self.kernel_dtype = kernels.fast_dtype()  # read by forward (nothing measured in a compiled step)
+        self.matmul_dtype = kernels.matmul_dtype()
         self._set_codes(weight.codes)
         self.kernel_rows = kernels.int4_rows(self.group_size) if self.path == "kernel" else 0
 
@@ -119,7 +121,7 @@ class Int4Linear(nn.Module):
             y = kernels.int4_mm(rows.to(dtype), self.codes, self.group_size, self.scale_zero).to(x.dtype)
             y = y if self.bias is None else y + self.bias
         else:
-            dtype = self.kernel_dtype if self.path == "kernel" else x.dtype
+            dtype = self.matmul_dtype if self.path == "kernel" else x.dtype
             y = kernels.linear(rows.to(dtype), self.dequantize(dtype), self.bias).to(x.dtype)
         return y.view(*x.shape[:-1], self.out_features)
 
