@@ -77,3 +77,31 @@ def test_the_queue_limit_takes_a_request_whole_or_not_at_all(lm):
     assert scheduler.active == 3
     with pytest.raises(QueueFull):
         scheduler.submit(tickets[3:])
+
+
+@pytest.mark.slow  # compiles the tiny model's decode graphs (about 20 s)
+def test_a_warmed_up_compiled_batch_never_compiles_again_while_serving(monkeypatch):
+    """After `warm_up`, requests of any length joining and leaving at random run on the graphs it
+    compiled: a recompile mid-serve would stall every stream for seconds. (Eager steps run only the
+    rows in use; compiled ones keep the batch's size, else each row count could be a new graph.)"""
+    import random
+
+    import torch._dynamo
+
+    from lmforge.serve.app import warm_up
+
+    lm = LM(tiny_model("llama", seed=3), None, {}, compile="compile")
+    scheduler = Scheduler(lm, max_batch=4, max_queue=4, metrics=Metrics())
+    warm_up(lm, scheduler)
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    batcher, rng, running = scheduler.batcher, random.Random(0), set()
+    for _ in range(80):
+        if rng.random() < 0.5 and batcher.running + batcher.waiting < 6:
+            prompt = [1 + rng.randrange(50) for _ in range(rng.randint(1, 40))]
+            batcher.add(prompt, max_new_tokens=rng.randint(1, 30), ignore_eos=True)
+        if not batcher.idle:
+            running.add(batcher.running)
+            batcher.step()
+    events = list(batcher.drain())
+    assert running >= {1, 2, 3, 4} and events  # every row count came up
+    assert lm.engine.step_counts["eager"] == 0 and lm.engine.step_counts["compile"] > 50

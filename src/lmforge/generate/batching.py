@@ -24,7 +24,7 @@ while not batcher.idle:
   that they end at the cache's shared clock (`Batch.join`); from the next step on it decodes with the
   others. A request that finishes frees its row at once (`Batch.release`). A step runs over the rows up
   to the last running one only (a join takes the lowest free row): a batch made for 16 that serves 8
-  steps 8 rows, not 16.
+  steps 8 rows, not 16 (eager steps; compiled ones keep the batch's size, the graph warmed up for it).
 - Each request has its own `GenerationConfig`, processor pipeline (it sees only its own tokens), seeded
   `torch.Generator` (seeded as a lone run seeds it), `StopChecker` and constraint state: it produces the
   tokens it produces alone, whatever runs beside it (to float rounding: a batched matmul may round
@@ -265,8 +265,11 @@ class ContinuousBatcher:
     def _decode(self, events: list[Event]) -> None:
         batch = self.batch
         self._make_room()
-        # rows above the last running one are free: they do not step (a join takes the lowest free row)
-        tokens = torch.zeros(max(self._running) + 1, dtype=torch.long, device=self.engine.device)
+        # rows above the last running one are free: they do not step (a join takes the lowest free row).
+        # Compiled steps keep the whole batch: each row count could be another graph to compile mid-serve
+        # (torch.compile specialises batch size 1 and sizes equal to another dimension of the model)
+        rows = batch.size if batch.mode.compile else max(self._running) + 1
+        tokens = torch.zeros(rows, dtype=torch.long, device=self.engine.device)
         for row, request in self._running.items():
             tokens[row] = request.pending[0]
         logits = self.engine.step(batch, tokens)
