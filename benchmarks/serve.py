@@ -3,8 +3,9 @@
 A load generator with the official `openai` async client: N concurrent clients (1, 4, 8, 16), each
 sending a fixed number of streaming requests one after another (`/v1/completions`, a 128-token prompt
 of its own, 128 new tokens, greedy, `ignore_eos` so every request generates all of them). Each server
-is started afresh for each N with N rows (lmforge `--max-batch N`, llama-server `-np N -c 8192`; `--max-batch
-M` gives both M rows at every level instead, e.g. 16, `lmforge serve`'s default), both on `--threads 2`, and warmed up with one request. Reported per side and N: aggregate generated tokens/s
+is started afresh for each N with N rows (lmforge `--max-batch N`, llama-server `-np N -c 8192`;
+`--max-batch M` gives both M rows at every level instead, e.g. 16, `lmforge serve`'s default), both on
+`--threads 2`, and warmed up with one request. Reported per side and N: aggregate generated tokens/s
 (all tokens over the wall time of the level), time to first token p50/p95, inter-token latency p50/p95
 (the gaps between a stream's chunks, one token each), failed requests and the server's peak RSS.
 

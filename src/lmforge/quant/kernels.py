@@ -133,24 +133,19 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
 @functools.cache
 def int8_rows() -> int:
     """The most input rows for which `_weight_int8pack_mm` beats dequantizing to `matmul_dtype()` and a
-    plain matmul, measured once per process on a 1536 × 576 weight; 0 when the kernel is missing. Decode steps (a
-    few rows) take the kernel, prefill (its cost grows with the rows, the matmul's hardly) the other."""
+    plain matmul, measured once per process on a 1536 × 576 weight; 0 when the kernel is missing. Decode
+    steps (a few rows) take the kernel, prefill (its cost grows with the rows, the matmul's hardly) the
+    other."""
     if not available("int8"):
         return 0
-    dtype, mm_dtype = fast_dtype(), matmul_dtype()
+    mm_dtype = matmul_dtype()
     codes = torch.randint(-127, 128, (1536, 576), dtype=torch.int8)
-    scale = torch.rand(1536, dtype=dtype)
-
-    best = 1
-    for rows in (2, 4, 8, 16, 32, 64, 128, 256):
-        x = torch.randn(rows, 576, dtype=dtype)
-        kernel = _cpu_time(lambda x=x: int8_mm(x, codes, scale))
-        x = x.to(mm_dtype)
-        dequantized = _cpu_time(lambda x=x: F.linear(x, codes.to(mm_dtype) * scale[:, None].to(mm_dtype)))
-        if kernel > dequantized:
-            break
-        best = rows
-    return best
+    scale = torch.rand(1536, dtype=fast_dtype())
+    return _rows_kernel_wins(
+        lambda x: int8_mm(x, codes, scale),
+        lambda x: F.linear(x, codes.to(mm_dtype) * scale[:, None].to(mm_dtype)),
+        576,
+    )
 
 
 @functools.cache
@@ -162,21 +157,26 @@ def int4_rows(group_size: int) -> int:
         return 0
     from lmforge.quant.formats import dequantize_int4
 
-    dtype, mm_dtype = fast_dtype(), matmul_dtype()
+    mm_dtype = matmul_dtype()
     codes = torch.randint(0, 16, (1536, 1152), dtype=torch.uint8)
     scale = torch.rand(1536, 1152 // group_size, dtype=torch.bfloat16)
     zero = torch.rand(1536, 1152 // group_size, dtype=torch.bfloat16)
-    packed, scale_zero = pack_int4(codes), scale_and_zero(scale, zero).to(dtype)
+    packed, scale_zero = pack_int4(codes), scale_and_zero(scale, zero).to(fast_dtype())
+    return _rows_kernel_wins(
+        lambda x: int4_mm(x, packed, group_size, scale_zero),
+        lambda x: F.linear(x, dequantize_int4(codes, scale, zero, group_size, mm_dtype)),
+        1152,
+    )
 
+
+def _rows_kernel_wins(kernel, dequantized, width: int) -> int:
+    """The most rows (1, then doubling up to 256) for which `kernel(x)`, x (rows, width) in
+    `fast_dtype()`, takes less CPU time than `dequantized(x)` with x in `matmul_dtype()`."""
     best = 1
     for rows in (2, 4, 8, 16, 32, 64, 128, 256):
-        x = torch.randn(rows, 1152, dtype=dtype)
-        kernel = _cpu_time(lambda x=x: int4_mm(x, packed, group_size, scale_zero))
-        x = x.to(mm_dtype)
-        dequantized = _cpu_time(
-            lambda x=x: F.linear(x, dequantize_int4(codes, scale, zero, group_size, mm_dtype))
-        )
-        if kernel > dequantized:
+        x = torch.randn(rows, width, dtype=fast_dtype())
+        y = x.to(matmul_dtype())
+        if _cpu_time(lambda x=x: kernel(x)) > _cpu_time(lambda y=y: dequantized(y)):
             break
         best = rows
     return best

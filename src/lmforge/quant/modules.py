@@ -5,13 +5,14 @@
   when that is faster on this CPU (`kernels.int8_rows`, measured).
 - `Int4Linear`: group-wise codes packed for `aten._weight_int4pack_mm_for_cpu`, scale and zero per
   group; like Int8Linear, inputs of more rows than the kernel is faster for dequantize
-  (`kernels.int4_rows`). Its checkpoint form is portable (`qweight`: codes two to a byte); the kernel's own layout
-  is built when the module is made or loaded, and is the only copy of the codes held in memory.
+  (`kernels.int4_rows`). Its checkpoint form is portable (`qweight`: codes two to a byte); the kernel's
+  own layout is built when the module is made or loaded, and is the only copy of the codes held in memory.
 - `Int8Embedding`: rows of int8 codes with a scale each; with tied embeddings it reads the LM head's
   codes (one copy serves both: a row scale of the embedding is an output-channel scale of the head).
 Activations enter the kernels in `kernels.fast_dtype()` (bf16 where measured faster) and leave in the
-dtype they came in; inputs past the kernels' rows multiply weights dequantized to `kernels.matmul_dtype()`. Where a kernel is missing each module dequantizes and uses `F.linear`
-(`.path` says which: "kernel" or "dequantize").
+dtype they came in; inputs past the kernels' rows multiply weights dequantized to
+`kernels.matmul_dtype()`. Where a kernel is missing each module dequantizes and uses `F.linear` (`.path`
+says which: "kernel" or "dequantize").
 """
 
 from __future__ import annotations
@@ -90,7 +91,6 @@ class Int4Linear(nn.Module):
         self.kernel_dtype = kernels.fast_dtype()  # read by forward (nothing measured in a compiled step)
         self.matmul_dtype = kernels.matmul_dtype()
         self._set_codes(weight.codes)
-        self.kernel_rows = kernels.int4_rows(self.group_size) if self.path == "kernel" else 0
 
     def _set_codes(self, codes: torch.Tensor) -> None:
         """Hold the codes in the form the forward path reads: the kernel's packing, or plain codes."""
@@ -103,6 +103,7 @@ class Int4Linear(nn.Module):
         self.register_buffer("codes", held, persistent=False)
         scale_zero = kernels.scale_and_zero(self.scale, self.zero).to(self.kernel_dtype)  # see Int8Linear
         self.register_buffer("scale_zero", scale_zero, persistent=False)
+        self.kernel_rows = kernels.int4_rows(self.group_size) if self.path == "kernel" else 0
 
     def int_codes(self) -> torch.Tensor:
         """The codes (N, K) in 0..15."""
@@ -143,7 +144,6 @@ class Int4Linear(nn.Module):
         codes = kernels.from_nibbles(qweight)
         self.path = "kernel" if kernels.available("int4") and self.out_features % 16 == 0 else "dequantize"
         self._set_codes(codes.cpu() if self.path == "kernel" else codes)
-        self.kernel_rows = kernels.int4_rows(self.group_size) if self.path == "kernel" else 0
 
     def extra_repr(self) -> str:
         return (
