@@ -82,8 +82,8 @@ def test_the_queue_limit_takes_a_request_whole_or_not_at_all(lm):
 @pytest.mark.slow  # compiles the tiny model's decode graphs (about 20 s)
 def test_a_warmed_up_compiled_batch_never_compiles_again_while_serving(monkeypatch):
     """After `warm_up`, requests of any length joining and leaving at random run on the graphs it
-    compiled: a recompile mid-serve would stall every stream for seconds. (Eager steps run only the
-    rows in use; compiled ones keep the batch's size, else each row count could be a new graph.)"""
+    compiled: a recompile mid-serve would stall every stream for seconds. Compiled steps run a power
+    of two of rows from 2 (up to the batch's size), eager ones the rows up to the last running one."""
     import random
 
     import torch._dynamo
@@ -91,17 +91,22 @@ def test_a_warmed_up_compiled_batch_never_compiles_again_while_serving(monkeypat
     from lmforge.serve.app import warm_up
 
     lm = LM(tiny_model("llama", seed=3), None, {}, compile="compile")
-    scheduler = Scheduler(lm, max_batch=4, max_queue=4, metrics=Metrics())
+    scheduler = Scheduler(lm, max_batch=6, max_queue=4, metrics=Metrics())
     warm_up(lm, scheduler)
     monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    stepped, step = [], lm.engine.step
+    monkeypatch.setattr(
+        lm.engine, "step", lambda batch, tokens: stepped.append(len(tokens)) or step(batch, tokens)
+    )
     batcher, rng, running = scheduler.batcher, random.Random(0), set()
-    for _ in range(80):
-        if rng.random() < 0.5 and batcher.running + batcher.waiting < 6:
+    for _ in range(200):
+        if rng.random() < 0.5 and batcher.running + batcher.waiting < 8:
             prompt = [1 + rng.randrange(50) for _ in range(rng.randint(1, 40))]
             batcher.add(prompt, max_new_tokens=rng.randint(1, 30), ignore_eos=True)
         if not batcher.idle:
             running.add(batcher.running)
             batcher.step()
     events = list(batcher.drain())
-    assert running >= {1, 2, 3, 4} and events  # every row count came up
+    assert running >= {1, 2, 3, 4, 5, 6} and events  # every row count came up
+    assert set(stepped) == {2, 4, 6}  # the row counts warm_up compiled, each of them used
     assert lm.engine.step_counts["eager"] == 0 and lm.engine.step_counts["compile"] > 50

@@ -262,13 +262,36 @@ class ContinuousBatcher:
         while not self.idle:
             yield from self.step()
 
+    def warm_up(self) -> None:
+        """Run once every kind of decode step this batcher can take, on a scratch batch of its size:
+        compiled steps compile here, not under the first requests (one to two minutes a graph for
+        SmolLM2 on two cores, unless inductor's on-disk cache has it). torch.compile makes a graph for
+        each combination of: with or without a mask (a row that starts after slot 0), and the clock at
+        the cache's last slot or before it (a full-length view of the cache is contiguous, a shorter one
+        is not); each row count `step_rows` uses is run. Eager steps run once too."""
+        if self.batch is not None:
+            raise LMForgeError("warm_up() runs before the first request")
+        capacity = self.fixed_capacity or min(self.engine.max_seq_len, 256)
+        batch = self.engine.empty_batch(self.max_batch, capacity, mode=self.mode)
+        counts = compiled_row_counts(self.max_batch) if self.mode.compile else [self.max_batch]
+        clocks = (max(2, capacity // 2), capacity - 1) if self.mode.compile else (capacity // 2,)
+        with torch.inference_mode():
+            for rows in counts:
+                for padded in (False, True):
+                    for clock in clocks:
+                        batch.cache.length = clock
+                        batch.cache.starts.zero_()
+                        batch.cache.starts[rows - 1] = int(padded)  # a row after slot 0: the mask
+                        batch.padded = padded
+                        self.engine.step(
+                            batch, torch.zeros(rows, dtype=torch.long, device=self.engine.device)
+                        )
+
     def _decode(self, events: list[Event]) -> None:
         batch = self.batch
         self._make_room()
-        # rows above the last running one are free: they do not step (a join takes the lowest free row).
-        # Compiled steps keep the whole batch: each row count could be another graph to compile mid-serve
-        # (torch.compile specialises batch size 1 and sizes equal to another dimension of the model)
-        rows = batch.size if batch.mode.compile else max(self._running) + 1
+        # rows above the last running one are free: they do not step (a join takes the lowest free row)
+        rows = step_rows(max(self._running) + 1, batch.size, batch.mode.compile)
         tokens = torch.zeros(rows, dtype=torch.long, device=self.engine.device)
         for row, request in self._running.items():
             tokens[row] = request.pending[0]
@@ -379,3 +402,19 @@ class ContinuousBatcher:
         if self.fixed_capacity is None and capacity - longest < capacity // 4:
             capacity = min(self.engine.max_seq_len, 2 * capacity)
         batch.relayout(longest, capacity)
+
+
+def step_rows(needed: int, size: int, compiled: bool) -> int:
+    """The rows a decode step runs when the first `needed` of a `size`-row batch are in use: those rows
+    (eager), or the next power of two from 2 up to `size` (compiled: torch.compile makes one graph for
+    every row count from 2, which `warm_up` compiles, and another for exactly one row; a lone request
+    steps 2 rows, about what one costs, and saves compiling that one)."""
+    if not compiled:
+        return needed
+    return min(size, 1 << max(1, (needed - 1).bit_length()))
+
+
+def compiled_row_counts(size: int) -> list[int]:
+    """Every row count `step_rows` gives a compiled `size`-row batch, largest first."""
+    counts = {step_rows(n, size, True) for n in range(1, size + 1)}
+    return sorted(counts, reverse=True)

@@ -204,7 +204,10 @@ def compile_forward() -> Callable[..., torch.Tensor]:
     options = {"cpp_wrapper": True, "size_asserts": False}
     compiled = torch.compile(_forward, dynamic=True, options=options)
     dynamo = {"specialize_float": True, "use_recursive_dict_tags_for_guards": True, "recompile_limit": 64}
-    return torch._dynamo.config.patch(dynamo)(compiled)
+    # no duck sizing: a batch size that happens to equal another size when traced (the KV heads, the
+    # clock) would tie the two, and the graph would compile again when they differ
+    no_duck = torch.fx.experimental._config.patch(use_duck_shape=False)
+    return no_duck(torch._dynamo.config.patch(dynamo)(compiled))
 
 
 def check_compiler() -> None:

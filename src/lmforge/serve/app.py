@@ -151,35 +151,14 @@ def model_not_found(name: str, known: list[str]) -> p.APIError:
 
 
 def warm_up(lm: LM, scheduler: Scheduler) -> None:
-    """Read the token table constraints need (about a second for a 50k vocabulary), and run the batch's
-    decode steps once. A compiled step compiles here, not under the first requests (tens of seconds
-    per graph on a small CPU), each graph torch.compile makes for a running batch: rows that start
-    together (no mask); rows of different lengths (a mask); and those with the clock at the cache's
-    last slot, where a row that joined ahead of its length takes the batch (torch.compile specialises
-    a graph traced where the clock plus one equals the capacity). The lengths keep clear of the batch
-    size, which torch.compile would otherwise tie to them."""
+    """Read the token table constraints need (about a second for a 50k vocabulary), and run each kind of
+    decode step the running batch can take (`ContinuousBatcher.warm_up`: a compiled step compiles
+    here, not under the first requests)."""
     if lm.tokenizer is not None:
         from lmforge.generate.constraints import token_table
 
         token_table(lm.tokenizer, lm.config.vocab_size)
-    token = (lm.tokenizer.bos_token_id if lm.tokenizer is not None else None) or 0
-    batcher = scheduler.batcher
-    if not batcher.mode.compile:
-        batcher.add([token], max_new_tokens=2, ignore_eos=True)
-        for _ in batcher.drain():
-            pass
-        return
-    last = min(lm.config.max_seq_len, 256)  # the capacity the batcher allocates for these
-    for _ in range(scheduler.max_batch):
-        batcher.add([token] * (last - 6), max_new_tokens=6, ignore_eos=True)
-    for _ in batcher.drain():
-        pass
-    batcher.add([token] * (last - 14), max_new_tokens=14, ignore_eos=True)
-    while batcher.batch is None or batcher.batch.length < last - 5:
-        batcher.step()
-    batcher.add([token] * 3, max_new_tokens=8, ignore_eos=True)  # joins at the clock: a mask
-    for _ in batcher.drain():
-        pass
+    scheduler.batcher.warm_up()
 
 
 # -- requests ----------------------------------------------------------------------------------------
