@@ -24,7 +24,7 @@ while not batcher.idle:
   that they end at the cache's shared clock (`Batch.join`); from the next step on it decodes with the
   others. A request that finishes frees its row at once (`Batch.release`). A step runs over the rows up
   to the last running one only (a join takes the lowest free row): a batch made for 16 that serves 8
-  steps 8 rows, not 16 (eager steps; compiled ones keep the batch's size, the graph warmed up for it).
+  steps 8 rows, not 16 (compiled steps: the next power of two from 2, see `step_rows` and `warm_up`).
 - Each request has its own `GenerationConfig`, processor pipeline (it sees only its own tokens), seeded
   `torch.Generator` (seeded as a lone run seeds it), `StopChecker` and constraint state: it produces the
   tokens it produces alone, whatever runs beside it (to float rounding: a batched matmul may round
