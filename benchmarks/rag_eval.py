@@ -1,13 +1,15 @@
 """Retrieval quality of every mode on the shipped RAG sets, side by side with bootstrap intervals:
 bm25, dense, hybrid (RRF), hybrid-rerank (the default: the generator's query likelihood reordering the
-hybrid top 5) and, for comparison, hybrid-rerank with the sentence reranker at its own defaults.
+hybrid top 5, on the queries where BM25's and the dense retriever's best documents differ) and, for
+comparison, hybrid-rerank with the sentence reranker at its own defaults.
 
 - wikipedia: 55 questions over the built-in Wikipedia excerpt (294 section documents);
 - pydoc: 60 questions over the Python 3.11 library reference Debian ships
   (`apt-get install python3.11-doc`; 317 pages, ~13k chunks; indexing takes ~20 min on 2 busy cores).
 
 hybrid-rerank runs with `SearchConfig`'s defaults (reranker, rerank_weight, rerank_depth), which were
-chosen on the development sets rag-*-dev (`benchmarks/rag_ql_study.py`; the sentence reranker's by
+chosen on the development sets rag-*-dev (`benchmarks/rag_ql_study.py`, `rag_gate_study.py` for
+rerank_when; the sentence reranker's by
 `benchmarks/rag_tune.py`), never on these test sets. Each set's entry says
 whether hybrid-rerank beats the best single mode on nDCG@10, and by how much.
 

@@ -122,7 +122,9 @@ def test_query_likelihood_reranker(built, generator):
     first = rag.search(store, q, mode="hybrid", k=4)
     scores = query_likelihood_scores(load_model("smollm2", "auto"), q, [h.text for h in first])
     order = sorted(range(4), key=lambda i: (-scores[i], i))
-    hits = rag.search(store, q, mode="hybrid-rerank", rerank_weight=1.0, k=4, rerank_depth=4)
+    # every query reranked (by default only where BM25 and dense disagree, and here they agree)
+    opts = {"rerank_weight": 1.0, "k": 4, "rerank_depth": 4, "rerank_when": "always"}
+    hits = rag.search(store, q, mode="hybrid-rerank", **opts)
     assert [h.chunk_id for h in hits] == [first[i].chunk_id for i in order]
     assert [h.score for h in hits] == pytest.approx([scores[i] for i in order], abs=1e-4)
 

@@ -201,6 +201,21 @@ def test_ask_passes_every_search_option_to_its_searches(built):
     assert [h.chunk_id for h in hits] == alone
 
 
+def test_rerank_only_where_the_retrievers_disagree(built):
+    """rerank_when="disagree": when BM25's and the dense retriever's best chunks come from one document,
+    the fused order stands; otherwise the reranker runs as always."""
+    _, store, _ = built
+    idx = rag.Index(store, cross_encoder=lambda q, texts: [float("ants" in t) for t in texts])
+    opts = {"mode": "hybrid", "rerank": "cross-encoder", "rerank_weight": 1.0, "k": 1}
+    assert idx.search(QUERY, mode="bm25", k=1)[0].path == idx.search(QUERY, mode="dense", k=1)[0].path
+    assert idx.search(QUERY, **opts)[0].path == "insects.jsonl#ants"
+    assert idx.search(QUERY, rerank_when="disagree", **opts)[0].path == "bread.txt"
+    assert idx.search("water", mode="bm25", k=1)[0].path != idx.search("water", mode="dense", k=1)[0].path
+    assert idx.search("water", rerank_when="disagree", **opts)[0].path == "insects.jsonl#ants"
+    assert rag.SearchConfig(mode="hybrid-rerank").rerank_gate == "disagree"  # its default
+    assert rag.SearchConfig(mode="hybrid-rerank", rerank="sentence").rerank_gate == "always"
+
+
 def test_rerankers(built):
     _, store, _ = built
     idx = rag.Index(store, cross_encoder=lambda q, texts: [float("ants" in t) for t in texts])

@@ -383,6 +383,7 @@ class Index:
             return self._query_cache[key]
         allowed = self.store.filter_ids(cfg.filters) if cfg.filters else None
         n = max(cfg.candidates, cfg.k)
+        rerank = cfg.reranker_used
         if cfg.mode == "bm25":
             ranking = self._bm25_ranking(query, n, allowed)
         elif cfg.mode == "dense":
@@ -394,7 +395,8 @@ class Index:
                 ranking = rrf([dense, sparse], cfg.rrf_k)
             else:
                 ranking = weighted(dense, sparse, cfg.alpha)
-        rerank = cfg.reranker_used
+            if rerank not in ("none", "mmr") and cfg.rerank_gate == "disagree" and self._agree(sparse, dense):
+                rerank = "none"
         if rerank != "none":
             depth = cfg.depth_for(rerank) if rerank != "mmr" else n
             ranking = self._rerank(query, ranking[:depth], rerank, cfg) + ranking[depth:]
@@ -419,6 +421,13 @@ class Index:
         if len(self._query_cache) > 1024:
             self._query_cache.popitem(last=False)
         return hits
+
+    def _agree(self, sparse: list[tuple[int, float]], dense: list[tuple[int, float]]) -> bool:
+        """Whether the two retrievers' best chunks come from the same document."""
+        if not sparse or not dense:
+            return False
+        rows = self.store.chunks([sparse[0][0], dense[0][0]])
+        return rows[sparse[0][0]]["path"] == rows[dense[0][0]]["path"]
 
     def _rerank(
         self, query: str, ranking: list[tuple[int, float]], how: str, cfg: SearchConfig

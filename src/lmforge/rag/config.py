@@ -92,6 +92,14 @@ class SearchConfig:
         "the reranker's and the first stage's scores, each min-max normalized over the reordered chunks "
         "(weighted)",
     )
+    # unset: disagree for hybrid-rerank's query likelihood (benchmarks/rag_gate_study.py, dev sets
+    # only), else always
+    rerank_when: Literal["always", "disagree"] | None = option(
+        None,
+        "relevance rerankers in hybrid modes: rerank every query, or only when BM25's and the dense "
+        "retriever's best chunks come from different documents (when they agree, the fused order stands; "
+        "unset: disagree for hybrid-rerank's query likelihood, else always)",
+    )
     mmr_lambda: float = option(0.7, "MMR trade-off: 1 = relevance only, 0 = diversity only")
     reranker: str = option("smollm2", "the generator the LLM reranker asks 'relevant? yes/no'")
     filters: dict = option(
@@ -110,6 +118,15 @@ class SearchConfig:
     def reranker_used(self) -> str:
         """The reranker a search runs: `rerank`, or query-likelihood for hybrid-rerank when it is none."""
         return self.rerank if self.rerank != "none" or self.mode != "hybrid-rerank" else "query-likelihood"
+
+    @property
+    def rerank_gate(self) -> str:
+        """`rerank_when`, or when unset: disagree for hybrid-rerank's query likelihood (what the dev
+        study chose), always otherwise."""
+        if self.rerank_when is not None:
+            return self.rerank_when
+        default = self.mode == "hybrid-rerank" and self.reranker_used == "query-likelihood"
+        return "disagree" if default else "always"
 
     def depth_for(self, rerank: str) -> int:
         """`rerank_depth`, or `rerank`'s own default when unset."""
