@@ -20,14 +20,14 @@ def _weight(n=96, k=128, seed=0):
 
 def _reference_int4(w: torch.Tensor, group: int, symmetric: bool) -> torch.Tensor:
     """Group-wise RTN straight from the definition: per group of `group` inputs, scale = (max − min) / 15
-    and codes round((w − min) / scale) (symmetric: scale = max|w| / 7, codes round(w / scale) in −7..7),
-    with scale and zero rounded to bfloat16 first, as stored."""
+    and codes round((w − min) / scale) (symmetric: scale = −x / 8 for the x of largest magnitude, codes
+    round(w / scale) in −8..7), with scale and zero rounded to bfloat16 first, as stored."""
     out = torch.empty_like(w)
     for n in range(w.shape[0]):
         for start in range(0, w.shape[1], group):
             x = w[n, start : start + group]
             if symmetric:
-                s = (x.abs().max() / 7).to(torch.bfloat16).float()
+                s = (-x[x.abs().argmax()] / 8).to(torch.bfloat16).float()
                 out[n, start : start + group] = torch.clamp(torch.round(x / s), -8, 7) * s
             else:
                 s = ((x.max() - x.min()) / 15).to(torch.bfloat16).float()
@@ -47,6 +47,20 @@ def test_int4_rtn_matches_the_definition(group, symmetric):
     steps = (w.reshape(96, -1, group).amax(-1) - w.reshape(96, -1, group).amin(-1)) / 15
     if not symmetric:
         assert ((ours - w).abs().reshape(96, -1, group).amax(-1) <= steps * 0.51 + 1e-6).all()
+
+
+def test_symmetric_int4_g32_is_llama_cpp_q4_0():
+    """Symmetric int4 with groups of 32 is Q4_0's format: the gguf package's own Q4_0 round trip agrees,
+    but for the scales' rounding (fp16 there, bf16 here), which moves a few codes by one step."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize, quantize
+
+    w, _ = _weight()
+    q4_0 = dequantize(quantize(w.numpy(), GGMLQuantizationType.Q4_0), GGMLQuantizationType.Q4_0)
+    ours = rtn(w, 4, 32, symmetric=True).dequantize()
+    step = (w.reshape(96, -1, 32).abs().amax(-1) / 8).repeat_interleave(32, dim=1)
+    off = (ours - torch.from_numpy(q4_0).reshape(w.shape)).abs() / step
+    assert off.max() < 1.01 and (off > 0.05).float().mean() < 0.02
 
 
 def test_int8_rtn_matches_the_definition():

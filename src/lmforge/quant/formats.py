@@ -4,7 +4,9 @@
 - int4, group-wise along the input (K/g groups of g columns per row), codes q in 0..15:
   w[n, k] ≈ (q[n, k] − 8) · s[n, k // g] + z[n, k // g] — the form torch's CPU int4 kernel computes.
   Asymmetric: s = (max − min) / 15 and z = min + 8·s, so code 0 is the group's minimum;
-  symmetric: s = max|w| / 7 and z = 0 (codes 1..15, code 0 unused).
+  symmetric: z = 0 and s = −x/8 for the group's value x of largest magnitude (llama.cpp's Q4_0 rule):
+  x gets code 0 and all 16 codes are in use (s is negative when x is positive), a step of max|w|/8
+  where max|w|/7 would leave code 0 unused.
 Scales and zeros are stored in bfloat16 (what the kernels read); codes are computed against the
 rounded scale and zero, so a stored code is the nearest one for the parameters actually stored.
 `QuantizedWeight` is what every method (RTN, GPTQ) returns and every quantized module is built from.
@@ -56,7 +58,8 @@ def int4_params(w: torch.Tensor, symmetric: bool) -> tuple[torch.Tensor, torch.T
     """Scale and zero of each row of `w` (rows are groups here: callers reshape (N, K/g, g) → rows)."""
     w = w.float()
     if symmetric:
-        scale = (w.abs().amax(dim=-1) / 7).clamp(min=1e-8)
+        extreme = w.gather(-1, w.abs().argmax(dim=-1, keepdim=True)).squeeze(-1)
+        scale = torch.where(extreme.abs() < 8e-8, -1e-8, -extreme / 8)  # never zero
         return scale.to(PARAM_DTYPE), torch.zeros_like(scale, dtype=PARAM_DTYPE)
     low, high = w.amin(dim=-1), w.amax(dim=-1)
     scale = ((high - low) / 15).clamp(min=1e-8).to(PARAM_DTYPE)
