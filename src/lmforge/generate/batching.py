@@ -268,12 +268,13 @@ class ContinuousBatcher:
         SmolLM2 on two cores, unless inductor's on-disk cache has it). torch.compile makes a graph for
         each combination of: with or without a mask (a row that starts after slot 0), and the clock at
         the cache's last slot or before it (a full-length view of the cache is contiguous, a shorter one
-        is not); each row count `step_rows` uses is run. Eager steps run once too."""
+        is not); each row count `step_rows` uses is run. Eager steps run once too, over all rows and one."""
         if self.batch is not None:
             raise LMForgeError("warm_up() runs before the first request")
         capacity = self.fixed_capacity or min(self.engine.max_seq_len, 256)
         batch = self.engine.empty_batch(self.max_batch, capacity, mode=self.mode)
-        counts = compiled_row_counts(self.max_batch) if self.mode.compile else [self.max_batch]
+        # eager: a full batch and a lone row (first-call allocations and kernel choices for both)
+        counts = compiled_row_counts(self.max_batch) if self.mode.compile else sorted({self.max_batch, 1})
         clocks = (max(2, capacity // 2), capacity - 1) if self.mode.compile else (capacity // 2,)
         with torch.inference_mode():
             for rows in counts:
