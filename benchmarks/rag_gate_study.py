@@ -20,42 +20,21 @@ Writes benchmarks/results/rag_gate_study.json (CPU, load average).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 
-from rag_dev import METRIC, SETS, finish, margin_table, run_studies
-from rag_ql_study import SCORED, memoize_query_likelihood
+from rag_dev import SETS, finish, margin_table, run_studies
+from rag_ql_study import memoize_query_likelihood, score_variants
 
 RESULTS = Path(__file__).parent / "results" / "rag_gate_study.json"
 BASE = {"rerank": "query-likelihood", "rerank_depth": 5, "rerank_weight": 1.0}
 # "disagree" first: its seconds per query are its own cost, "always" then pays only the other pairs
 VARIANTS = {"disagree": {**BASE, "rerank_when": "disagree"}, "always": {**BASE, "rerank_when": "always"}}
-K = 10
 
 
 def study(idx, queries: dict[str, str], judged: dict[str, dict[str, int]]) -> dict:
-    from lmforge.eval.metrics import retrieval
-    from lmforge.rag.api import document_run
-
-    value = {}
-    for mode in ("bm25", "dense", "hybrid"):
-        per = retrieval.per_query(document_run(idx, queries, mode, K), judged, [METRIC])[METRIC]
-        value[mode] = float(np.mean(list(per.values())))
-    best_single = max(value, key=value.get)
-    out = {"single": value, "best_single": best_single, "variants": {}}
-    for name, options in VARIANTS.items():
-        start, before = time.perf_counter(), len(SCORED)
-        run = document_run(idx, queries, "hybrid-rerank", K, **options)
-        per = retrieval.per_query(run, judged, [METRIC])[METRIC]
-        ndcg = float(np.mean(list(per.values())))
-        out["variants"][name] = {
-            METRIC: ndcg,
-            "margin": ndcg - value[best_single],
-            "seconds_per_query": (time.perf_counter() - start) / len(queries),
-            "pairs_scored": len(SCORED) - before,
-        }
+    out = score_variants(idx, queries, judged, VARIANTS)
     diag = {"questions": len(queries), "agree": 0, "agree_hybrid_top1_right": 0}
     for qid, text in queries.items():
         relevant = {p for p, g in judged[qid].items() if g > 0}

@@ -62,7 +62,9 @@ def memoize_query_likelihood() -> None:
     rerank.query_likelihood_scores = memoized
 
 
-def study(idx, queries: dict[str, str], judged: dict[str, dict[str, int]]) -> dict:
+def score_variants(idx, queries: dict[str, str], judged: dict[str, dict[str, int]], variants: dict) -> dict:
+    """nDCG@10 of bm25 / dense / hybrid, and of each hybrid-rerank variant with its margin over the best
+    of them, its seconds per query and the (query, passage) pairs it scored first."""
     from lmforge.eval.metrics import retrieval
     from lmforge.rag.api import document_run
 
@@ -72,7 +74,7 @@ def study(idx, queries: dict[str, str], judged: dict[str, dict[str, int]]) -> di
         value[mode] = float(np.mean(list(per.values())))
     best_single = max(value, key=value.get)
     out = {"single": value, "best_single": best_single, "variants": {}}
-    for name, options in VARIANTS.items():
+    for name, options in variants.items():
         start, before = time.perf_counter(), len(SCORED)
         run = document_run(idx, queries, "hybrid-rerank", K, **options)
         per = retrieval.per_query(run, judged, [METRIC])[METRIC]
@@ -83,6 +85,11 @@ def study(idx, queries: dict[str, str], judged: dict[str, dict[str, int]]) -> di
             "seconds_per_query": (time.perf_counter() - start) / len(queries),
             "pairs_scored": len(SCORED) - before,
         }
+    return out
+
+
+def study(idx, queries: dict[str, str], judged: dict[str, dict[str, int]]) -> dict:
+    out = score_variants(idx, queries, judged, VARIANTS)
     diag = {"questions": len(queries), "hybrid_top1_wrong": 0, "fixed": 0, "broken": 0}
     for qid, text in queries.items():
         relevant = {p for p, g in judged[qid].items() if g > 0}

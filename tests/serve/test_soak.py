@@ -116,13 +116,7 @@ def test_soak_with_every_kind_of_request(tmp_path):
     # flat memory: after the first quarter (allocator and caches warming up), the largest reading of the
     # last quarter stays within 5% of the second quarter's largest
     quarter = samples[-1][0] / 4
-    second = max(m for t, m in samples if quarter <= t < 2 * quarter)
-    last = max(m for t, m in samples if t >= 3 * quarter)
-    print(
-        f"{len(results)} requests; RSS max by quarter, MB:",
-        [
-            max(m for t, m in samples if q * quarter <= t < (q + 1) * quarter + (q == 3)) >> 20
-            for q in range(4)
-        ],
-    )
+    peaks = [max(m for t, m in samples if min(int(t // quarter), 3) == q) for q in range(4)]
+    print(f"{len(results)} requests; RSS max by quarter, MB:", [p >> 20 for p in peaks])
+    second, last = peaks[1], peaks[3]
     assert last <= second * 1.05, f"RSS grew from {second >> 20} MB to {last >> 20} MB"
