@@ -10,7 +10,9 @@ to `min_lr`; it is a pure function of the step, so resuming needs only the step 
 (momentum, then the update orthogonalised by Newton–Schulz iterations) and everything else (embeddings,
 the output head, norms, biases) to AdamW, the split of the modded-nanogpt speedruns and Moonlight.
 Muon's step is scaled to AdamW's update RMS (Moonlight's 0.2·√max(rows, cols)), so one learning rate
-and weight decay serve both.
+and weight decay serve both. The Newton–Schulz iterations run in the precision `--precision auto` picks
+for the parameters' device: PyTorch's Muon always iterates in bfloat16, which a CPU without native bf16
+emulates — on an AMD Zen 3, 1.4 s per 384 x 1536 matrix, 36 s of every gpt-nano step.
 """
 
 from __future__ import annotations
@@ -84,8 +86,68 @@ def build_optimizer(
         rest += [kept] if kept["params"] else []
     if not muon_group["params"]:
         return torch.optim.AdamW(groups, **adamw)
-    muon = torch.optim.Muon([muon_group], lr=lr, adjust_lr_fn="match_rms_adamw")
+    muon = Muon([muon_group], lr=lr, adjust_lr_fn="match_rms_adamw")
     return MuonAdamW(muon, torch.optim.AdamW(rest, **adamw) if rest else None)
+
+
+def newton_schulz(
+    g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float, dtype: torch.dtype
+) -> torch.Tensor:
+    """The quintic Newton–Schulz iteration in `dtype`: g scaled to spectral norm <= 1, then `steps` of
+    X <- aX + (bA + cA²)X with A = XXᵀ, which pushes every singular value toward 1 (an approximate UVᵀ).
+    Iterates on the wide orientation, so A is the smaller Gram matrix."""
+    a, b, c = coefficients
+    tall = g.size(0) > g.size(1)
+    x = g.to(dtype).T if tall else g.to(dtype)
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if tall else x
+
+
+class Muon(torch.optim.Muon):
+    """PyTorch's Muon (same options, groups and `momentum_buffer` state, so either loads the other's
+    state dict) with the Newton–Schulz iterations in `ns_dtype`: by default the precision
+    `choose_precision("auto")` picks for the parameters' device, bfloat16 only where it runs natively
+    and fast."""
+
+    def __init__(self, params, *args, ns_dtype: torch.dtype | None = None, **kwargs) -> None:
+        super().__init__(params, *args, **kwargs)
+        if ns_dtype is None:
+            from lmforge.hardware import PRECISION_DTYPES, choose_precision
+
+            device = self.param_groups[0]["params"][0].device
+            ns_dtype = PRECISION_DTYPES[choose_precision("auto", device).precision]
+        self.ns_dtype = ns_dtype
+
+    @torch.no_grad()
+    def step(self, closure: None = None) -> None:
+        for group in self.param_groups:
+            lr, momentum = group["lr"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad)
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - momentum)
+                update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
+                update = newton_schulz(
+                    update, group["ns_coefficients"], group["ns_steps"], group["eps"], self.ns_dtype
+                )
+                p.mul_(1 - lr * group["weight_decay"])
+                p.add_(update.to(p.dtype), alpha=-lr * _rms_ratio(group["adjust_lr_fn"], p.shape))
+
+
+def _rms_ratio(rule: str | None, shape: torch.Size) -> float:
+    """How Muon's orthogonalised step is scaled: Moonlight's 0.2·√max(rows, cols) to match AdamW's
+    update RMS, or Keller Jordan's original √max(1, rows/cols)."""
+    rows, cols = shape[:2]
+    if rule == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(rows, cols))
+    return math.sqrt(max(1.0, rows / cols))
 
 
 class MuonAdamW:
