@@ -123,7 +123,7 @@ def gguf_files(tools: Path) -> dict[str, Path]:
     return files
 
 
-def llama_side(kind: str, gguf: Path, tools: Path, args, text_file: Path) -> dict:
+def llama_side(kind: str, gguf: Path, tools: Path, args, text_file: Path, context: int = 512) -> dict:
     row: dict = {"side": f"llama.cpp {kind}"}
     cmd = [str(tools / "llama-bench"), "-m", str(gguf), "-t", str(args.threads), "-p", "128"]
     cmd += ["-n", str(args.new_tokens), "-r", "3", "-o", "json", *args.llama_bench_flags]
@@ -137,8 +137,8 @@ def llama_side(kind: str, gguf: Path, tools: Path, args, text_file: Path) -> dic
     for test in json.loads(run.stdout):
         key = "prefill_tok_s" if test["n_prompt"] else "decode_tok_s_eager"
         row[key] = test["avg_ts"]
-    cmd = [str(tools / "llama-perplexity"), "-m", str(gguf), "-f", str(text_file), "-c", "512"]
-    cmd += ["-t", str(args.threads), "-b", "512", *(["--no-repack"] if row.get("repack") == 0 else [])]
+    cmd = [str(tools / "llama-perplexity"), "-m", str(gguf), "-f", str(text_file), "-c", str(context)]
+    cmd += ["-t", str(args.threads), "-b", str(context), *(["--no-repack"] if row.get("repack") == 0 else [])]
     run = subprocess.run(cmd, capture_output=True, text=True)
     match = re.search(r"Final estimate: PPL = ([0-9.]+)", run.stdout + run.stderr)
     row["perplexity"] = float(match.group(1)) if match else None
