@@ -232,6 +232,19 @@ def probe_key(device: torch.device | str = "cpu") -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
+def on_cpu(probe):
+    """`probe` run with the CPU as the default device: `lmforge.load` builds a model under
+    `torch.device("meta")`, and a measurement made while it does (a quantized module choosing its kernel
+    when built) would otherwise time meta tensors, which do no work."""
+
+    @functools.wraps(probe)
+    def run(*args, **kwargs):
+        with torch.device("cpu"):
+            return probe(*args, **kwargs)
+
+    return run
+
+
 def cached_probe(section: str, key: str, measure, device: torch.device | str = "cpu"):
     """`measure()`'s result for `key` in `section` of this machine's probe record, measured on the
     first call and cached on disk (the record keeps every section; a concurrent writer at worst makes
@@ -245,7 +258,7 @@ def cached_probe(section: str, key: str, measure, device: torch.device | str = "
         record = {}
     figures = record.setdefault(section, {})
     if key not in figures:
-        figures[key] = measure()
+        figures[key] = on_cpu(measure)()
         record["machine"] = f"{cpu_model()}, {torch.get_num_threads()} threads"
         atomic_write_text(path, json.dumps(record, indent=1))
     return figures[key]

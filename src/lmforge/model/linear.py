@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmforge import hardware
+
 KERNELS = ("aten", "onednn")
 MIN_PROBE_WEIGHT = 1 << 18  # smaller weights stay in cache and cost microseconds: aten, unprobed
 ONEDNN_MARGIN = 1.1  # oneDNN is chosen where the probe measures it at least this much faster
@@ -127,8 +129,6 @@ def fp32_kernel(out_features: int, in_features: int, rows: int) -> str:
 def _fp32_kernel(out_features: int, in_features: int, rows: int, threads: int) -> str:
     if out_features * in_features < MIN_PROBE_WEIGHT or not _has_onednn_linear():
         return "aten"
-    from lmforge import hardware
-
     times = hardware.cached_probe(
         "fp32_linear_seconds",
         f"{out_features}x{in_features} rows {rows}",
@@ -138,6 +138,7 @@ def _fp32_kernel(out_features: int, in_features: int, rows: int, threads: int) -
 
 
 @functools.cache
+@hardware.on_cpu
 def _has_onednn_linear() -> bool:
     if not torch.backends.mkldnn.is_available():
         return False

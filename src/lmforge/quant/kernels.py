@@ -21,12 +21,13 @@ import time
 import torch
 import torch.nn.functional as F
 
-from lmforge.hardware import PRECISION_DTYPES, choose_precision
+from lmforge.hardware import PRECISION_DTYPES, choose_precision, on_cpu
 
 INNER_K_TILES = 8  # what the CPU packer expects for K ≥ 64 (tiles of 8 × 16 × 2 values)
 
 
 @functools.cache
+@on_cpu
 def available(kind: str) -> bool:
     """Whether torch has the CPU kernel for `kind` ("int8" or "int4") and it runs here."""
     x = torch.randn(1, 64, dtype=torch.bfloat16)
@@ -44,6 +45,7 @@ def available(kind: str) -> bool:
 
 
 @functools.cache
+@on_cpu
 def fast_dtype() -> torch.dtype:
     """The activations' dtype for the kernels: bfloat16 where the int8 kernel runs faster with bf16
     activations than with fp32 (measured once per process on a 1536 × 576 matrix-vector product,
@@ -131,6 +133,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
 
 
 @functools.cache
+@on_cpu
 def int8_rows() -> int:
     """The most input rows for which `_weight_int8pack_mm` beats dequantizing to `matmul_dtype()` and a
     plain matmul, measured once per process on a 1536 × 576 weight; 0 when the kernel is missing. Decode
@@ -149,6 +152,7 @@ def int8_rows() -> int:
 
 
 @functools.cache
+@on_cpu
 def int4_rows(group_size: int) -> int:
     """Like `int8_rows` for `_weight_int4pack_mm_for_cpu` with groups of `group_size` (a 1536 × 1152
     weight, which 32, 64 and 128 divide): prefill-sized inputs run faster as a matmul of dequantized
