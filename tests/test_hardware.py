@@ -130,3 +130,10 @@ def test_training_steps_reuse_freed_memory_instead_of_faulting_it_in_again():
     # by default the steps' big activations and gradients go back to the kernel when freed and come
     # back as fresh zeroed pages (~33k page faults a step here); kept, they are reused (~0 here)
     assert int(kept) * 5 < int(default), (kept, default)
+
+
+def test_probe_measures_on_the_cpu_under_a_meta_default_device(tmp_path, monkeypatch):
+    monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path))
+    with torch.device("meta"):
+        seen = hardware.cached_probe("test", "device", lambda: str(torch.empty(1).device))
+    assert seen == "cpu"
