@@ -13,10 +13,11 @@ and quantization-aware training against plain RTN.
 Every model is scored the same way: perplexity on the first `--ppl-chars` characters of The Tempest
 (256-token windows, stride 128: the model's context), and the change in log-perplexity (mean loss, nats)
 against the trained fp32 model; decode tokens/s as in benchmarks/quantize.py (eager steps, greedy).
+QAT's recovery is (loss RTN - loss QAT) / (loss RTN - loss fp32): the share of RTN int4's loss that QAT
+wins back (aim: at least half; undefined where RTN int4 costs nothing).
 4. llama.cpp on the same model: `lmforge convert DIR nano.F32.gguf --to gguf --type f32`, then llama.cpp's
    own `llama-quantize` to Q8_0 and Q4_0; `llama-perplexity -c 256` on the same text (its protocol: the
-   second half of each chunk scored, so compared as changes against its F32) and `llama-bench -n 128`. QAT's recovery is (loss RTN - loss QAT) / (loss RTN - loss fp32): the
-share of RTN int4's loss that QAT wins back (aim: at least half).
+   second half of each chunk scored, so compared as changes against its F32) and `llama-bench -n 128`.
 
     python benchmarks/quantize_trained.py [--train-minutes 30] [--optimizer adamw] [--qat-steps 150]
 """
@@ -174,11 +175,12 @@ def main() -> None:
     print("fp32", json.dumps(rows["fp32"]), flush=True)
     for name, options in VARIANTS.items():
         out = cache / name.replace(" ", "-").replace("(", "").replace(")", "")
-        began = time.perf_counter()
-        if not (out / "config.json").exists():
+        rows[name] = {"options": options}
+        if not (out / "config.json").exists():  # timed only where this run quantizes
+            began = time.perf_counter()
             lmforge.quantize(str(model), out=out, report=False, **options)
-        rows[name] = score(lmforge.load(out), text, args.new_tokens) | {"options": options}
-        rows[name]["quantize_s"] = round(time.perf_counter() - began, 1)
+            rows[name]["quantize_s"] = round(time.perf_counter() - began, 1)
+        rows[name] |= score(lmforge.load(out), text, args.new_tokens)
         print(name, json.dumps(rows[name]), flush=True)
     qat = finetune(model, cache / f"qat-{args.qat_steps}", args, qat=True)
     rows["int4 g64 QAT"] = score(lmforge.load(qat), text, args.new_tokens)
