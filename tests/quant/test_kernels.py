@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmforge.quant import kernels
+from lmforge.quant import kernels, native
 from lmforge.quant.formats import rtn
 from lmforge.quant.modules import Int4Linear, Int8Embedding, Int8Linear
 
@@ -89,13 +89,65 @@ def _check_against_dequantized(module, x: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("rows", [1, 3, 300])  # decode, a few rows, prefill (past int8_rows)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_int8_linear_paths_equal_dequantize_then_matmul(rows, dtype):
+@pytest.mark.parametrize("kernel", ["native", "kernel"])  # lmforge's kernel or torch's
+def test_int8_linear_paths_equal_dequantize_then_matmul(rows, dtype, kernel, monkeypatch):
+    assert native.available(), native.reason()  # built with the system C compiler; a failure, not a skip
+    monkeypatch.setattr(kernels, "native_int8", lambda: kernel == "native")  # the probe's choice, both ways
     w, b = _weight()
     module = Int8Linear(rtn(w, 8), b, dtype)
+    assert module.path == kernel
     x = torch.randn(rows, 128).to(dtype)
     _check_against_dequantized(module, x)
     module.path = "dequantize"  # the fallback where the kernel is missing
     _check_against_dequantized(module, x)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9])  # every row count a pass handles, and two passes
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_native_int8_kernel_equals_the_definition(rows, dtype):
+    """out = x · (codes · scale)ᵀ + bias in float64 from the definition; in bf16 the kernel rounds its
+    float32 sums once. Inputs of 96 (three blocks of 32) and 45 outputs (not a multiple of anything)."""
+    g = torch.Generator().manual_seed(rows)
+    codes = torch.randint(-127, 128, (45, 96), dtype=torch.int8, generator=g)
+    scale, bias = torch.rand(45, generator=g) * 0.01, torch.randn(45, generator=g)
+    x = torch.randn(rows, 96, generator=g).to(dtype)
+    ref = x.double() @ (codes.double() * scale.double()[:, None]).T
+    for b in (None, bias):
+        y = native.int8_mm(x, codes, scale, b)
+        expected = ref if b is None else ref + b.double()
+        assert y.dtype == dtype and y.shape == (rows, 45)
+        tol = 1e-5 if dtype == torch.float32 else BF16_ULP
+        torch.testing.assert_close(y.double(), expected, rtol=tol, atol=tol * expected.abs().max().item())
+
+
+def test_native_kernel_builds_once_into_the_cache(tmp_path, monkeypatch):
+    """Built on first use into the lmforge cache (a temporary file renamed in: nothing half-written is
+    left), reused by the next process; without a working compiler the modules fall back to torch's
+    kernel and `reason()` says why."""
+    monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path))
+    native.library.cache_clear()
+    try:
+        assert native.available(), native.reason()
+        built = list((tmp_path / "native").iterdir())
+        assert len(built) == 1 and built[0].suffix == ".so"
+        mtime = built[0].stat().st_mtime_ns
+        native.library.cache_clear()
+        assert native.available() and built[0].stat().st_mtime_ns == mtime  # found, not built again
+        native.library.cache_clear()
+        monkeypatch.setenv("CC", "false")  # a compiler that fails (another compiler: another build)
+        assert not native.available() and native.reason().startswith("could not build native.c")
+        assert list((tmp_path / "native").iterdir()) == built  # no temporary left behind
+        monkeypatch.setenv("LMFORGE_NATIVE_KERNELS", "0")
+        native.library.cache_clear()
+        kernels.native_int8.cache_clear()
+        assert native.reason() == "LMFORGE_NATIVE_KERNELS=0"
+        w, _ = _weight()
+        assert Int8Linear(rtn(w, 8), None).path == ("kernel" if kernels.available("int8") else "dequantize")
+    finally:
+        monkeypatch.undo()
+        native.library.cache_clear()
+        kernels.native_int8.cache_clear()
+    assert native.available()
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
@@ -166,7 +218,14 @@ def test_probes_time_cpu_tensors_while_load_builds_on_meta(tmp_path, monkeypatch
         out=tmp_path / "q",
         report=False,
     )
-    probes = (kernels.available, kernels.fast_dtype, kernels.int8_rows, kernels.int4_rows)
+    probes = (
+        kernels.available,
+        kernels.fast_dtype,
+        kernels.int8_rows,
+        kernels.int4_rows,
+        kernels.native_int8,
+        kernels.native_int8_rows,
+    )
     devices = []
     timed = kernels._cpu_time
 
@@ -185,4 +244,5 @@ def test_probes_time_cpu_tensors_while_load_builds_on_meta(tmp_path, monkeypatch
         for probe in probes:
             probe.cache_clear()  # the next test measures again, without the recorder
     assert devices and set(devices) == {torch.device("cpu")}
-    assert loaded.model.blocks[0].mlp.fc.kernel_dtype == kernels.fast_dtype()
+    fc = loaded.model.blocks[0].mlp.fc
+    assert fc.kernel_dtype == (torch.float32 if fc.path == "native" else kernels.fast_dtype())

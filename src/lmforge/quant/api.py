@@ -14,7 +14,7 @@ from lmforge import hardware
 from lmforge.errors import LMForgeError
 from lmforge.io.atomic import atomic_write_text
 from lmforge.options import configure
-from lmforge.quant import kernels, report
+from lmforge.quant import kernels, native, report
 from lmforge.quant.config import QuantizeConfig
 from lmforge.quant.convert import compute_dtype, describe, plan, quantize_model, rtn_weights
 from lmforge.quant.modules import is_quantized
@@ -171,8 +171,12 @@ def _kernels_line(paths: list[str]) -> str:
     if not paths:
         return "none (float weights)"
     text = []
+    if "native" in paths:
+        text.append("lmforge's own int8 decode kernel (native.c, built for this CPU)")
     if "kernel" in paths:
         text.append(f"torch CPU int8/int4 weight-only kernels, their activations in {kernels.fast_dtype()}")
+        if not native.available():
+            text.append(f"lmforge's int8 decode kernel not used: {native.reason()}")
     if "int_mm" in paths:
         text.append("per-token int8 activations × int8 weights through torch._int_mm (int32 sums)")
     if "dequantize" not in paths:

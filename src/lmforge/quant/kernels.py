@@ -173,12 +173,51 @@ def int4_rows(group_size: int) -> int:
     )
 
 
-def _rows_kernel_wins(kernel, dequantized, width: int) -> int:
+@functools.cache
+@on_cpu
+def native_int8() -> bool:
+    """Whether lmforge's own int8 kernel (`native.py`) is built here and multiplies one row by weights
+    streamed from memory (48 copies of a 1536 × 576 weight, more than the caches hold, as a decode step
+    reads its layers) faster than `_weight_int8pack_mm`, each in its activation dtype; measured once per
+    process. On a Zen 3 (2 threads) it read the weights at 12-20 GB/s, torch's kernel at 6-10."""
+    from lmforge.quant import native
+
+    if not native.available():
+        return False
+    if not available("int8"):
+        return True
+    codes = torch.randint(-127, 128, (1536, 576), dtype=torch.int8)
+    copies = [codes.clone() for _ in range(48)]
+    scale, x = torch.rand(1536), torch.randn(1, 576)
+    x_fast, scale_fast, x = x.to(fast_dtype()), scale.to(fast_dtype()), x.to(matmul_dtype())
+    ours = _cpu_time(lambda: [native.int8_mm(x, c, scale, None) for c in copies], runs=3)
+    return ours < _cpu_time(lambda: [int8_mm(x_fast, c, scale_fast) for c in copies], runs=3)
+
+
+@functools.cache
+@on_cpu
+def native_int8_rows() -> int:
+    """Like `int8_rows` for the native kernel (activations in `matmul_dtype()`)."""
+    from lmforge.quant import native
+
+    mm_dtype = matmul_dtype()
+    codes = torch.randint(-127, 128, (1536, 576), dtype=torch.int8)
+    scale = torch.rand(1536)
+    return _rows_kernel_wins(
+        lambda x: native.int8_mm(x, codes, scale, None),
+        lambda x: F.linear(x, codes.to(mm_dtype) * scale[:, None].to(mm_dtype)),
+        576,
+        kernel_dtype=mm_dtype,
+    )
+
+
+def _rows_kernel_wins(kernel, dequantized, width: int, kernel_dtype: torch.dtype | None = None) -> int:
     """The most rows (1, then doubling up to 256) for which `kernel(x)`, x (rows, width) in
-    `fast_dtype()`, takes less CPU time than `dequantized(x)` with x in `matmul_dtype()`."""
+    `kernel_dtype` (`fast_dtype()` when None), takes less CPU time than `dequantized(x)` with x in
+    `matmul_dtype()`."""
     best = 1
     for rows in (2, 4, 8, 16, 32, 64, 128, 256):
-        x = torch.randn(rows, width, dtype=fast_dtype())
+        x = torch.randn(rows, width, dtype=kernel_dtype or fast_dtype())
         y = x.to(matmul_dtype())
         if _cpu_time(lambda x=x: kernel(x)) > _cpu_time(lambda y=y: dequantized(y)):
             break

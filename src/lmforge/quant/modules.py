@@ -1,8 +1,9 @@
 """Quantized modules that take the place of `nn.Linear` / `nn.Embedding` (through `lmforge.model.swap`).
 
-- `Int8Linear`: int8 codes (N, K) and per-row scales; decode-sized inputs go through
-  `aten._weight_int8pack_mm`, larger ones (prefill) through a matmul on weights dequantized on the fly
-  when that is faster on this CPU (`kernels.int8_rows`, measured).
+- `Int8Linear`: int8 codes (N, K) and per-row scales; decode-sized inputs go through lmforge's own
+  kernel (`native.py`) where it is built and measured faster than `aten._weight_int8pack_mm` on this
+  CPU (`kernels.native_int8`), else through torch's; larger ones (prefill) through a matmul on weights
+  dequantized on the fly when that is faster (`kernels.native_int8_rows` / `int8_rows`, measured).
 - `Int4Linear`: group-wise codes packed for `aten._weight_int4pack_mm_for_cpu`, scale and zero per
   group; like Int8Linear, inputs of more rows than the kernel is faster for dequantize
   (`kernels.int4_rows`). Its checkpoint form is portable (`qweight`: codes two to a byte); the kernel's
@@ -12,7 +13,7 @@
 Activations enter the kernels in `kernels.fast_dtype()` (bf16 where measured faster) and leave in the
 dtype they came in; inputs past the kernels' rows multiply weights dequantized to
 `kernels.matmul_dtype()`. Where a kernel is missing each module dequantizes and uses `F.linear` (`.path`
-says which: "kernel" or "dequantize").
+says which: "native", "kernel" or "dequantize").
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmforge.quant import kernels
+from lmforge.quant import kernels, native
 from lmforge.quant.formats import QuantizedWeight, dequantize_int4, dequantize_int8
+
+NATIVE_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def _bias(linear_bias: torch.Tensor | None, dtype: torch.dtype) -> nn.Parameter | None:
@@ -44,13 +47,19 @@ class Int8Linear(nn.Module):
         """The path and its measured limits, fixed here so that forward reads plain attributes (a
         compiled step traces no measurement)."""
         on_cpu = self.qweight.device.type in ("cpu", "meta")
-        self.path = "kernel" if kernels.available("int8") and on_cpu else "dequantize"
-        self.kernel_rows = kernels.int8_rows() if self.path == "kernel" else 0
-        self.kernel_dtype = kernels.fast_dtype()
+        if on_cpu and native.fits(self.in_features) and kernels.native_int8():
+            self.path, self.kernel_rows = "native", kernels.native_int8_rows()
+        elif on_cpu and kernels.available("int8"):
+            self.path, self.kernel_rows = "kernel", kernels.int8_rows()
+        else:
+            self.path, self.kernel_rows = "dequantize", 0
+        self.kernel_dtype = torch.float32 if self.path == "native" else kernels.fast_dtype()
         self.matmul_dtype = kernels.matmul_dtype()
         # the scales in the kernel's dtype ahead of time: a cast inside a compiled step leaves the
         # kernel an unrealized input, which inductor's lowering of the int8/int4 kernels rejects
         self.register_buffer("kernel_scale", self.scale.to(self.kernel_dtype), persistent=False)
+        native_bias = self.bias.detach().float() if self.path == "native" and self.bias is not None else None
+        self.register_buffer("native_bias", native_bias, persistent=False)  # added in the native kernel
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
@@ -63,11 +72,17 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        if self.path == "kernel" and rows.shape[0] <= self.kernel_rows:
+        if self.path == "native" and rows.shape[0] <= self.kernel_rows:
+            # float32 or bfloat16 activations as they come; a compiled step calls it through its op
+            rows = rows.contiguous() if rows.dtype in NATIVE_DTYPES else rows.float()
+            args = (rows, self.qweight, self.kernel_scale, self.native_bias)
+            mm = torch.ops.lmforge.int8_native if torch.compiler.is_compiling() else native.int8_mm
+            y = mm(*args).to(x.dtype)
+        elif self.path == "kernel" and rows.shape[0] <= self.kernel_rows:
             y = kernels.int8_mm(rows.to(self.kernel_dtype), self.qweight, self.kernel_scale).to(x.dtype)
             y = y if self.bias is None else y + self.bias
         else:
-            dtype = self.matmul_dtype if self.path == "kernel" else x.dtype
+            dtype = self.matmul_dtype if self.path != "dequantize" else x.dtype
             y = kernels.linear(rows.to(dtype), self.dequantize(dtype), self.bias).to(x.dtype)
         return y.view(*x.shape[:-1], self.out_features)
 
