@@ -246,3 +246,28 @@ def test_probes_time_cpu_tensors_while_load_builds_on_meta(tmp_path, monkeypatch
     assert devices and set(devices) == {torch.device("cpu")}
     fc = loaded.model.blocks[0].mlp.fc
     assert fc.kernel_dtype == (torch.float32 if fc.path == "native" else kernels.fast_dtype())
+
+
+def test_aot_package_key_follows_the_kernels_the_modules_chose(tmp_path, monkeypatch):
+    """A package traced where Int8Linear took torch's kernel (bf16 scales) failed inside the kernel
+    when loaded by a process whose modules took lmforge's (float32 scales): the kernel choices, made per
+    process, are part of the package key."""
+    import lmforge
+    from lmforge.generate.aot import package_key
+    from lmforge.lm import LM
+    from tiny import tiny_model
+
+    lmforge.quantize(
+        LM(tiny_model("llama", vocab_size=320), compile="eager"),
+        scheme="int8",
+        out=tmp_path / "q",
+        report=False,
+    )
+    keys = {}
+    for choice in (True, False):
+        monkeypatch.setattr(kernels, "native_int8", lambda choice=choice: choice)
+        model = lmforge.load(tmp_path / "q", device="cpu", compile="eager").model
+        paths = {m.path for m in model.modules() if isinstance(m, Int8Linear)}
+        assert paths == {"native" if choice else "kernel"}
+        keys[choice] = package_key(model, torch.float32)
+    assert keys[True] != keys[False]

@@ -83,7 +83,17 @@ def package_key(model: nn.Module, dtype: torch.dtype) -> str:
     }
     if getattr(model, "quantization", None):  # a quantized model's graph differs (lmforge.quant)
         parts["quantization"] = model.quantization
-        parts["quant_code"] = _code_hashes(("quant/modules.py", "quant/kernels.py"))
+        parts["quant_code"] = _code_hashes(("quant/modules.py", "quant/kernels.py", "quant/native.py"))
+        # and so do the kernels its modules chose in this process (measured: lmforge's int8 kernel or
+        # torch's, the activations' dtype, the rows a kernel takes); a package traced with other choices
+        # would call a kernel with inputs it was not made for
+        parts["quant_kernels"] = sorted(
+            {
+                (type(m).__name__, m.path, str(getattr(m, "kernel_dtype", "")), getattr(m, "kernel_rows", 0))
+                for m in model.modules()
+                if type(m).__module__.startswith("lmforge.quant") and hasattr(m, "path")
+            }
+        )
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
