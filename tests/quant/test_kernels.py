@@ -76,6 +76,20 @@ def _check_against_dequantized(module, x: torch.Tensor) -> None:
     w = module.dequantize(torch.float64)
     bias = 0 if module.bias is None else module.bias.double()
     bf16 = x.dtype == torch.bfloat16 or (module.path == "kernel" and kernels.fast_dtype() == torch.bfloat16)
+    int16 = (
+        isinstance(module, Int4Linear)
+        and module.path == "native"
+        and len(x.reshape(-1, w.shape[1])) <= module.kernel_rows
+    )
+    if int16 and not bf16:
+        # lmforge's int4 kernel takes x as int16 per row and group (step = the group's largest
+        # magnitude / 32767): each output is off by at most half a step times the group's |w|, summed
+        ref = x.double() @ w.T + bias
+        groups = x.double().unflatten(-1, (-1, module.group_size))
+        step = groups.abs().amax(-1) / 32767
+        bound = (step / 2) @ w.abs().unflatten(-1, (-1, module.group_size)).sum(-1).T
+        assert ((y.double() - ref).abs() <= bound + 1e-5 * ref.abs() + 1e-6).all()
+        return
     if bf16:
         # x (and the weights, on the matmul path) enter in bf16 and the output is rounded to bf16:
         # the reference takes the same input, and the tolerance is a few bf16 steps of the output
@@ -152,40 +166,79 @@ def test_native_kernel_builds_once_into_the_cache(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("rows", [1, 5, 150])  # decode, a few rows, prefill (past int4_rows)
-def test_int4_linear_paths_equal_dequantize_then_matmul(rows, symmetric):
+@pytest.mark.parametrize("kernel", ["native", "kernel"])
+def test_int4_linear_paths_equal_dequantize_then_matmul(rows, symmetric, kernel, monkeypatch):
+    assert native.available(), native.reason()
+    monkeypatch.setattr(kernels, "native_int4", lambda group_size: kernel == "native")
     w, b = _weight()
     q = rtn(w, 4, 32, symmetric)
     module = Int4Linear(q, b)
-    assert module.path == ("kernel" if kernels.available("int4") else "dequantize")
+    assert module.path == (kernel if kernels.available("int4") or kernel == "native" else "dequantize")
     torch.testing.assert_close(module.dequantize(), q.dequantize(), rtol=0, atol=0)  # unpacked codes exact
     x = torch.randn(2, rows, 128)
+    x[..., 5] *= 30  # an outlier input, as in real activations: the int16 steps of its groups widen
     _check_against_dequantized(module, x)
     fallback = Int4Linear(q, b)
-    fallback.path = "dequantize"
-    fallback._set_codes(q.codes)
+    fallback._set_codes(q.codes, "dequantize")
     _check_against_dequantized(fallback, x)
 
 
-def test_int4_inputs_past_the_kernel_rows_dequantize(monkeypatch):
-    """Up to `kernel_rows` rows (measured per machine, `kernels.int4_rows`) take the kernel; more rows
-    (prefill) a matmul on dequantized weights; both equal dequantize-then-matmul."""
+@pytest.mark.parametrize("kernel", ["native", "kernel"])
+def test_int4_inputs_past_the_kernel_rows_dequantize(kernel, monkeypatch):
+    """Up to `kernel_rows` rows (measured per machine, `kernels.native_int4_rows` / `int4_rows`) take the
+    kernel; more rows (prefill) a matmul on dequantized weights; both equal dequantize-then-matmul."""
+    monkeypatch.setattr(kernels, "native_int4", lambda group_size: kernel == "native")
     w, b = _weight()
     module = Int4Linear(rtn(w, 4, 32), b)
-    assert module.path == "kernel" and module.kernel_rows == kernels.int4_rows(32) >= 1
+    rows = kernels.native_int4_rows(32) if kernel == "native" else kernels.int4_rows(32)
+    assert module.path == kernel and module.kernel_rows == rows >= 1
     calls = []
-    int4_mm = kernels.int4_mm
-    monkeypatch.setattr(kernels, "int4_mm", lambda x, *a: calls.append(len(x)) or int4_mm(x, *a))
+    owner = native if kernel == "native" else kernels
+    int4_mm = owner.int4_mm
+    monkeypatch.setattr(owner, "int4_mm", lambda x, *a: calls.append(len(x)) or int4_mm(x, *a))
     module.kernel_rows = 4
     for rows in (4, 5):
         _check_against_dequantized(module, torch.randn(rows, 128))
     assert calls == [4]
 
 
-def test_int4_rows_not_a_multiple_of_16_fall_back():
+def test_int4_rows_not_a_multiple_of_16_fall_back(monkeypatch):
     w, _ = _weight(n=40)
+    assert Int4Linear(rtn(w, 4, 32), None).path == ("native" if kernels.native_int4(32) else "dequantize")
+    monkeypatch.setattr(kernels, "native_int4", lambda group_size: False)
     module = Int4Linear(rtn(w, 4, 32), None)
-    assert module.path == "dequantize"  # the CPU packer needs N % 16 == 0
+    assert module.path == "dequantize"  # torch's CPU packer needs N % 16 == 0
     _check_against_dequantized(module, torch.randn(3, 128))
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("group", [32, 64, 96])  # the sizes the kernel unrolls, and another
+def test_native_int4_kernel_equals_the_definition(rows, dtype, group):
+    """w = (q − 8) · scale + zero per group, out = x · wᵀ + bias in float64; the kernel's int16
+    activations are off by at most half a step (the group's largest |x| / 32767) each."""
+    g = torch.Generator().manual_seed(rows)
+    n, k = 45, 192
+    codes = torch.randint(0, 16, (n, k), dtype=torch.uint8, generator=g)
+    scale = (torch.rand(n, k // group, generator=g) * 0.01).to(torch.bfloat16)
+    zero = (torch.randn(n, k // group, generator=g) * 0.01).to(torch.bfloat16)
+    bias = torch.randn(n, generator=g)
+    x = torch.randn(rows, k, generator=g)
+    x[:, 7] *= 40
+    x = x.to(dtype)
+    w = (
+        (codes.double() - 8).unflatten(1, (-1, group)) * scale.double()[..., None] + zero.double()[..., None]
+    ).flatten(1)
+    packed = native.pack_int4(codes)
+    assert torch.equal(native.unpack_int4(packed), codes)
+    step = x.double().unflatten(1, (-1, group)).abs().amax(-1) / 32767
+    bound = (step / 2) @ w.abs().unflatten(1, (-1, group)).sum(-1).T
+    for b in (None, bias):
+        y = native.int4_mm(x, packed, group, native.scale_offset(scale, zero), b)
+        expected = x.double() @ w.T + (0 if b is None else b.double())
+        assert y.dtype == dtype and y.shape == (rows, n)
+        rounding = 1e-5 if dtype == torch.float32 else BF16_ULP  # of the float32 sums / the bf16 output
+        assert ((y.double() - expected).abs() <= bound + rounding * expected.abs() + 1e-6).all()
 
 
 def test_int4_kernel_layout_unpacks_exactly():
@@ -225,6 +278,8 @@ def test_probes_time_cpu_tensors_while_load_builds_on_meta(tmp_path, monkeypatch
         kernels.int4_rows,
         kernels.native_int8,
         kernels.native_int8_rows,
+        kernels.native_int4,
+        kernels.native_int4_rows,
     )
     devices = []
     timed = kernels._cpu_time

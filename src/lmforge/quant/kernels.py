@@ -176,10 +176,9 @@ def int4_rows(group_size: int) -> int:
 @functools.cache
 @on_cpu
 def native_int8() -> bool:
-    """Whether lmforge's own int8 kernel (`native.py`) is built here and multiplies one row by weights
-    streamed from memory (48 copies of a 1536 × 576 weight, more than the caches hold, as a decode step
-    reads its layers) faster than `_weight_int8pack_mm`, each in its activation dtype; measured once per
-    process. On a Zen 3 (2 threads) it read the weights at 12-20 GB/s, torch's kernel at 6-10."""
+    """Whether lmforge's own int8 kernel (`native.py`) is built here and runs a decode-sized product
+    faster than `_weight_int8pack_mm` (`_native_wins`); on a Zen 3 (2 threads) it read the weights at
+    12-20 GB/s, torch's kernel at 6-10."""
     from lmforge.quant import native
 
     if not native.available():
@@ -187,11 +186,52 @@ def native_int8() -> bool:
     if not available("int8"):
         return True
     codes = torch.randint(-127, 128, (1536, 576), dtype=torch.int8)
-    copies = [codes.clone() for _ in range(48)]
-    scale, x = torch.rand(1536), torch.randn(1, 576)
-    x_fast, scale_fast, x = x.to(fast_dtype()), scale.to(fast_dtype()), x.to(matmul_dtype())
-    ours = _cpu_time(lambda: [native.int8_mm(x, c, scale, None) for c in copies], runs=3)
-    return ours < _cpu_time(lambda: [int8_mm(x_fast, c, scale_fast) for c in copies], runs=3)
+    scale = torch.rand(1536)
+    scale_fast = scale.to(fast_dtype())
+    return _native_wins(
+        codes,
+        lambda x, c: native.int8_mm(x, c, scale, None),
+        lambda x, c: int8_mm(x, c, scale_fast),
+        576,
+    )
+
+
+@functools.cache
+@on_cpu
+def native_int4(group_size: int) -> bool:
+    """Like `native_int8` for lmforge's int4 kernel against `_weight_int4pack_mm_for_cpu` (a 1536 ×
+    1152 weight in groups of `group_size`); on the Zen 3, 6-9 GB/s against 4-6."""
+    from lmforge.quant import native
+
+    if not native.available():
+        return False
+    if not available("int4"):
+        return True
+    codes = torch.randint(0, 16, (1536, 1152), dtype=torch.uint8)
+    scale = torch.rand(1536, 1152 // group_size, dtype=torch.bfloat16)
+    zero = torch.rand(1536, 1152 // group_size, dtype=torch.bfloat16)
+    scale_offset, scale_zero = native.scale_offset(scale, zero), scale_and_zero(scale, zero).to(fast_dtype())
+    packed = (native.pack_int4(codes), pack_int4(codes))
+    return _native_wins(
+        packed,
+        lambda x, c: native.int4_mm(x, c[0], group_size, scale_offset, None),
+        lambda x, c: int4_mm(x, c[1], group_size, scale_zero),
+        1152,
+    )
+
+
+def _native_wins(weights, ours, theirs, width: int) -> bool:
+    """Whether `ours(x, w)` (x one row in `matmul_dtype()`) takes less CPU time than `theirs(x, w)` (x in
+    `fast_dtype()`) over 48 copies of the weights: more than the caches hold, as a decode step streams
+    its layers."""
+    copies = [
+        tuple(t.clone() for t in weights) if isinstance(weights, tuple) else weights.clone()
+        for _ in range(48)
+    ]
+    x = torch.randn(1, width)
+    x_ours, x_theirs = x.to(matmul_dtype()), x.to(fast_dtype())
+    t_ours = _cpu_time(lambda: [ours(x_ours, w) for w in copies], runs=3)
+    return t_ours < _cpu_time(lambda: [theirs(x_theirs, w) for w in copies], runs=3)
 
 
 @functools.cache
@@ -207,6 +247,26 @@ def native_int8_rows() -> int:
         lambda x: native.int8_mm(x, codes, scale, None),
         lambda x: F.linear(x, codes.to(mm_dtype) * scale[:, None].to(mm_dtype)),
         576,
+        kernel_dtype=mm_dtype,
+    )
+
+
+@functools.cache
+@on_cpu
+def native_int4_rows(group_size: int) -> int:
+    """Like `int4_rows` for the native kernel (activations in `matmul_dtype()`)."""
+    from lmforge.quant import native
+    from lmforge.quant.formats import dequantize_int4
+
+    mm_dtype = matmul_dtype()
+    codes = torch.randint(0, 16, (1536, 1152), dtype=torch.uint8)
+    scale = torch.rand(1536, 1152 // group_size, dtype=torch.bfloat16)
+    zero = torch.rand(1536, 1152 // group_size, dtype=torch.bfloat16)
+    packed, scale_offset = native.pack_int4(codes), native.scale_offset(scale, zero)
+    return _rows_kernel_wins(
+        lambda x: native.int4_mm(x, packed, group_size, scale_offset, None),
+        lambda x: F.linear(x, dequantize_int4(codes, scale, zero, group_size, mm_dtype)),
+        1152,
         kernel_dtype=mm_dtype,
     )
 

@@ -4,9 +4,10 @@
   kernel (`native.py`) where it is built and measured faster than `aten._weight_int8pack_mm` on this
   CPU (`kernels.native_int8`), else through torch's; larger ones (prefill) through a matmul on weights
   dequantized on the fly when that is faster (`kernels.native_int8_rows` / `int8_rows`, measured).
-- `Int4Linear`: group-wise codes packed for `aten._weight_int4pack_mm_for_cpu`, scale and zero per
-  group; like Int8Linear, inputs of more rows than the kernel is faster for dequantize
-  (`kernels.int4_rows`). Its checkpoint form is portable (`qweight`: codes two to a byte); the kernel's
+- `Int4Linear`: group-wise codes, scale and zero per group, packed for lmforge's int4 kernel where it
+  is measured faster (`kernels.native_int4`; it takes the activations as int16 per row and group, see
+  native.c) or for `aten._weight_int4pack_mm_for_cpu`; like Int8Linear, inputs of more rows than the
+  kernel is faster for dequantize (`kernels.native_int4_rows` / `int4_rows`). Its checkpoint form is portable (`qweight`: codes two to a byte); the kernel's
   own layout is built when the module is made or loaded, and is the only copy of the codes held in memory.
 - `Int8Embedding`: rows of int8 codes with a scale each; with tied embeddings it reads the LM head's
   codes (one copy serves both: a row scale of the embedding is an output-channel scale of the head).
@@ -100,31 +101,50 @@ class Int4Linear(nn.Module):
         self.register_buffer("scale", weight.scale.to(torch.bfloat16))
         self.register_buffer("zero", weight.zero.to(torch.bfloat16))
         self.bias = _bias(bias, dtype)
-        meta = weight.codes.device.type == "meta"
-        fits = self.out_features % 16 == 0 and not meta and weight.codes.device.type == "cpu"
-        self.path = "kernel" if kernels.available("int4") and (fits or meta) else "dequantize"
-        self.kernel_dtype = kernels.fast_dtype()  # read by forward (nothing measured in a compiled step)
         self.matmul_dtype = kernels.matmul_dtype()
-        self._set_codes(weight.codes)
+        self._set_codes(weight.codes, self._choose_path(weight.codes.device.type))
 
-    def _set_codes(self, codes: torch.Tensor) -> None:
-        """Hold the codes in the form the forward path reads: the kernel's packing, or plain codes."""
+    def _choose_path(self, device: str) -> str:
+        """lmforge's kernel where it suits the shape and is measured faster here, else torch's (which
+        packs 16 outputs at a time; a model built on meta is given its real path at load), else
+        dequantize-then-matmul."""
+        on_cpu = device in ("cpu", "meta")
+        if on_cpu and native.fits(self.in_features, self.group_size) and kernels.native_int4(self.group_size):
+            return "native"
+        if kernels.available("int4") and (
+            device == "meta" or (device == "cpu" and self.out_features % 16 == 0)
+        ):
+            return "kernel"
+        return "dequantize"
+
+    def _set_codes(self, codes: torch.Tensor, path: str) -> None:
+        """Hold the codes in the form the forward path reads (the kernel's packing, or plain codes) and
+        fix what forward reads (nothing is measured in a compiled step)."""
+        self.path = path
         if codes.device.type == "meta":
             held = torch.empty(self.out_features, self.in_features // 2, dtype=torch.uint8, device="meta")
-        elif self.path == "kernel":
-            held = kernels.pack_int4(codes)
         else:
-            held = codes.to(torch.uint8)
+            pack = {"native": native.pack_int4, "kernel": kernels.pack_int4}.get(
+                path, lambda c: c.to(torch.uint8)
+            )
+            held = pack(codes)
         self.register_buffer("codes", held, persistent=False)
-        scale_zero = kernels.scale_and_zero(self.scale, self.zero).to(self.kernel_dtype)  # see Int8Linear
+        if path == "native":
+            self.kernel_dtype, scale_zero = torch.float32, native.scale_offset(self.scale, self.zero)
+            self.kernel_rows = kernels.native_int4_rows(self.group_size)
+        else:
+            self.kernel_dtype = kernels.fast_dtype()
+            scale_zero = kernels.scale_and_zero(self.scale, self.zero).to(self.kernel_dtype)  # see Int8Linear
+            self.kernel_rows = kernels.int4_rows(self.group_size) if path == "kernel" else 0
         self.register_buffer("scale_zero", scale_zero, persistent=False)
-        self.kernel_rows = kernels.int4_rows(self.group_size) if self.path == "kernel" else 0
+        native_bias = self.bias.detach().float() if path == "native" and self.bias is not None else None
+        self.register_buffer("native_bias", native_bias, persistent=False)
 
     def int_codes(self) -> torch.Tensor:
         """The codes (N, K) in 0..15."""
         if self.path == "kernel":
             return kernels.unpack_int4(self.codes, self.out_features, self.in_features)
-        return self.codes
+        return native.unpack_int4(self.codes) if self.path == "native" else self.codes
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return dequantize_int4(self.int_codes(), self.scale, self.zero, self.group_size, dtype)
@@ -132,12 +152,18 @@ class Int4Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
         # compiled steps keep the kernel: unpacking its layout inside a graph would repeat every step
-        if self.path == "kernel" and (rows.shape[0] <= self.kernel_rows or torch.compiler.is_compiling()):
+        kernel = rows.shape[0] <= self.kernel_rows or torch.compiler.is_compiling()
+        if self.path == "native" and kernel:
+            rows = rows.contiguous() if rows.dtype in NATIVE_DTYPES else rows.float()
+            args = (rows, self.codes, self.group_size, self.scale_zero, self.native_bias)
+            mm = torch.ops.lmforge.int4_native if torch.compiler.is_compiling() else native.int4_mm
+            y = mm(*args).to(x.dtype)
+        elif self.path == "kernel" and kernel:
             dtype = self.kernel_dtype
             y = kernels.int4_mm(rows.to(dtype), self.codes, self.group_size, self.scale_zero).to(x.dtype)
             y = y if self.bias is None else y + self.bias
         else:
-            dtype = self.matmul_dtype if self.path == "kernel" else x.dtype
+            dtype = self.matmul_dtype if self.path != "dequantize" else x.dtype
             y = kernels.linear(rows.to(dtype), self.dequantize(dtype), self.bias).to(x.dtype)
         return y.view(*x.shape[:-1], self.out_features)
 
@@ -157,8 +183,8 @@ class Int4Linear(nn.Module):
             missing.append(prefix + "qweight")
             return
         codes = kernels.from_nibbles(qweight)
-        self.path = "kernel" if kernels.available("int4") and self.out_features % 16 == 0 else "dequantize"
-        self._set_codes(codes.cpu() if self.path == "kernel" else codes)
+        path = self._choose_path("cpu")
+        self._set_codes(codes.cpu() if path != "dequantize" else codes, path)
 
     def extra_repr(self) -> str:
         return (

@@ -1,12 +1,13 @@
-/* lmforge's decode kernel: a weight-only int8 matrix product (a scale per output channel) for a few
- * input rows, float32 or bfloat16 activations. Each weight row is read from memory once for up to four
- * input rows, converted to float32 in registers and multiplied with fused multiply-adds in several
- * independent accumulators, so that a decode step streams its weights near memory bandwidth. Built by
- * lmforge/quant/native.py for this CPU (-O3 -march=native, OpenMP over output channels); AVX2
- * intrinsics where the CPU has them, plain loops otherwise.
+/* lmforge's decode kernels: weight-only int8 (a scale per output channel) and int4 (a scale and an
+ * offset per group of inputs) matrix products for a few input rows, float32 or bfloat16 activations.
+ * Each weight row is read from memory once for up to four input rows, so that a decode step streams
+ * its weights near memory bandwidth. Built by lmforge/quant/native.py for this CPU (-O3 -march=native,
+ * OpenMP over output channels); AVX2 intrinsics where the CPU has them, plain loops otherwise.
  *
- * out[m, n] = scale[n] * sum_k x[m, k] * w[n, k] + bias[n]
+ * int8: out[m, n] = scale[n] * sum_k x[m, k] * w[n, k] + bias[n]; the codes become float32 in
+ * registers and multiply in several independent accumulators (the multiply-add latency hidden).
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,5 +109,104 @@ void lmf_int8_mm(const void *x, int bf16, long M, long K, const int8_t *w, const
                 store(out, bf16, (m0 + r) * N + n, res[r] * scale[n] + (bias ? bias[n] : 0.0f));
         }
     }
+    free(xf);
+}
+
+/* int4: codes q in 0..15 with w = scale * q + offset per group of inputs; each 32 inputs are 16 bytes,
+ * byte j holding input j in its low nibble and input j + 16 in its high one. The activations enter as
+ * int16, one scale per row and group (their largest magnitude / 32767: at most 2^-16 of it off, finer
+ * than bfloat16 for the group's largest values), so that 16 products of codes and activations are one
+ * integer multiply-add (sums stay in int32: 16 x 15 x 32767 per lane for a group of 128); each group's
+ * sum is converted once and scaled by both scales. The offsets multiply each group's float32 sum of
+ * the activations.
+ * out[m, n] = sum_g (scale[n, g] * sx[m, g] * sum_{k in g} q[n, k] * x16[m, k] + offset[n, g] * xsum[m, g])
+ *             + bias[n] */
+#ifdef __AVX2__
+static inline __attribute__((always_inline)) void dot_i4(const int16_t *x16, const float *sx, long K,
+                                                         const uint8_t *q, const float *so, long group,
+                                                         long groups, int R, float *res) {
+    const __m128i low4 = _mm_set1_epi8(0x0f);
+    __m256 total[ROWS];
+    for (int r = 0; r < R; r++) total[r] = _mm256_setzero_ps();
+    for (long g = 0, g0 = 0; g0 < K; g++, g0 += group) {
+        __m256i acc[ROWS][2];
+        for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+        for (long k = g0; k < g0 + group; k += 32) {
+            __m128i b = _mm_loadu_si128((const __m128i *)(q + k / 2));
+            __m256i lo = _mm256_cvtepu8_epi16(_mm_and_si128(b, low4));
+            __m256i hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(b, 4), low4));
+            for (int r = 0; r < R; r++) {
+                const int16_t *xr = x16 + r * K + k;
+                acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(lo, _mm256_loadu_si256((const __m256i *)xr)));
+                acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(hi, _mm256_loadu_si256((const __m256i *)(xr + 16))));
+            }
+        }
+        for (int r = 0; r < R; r++) {
+            __m256 sum = _mm256_cvtepi32_ps(_mm256_add_epi32(acc[r][0], acc[r][1]));
+            total[r] = _mm256_fmadd_ps(sum, _mm256_set1_ps(so[2 * g] * sx[r * groups + g]), total[r]);
+        }
+    }
+    for (int r = 0; r < R; r++) res[r] = hsum(total[r]);
+}
+#else
+static inline void dot_i4(const int16_t *x16, const float *sx, long K, const uint8_t *q, const float *so,
+                          long group, long groups, int R, float *res) {
+    for (int r = 0; r < R; r++) {
+        float total = 0.0f;
+        for (long g = 0, g0 = 0; g0 < K; g++, g0 += group) {
+            int32_t s = 0;
+            for (long k = g0; k < g0 + group; k += 32)
+                for (int j = 0; j < 16; j++) {
+                    uint8_t b = q[k / 2 + j];
+                    s += (b & 15) * x16[r * K + k + j] + (b >> 4) * x16[r * K + k + 16 + j];
+                }
+            total += (float)s * so[2 * g] * sx[r * groups + g];
+        }
+        res[r] = total;
+    }
+}
+#endif
+
+/* x (M, K) float32 or bfloat16, q (N, K/2) as above, so (N, K/group, 2) scale and offset, group a
+ * multiple of 32, bias (N,) or NULL -> out (M, N) in x's dtype */
+void lmf_int4_mm(const void *x, int bf16, long M, long K, const uint8_t *q, const float *so, long group,
+                 const float *bias, long N, void *out, int threads) {
+    long groups = K / group;
+    float *xf = (float *)malloc((M * K + 2 * M * groups) * sizeof(float));
+    float *sx = xf + M * K, *xsum = sx + M * groups;
+    int16_t *x16 = (int16_t *)malloc(M * K * sizeof(int16_t));
+    to_f32(x, bf16, xf, M * K);
+    for (long i = 0; i < M * groups; i++) {
+        const float *xg = xf + i * group; /* row i / groups, group i % groups: rows are K = groups * group */
+        float amax = 0.0f, s = 0.0f;
+        for (long k = 0; k < group; k++) {
+            amax = fabsf(xg[k]) > amax ? fabsf(xg[k]) : amax;
+            s += xg[k];
+        }
+        float step = amax / 32767.0f, inv = amax > 0.0f ? 32767.0f / amax : 0.0f;
+        for (long k = 0; k < group; k++) x16[i * group + k] = (int16_t)lrintf(xg[k] * inv);
+        sx[i] = step;
+        xsum[i] = s;
+    }
+    int parallel = threads > 1 && N * K >= (1L << 17);
+#pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
+    for (long n = 0; n < N; n++) {
+        const float *son = so + n * groups * 2;
+        for (long m0 = 0; m0 < M; m0 += ROWS) {
+            int R = M - m0 < ROWS ? (int)(M - m0) : ROWS;
+            float res[ROWS];
+#define DOT_I4(G) DISPATCH(R, dot_i4(x16 + m0 * K, sx + m0 * groups, K, q + n * (K / 2), son, G, groups, Rc, res))
+            if (group == 32) DOT_I4(32)
+            else if (group == 64) DOT_I4(64)
+            else if (group == 128) DOT_I4(128)
+            else DOT_I4(group)
+            for (int r = 0; r < R; r++) {
+                float v = res[r] + (bias ? bias[n] : 0.0f);
+                for (long g = 0; g < groups; g++) v += son[2 * g + 1] * xsum[(m0 + r) * groups + g];
+                store(out, bf16, (m0 + r) * N + n, v);
+            }
+        }
+    }
+    free(x16);
     free(xf);
 }

@@ -1,15 +1,20 @@
-"""lmforge's own decode kernel (`native.c`): the int8 weight-only product for a few input rows.
+"""lmforge's own decode kernels (`native.c`): int8 and int4 weight-only products for a few input rows.
 
-torch's `_weight_int8pack_mm` streams a one-row product's weights at 5-10 GB/s with bf16 activations
-(1.3 with float32 ones) where a float32 matrix-vector product reads 12-18, so int8 decode, which reads
-a quarter of float32's bytes, gained little. This kernel converts the codes to float32 in registers and
-multiplies in several accumulators, reading each weight row once for up to four input rows (12-20 GB/s
-on a 2-thread Zen 3). The source is compiled once per machine with the system C compiler (`cc -O3
+torch's CPU kernels stream a one-row product's weights slowly: `_weight_int8pack_mm` at 5-10 GB/s with
+bf16 activations (1.3 with float32 ones) where a float32 matrix-vector product reads 12-18, and
+`_weight_int4pack_mm_for_cpu` at 4-6, so quantized decode, reading a quarter or an eighth of float32's
+bytes, gained little. These read each weight row once for up to four input rows: int8 codes become
+float32 in registers and multiply in several accumulators (12-20 GB/s on a 2-thread Zen 3); int4 codes
+multiply int16 activations (one scale per row and group) in integer multiply-adds, one conversion a
+group (6-9 GB/s). The source is compiled once per machine with the system C compiler (`cc -O3
 -march=native -fopenmp`, into the lmforge cache, keyed by the source, the compiler and the CPU) and
-loaded with ctypes; the OpenMP runtime is the one torch already loaded, so it shares torch's threads.
+loaded with ctypes; the OpenMP runtime is the one torch already loaded, so they share torch's threads.
 Where there is no compiler, the build fails, or `LMFORGE_NATIVE_KERNELS=0`, `available()` is False
-(`reason()` says why) and `Int8Linear` uses torch's kernel. Compiled decode steps reach it through the
-custom op `lmforge::int8_native`.
+(`reason()` says why) and the modules use torch's kernels. Compiled decode steps reach them through the
+custom ops `lmforge::int8_native` / `lmforge::int4_native`.
+
+The int4 codes have their own layout here (`pack_int4`), and scale and offset per group are float32
+pairs, w = scale · q + offset (`scale_offset`).
 """
 
 from __future__ import annotations
@@ -68,7 +73,8 @@ def library() -> ctypes.CDLL | None:
         return None
     p, i, c_long = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
     lib.lmf_int8_mm.argtypes = [p, i, c_long, c_long, p, p, p, c_long, p, i]
-    lib.lmf_int8_mm.restype = None
+    lib.lmf_int4_mm.argtypes = [p, i, c_long, c_long, p, p, c_long, p, c_long, p, i]
+    lib.lmf_int8_mm.restype = lib.lmf_int4_mm.restype = None
     return lib
 
 
@@ -81,9 +87,9 @@ def reason() -> str:
     return "" if available() else _failure[-1]
 
 
-def fits(in_features: int) -> bool:
-    """Whether a weight's inputs suit the kernel (a multiple of 32)."""
-    return in_features % BLOCK == 0
+def fits(in_features: int, group_size: int | None = None) -> bool:
+    """Whether a weight's inputs (and int4 groups) suit the kernels: multiples of 32."""
+    return in_features % BLOCK == 0 and (group_size is None or group_size % BLOCK == 0)
 
 
 def int8_mm(
@@ -102,6 +108,57 @@ def int8_mm(
     return out
 
 
+def int4_mm(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    group_size: int,
+    scale_offset: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """x (M, K) · wᵀ + bias, w = scale · q + offset from `pack_int4` codes (N, K/2) and (N, K/g, 2)
+    float32 pairs (`scale_offset`); the activations enter as int16 per row and group (see native.c)."""
+    (n, half), (m, _) = packed.shape, x.shape
+    out = torch.empty(m, n, dtype=x.dtype)
+    bias_ptr = None if bias is None else bias.data_ptr()
+    threads, bf16 = torch.get_num_threads(), x.dtype == torch.bfloat16
+    so = scale_offset.data_ptr()
+    library().lmf_int4_mm(
+        x.data_ptr(),
+        bf16,
+        m,
+        2 * half,
+        packed.data_ptr(),
+        so,
+        group_size,
+        bias_ptr,
+        n,
+        out.data_ptr(),
+        threads,
+    )
+    return out
+
+
+def pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    """Codes 0..15 (N, K) as (N, K/2) bytes: in each block of 32 inputs, byte j holds input j in its low
+    nibble and input j + 16 in its high one."""
+    n, k = codes.shape
+    blocks = codes.to(torch.uint8).reshape(n, k // BLOCK, 2, BLOCK // 2)
+    return (blocks[:, :, 0] | (blocks[:, :, 1] << 4)).reshape(n, k // 2)
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    n, half = packed.shape
+    blocks = packed.reshape(n, 2 * half // BLOCK, 1, BLOCK // 2)
+    return torch.cat([blocks & 15, blocks >> 4], dim=2).reshape(n, 2 * half)
+
+
+def scale_offset(scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """Int4Linear's (N, K/g) scale and zero (w = (q − 8) · scale + zero) as the kernel's (N, K/g, 2)
+    float32 pairs (scale, zero − 8 · scale)."""
+    scale, zero = scale.float(), zero.float()
+    return torch.stack([scale, zero - 8 * scale], dim=-1).contiguous()
+
+
 @torch.library.custom_op("lmforge::int8_native", mutates_args=())
 def _int8_op(
     x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
@@ -112,3 +169,19 @@ def _int8_op(
 @_int8_op.register_fake
 def _(x, codes, scale, bias):  # what a compiled graph needs to know: the output's shape
     return x.new_empty(x.shape[0], codes.shape[0])
+
+
+@torch.library.custom_op("lmforge::int4_native", mutates_args=())
+def _int4_op(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    group_size: int,
+    scale_offset: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    return int4_mm(x, packed, group_size, scale_offset, bias)
+
+
+@_int4_op.register_fake
+def _(x, packed, group_size, scale_offset, bias):
+    return x.new_empty(x.shape[0], packed.shape[0])
