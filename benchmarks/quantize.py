@@ -82,6 +82,13 @@ def lmforge_side(name: str, cache: Path, args, text: str, prompt: list[int]) -> 
             lmforge.quantize("smollm2", out=out, report=False, **OPTIONS[name])
         lm = lmforge.load(out, compile="eager")
     row: dict = {"side": f"lmforge {name}"}
+    paths = {
+        f"{type(m).__name__} {m.path}"
+        for m in lm.model.modules()
+        if hasattr(m, "path") and hasattr(m, "kernel_rows")
+    }
+    if paths:
+        row["kernel_paths"] = sorted(paths)  # native: lmforge's own kernels (quant/native.c)
     with torch.inference_mode():
         x = torch.tensor([prompt[:128]])
         lm.model(x)

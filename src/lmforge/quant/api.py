@@ -172,11 +172,11 @@ def _kernels_line(paths: list[str]) -> str:
         return "none (float weights)"
     text = []
     if "native" in paths:
-        text.append("lmforge's own int8 decode kernel (native.c, built for this CPU)")
+        text.append("lmforge's own decode kernels (quant/native.c, built for this CPU)")
     if "kernel" in paths:
         text.append(f"torch CPU int8/int4 weight-only kernels, their activations in {kernels.fast_dtype()}")
         if not native.available():
-            text.append(f"lmforge's int8 decode kernel not used: {native.reason()}")
+            text.append(f"lmforge's decode kernels not used: {native.reason()}")
     if "int_mm" in paths:
         text.append("per-token int8 activations × int8 weights through torch._int_mm (int32 sums)")
     if "dequantize" not in paths:
