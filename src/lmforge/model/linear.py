@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge import hardware
+from lmforge.ops import define_op
 
 KERNELS = ("aten", "onednn")
 MIN_PROBE_WEIGHT = 1 << 18  # smaller weights stay in cache and cost microseconds: aten, unprobed
@@ -104,14 +105,11 @@ def packed_weight(weight: torch.Tensor) -> torch.Tensor | None:
     return entry[2]
 
 
-@torch.library.custom_op("lmforge::linear_fp32", mutates_args=())
-def _linear_fp32_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return linear_fp32(x, weight, bias)
-
-
-@_linear_fp32_op.register_fake
-def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return x.new_empty(*x.shape[:-1], weight.shape[0])
+define_op(
+    "linear_fp32(Tensor x, Tensor weight, Tensor? bias) -> Tensor",
+    linear_fp32,
+    lambda x, weight, bias: x.new_empty(*x.shape[:-1], weight.shape[0]),
+)
 
 
 def row_bucket(rows: int) -> int:

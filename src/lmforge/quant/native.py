@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from lmforge.hardware import cpu_flags, cpu_model
+from lmforge.ops import define_op
 
 SOURCE = Path(__file__).with_name("native.c")
 BLOCK = 32  # the kernel's inputs must be a multiple of this
@@ -159,29 +160,14 @@ def scale_offset(scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
     return torch.stack([scale, zero - 8 * scale], dim=-1).contiguous()
 
 
-@torch.library.custom_op("lmforge::int8_native", mutates_args=())
-def _int8_op(
-    x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
-) -> torch.Tensor:
-    return int8_mm(x, codes, scale, bias)
-
-
-@_int8_op.register_fake
-def _(x, codes, scale, bias):  # what a compiled graph needs to know: the output's shape
-    return x.new_empty(x.shape[0], codes.shape[0])
-
-
-@torch.library.custom_op("lmforge::int4_native", mutates_args=())
-def _int4_op(
-    x: torch.Tensor,
-    packed: torch.Tensor,
-    group_size: int,
-    scale_offset: torch.Tensor,
-    bias: torch.Tensor | None,
-) -> torch.Tensor:
-    return int4_mm(x, packed, group_size, scale_offset, bias)
-
-
-@_int4_op.register_fake
-def _(x, packed, group_size, scale_offset, bias):
-    return x.new_empty(x.shape[0], packed.shape[0])
+# what compiled steps call; the fakes give the output's shape while tracing
+define_op(
+    "int8_native(Tensor x, Tensor codes, Tensor scale, Tensor? bias) -> Tensor",
+    int8_mm,
+    lambda x, codes, scale, bias: x.new_empty(x.shape[0], codes.shape[0]),
+)
+define_op(
+    "int4_native(Tensor x, Tensor packed, int group_size, Tensor scale_offset, Tensor? bias) -> Tensor",
+    int4_mm,
+    lambda x, packed, group_size, scale_offset, bias: x.new_empty(x.shape[0], packed.shape[0]),
+)
