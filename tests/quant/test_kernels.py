@@ -326,3 +326,47 @@ def test_aot_package_key_follows_the_kernels_the_modules_chose(tmp_path, monkeyp
         assert paths == {"native" if choice else "kernel"}
         keys[choice] = package_key(model, torch.float32)
     assert keys[True] != keys[False]
+
+
+def test_native_kernels_portable_build_agrees(tmp_path):
+    """native.c without AVX2 (the plain loops a CPU without it, or another architecture, compiles) gives
+    what the vectorized build gives, for int8 and int4."""
+    import ctypes
+    import platform
+    import subprocess
+
+    flags = ["-mno-avx2", "-mno-fma"] if platform.machine() in ("x86_64", "AMD64") else []
+    so = tmp_path / "portable.so"
+    subprocess.run(["cc", "-O2", "-fopenmp", "-shared", "-fPIC", *flags, "-o", so, native.SOURCE], check=True)
+    portable = ctypes.CDLL(str(so))
+    vectorized = native.library()
+    portable.lmf_int8_mm.argtypes = vectorized.lmf_int8_mm.argtypes
+    portable.lmf_int4_mm.argtypes = vectorized.lmf_int4_mm.argtypes
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 128, generator=g)
+    codes8 = torch.randint(-127, 128, (40, 128), dtype=torch.int8, generator=g)
+    scale8, bias = torch.rand(40, generator=g), torch.randn(40, generator=g)
+    packed = native.pack_int4(torch.randint(0, 16, (40, 128), dtype=torch.uint8, generator=g))
+    so4 = native.scale_offset(torch.rand(40, 2, generator=g), torch.randn(40, 2, generator=g))
+    outs = []
+    for lib in (vectorized, portable):
+        y8, y4 = torch.empty(5, 40), torch.empty(5, 40)
+        lib.lmf_int8_mm(
+            x.data_ptr(),
+            0,
+            5,
+            128,
+            codes8.data_ptr(),
+            scale8.data_ptr(),
+            bias.data_ptr(),
+            40,
+            y8.data_ptr(),
+            2,
+        )
+        lib.lmf_int4_mm(
+            x.data_ptr(), 0, 5, 128, packed.data_ptr(), so4.data_ptr(), 64, None, 40, y4.data_ptr(), 2
+        )
+        outs.append((y8, y4))
+    for fast, plain in zip(*outs):  # float32 sums in another order
+        torch.testing.assert_close(plain, fast, rtol=1e-4, atol=1e-5 * fast.abs().max().item())
+    torch.testing.assert_close(outs[0][0], native.int8_mm(x, codes8, scale8, bias))  # the same as the API's
