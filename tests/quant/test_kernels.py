@@ -132,6 +132,12 @@ def test_native_int8_kernel_equals_the_definition(rows, dtype):
         assert y.dtype == dtype and y.shape == (rows, 45)
         tol = 1e-5 if dtype == torch.float32 else BF16_ULP
         torch.testing.assert_close(y.double(), expected, rtol=tol, atol=tol * expected.abs().max().item())
+    # it reads raw memory: what it would misread is refused
+    for bad in (x.double(), torch.randn(rows, 192)[:, ::2], x.to("meta")):
+        with pytest.raises(ValueError, match="contiguous CPU tensors"):
+            native.int8_mm(bad, codes, scale, None)
+    with pytest.raises(ValueError, match="contiguous CPU tensors"):
+        native.int8_mm(x, codes, scale.bfloat16(), None)
 
 
 def test_native_kernel_builds_once_into_the_cache(tmp_path, monkeypatch):

@@ -73,7 +73,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        if self.path == "native" and rows.shape[0] <= self.kernel_rows:
+        if self.path == "native" and rows.shape[0] <= self.kernel_rows and rows.device.type == "cpu":
             # float32 or bfloat16 activations as they come; a compiled step calls it through its op
             rows = rows.contiguous() if rows.dtype in NATIVE_DTYPES else rows.float()
             args = (rows, self.qweight, self.kernel_scale, self.native_bias)
@@ -153,7 +153,7 @@ class Int4Linear(nn.Module):
         rows = x.reshape(-1, self.in_features)
         # compiled steps keep the kernel: unpacking its layout inside a graph would repeat every step
         kernel = rows.shape[0] <= self.kernel_rows or torch.compiler.is_compiling()
-        if self.path == "native" and kernel:
+        if self.path == "native" and kernel and rows.device.type == "cpu":
             rows = rows.contiguous() if rows.dtype in NATIVE_DTYPES else rows.float()
             args = (rows, self.codes, self.group_size, self.scale_zero, self.native_bias)
             mm = torch.ops.lmforge.int4_native if torch.compiler.is_compiling() else native.int4_mm

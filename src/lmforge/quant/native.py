@@ -34,6 +34,7 @@ from lmforge.ops import define_op
 
 SOURCE = Path(__file__).with_name("native.c")
 BLOCK = 32  # the kernel's inputs must be a multiple of this
+_DTYPES = (torch.float32, torch.bfloat16)
 _failure: list[str] = []
 
 
@@ -93,13 +94,30 @@ def fits(in_features: int, group_size: int | None = None) -> bool:
     return in_features % BLOCK == 0 and (group_size is None or group_size % BLOCK == 0)
 
 
+def _check(x, codes, codes_dtype, scales, bias) -> None:
+    """The kernels read raw memory: refuse what they would misread (a microsecond a call)."""
+    if (
+        x.dtype not in _DTYPES
+        or codes.dtype != codes_dtype
+        or scales.dtype != torch.float32
+        or (bias is not None and (bias.dtype != torch.float32 or not bias.is_cpu))
+        or not (x.is_cpu and codes.is_cpu and scales.is_cpu)
+        or not (x.is_contiguous() and codes.is_contiguous() and scales.is_contiguous())
+    ):
+        raise ValueError(
+            f"lmforge's native kernels take contiguous CPU tensors: x float32/bfloat16, codes {codes_dtype}, "
+            "scales and bias float32"
+        )
+
+
 def int8_mm(
     x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
     """x (M, K) · (codes int8 (N, K) · scale float32 (N,))ᵀ + bias float32 (N,), in x's dtype (float32
     or bfloat16); x contiguous, K a multiple of 32."""
+    _check(x, codes, torch.int8, scale, bias)
     (n, k), (m, _) = codes.shape, x.shape
-    out = torch.empty(m, n, dtype=x.dtype)
+    out = x.new_empty(m, n)
     bias_ptr = None if bias is None else bias.data_ptr()
     threads = torch.get_num_threads()
     bf16 = x.dtype == torch.bfloat16
@@ -118,8 +136,9 @@ def int4_mm(
 ) -> torch.Tensor:
     """x (M, K) · wᵀ + bias, w = scale · q + offset from `pack_int4` codes (N, K/2) and (N, K/g, 2)
     float32 pairs (`scale_offset`); the activations enter as int16 per row and group (see native.c)."""
+    _check(x, packed, torch.uint8, scale_offset, bias)
     (n, half), (m, _) = packed.shape, x.shape
-    out = torch.empty(m, n, dtype=x.dtype)
+    out = x.new_empty(m, n)
     bias_ptr = None if bias is None else bias.data_ptr()
     threads, bf16 = torch.get_num_threads(), x.dtype == torch.bfloat16
     so = scale_offset.data_ptr()
