@@ -376,3 +376,17 @@ def test_native_kernels_portable_build_agrees(tmp_path):
     for fast, plain in zip(*outs):  # float32 sums in another order
         torch.testing.assert_close(plain, fast, rtol=1e-4, atol=1e-5 * fast.abs().max().item())
     torch.testing.assert_close(outs[0][0], native.int8_mm(x, codes8, scale8, bias))  # the same as the API's
+
+
+def test_native_kernels_carry_nan_and_inf_like_float():
+    """A NaN or an infinity among the activations reaches the outputs, as in a float matmul (int4's
+    int16 step of that group is NaN rather than a rounding of garbage)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 64, generator=g)
+    x[0, 3], x[1, 40] = float("nan"), float("inf")
+    codes8 = torch.randint(-127, 128, (8, 64), dtype=torch.int8, generator=g)
+    y8 = native.int8_mm(x, codes8, torch.rand(8, generator=g), None)
+    packed = native.pack_int4(torch.randint(0, 16, (8, 64), dtype=torch.uint8, generator=g))
+    y4 = native.int4_mm(x, packed, 32, native.scale_offset(torch.rand(8, 2), torch.randn(8, 2)), None)
+    for y in (y8, y4):
+        assert not torch.isfinite(y).any()

@@ -94,9 +94,10 @@ static inline __attribute__((always_inline)) void dot_i8(const float *x, long K,
     }
 
 /* x (M, K) float32 or bfloat16, w (N, K) int8, scale (N,), bias (N,) or NULL -> out (M, N) in x's dtype */
-void lmf_int8_mm(const void *x, int bf16, long M, long K, const int8_t *w, const float *scale,
-                 const float *bias, long N, void *out, int threads) {
+int lmf_int8_mm(const void *x, int bf16, long M, long K, const int8_t *w, const float *scale,
+                const float *bias, long N, void *out, int threads) {
     float *xf = (float *)malloc(M * K * sizeof(float));
+    if (!xf) return -1;
     to_f32(x, bf16, xf, M * K);
     int parallel = threads > 1 && N * K >= (1L << 16);
 #pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
@@ -110,6 +111,7 @@ void lmf_int8_mm(const void *x, int bf16, long M, long K, const int8_t *w, const
         }
     }
     free(xf);
+    return 0;
 }
 
 /* int4: codes q in 0..15 with w = scale * q + offset per group of inputs; each 32 inputs are 16 bytes,
@@ -169,12 +171,17 @@ static inline void dot_i4(const int16_t *x16, const float *sx, long K, const uin
 
 /* x (M, K) float32 or bfloat16, q (N, K/2) as above, so (N, K/group, 2) scale and offset, group a
  * multiple of 32, bias (N,) or NULL -> out (M, N) in x's dtype */
-void lmf_int4_mm(const void *x, int bf16, long M, long K, const uint8_t *q, const float *so, long group,
-                 const float *bias, long N, void *out, int threads) {
+int lmf_int4_mm(const void *x, int bf16, long M, long K, const uint8_t *q, const float *so, long group,
+                const float *bias, long N, void *out, int threads) {
     long groups = K / group;
     float *xf = (float *)malloc((M * K + 2 * M * groups) * sizeof(float));
     float *sx = xf + M * K, *xsum = sx + M * groups;
     int16_t *x16 = (int16_t *)malloc(M * K * sizeof(int16_t));
+    if (!xf || !x16) {
+        free(xf);
+        free(x16);
+        return -1;
+    }
     to_f32(x, bf16, xf, M * K);
     for (long i = 0; i < M * groups; i++) {
         const float *xg = xf + i * group; /* row i / groups, group i % groups: rows are K = groups * group */
@@ -185,7 +192,7 @@ void lmf_int4_mm(const void *x, int bf16, long M, long K, const uint8_t *q, cons
         }
         float step = amax / 32767.0f, inv = amax > 0.0f ? 32767.0f / amax : 0.0f;
         for (long k = 0; k < group; k++) x16[i * group + k] = (int16_t)lrintf(xg[k] * inv);
-        sx[i] = step;
+        sx[i] = s == s ? step : NAN; /* a NaN or infinity in the group reaches the output, as in float */
         xsum[i] = s;
     }
     int parallel = threads > 1 && N * K >= (1L << 17);
@@ -209,4 +216,5 @@ void lmf_int4_mm(const void *x, int bf16, long M, long K, const uint8_t *q, cons
     }
     free(x16);
     free(xf);
+    return 0;
 }

@@ -76,7 +76,7 @@ def library() -> ctypes.CDLL | None:
     p, i, c_long = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
     lib.lmf_int8_mm.argtypes = [p, i, c_long, c_long, p, p, p, c_long, p, i]
     lib.lmf_int4_mm.argtypes = [p, i, c_long, c_long, p, p, c_long, p, c_long, p, i]
-    lib.lmf_int8_mm.restype = lib.lmf_int4_mm.restype = None
+    lib.lmf_int8_mm.restype = lib.lmf_int4_mm.restype = ctypes.c_int  # -1: out of memory
     return lib
 
 
@@ -121,9 +121,20 @@ def int8_mm(
     bias_ptr = None if bias is None else bias.data_ptr()
     threads = torch.get_num_threads()
     bf16 = x.dtype == torch.bfloat16
-    library().lmf_int8_mm(
-        x.data_ptr(), bf16, m, k, codes.data_ptr(), scale.data_ptr(), bias_ptr, n, out.data_ptr(), threads
+    args = (
+        x.data_ptr(),
+        bf16,
+        m,
+        k,
+        codes.data_ptr(),
+        scale.data_ptr(),
+        bias_ptr,
+        n,
+        out.data_ptr(),
+        threads,
     )
+    if library().lmf_int8_mm(*args):
+        raise MemoryError(f"lmforge's int8 kernel could not allocate {m} x {k} float32 activations")
     return out
 
 
@@ -142,7 +153,7 @@ def int4_mm(
     bias_ptr = None if bias is None else bias.data_ptr()
     threads, bf16 = torch.get_num_threads(), x.dtype == torch.bfloat16
     so = scale_offset.data_ptr()
-    library().lmf_int4_mm(
+    args = (
         x.data_ptr(),
         bf16,
         m,
@@ -155,6 +166,8 @@ def int4_mm(
         out.data_ptr(),
         threads,
     )
+    if library().lmf_int4_mm(*args):
+        raise MemoryError(f"lmforge's int4 kernel could not allocate {m} x {2 * half} activations")
     return out
 
 
