@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge import hardware
-from lmforge.ops import define_op
+from lmforge.model.ops import define_op
 
 KERNELS = ("aten", "onednn")
 MIN_PROBE_WEIGHT = 1 << 18  # smaller weights stay in cache and cost microseconds: aten, unprobed

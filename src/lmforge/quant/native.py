@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from lmforge.hardware import cpu_flags, cpu_model
-from lmforge.ops import define_op
+from lmforge.model.ops import define_op
 
 SOURCE = Path(__file__).with_name("native.c")
 BLOCK = 32  # the kernel's inputs must be a multiple of this
