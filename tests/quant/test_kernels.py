@@ -217,7 +217,7 @@ def test_int4_rows_not_a_multiple_of_16_fall_back(monkeypatch):
     _check_against_dequantized(module, torch.randn(3, 128))
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9, 17])  # int4 passes take up to 8 rows
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("group", [32, 64, 96])  # the sizes the kernel unrolls, and another
 def test_native_int4_kernel_equals_the_definition(rows, dtype, group):

@@ -1,7 +1,7 @@
 /* lmforge's decode kernels: weight-only int8 (a scale per output channel) and int4 (a scale and an
  * offset per group of inputs) matrix products for a few input rows, float32 or bfloat16 activations.
- * Each weight row is read from memory once for up to four input rows, so that a decode step streams
- * its weights near memory bandwidth. Built by lmforge/quant/native.py for this CPU (-O3 -march=native,
+ * Each weight row is read from memory once for up to four input rows (int4: eight), so that a decode
+ * step streams its weights near memory bandwidth. Built by lmforge/quant/native.py for this CPU (-O3 -march=native,
  * OpenMP over output channels); AVX2 intrinsics where the CPU has them, plain loops otherwise.
  *
  * int8: out[m, n] = scale[n] * sum_k x[m, k] * w[n, k] + bias[n]; the codes become float32 in
@@ -15,7 +15,8 @@
 #include <immintrin.h>
 #endif
 
-#define ROWS 4 /* input rows per pass over a weight row */
+#define ROWS 4    /* input rows per pass over a weight row (int8) */
+#define ROWS_I4 8 /* int4: expanding the codes costs more than the multiply-adds, so more rows share it */
 
 static void to_f32(const void *x, int bf16, float *dst, long n) {
     if (!bf16) {
@@ -93,6 +94,18 @@ static inline __attribute__((always_inline)) void dot_i8(const float *x, long K,
         default: { const int Rc = 4; CALL; break; } \
     }
 
+#define DISPATCH8(R, CALL)                         \
+    switch (R) {                                   \
+        case 1: { const int Rc = 1; CALL; break; } \
+        case 2: { const int Rc = 2; CALL; break; } \
+        case 3: { const int Rc = 3; CALL; break; } \
+        case 4: { const int Rc = 4; CALL; break; } \
+        case 5: { const int Rc = 5; CALL; break; } \
+        case 6: { const int Rc = 6; CALL; break; } \
+        case 7: { const int Rc = 7; CALL; break; } \
+        default: { const int Rc = 8; CALL; break; } \
+    }
+
 /* x (M, K) float32 or bfloat16, w (N, K) int8, scale (N,), bias (N,) or NULL -> out (M, N) in x's dtype */
 int lmf_int8_mm(const void *x, int bf16, long M, long K, const int8_t *w, const float *scale,
                 const float *bias, long N, void *out, int threads) {
@@ -128,10 +141,10 @@ static inline __attribute__((always_inline)) void dot_i4(const int16_t *x16, con
                                                          const uint8_t *q, const float *so, long group,
                                                          long groups, int R, float *res) {
     const __m128i low4 = _mm_set1_epi8(0x0f);
-    __m256 total[ROWS];
+    __m256 total[ROWS_I4];
     for (int r = 0; r < R; r++) total[r] = _mm256_setzero_ps();
     for (long g = 0, g0 = 0; g0 < K; g++, g0 += group) {
-        __m256i acc[ROWS][2];
+        __m256i acc[ROWS_I4][2]; /* two a row for one or two rows (latency), else one */
         for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
         for (long k = g0; k < g0 + group; k += 32) {
             __m128i b = _mm_loadu_si128((const __m128i *)(q + k / 2));
@@ -140,11 +153,11 @@ static inline __attribute__((always_inline)) void dot_i4(const int16_t *x16, con
             for (int r = 0; r < R; r++) {
                 const int16_t *xr = x16 + r * K + k;
                 acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(lo, _mm256_loadu_si256((const __m256i *)xr)));
-                acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(hi, _mm256_loadu_si256((const __m256i *)(xr + 16))));
+                acc[r][R <= 2] = _mm256_add_epi32(acc[r][R <= 2], _mm256_madd_epi16(hi, _mm256_loadu_si256((const __m256i *)(xr + 16))));
             }
         }
         for (int r = 0; r < R; r++) {
-            __m256 sum = _mm256_cvtepi32_ps(_mm256_add_epi32(acc[r][0], acc[r][1]));
+            __m256 sum = _mm256_cvtepi32_ps(R <= 2 ? _mm256_add_epi32(acc[r][0], acc[r][1]) : acc[r][0]);
             total[r] = _mm256_fmadd_ps(sum, _mm256_set1_ps(so[2 * g] * sx[r * groups + g]), total[r]);
         }
     }
@@ -199,10 +212,10 @@ int lmf_int4_mm(const void *x, int bf16, long M, long K, const uint8_t *q, const
 #pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
     for (long n = 0; n < N; n++) {
         const float *son = so + n * groups * 2;
-        for (long m0 = 0; m0 < M; m0 += ROWS) {
-            int R = M - m0 < ROWS ? (int)(M - m0) : ROWS;
-            float res[ROWS];
-#define DOT_I4(G) DISPATCH(R, dot_i4(x16 + m0 * K, sx + m0 * groups, K, q + n * (K / 2), son, G, groups, Rc, res))
+        for (long m0 = 0; m0 < M; m0 += ROWS_I4) {
+            int R = M - m0 < ROWS_I4 ? (int)(M - m0) : ROWS_I4;
+            float res[ROWS_I4];
+#define DOT_I4(G) DISPATCH8(R, dot_i4(x16 + m0 * K, sx + m0 * groups, K, q + n * (K / 2), son, G, groups, Rc, res))
             if (group == 32) DOT_I4(32)
             else if (group == 64) DOT_I4(64)
             else if (group == 128) DOT_I4(128)

@@ -3,7 +3,7 @@
 torch's CPU kernels stream a one-row product's weights slowly: `_weight_int8pack_mm` at 5-10 GB/s with
 bf16 activations (1.3 with float32 ones) where a float32 matrix-vector product reads 12-18, and
 `_weight_int4pack_mm_for_cpu` at 4-6, so quantized decode, reading a quarter or an eighth of float32's
-bytes, gained little. These read each weight row once for up to four input rows: int8 codes become
+bytes, gained little. These read each weight row once for up to four input rows (int4: eight): int8 codes become
 float32 in registers and multiply in several accumulators (12-20 GB/s on a 2-thread Zen 3); int4 codes
 multiply int16 activations (one scale per row and group) in integer multiply-adds, one conversion a
 group (6-9 GB/s). The source is compiled once per machine with the system C compiler (`cc -O3
