@@ -19,24 +19,13 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+# benchmarks/quantize.py: the same checkpoints, decode timing and kernel paths
+from quantize import checkpoint, decode_rate, kernel_paths
+
 RESULTS = Path(__file__).parent / "results" / "native_kernels.json"
-SCHEMES = {"int8": {"scheme": "int8"}, "int4": {"scheme": "int4", "group_size": 64}}
-
-
-def checkpoint(scheme: str) -> Path:
-    import lmforge
-
-    out = (
-        Path(os.environ.get("LMFORGE_CACHE", "~/.cache/lmforge")).expanduser()
-        / "bench-quantize"
-        / f"smollm2-{scheme}"
-    )
-    if not (out / "config.json").exists():
-        lmforge.quantize("smollm2", out=out, report=False, **SCHEMES[scheme])
-    return out
+SCHEMES = ("int8", "int4")  # benchmarks/quantize.py's variants: int4 in groups of 64
 
 
 def measure(path: str, new_tokens: int, threads: int) -> dict:
@@ -48,24 +37,9 @@ def measure(path: str, new_tokens: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     lm = lmforge.load(path, compile="eager")
     prompt = lm.tokenizer.encode("The island was quiet when the ship came in, and the sailors")[:16]
-    row = {
-        "paths": sorted(
-            {f"{type(m).__name__} {m.path}" for m in lm.model.modules() if hasattr(m, "kernel_rows")}
-        )
-    }
+    row: dict = {"paths": kernel_paths(lm)}
     for mode in ("eager", "compile"):
-        opts = {"ignore_eos": True, "compile": mode == "compile", "aot": False}
-
-        def run(n: int, opts=opts) -> float:
-            best = float("inf")
-            for _ in range(2):
-                start = time.perf_counter()
-                lm.generate([prompt], max_new_tokens=n, **opts)
-                best = min(best, time.perf_counter() - start)
-            return best
-
-        run(2)  # warm-up (compiles the step in compile mode)
-        row[f"decode_tok_s_{mode}"] = new_tokens / max(run(new_tokens + 1) - run(1), 1e-9)
+        row[f"decode_tok_s_{mode}"] = decode_rate(lm, prompt, new_tokens, mode)
     return row
 
 
@@ -85,8 +59,9 @@ def main() -> None:
 
     print(f"machine: {describe()}")
     runs: dict[str, list[dict]] = {}
+    cache = Path(os.environ.get("LMFORGE_CACHE", "~/.cache/lmforge")).expanduser() / "bench-quantize"
     for scheme in SCHEMES:
-        path = checkpoint(scheme)
+        path = checkpoint(cache, scheme)
         for _ in range(args.rounds):
             for kernels, flag in (("native", "1"), ("torch", "0")):
                 command = [

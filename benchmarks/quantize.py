@@ -68,27 +68,34 @@ def decode_rate(lm, prompt: list[int], new_tokens: int, mode: str) -> float:
     return new_tokens / max(run(new_tokens + 1) - run(1), 1e-9)
 
 
+def checkpoint(cache: Path, name: str) -> Path:
+    """`lmforge quantize smollm2` with variant `name`'s options, made once into `cache`."""
+    import lmforge
+
+    out = cache / f"smollm2-{name}"
+    if not (out / "config.json").exists():
+        lmforge.quantize("smollm2", out=out, report=False, **OPTIONS[name])
+    return out
+
+
+def kernel_paths(lm) -> list[str]:
+    """Each quantized module kind's kernel path ("native": lmforge's own kernels, quant/native.c)."""
+    modules = lm.model.modules()
+    return sorted(
+        {f"{type(m).__name__} {m.path}" for m in modules if hasattr(m, "path") and hasattr(m, "kernel_rows")}
+    )
+
+
 def lmforge_side(name: str, cache: Path, args, text: str, prompt: list[int]) -> dict:
     import torch
 
     import lmforge
     from lmforge.eval.metrics.lm import perplexity
 
-    if name == "fp32":
-        lm = lmforge.load("smollm2", compile="eager")
-    else:
-        out = cache / f"smollm2-{name}"
-        if not (out / "config.json").exists():
-            lmforge.quantize("smollm2", out=out, report=False, **OPTIONS[name])
-        lm = lmforge.load(out, compile="eager")
+    lm = lmforge.load("smollm2" if name == "fp32" else checkpoint(cache, name), compile="eager")
     row: dict = {"side": f"lmforge {name}"}
-    paths = {
-        f"{type(m).__name__} {m.path}"
-        for m in lm.model.modules()
-        if hasattr(m, "path") and hasattr(m, "kernel_rows")
-    }
-    if paths:
-        row["kernel_paths"] = sorted(paths)  # native: lmforge's own kernels (quant/native.c)
+    if paths := kernel_paths(lm):
+        row["kernel_paths"] = paths
     with torch.inference_mode():
         x = torch.tensor([prompt[:128]])
         lm.model(x)

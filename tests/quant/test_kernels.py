@@ -191,12 +191,12 @@ def test_int4_linear_paths_equal_dequantize_then_matmul(rows, symmetric, kernel,
 
 @pytest.mark.parametrize("kernel", ["native", "kernel"])
 def test_int4_inputs_past_the_kernel_rows_dequantize(kernel, monkeypatch):
-    """Up to `kernel_rows` rows (measured per machine, `kernels.native_int4_rows` / `int4_rows`) take the
+    """Up to `kernel_rows` rows (measured per process for each kernel, `kernels.int4_rows`) take the
     kernel; more rows (prefill) a matmul on dequantized weights; both equal dequantize-then-matmul."""
     monkeypatch.setattr(kernels, "native_int4", lambda group_size: kernel == "native")
     w, b = _weight()
     module = Int4Linear(rtn(w, 4, 32), b)
-    rows = kernels.native_int4_rows(32) if kernel == "native" else kernels.int4_rows(32)
+    rows = kernels.int4_rows(32, kernel == "native")
     assert module.path == kernel and module.kernel_rows == rows >= 1
     calls = []
     owner = native if kernel == "native" else kernels
@@ -283,9 +283,7 @@ def test_probes_time_cpu_tensors_while_load_builds_on_meta(tmp_path, monkeypatch
         kernels.int8_rows,
         kernels.int4_rows,
         kernels.native_int8,
-        kernels.native_int8_rows,
         kernels.native_int4,
-        kernels.native_int4_rows,
     )
     devices = []
     timed = kernels._cpu_time
@@ -300,7 +298,7 @@ def test_probes_time_cpu_tensors_while_load_builds_on_meta(tmp_path, monkeypatch
     try:
         loaded = lmforge.load(tmp_path / "q", device="cpu", compile="eager")
         with torch.device("meta"):
-            kernels.int4_rows(32)
+            kernels.int4_rows(32, False)
     finally:
         for probe in probes:
             probe.cache_clear()  # the next test measures again, without the recorder

@@ -132,44 +132,67 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
 
 
+def _int8_probe_weight() -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes and float32 scales of a 1536 × 576 weight (SmolLM2's MLP shape), as the probes time."""
+    return torch.randint(-127, 128, (1536, 576), dtype=torch.int8), torch.rand(1536)
+
+
+def _int4_probe_weight(group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Codes, scale and zero of a 1536 × 1152 weight (which 32, 64 and 128 divide) in groups of
+    `group_size`."""
+    codes = torch.randint(0, 16, (1536, 1152), dtype=torch.uint8)
+    scale = torch.rand(1536, 1152 // group_size, dtype=torch.bfloat16)
+    return codes, scale, torch.rand(1536, 1152 // group_size, dtype=torch.bfloat16)
+
+
 @functools.cache
 @on_cpu
-def int8_rows() -> int:
-    """The most input rows for which `_weight_int8pack_mm` beats dequantizing to `matmul_dtype()` and a
-    plain matmul, measured once per process on a 1536 × 576 weight; 0 when the kernel is missing. Decode
-    steps (a few rows) take the kernel, prefill (its cost grows with the rows, the matmul's hardly) the
-    other."""
-    if not available("int8"):
+def int8_rows(native_kernel: bool) -> int:
+    """The most input rows for which `_weight_int8pack_mm` (`native_kernel`: lmforge's own, its
+    activations in `matmul_dtype()`) beats dequantizing to `matmul_dtype()` and a plain matmul, measured
+    once per process on a 1536 × 576 weight; 0 when torch's kernel is missing. Decode steps (a few rows)
+    take the kernel, prefill (its cost grows with the rows, the matmul's hardly) the other."""
+    from lmforge.quant import native
+
+    if not native_kernel and not available("int8"):
         return 0
     mm_dtype = matmul_dtype()
-    codes = torch.randint(-127, 128, (1536, 576), dtype=torch.int8)
-    scale = torch.rand(1536, dtype=fast_dtype())
+    codes, scale = _int8_probe_weight()
+    scale_fast = scale.to(fast_dtype())
     return _rows_kernel_wins(
-        lambda x: int8_mm(x, codes, scale),
+        (lambda x: native.int8_mm(x, codes, scale, None))
+        if native_kernel
+        else (lambda x: int8_mm(x, codes, scale_fast)),
         lambda x: F.linear(x, codes.to(mm_dtype) * scale[:, None].to(mm_dtype)),
         576,
+        kernel_dtype=mm_dtype if native_kernel else fast_dtype(),
     )
 
 
 @functools.cache
 @on_cpu
-def int4_rows(group_size: int) -> int:
-    """Like `int8_rows` for `_weight_int4pack_mm_for_cpu` with groups of `group_size` (a 1536 × 1152
-    weight, which 32, 64 and 128 divide): prefill-sized inputs run faster as a matmul of dequantized
+def int4_rows(group_size: int, native_kernel: bool) -> int:
+    """Like `int8_rows` for `_weight_int4pack_mm_for_cpu` (or lmforge's int4 kernel) with groups of
+    `group_size` (a 1536 × 1152 weight): prefill-sized inputs run faster as a matmul of dequantized
     weights (a Zen 3, before this choice, prefilled SmolLM2 int4 at 9 tok/s)."""
-    if not available("int4"):
-        return 0
+    from lmforge.quant import native
     from lmforge.quant.formats import dequantize_int4
 
+    if not native_kernel and not available("int4"):
+        return 0
     mm_dtype = matmul_dtype()
-    codes = torch.randint(0, 16, (1536, 1152), dtype=torch.uint8)
-    scale = torch.rand(1536, 1152 // group_size, dtype=torch.bfloat16)
-    zero = torch.rand(1536, 1152 // group_size, dtype=torch.bfloat16)
-    packed, scale_zero = pack_int4(codes), scale_and_zero(scale, zero).to(fast_dtype())
+    codes, scale, zero = _int4_probe_weight(group_size)
+    if native_kernel:
+        packed, scale_offset = native.pack_int4(codes), native.scale_offset(scale, zero)
+        kernel = lambda x: native.int4_mm(x, packed, group_size, scale_offset, None)  # noqa: E731
+    else:
+        packed, scale_zero = pack_int4(codes), scale_and_zero(scale, zero).to(fast_dtype())
+        kernel = lambda x: int4_mm(x, packed, group_size, scale_zero)  # noqa: E731
     return _rows_kernel_wins(
-        lambda x: int4_mm(x, packed, group_size, scale_zero),
+        kernel,
         lambda x: F.linear(x, dequantize_int4(codes, scale, zero, group_size, mm_dtype)),
         1152,
+        kernel_dtype=mm_dtype if native_kernel else fast_dtype(),
     )
 
 
@@ -185,8 +208,7 @@ def native_int8() -> bool:
         return False
     if not available("int8"):
         return True
-    codes = torch.randint(-127, 128, (1536, 576), dtype=torch.int8)
-    scale = torch.rand(1536)
+    codes, scale = _int8_probe_weight()
     scale_fast = scale.to(fast_dtype())
     return _native_wins(
         codes,
@@ -207,9 +229,7 @@ def native_int4(group_size: int) -> bool:
         return False
     if not available("int4"):
         return True
-    codes = torch.randint(0, 16, (1536, 1152), dtype=torch.uint8)
-    scale = torch.rand(1536, 1152 // group_size, dtype=torch.bfloat16)
-    zero = torch.rand(1536, 1152 // group_size, dtype=torch.bfloat16)
+    codes, scale, zero = _int4_probe_weight(group_size)
     scale_offset, scale_zero = native.scale_offset(scale, zero), scale_and_zero(scale, zero).to(fast_dtype())
     packed = (native.pack_int4(codes), pack_int4(codes))
     return _native_wins(
@@ -234,50 +254,12 @@ def _native_wins(weights, ours, theirs, width: int) -> bool:
     return t_ours < _cpu_time(lambda: [theirs(x_theirs, w) for w in copies], runs=3)
 
 
-@functools.cache
-@on_cpu
-def native_int8_rows() -> int:
-    """Like `int8_rows` for the native kernel (activations in `matmul_dtype()`)."""
-    from lmforge.quant import native
-
-    mm_dtype = matmul_dtype()
-    codes = torch.randint(-127, 128, (1536, 576), dtype=torch.int8)
-    scale = torch.rand(1536)
-    return _rows_kernel_wins(
-        lambda x: native.int8_mm(x, codes, scale, None),
-        lambda x: F.linear(x, codes.to(mm_dtype) * scale[:, None].to(mm_dtype)),
-        576,
-        kernel_dtype=mm_dtype,
-    )
-
-
-@functools.cache
-@on_cpu
-def native_int4_rows(group_size: int) -> int:
-    """Like `int4_rows` for the native kernel (activations in `matmul_dtype()`)."""
-    from lmforge.quant import native
-    from lmforge.quant.formats import dequantize_int4
-
-    mm_dtype = matmul_dtype()
-    codes = torch.randint(0, 16, (1536, 1152), dtype=torch.uint8)
-    scale = torch.rand(1536, 1152 // group_size, dtype=torch.bfloat16)
-    zero = torch.rand(1536, 1152 // group_size, dtype=torch.bfloat16)
-    packed, scale_offset = native.pack_int4(codes), native.scale_offset(scale, zero)
-    return _rows_kernel_wins(
-        lambda x: native.int4_mm(x, packed, group_size, scale_offset, None),
-        lambda x: F.linear(x, dequantize_int4(codes, scale, zero, group_size, mm_dtype)),
-        1152,
-        kernel_dtype=mm_dtype,
-    )
-
-
-def _rows_kernel_wins(kernel, dequantized, width: int, kernel_dtype: torch.dtype | None = None) -> int:
+def _rows_kernel_wins(kernel, dequantized, width: int, kernel_dtype: torch.dtype) -> int:
     """The most rows (1, then doubling up to 256) for which `kernel(x)`, x (rows, width) in
-    `kernel_dtype` (`fast_dtype()` when None), takes less CPU time than `dequantized(x)` with x in
-    `matmul_dtype()`."""
+    `kernel_dtype`, takes less CPU time than `dequantized(x)` with x in `matmul_dtype()`."""
     best = 1
     for rows in (2, 4, 8, 16, 32, 64, 128, 256):
-        x = torch.randn(rows, width, dtype=kernel_dtype or fast_dtype())
+        x = torch.randn(rows, width, dtype=kernel_dtype)
         y = x.to(matmul_dtype())
         if _cpu_time(lambda x=x: kernel(x)) > _cpu_time(lambda y=y: dequantized(y)):
             break

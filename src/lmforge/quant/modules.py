@@ -3,11 +3,11 @@
 - `Int8Linear`: int8 codes (N, K) and per-row scales; decode-sized inputs go through lmforge's own
   kernel (`native.py`) where it is built and measured faster than `aten._weight_int8pack_mm` on this
   CPU (`kernels.native_int8`), else through torch's; larger ones (prefill) through a matmul on weights
-  dequantized on the fly when that is faster (`kernels.native_int8_rows` / `int8_rows`, measured).
+  dequantized on the fly when that is faster (`kernels.int8_rows`, measured for each kernel).
 - `Int4Linear`: group-wise codes, scale and zero per group, packed for lmforge's int4 kernel where it
   is measured faster (`kernels.native_int4`; it takes the activations as int16 per row and group, see
   native.c) or for `aten._weight_int4pack_mm_for_cpu`; like Int8Linear, inputs of more rows than the
-  kernel is faster for dequantize (`kernels.native_int4_rows` / `int4_rows`). Its checkpoint form is portable (`qweight`: codes two to a byte); the kernel's
+  kernel is faster for dequantize (`kernels.int4_rows`). Its checkpoint form is portable (`qweight`: codes two to a byte); the kernel's
   own layout is built when the module is made or loaded, and is the only copy of the codes held in memory.
 - `Int8Embedding`: rows of int8 codes with a scale each; with tied embeddings it reads the LM head's
   codes (one copy serves both: a row scale of the embedding is an output-channel scale of the head).
@@ -49,9 +49,9 @@ class Int8Linear(nn.Module):
         compiled step traces no measurement)."""
         on_cpu = self.qweight.device.type in ("cpu", "meta")
         if on_cpu and native.fits(self.in_features) and kernels.native_int8():
-            self.path, self.kernel_rows = "native", kernels.native_int8_rows()
+            self.path, self.kernel_rows = "native", kernels.int8_rows(True)
         elif on_cpu and kernels.available("int8"):
-            self.path, self.kernel_rows = "kernel", kernels.int8_rows()
+            self.path, self.kernel_rows = "kernel", kernels.int8_rows(False)
         else:
             self.path, self.kernel_rows = "dequantize", 0
         self.kernel_dtype = torch.float32 if self.path == "native" else kernels.fast_dtype()
@@ -131,11 +131,11 @@ class Int4Linear(nn.Module):
         self.register_buffer("codes", held, persistent=False)
         if path == "native":
             self.kernel_dtype, scale_zero = torch.float32, native.scale_offset(self.scale, self.zero)
-            self.kernel_rows = kernels.native_int4_rows(self.group_size)
+            self.kernel_rows = kernels.int4_rows(self.group_size, True)
         else:
             self.kernel_dtype = kernels.fast_dtype()
             scale_zero = kernels.scale_and_zero(self.scale, self.zero).to(self.kernel_dtype)  # see Int8Linear
-            self.kernel_rows = kernels.int4_rows(self.group_size) if path == "kernel" else 0
+            self.kernel_rows = kernels.int4_rows(self.group_size, False) if path == "kernel" else 0
         self.register_buffer("scale_zero", scale_zero, persistent=False)
         native_bias = self.bias.detach().float() if path == "native" and self.bias is not None else None
         self.register_buffer("native_bias", native_bias, persistent=False)

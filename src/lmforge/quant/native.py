@@ -115,27 +115,7 @@ def int8_mm(
 ) -> torch.Tensor:
     """x (M, K) · (codes int8 (N, K) · scale float32 (N,))ᵀ + bias float32 (N,), in x's dtype (float32
     or bfloat16); x contiguous, K a multiple of 32."""
-    _check(x, codes, torch.int8, scale, bias)
-    (n, k), (m, _) = codes.shape, x.shape
-    out = x.new_empty(m, n)
-    bias_ptr = None if bias is None else bias.data_ptr()
-    threads = torch.get_num_threads()
-    bf16 = x.dtype == torch.bfloat16
-    args = (
-        x.data_ptr(),
-        bf16,
-        m,
-        k,
-        codes.data_ptr(),
-        scale.data_ptr(),
-        bias_ptr,
-        n,
-        out.data_ptr(),
-        threads,
-    )
-    if library().lmf_int8_mm(*args):
-        raise MemoryError(f"lmforge's int8 kernel could not allocate {m} x {k} float32 activations")
-    return out
+    return _run("lmf_int8_mm", torch.int8, x, codes, scale, bias, codes.shape[1])
 
 
 def int4_mm(
@@ -147,27 +127,22 @@ def int4_mm(
 ) -> torch.Tensor:
     """x (M, K) · wᵀ + bias, w = scale · q + offset from `pack_int4` codes (N, K/2) and (N, K/g, 2)
     float32 pairs (`scale_offset`); the activations enter as int16 per row and group (see native.c)."""
-    _check(x, packed, torch.uint8, scale_offset, bias)
-    (n, half), (m, _) = packed.shape, x.shape
+    return _run("lmf_int4_mm", torch.uint8, x, packed, scale_offset, bias, 2 * packed.shape[1], group_size)
+
+
+def _run(kernel: str, codes_dtype: torch.dtype, x, codes, scales, bias, k: int, *options) -> torch.Tensor:
+    """Check the tensors, then call `kernel`(x, bf16?, M, K, codes, scales, *options, bias, N, out,
+    threads)."""
+    _check(x, codes, codes_dtype, scales, bias)
+    m, n = x.shape[0], codes.shape[0]
     out = x.new_empty(m, n)
     bias_ptr = None if bias is None else bias.data_ptr()
-    threads, bf16 = torch.get_num_threads(), x.dtype == torch.bfloat16
-    so = scale_offset.data_ptr()
-    args = (
-        x.data_ptr(),
-        bf16,
-        m,
-        2 * half,
-        packed.data_ptr(),
-        so,
-        group_size,
-        bias_ptr,
-        n,
-        out.data_ptr(),
-        threads,
-    )
-    if library().lmf_int4_mm(*args):
-        raise MemoryError(f"lmforge's int4 kernel could not allocate {m} x {2 * half} activations")
+    bf16, threads = x.dtype == torch.bfloat16, torch.get_num_threads()
+    rest = (codes.data_ptr(), scales.data_ptr(), *options, bias_ptr, n, out.data_ptr(), threads)
+    if getattr(library(), kernel)(x.data_ptr(), bf16, m, k, *rest):
+        raise MemoryError(
+            f"lmforge's native kernel could not allocate the activations of {m} rows x {k} inputs"
+        )
     return out
 
 
