@@ -3,9 +3,9 @@ Q4_0 on the same weights and text, in one run.
 
 lmforge, on the default path a user gets: `lmforge quantize smollm2 --scheme S --out DIR` (RTN; int4 with
 `--group-size 64`, also with `--method awq` and `gptq`), then `lmforge.load(DIR)`; fp32 is
-`lmforge.load("smollm2")`. Each side is timed with
-eager decode steps (what `compile="auto"` gives on a machine without a kept AOT package) and, with
-`--modes eager compile`, the torch.compile'd step too.
+`lmforge.load("smollm2")`. Decode is timed per `--modes`: `default`, the steps `lmforge.load(DIR)` takes
+(`compile="auto"`: the decode step `lmforge quantize` compiled ahead of time for this machine; for fp32,
+eager unless an AOT package is kept; the step kind is recorded); `eager`; `compile` (torch.compile); `aot`.
 - decode: greedy tokens/s over `--new-tokens` new tokens after a 16-token prompt (the time of 1 new token,
   i.e. the prefill, subtracted), best of 2;
 - prefill: one forward pass over a 128-token prompt, tokens/s, best of 3;
@@ -22,7 +22,7 @@ checkpoint, greedy, tokens/s.
 
 Prints a table with the CPU model and flags, saves benchmarks/results/quantize.json.
 
-    python benchmarks/quantize.py [--threads 2] [--new-tokens 128] [--ppl-chars 20000] [--modes eager]
+    python benchmarks/quantize.py [--threads 2] [--new-tokens 128] [--ppl-chars 20000] [--modes default eager]
 """
 
 from __future__ import annotations
@@ -57,9 +57,18 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
+MODES = {
+    "default": {},  # the LM's own choice: compile="auto"
+    "eager": {"compile": False, "aot": False},
+    "compile": {"compile": True, "aot": False},
+    "aot": {"aot": True},
+}
+
+
 def decode_rate(lm, prompt: list[int], new_tokens: int, mode: str) -> float:
-    """Greedy tokens/s of `new_tokens` steps after the prefill (the time of one new token subtracted)."""
-    opts = {"ignore_eos": True, "compile": mode == "compile", "aot": False}
+    """Greedy tokens/s of `new_tokens` steps after the prefill (the time of one new token subtracted),
+    on the decode steps of `mode` (`MODES`)."""
+    opts = {"ignore_eos": True, **MODES[mode]}
 
     def run(n: int) -> float:
         return min(timed(lambda: lm.generate([prompt], max_new_tokens=n, **opts)) for _ in range(2))
@@ -92,7 +101,7 @@ def lmforge_side(name: str, cache: Path, args, text: str, prompt: list[int]) -> 
     import lmforge
     from lmforge.eval.metrics.lm import perplexity
 
-    lm = lmforge.load("smollm2" if name == "fp32" else checkpoint(cache, name), compile="eager")
+    lm = lmforge.load("smollm2" if name == "fp32" else checkpoint(cache, name))  # compile="auto"
     row: dict = {"side": f"lmforge {name}"}
     if paths := kernel_paths(lm):
         row["kernel_paths"] = paths
@@ -101,7 +110,9 @@ def lmforge_side(name: str, cache: Path, args, text: str, prompt: list[int]) -> 
         lm.model(x)
         row["prefill_tok_s"] = 128 / min(timed(lambda: lm.model(x)) for _ in range(3))
         for mode in args.modes:
+            counts = lm.engine.step_counts.copy()
             row[f"decode_tok_s_{mode}"] = decode_rate(lm, prompt[:16], args.new_tokens, mode)
+            row[f"decode_steps_{mode}"] = (lm.engine.step_counts - counts).most_common(1)[0][0]
         ppl = perplexity(lm, text, context=512, stride=256)
     row["perplexity"] = ppl.perplexity
     row["scored_tokens"] = ppl.n_tokens
@@ -192,9 +203,9 @@ def aims(rows: dict[str, dict]) -> dict:
     out = {}
     for ours, theirs in PAIRS.items():
         a, b = rows.get(f"lmforge {ours}", {}), rows.get(f"llama.cpp {theirs}", {})
-        if a.get("decode_tok_s_eager") and b.get("decode_tok_s_eager"):
-            best = max(v for k, v in a.items() if k.startswith("decode_tok_s"))
-            out[f"decode {ours} / {theirs}"] = round(best / b["decode_tok_s_eager"], 3)
+        mine = a.get("decode_tok_s_default") or a.get("decode_tok_s_eager")  # the default path's
+        if mine and b.get("decode_tok_s_eager"):
+            out[f"decode {ours} / {theirs}"] = round(mine / b["decode_tok_s_eager"], 3)
     fp32, f32 = (
         rows.get("lmforge fp32", {}).get("perplexity"),
         rows.get("llama.cpp F32", {}).get("perplexity"),
@@ -207,7 +218,7 @@ def aims(rows: dict[str, dict]) -> dict:
 
 
 def print_table(rows: dict[str, dict]) -> None:
-    keys = ["decode_tok_s_eager", "decode_tok_s_compile", "prefill_tok_s", "perplexity", "ppl_change_pct"]
+    keys = [f"decode_tok_s_{mode}" for mode in MODES] + ["prefill_tok_s", "perplexity", "ppl_change_pct"]
     print(f"{'side':38s}" + "".join(f"{k:>22s}" for k in keys))
     for name, row in rows.items():
         cells = [row.get(k) for k in keys]
@@ -219,7 +230,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--ppl-chars", type=int, default=20000)
-    parser.add_argument("--modes", nargs="+", default=["eager"], choices=["eager", "compile"])
+    parser.add_argument("--modes", nargs="+", default=["default", "eager"], choices=list(MODES))
     parser.add_argument("--variants", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
     parser.add_argument("--sides", nargs="+", default=["lmforge", "llama.cpp", "transformers"])
     parser.add_argument("--llama-bench-flags", nargs="*", default=[], help="extra llama-bench flags")

@@ -133,6 +133,7 @@ def test_serves_only_batch_one_unpadded_with_a_free_slot():
     assert not aot_module.serves(2, False, 10, 12)
     assert not aot_module.serves(1, True, 10, 12)
     assert not aot_module.serves(1, False, 12, 12)  # this step fills the last slot
+    assert aot_module.serves(1, False, 2, 4) and not aot_module.serves(1, False, 2, 3)  # the smallest cache
 
 
 @pytest.mark.slow  # a third compile (~30 s)

@@ -276,6 +276,7 @@ def test_probes_time_cpu_tensors_while_load_builds_on_meta(tmp_path, monkeypatch
         scheme="int8",
         out=tmp_path / "q",
         report=False,
+        aot=False,
     )
     probes = (
         kernels.available,
@@ -321,6 +322,7 @@ def test_aot_package_key_follows_the_kernels_the_modules_chose(tmp_path, monkeyp
         scheme="int8",
         out=tmp_path / "q",
         report=False,
+        aot=False,
     )
     keys = {}
     for choice in (True, False):

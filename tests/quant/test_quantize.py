@@ -36,7 +36,7 @@ def _lm(family="llama", **overrides) -> LM:
 def test_quantize_save_load_gives_identical_outputs(tmp_path, family, options):
     lm = _lm(family)
     before = lm.model(IDS)
-    result = lmforge.quantize(lm, out=tmp_path / "q", report=False, **options)
+    result = lmforge.quantize(lm, out=tmp_path / "q", report=False, aot=False, **options)
     assert torch.equal(lm.model(IDS), before)  # the original is left as it was
     out = result.lm.model(IDS)
     assert (out.float() - before).abs().max() < 0.1 * before.abs().max()
@@ -117,10 +117,31 @@ def test_cli_quantize(tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "int4 rtn g32" in printed and "wrote" in printed
+    assert "Decode step compiled ahead of time for this machine" in printed
     loaded = lmforge.load(tmp_path / "q", device="cpu", compile="eager")
     assert loaded.model.quantization["group_size"] == 32
-    assert main(["quantize", str(tmp_path / "q"), "--out", str(tmp_path / "q2"), "--no-report"]) == 2
+    # the default load decodes through the package `lmforge quantize` compiled, to the eager tokens
+    default = lmforge.load(tmp_path / "q", device="cpu")
+    prompt = [[5, 9, 2, 7]]
+    options = {"max_new_tokens": 6, "ignore_eos": True}
+    assert default.generate(prompt, **options)[0].token_ids == loaded.generate(prompt, **options)[0].token_ids
+    assert default.engine.step_counts["aot"] == 5 and "aot" not in loaded.engine.step_counts
+    assert (
+        main(["quantize", str(tmp_path / "q"), "--out", str(tmp_path / "q2"), "--no-report", "--no-aot"]) == 2
+    )
     assert "already quantized" in capsys.readouterr().err
+
+
+def test_a_decode_step_that_does_not_export_stays_eager_and_the_card_says_why(tmp_path):
+    """LLM.int8's outlier columns depend on the input, so its step has no AOT package: the checkpoint is
+    written all the same, the card names the reason, and the default load decodes eagerly."""
+    result = lmforge.quantize(_lm(), scheme="int8", method="llm-int8", out=tmp_path / "q", report=False)
+    step = result.card["decode_step"]
+    assert step["kind"] == "eager" and "does not export for aot" in step["reason"]
+    assert "Decode step: eager (this model's decode step does not export" in result.markdown
+    loaded = lmforge.load(tmp_path / "q", device="cpu")
+    loaded.generate([[5, 9, 2, 7]], max_new_tokens=4, ignore_eos=True)
+    assert set(loaded.engine.step_counts) == {"eager"}
 
 
 @pytest.mark.slow
@@ -140,7 +161,7 @@ def test_compiled_decode_with_quantized_weights_equals_eager(tmp_path, options):
     tracing), for one prompt and for a padded batch of three, also when every eager int4 input is past
     the rows its kernel wins at (prefill dequantizes; compiled steps keep the kernel)."""
     lm = LM(tiny_model("llama", vocab_size=320, tie_embeddings=False, seed=3), compile="eager")
-    lmforge.quantize(lm, out=tmp_path / "q", report=False, **options)
+    lmforge.quantize(lm, out=tmp_path / "q", report=False, aot=False, **options)
     eager_lm = lmforge.load(tmp_path / "q", compile="eager")
     compiled_lm = lmforge.load(tmp_path / "q", compile="compile")
     for module in compiled_lm.model.modules():

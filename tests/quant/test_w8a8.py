@@ -204,7 +204,7 @@ def test_cli_w8a8_and_llm_int8(tmp_path, capsys):
     from lmforge.cli import main
 
     write_checkpoint(tmp_path / "float", tiny_model("gpt2", vocab_size=320))
-    args = ["quantize", str(tmp_path / "float"), "--no-report", "--out"]
+    args = ["quantize", str(tmp_path / "float"), "--no-report", "--no-aot", "--out"]
     assert main([*args, str(tmp_path / "a"), "--scheme", "w8a8-dynamic"]) == 0
     assert "w8a8-dynamic rtn" in capsys.readouterr().out
     assert main([*args, str(tmp_path / "b"), "--method", "llm-int8", "--threshold", "4"]) == 0

@@ -55,7 +55,7 @@ def command(name: str, src: dict, out: Path) -> list[str]:
             "--output",
             str(out),
         ],
-        "quantize": ["quantize", str(src["model"]), "--out", str(out), "--no-report"],
+        "quantize": ["quantize", str(src["model"]), "--out", str(out), "--no-report", "--no-aot"],
     }[name]
 
 

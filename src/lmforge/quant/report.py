@@ -7,7 +7,9 @@
   positions, and how often both pick the same top token;
 - size on disk (the weights as a checkpoint stores them) and in memory (every tensor the model holds);
 - prefill tokens/s (one 128-token forward pass) and decode tokens/s (greedy, 32 new tokens after the
-  prefill, eager steps) before and after, on this machine's threads (the CPU model and flags noted).
+  prefill, eager steps) before and after, on this machine's threads (the CPU model and flags noted);
+  with the decode step compiled ahead of time (`aot`), also the saved checkpoint's decode tokens/s on
+  the steps `lmforge.load(OUT)` takes by default.
 Written as DIR/quant_report.json and DIR/quant_report.md; `markdown()` is what the CLI prints.
 """
 
@@ -100,16 +102,30 @@ def speed(lm, text: str) -> dict[str, float]:
     x = torch.tensor([ids])
     lm.model(x)
     prefill = min(_timed(lambda: lm.model(x)) for _ in range(3))
-    prompt = ids[:16]
-    options = {"ignore_eos": True, "compile": False, "aot": False}
+    return {
+        "prefill_tokens_per_s": len(ids) / prefill,
+        "decode_tokens_per_s": _decode_rate(lm, ids[:16], {"compile": False, "aot": False}),
+        "threads": torch.get_num_threads(),
+    }
+
+
+@torch.inference_mode()
+def default_decode(lm, text: str) -> dict[str, Any]:
+    """Decode tokens/s of `lm` on the steps its engine takes by default (after `lmforge quantize`, the
+    AOT step it compiled), and which kind of step that was."""
+    counts = lm.engine.step_counts.copy()
+    rate = _decode_rate(lm, lm.encode(text, add_special_tokens=False)[:16], {})
+    steps = lm.engine.step_counts - counts
+    return {"decode_default_tokens_per_s": rate, "decode_default_step": steps.most_common(1)[0][0]}
+
+
+def _decode_rate(lm, prompt: list[int], options: dict[str, Any]) -> float:
+    """Greedy tokens/s of DECODE_TOKENS steps after the prefill (the time of one new token subtracted)."""
+    options = {"ignore_eos": True, **options}
     lm.generate([prompt], max_new_tokens=2, **options)
     first = _timed(lambda: lm.generate([prompt], max_new_tokens=1, **options))
     full = _timed(lambda: lm.generate([prompt], max_new_tokens=DECODE_TOKENS + 1, **options))
-    return {
-        "prefill_tokens_per_s": len(ids) / prefill,
-        "decode_tokens_per_s": DECODE_TOKENS / max(full - first, 1e-9),
-        "threads": torch.get_num_threads(),
-    }
+    return DECODE_TOKENS / max(full - first, 1e-9)
 
 
 def _timed(fn) -> float:
@@ -149,6 +165,12 @@ def markdown(card: dict[str, Any]) -> str:
                 f"| decode tok/s (eager, {b['threads']} threads) | {b['decode_tokens_per_s']:.1f} | "
                 f"{a['decode_tokens_per_s']:.1f} | x{a['decode_tokens_per_s'] / b['decode_tokens_per_s']:.2f} |",
             ]
+            if "decode_default_tokens_per_s" in a:
+                rate = a["decode_default_tokens_per_s"]
+                lines.append(
+                    f"| decode tok/s (`lmforge.load(OUT)`'s default: {a['decode_default_step']} steps) | "
+                    f"{b['decode_tokens_per_s']:.1f} (eager) | {rate:.1f} | x{rate / b['decode_tokens_per_s']:.2f} |"
+                )
         lines += [
             "",
             f"KL(original ‖ quantized) per token: mean {q['kl_mean']:.5f}, max {q['kl_max']:.4f}; "
@@ -156,6 +178,16 @@ def markdown(card: dict[str, Any]) -> str:
         ]
         if s and s.get("machine"):
             lines += ["", f"Speed measured on {s['machine']}."]
+    step = card.get("decode_step")
+    if step:
+        lines += [""]
+        if step["kind"] == "aot":
+            lines.append(
+                f"Decode step compiled ahead of time for this machine in {step['compile_s']:.0f} s "
+                f"(`{step['package']}`): `lmforge.load(OUT)` decodes through it."
+            )
+        else:
+            lines.append(f"Decode step: eager ({step['reason']}).")
     layers = card["layers"]
     if layers:
         worst = sorted(layers, key=lambda r: r["sqnr_db"])[:5]
