@@ -33,8 +33,8 @@ $(STAMP): pyproject.toml scripts/setup_assets.py
 		compressed-tensors==0.19.0 loguru==0.7.3 datasets==5.2.0 multiprocess==0.70.19 dill==0.4.1 \
 		pyarrow==26.0.1 xxhash==4.1.0
 	$(PY) scripts/setup_assets.py
-	# a C compiler: torch.compile's generated C++ and lmforge's decode kernels (src/lmforge/quant/native.c) build with it
-	command -v cc >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	# C and C++ compilers: torch.compile's generated C++ and lmforge's decode kernels (src/lmforge/quant/native.c, native_ops.cpp) build with them
+	{ command -v cc >/dev/null && command -v c++ >/dev/null; } || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 		apt-get update -qq && apt-get install -y -qq gcc g++ >/dev/null; } || echo "no C compiler: compiled decode and lmforge's native kernels will fail"
 	# WordNet 3.0 database for METEOR (Debian's wordnet-base; skipped where present or without apt/root)
 	test -f /usr/share/wordnet/data.noun || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \

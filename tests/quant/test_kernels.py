@@ -37,6 +37,47 @@ def _reference_int4(w: torch.Tensor, group: int, symmetric: bool) -> torch.Tenso
     return out
 
 
+def test_operators_run_the_cpp_kernels_or_fall_back_to_python(tmp_path):
+    """`lmforge::int8_native` / `int4_native` run native_ops.cpp's C++ kernels (no Python between a
+    decode step and the kernel): the same results as the ctypes calls, the same refusals. A process
+    whose C++ build fails keeps the Python kernels, says why, and leaves no half-built library."""
+    import os
+    import subprocess
+    import sys
+
+    assert native.available() and native.compiled_ops(), native.ops_reason()  # make setup installs g++
+    g = torch.Generator().manual_seed(0)
+    x, bias = torch.randn(3, 128, generator=g), torch.randn(40, generator=g)
+    codes8, scale8 = torch.randint(-127, 128, (40, 128), dtype=torch.int8, generator=g), torch.rand(40)
+    packed = native.pack_int4(torch.randint(0, 16, (40, 128), dtype=torch.uint8, generator=g))
+    so4 = native.scale_offset(torch.rand(40, 2, generator=g), torch.randn(40, 2, generator=g))
+    for dtype in (torch.float32, torch.bfloat16):
+        xd = x.to(dtype)
+        y8 = torch.ops.lmforge.int8_native(xd, codes8, scale8, bias)
+        assert y8.dtype == dtype and torch.equal(y8, native.int8_mm(xd, codes8, scale8, bias))
+        y4 = torch.ops.lmforge.int4_native(xd, packed, 64, so4, None)
+        assert torch.equal(y4, native.int4_mm(xd, packed, 64, so4, None))
+    for bad in (x.t(), x[:, :64].contiguous(), x.double()):
+        with pytest.raises(ValueError, match="contiguous CPU tensors"):
+            torch.ops.lmforge.int8_native(bad, codes8, scale8, None)
+    with pytest.raises(ValueError, match="contiguous CPU tensors"):
+        torch.ops.lmforge.int8_native(x, codes8, scale8[:20], None)
+    with pytest.raises(ValueError, match="groups of a multiple of 32"):
+        torch.ops.lmforge.int4_native(x, packed, 48, so4, None)
+    script = (
+        "import torch\nfrom lmforge.quant import native\n"
+        "print(native.available(), native.compiled_ops(), native.ops_reason().split(' (')[0])\n"
+        "x, c, s = torch.randn(1, 64), torch.ones(8, 64, dtype=torch.int8), torch.ones(8)\n"
+        "print(torch.equal(torch.ops.lmforge.int8_native(x, c, s, None), native.int8_mm(x, c, s, None)))"
+    )
+    env = {**os.environ, "LMFORGE_CACHE": str(tmp_path), "CXX": "false"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.stdout.split("\n")[:2] == ["True False could not build native_ops.cpp", "True"], done.stderr
+    assert [p.name.startswith("lmforge_native_ops") for p in (tmp_path / "native").iterdir()] == [False]
+
+
 @pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("group", [32, 64])
 def test_int4_rtn_matches_the_definition(group, symmetric):
@@ -70,25 +111,26 @@ def test_int8_rtn_matches_the_definition():
     torch.testing.assert_close(rtn(w, 8).dequantize(), expected, rtol=0, atol=1e-7)
 
 
+def _int16_bound(x: torch.Tensor, w: torch.Tensor, group: int) -> torch.Tensor:
+    """How far x · wᵀ may move when each row's groups of `group` inputs are rounded to int16 steps of
+    the group's largest |x| / 32767: half a step times the group's |w|, summed over the groups."""
+    step = x.double().unflatten(-1, (-1, group)).abs().amax(-1) / 32767
+    return (step / 2) @ w.double().abs().unflatten(-1, (-1, group)).sum(-1).T
+
+
 def _check_against_dequantized(module, x: torch.Tensor) -> None:
     y = module(x)
     assert y.dtype == x.dtype and y.shape == (*x.shape[:-1], module.out_features)
     w = module.dequantize(torch.float64)
     bias = 0 if module.bias is None else module.bias.double()
     bf16 = x.dtype == torch.bfloat16 or (module.path == "kernel" and kernels.fast_dtype() == torch.bfloat16)
-    int16 = (
-        isinstance(module, Int4Linear)
-        and module.path == "native"
-        and len(x.reshape(-1, w.shape[1])) <= module.kernel_rows
-    )
+    int16 = module.path == "native" and len(x.reshape(-1, w.shape[1])) <= module.kernel_rows
     if int16 and not bf16:
-        # lmforge's int4 kernel takes x as int16 per row and group (step = the group's largest
-        # magnitude / 32767): each output is off by at most half a step times the group's |w|, summed
+        # lmforge's kernels take x as int16 per row and group (step = the group's largest magnitude /
+        # 32767): each output is off by at most half a step times the group's |w|, summed
+        group = module.group_size if isinstance(module, Int4Linear) else native.int8_group(w.shape[1])
         ref = x.double() @ w.T + bias
-        groups = x.double().unflatten(-1, (-1, module.group_size))
-        step = groups.abs().amax(-1) / 32767
-        bound = (step / 2) @ w.abs().unflatten(-1, (-1, module.group_size)).sum(-1).T
-        assert ((y.double() - ref).abs() <= bound + 1e-5 * ref.abs() + 1e-6).all()
+        assert ((y.double() - ref).abs() <= _int16_bound(x, w, group) + 1e-5 * ref.abs() + 1e-6).all()
         return
     if bf16:
         # x (and the weights, on the matmul path) enter in bf16 and the output is rounded to bf16:
@@ -118,22 +160,28 @@ def test_int8_linear_paths_equal_dequantize_then_matmul(rows, dtype, kernel, mon
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9])  # every row count a pass handles, and two passes
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_native_int8_kernel_equals_the_definition(rows, dtype):
-    """out = x · (codes · scale)ᵀ + bias in float64 from the definition; in bf16 the kernel rounds its
-    float32 sums once. Inputs of 96 (three blocks of 32) and 45 outputs (not a multiple of anything)."""
+@pytest.mark.parametrize("k", [96, 192, 384])  # activation groups of 32, 64 and 128 inputs
+def test_native_int8_kernel_equals_the_definition(rows, dtype, k):
+    """out = x · (codes · scale)ᵀ + bias in float64 from the definition; the kernel's int16 activations
+    are off by at most half a step (the group's largest |x| / 32767) each, and in bf16 it rounds its
+    float32 sums once. 45 outputs (not a multiple of anything); one input column 40x the others."""
+    assert native.int8_group(k) == {96: 32, 192: 64, 384: 128}[k]
     g = torch.Generator().manual_seed(rows)
-    codes = torch.randint(-127, 128, (45, 96), dtype=torch.int8, generator=g)
+    codes = torch.randint(-127, 128, (45, k), dtype=torch.int8, generator=g)
     scale, bias = torch.rand(45, generator=g) * 0.01, torch.randn(45, generator=g)
-    x = torch.randn(rows, 96, generator=g).to(dtype)
-    ref = x.double() @ (codes.double() * scale.double()[:, None]).T
+    x = torch.randn(rows, k, generator=g)
+    x[:, 7] *= 40
+    x = x.to(dtype)
+    w = codes.double() * scale.double()[:, None]
+    bound = _int16_bound(x, w, native.int8_group(k))
     for b in (None, bias):
         y = native.int8_mm(x, codes, scale, b)
-        expected = ref if b is None else ref + b.double()
+        expected = x.double() @ w.T + (0 if b is None else b.double())
         assert y.dtype == dtype and y.shape == (rows, 45)
-        tol = 1e-5 if dtype == torch.float32 else BF16_ULP
-        torch.testing.assert_close(y.double(), expected, rtol=tol, atol=tol * expected.abs().max().item())
+        rounding = 1e-5 if dtype == torch.float32 else BF16_ULP  # of the float32 sums / the bf16 output
+        assert ((y.double() - expected).abs() <= bound + rounding * expected.abs() + 1e-6).all()
     # it reads raw memory: what it would misread is refused
-    for bad in (x.double(), torch.randn(rows, 192)[:, ::2], x.to("meta")):
+    for bad in (x.double(), torch.randn(rows, 2 * k)[:, ::2], x.to("meta"), x[:, :32].contiguous()):
         with pytest.raises(ValueError, match="contiguous CPU tensors"):
             native.int8_mm(bad, codes, scale, None)
     with pytest.raises(ValueError, match="contiguous CPU tensors"):
@@ -144,6 +192,7 @@ def test_native_kernel_builds_once_into_the_cache(tmp_path, monkeypatch):
     """Built on first use into the lmforge cache (a temporary file renamed in: nothing half-written is
     left), reused by the next process; without a working compiler the modules fall back to torch's
     kernel and `reason()` says why."""
+    assert native.available()  # this process's C++ operators come from the shared cache (once a process)
     monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path))
     native.library.cache_clear()
     try:
@@ -200,6 +249,7 @@ def test_int4_inputs_past_the_kernel_rows_dequantize(kernel, monkeypatch):
     assert module.path == kernel and module.kernel_rows == rows >= 1
     calls = []
     owner = native if kernel == "native" else kernels
+    monkeypatch.setattr(native, "compiled_ops", lambda: False)  # calls through int4_mm, to count them
     int4_mm = owner.int4_mm
     monkeypatch.setattr(owner, "int4_mm", lambda x, *a: calls.append(len(x)) or int4_mm(x, *a))
     module.kernel_rows = 4
@@ -237,8 +287,7 @@ def test_native_int4_kernel_equals_the_definition(rows, dtype, group):
     ).flatten(1)
     packed = native.pack_int4(codes)
     assert torch.equal(native.unpack_int4(packed), codes)
-    step = x.double().unflatten(1, (-1, group)).abs().amax(-1) / 32767
-    bound = (step / 2) @ w.abs().unflatten(1, (-1, group)).sum(-1).T
+    bound = _int16_bound(x, w, group)
     for b in (None, bias):
         y = native.int4_mm(x, packed, group, native.scale_offset(scale, zero), b)
         expected = x.double() @ w.T + (0 if b is None else b.double())

@@ -132,6 +132,26 @@ def test_cli_quantize(tmp_path, capsys):
     assert "already quantized" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("kernel", ["native", "kernel"])  # lmforge's int4 kernel or torch's
+def test_aot_decode_step_with_int4_weights_equals_eager(tmp_path, kernel, monkeypatch):
+    """The decode step `lmforge quantize` compiles ahead of time gives the eager tokens on either int4
+    kernel (torch's once failed to load: inductor made its group size a constant the package lacked)."""
+    from lmforge.quant import kernels
+
+    monkeypatch.setattr(kernels, "native_int4", lambda group_size: kernel == "native")
+    lm = LM(tiny_model("llama", vocab_size=320, tie_embeddings=False, seed=5), compile="eager")
+    result = lmforge.quantize(lm, scheme="int4", group_size=32, out=tmp_path / "q", report=False)
+    assert result.card["decode_step"]["kind"] == "aot", result.card["decode_step"]
+    default = lmforge.load(tmp_path / "q", device="cpu")
+    assert {m.path for m in default.model.modules() if isinstance(m, Int4Linear)} == {kernel}
+    eager = lmforge.load(tmp_path / "q", device="cpu", compile="eager")
+    options = {"max_new_tokens": 8, "ignore_eos": True}
+    prompt = [[1, 2, 3, 4, 5]]
+    assert default.generate(prompt, **options)[0].token_ids == eager.generate(prompt, **options)[0].token_ids
+    assert default.engine.step_counts["aot"] == 7
+
+
 def test_a_decode_step_that_does_not_export_stays_eager_and_the_card_says_why(tmp_path):
     """LLM.int8's outlier columns depend on the input, so its step has no AOT package: the checkpoint is
     written all the same, the card names the reason, and the default load decodes eagerly."""

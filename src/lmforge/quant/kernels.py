@@ -21,7 +21,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from lmforge.hardware import PRECISION_DTYPES, choose_precision, on_cpu
+from lmforge.hardware import PRECISION_DTYPES, cached_probe, choose_precision, on_cpu
+from lmforge.model.ops import define_op
 
 INNER_K_TILES = 8  # what the CPU packer expects for K ≥ 64 (tiles of 8 × 16 × 2 values)
 
@@ -80,6 +81,16 @@ def int8_mm(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor) -> torch.
 
 def int4_mm(x: torch.Tensor, packed: torch.Tensor, group_size: int, scale_zero: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group_size, scale_zero.to(x.dtype))
+
+
+# what compiled steps call for torch's int4 kernel: inductor lowers `_weight_int4pack_mm_for_cpu` with
+# its group size as a tensor constant of the graph, which an AOT package (its constants the model's own
+# tensors) cannot be given; an operator of ours keeps the group size an integer argument
+define_op(
+    "int4_torch(Tensor x, Tensor packed, int group_size, Tensor scale_zero) -> Tensor",
+    int4_mm,
+    lambda x, packed, group_size, scale_zero: x.new_empty(x.shape[0], packed.shape[0]),
+)
 
 
 def scale_and_zero(scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
@@ -201,43 +212,54 @@ def int4_rows(group_size: int, native_kernel: bool) -> int:
 def native_int8() -> bool:
     """Whether lmforge's own int8 kernel (`native.py`) is built here and runs a decode-sized product
     faster than `_weight_int8pack_mm` (`_native_wins`); on a Zen 3 (2 threads) it read the weights at
-    12-20 GB/s, torch's kernel at 6-10."""
+    12-20 GB/s, torch's kernel at 6-10. Measured once per machine and kernel build, and kept with the
+    hardware probe (`lmforge.hardware.cached_probe`): every process then makes the same choice, which
+    an AOT-compiled decode step depends on (its package is traced for one kernel)."""
     from lmforge.quant import native
 
     if not native.available():
         return False
     if not available("int8"):
         return True
-    codes, scale = _int8_probe_weight()
-    scale_fast = scale.to(fast_dtype())
-    return _native_wins(
-        codes,
-        lambda x, c: native.int8_mm(x, c, scale, None),
-        lambda x, c: int8_mm(x, c, scale_fast),
-        576,
-    )
+
+    def measure() -> bool:
+        codes, scale = _int8_probe_weight()
+        scale_fast = scale.to(fast_dtype())
+        return _native_wins(
+            codes,
+            lambda x, c: native.int8_mm(x, c, scale, None),
+            lambda x, c: int8_mm(x, c, scale_fast),
+            576,
+        )
+
+    return cached_probe("native_kernel_wins", f"int8 {native.build_name()}", measure)
 
 
 @functools.cache
 @on_cpu
 def native_int4(group_size: int) -> bool:
     """Like `native_int8` for lmforge's int4 kernel against `_weight_int4pack_mm_for_cpu` (a 1536 ×
-    1152 weight in groups of `group_size`); on the Zen 3, 6-9 GB/s against 4-6."""
+    1152 weight in groups of `group_size`); on the Zen 3, 6-9 GB/s against 4-6. Kept per machine."""
     from lmforge.quant import native
 
     if not native.available():
         return False
     if not available("int4"):
         return True
-    codes, scale, zero = _int4_probe_weight(group_size)
-    scale_offset, scale_zero = native.scale_offset(scale, zero), scale_and_zero(scale, zero).to(fast_dtype())
-    packed = (native.pack_int4(codes), pack_int4(codes))
-    return _native_wins(
-        packed,
-        lambda x, c: native.int4_mm(x, c[0], group_size, scale_offset, None),
-        lambda x, c: int4_mm(x, c[1], group_size, scale_zero),
-        1152,
-    )
+
+    def measure() -> bool:
+        codes, scale, zero = _int4_probe_weight(group_size)
+        scale_offset = native.scale_offset(scale, zero)
+        scale_zero = scale_and_zero(scale, zero).to(fast_dtype())
+        packed = (native.pack_int4(codes), pack_int4(codes))
+        return _native_wins(
+            packed,
+            lambda x, c: native.int4_mm(x, c[0], group_size, scale_offset, None),
+            lambda x, c: int4_mm(x, c[1], group_size, scale_zero),
+            1152,
+        )
+
+    return cached_probe("native_kernel_wins", f"int4 g{group_size} {native.build_name()}", measure)
 
 
 def _native_wins(weights, ours, theirs, width: int) -> bool:

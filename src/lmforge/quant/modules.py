@@ -74,10 +74,11 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
         if self.path == "native" and rows.shape[0] <= self.kernel_rows and rows.device.type == "cpu":
-            # float32 or bfloat16 activations as they come; a compiled step calls it through its op
+            # float32 or bfloat16 activations as they come, through its operator where that runs the C++
+            # kernel (no Python between a step and the kernel), else straight to the ctypes call
             rows = rows.contiguous() if rows.dtype in NATIVE_DTYPES else rows.float()
             args = (rows, self.qweight, self.kernel_scale, self.native_bias)
-            mm = torch.ops.lmforge.int8_native if torch.compiler.is_compiling() else native.int8_mm
+            mm = torch.ops.lmforge.int8_native if native.compiled_ops() else native.int8_mm
             y = mm(*args).to(x.dtype)
         elif self.path == "kernel" and rows.shape[0] <= self.kernel_rows:
             y = kernels.int8_mm(rows.to(self.kernel_dtype), self.qweight, self.kernel_scale).to(x.dtype)
@@ -156,11 +157,12 @@ class Int4Linear(nn.Module):
         if self.path == "native" and kernel and rows.device.type == "cpu":
             rows = rows.contiguous() if rows.dtype in NATIVE_DTYPES else rows.float()
             args = (rows, self.codes, self.group_size, self.scale_zero, self.native_bias)
-            mm = torch.ops.lmforge.int4_native if torch.compiler.is_compiling() else native.int4_mm
+            mm = torch.ops.lmforge.int4_native if native.compiled_ops() else native.int4_mm
             y = mm(*args).to(x.dtype)
         elif self.path == "kernel" and kernel:
             dtype = self.kernel_dtype
-            y = kernels.int4_mm(rows.to(dtype), self.codes, self.group_size, self.scale_zero).to(x.dtype)
+            mm = torch.ops.lmforge.int4_torch if torch.compiler.is_compiling() else kernels.int4_mm
+            y = mm(rows.to(dtype), self.codes, self.group_size, self.scale_zero).to(x.dtype)
             y = y if self.bias is None else y + self.bias
         else:
             dtype = self.matmul_dtype if self.path != "dequantize" else x.dtype

@@ -4,8 +4,10 @@
  * step streams its weights near memory bandwidth. Built by lmforge/quant/native.py for this CPU (-O3 -march=native,
  * OpenMP over output channels); AVX2 intrinsics where the CPU has them, plain loops otherwise.
  *
- * int8: out[m, n] = scale[n] * sum_k x[m, k] * w[n, k] + bias[n]; the codes become float32 in
- * registers and multiply in several independent accumulators (the multiply-add latency hidden).
+ * int8: out[m, n] = scale[n] * sum_g sx[m, g] * sum_{k in g} x16[m, k] * w[n, k] + bias[n]: the
+ * activations enter as int16 per row and group of 32-128 inputs (as int4's do, below), so that 16
+ * products of codes and activations are one integer multiply-add, half the instructions of converting
+ * the codes to float32 (which had left the kernel short of memory bandwidth, at 12-15 GB/s a core).
  */
 #include <math.h>
 #include <stdint.h>
@@ -52,38 +54,64 @@ static inline float hsum(__m256 v) {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
-
-static inline __m256 i8_to_f32(const int8_t *p) {
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
-}
 #endif
 
-/* res[r] = sum_k x[r * K + k] * w[k] for R (a constant at each call) rows; K a multiple of 32 */
-static inline __attribute__((always_inline)) void dot_i8(const float *x, long K, const int8_t *w, int R,
+/* res[r] = sum_g sx[r, g] * sum_{k in g} x16[r * K + k] * w[k] for R (a constant at each call) rows;
+ * groups of `group` inputs, a multiple of 32 (per lane, a group's int32 sum stays below 2^31 up to
+ * groups of 4096 inputs: each multiply-add adds two products of at most 127 x 32767) */
+static inline __attribute__((always_inline)) void dot_i8(const int16_t *x16, const float *sx, long K,
+                                                         const int8_t *w, long group, long groups, int R,
                                                          float *res) {
 #ifdef __AVX2__
-    __m256 acc[ROWS][4];
-    const int U = R == 1 ? 4 : 2; /* independent accumulators a row: hide the multiply-add latency */
-    for (int r = 0; r < R; r++)
-        for (int u = 0; u < U; u++) acc[r][u] = _mm256_setzero_ps();
-    for (long k = 0; k < K; k += 8 * U) {
-        for (int u = 0; u < U; u++) {
-            __m256 wv = i8_to_f32(w + k + 8 * u);
-            for (int r = 0; r < R; r++) acc[r][u] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + r * K + k + 8 * u), acc[r][u]);
+    __m256 total[ROWS];
+    for (int r = 0; r < R; r++) total[r] = _mm256_setzero_ps();
+    for (long g = 0, g0 = 0; g0 < K; g++, g0 += group) {
+        __m256i acc[ROWS];
+        for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_si256();
+        for (long k = g0; k < g0 + group; k += 32) {
+            __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + k)));
+            __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + k + 16)));
+            for (int r = 0; r < R; r++) {
+                const int16_t *xr = x16 + r * K + k;
+                __m256i p0 = _mm256_madd_epi16(w0, _mm256_loadu_si256((const __m256i *)xr));
+                __m256i p1 = _mm256_madd_epi16(w1, _mm256_loadu_si256((const __m256i *)(xr + 16)));
+                acc[r] = _mm256_add_epi32(acc[r], _mm256_add_epi32(p0, p1));
+            }
         }
+        for (int r = 0; r < R; r++)
+            total[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r]), _mm256_set1_ps(sx[r * groups + g]), total[r]);
     }
-    for (int r = 0; r < R; r++) {
-        __m256 s = acc[r][0];
-        for (int u = 1; u < U; u++) s = _mm256_add_ps(s, acc[r][u]);
-        res[r] = hsum(s);
-    }
+    for (int r = 0; r < R; r++) res[r] = hsum(total[r]);
 #else
     for (int r = 0; r < R; r++) {
-        float s = 0.0f;
-        for (long k = 0; k < K; k++) s += x[r * K + k] * (float)w[k];
-        res[r] = s;
+        float total = 0.0f;
+        for (long g = 0, g0 = 0; g0 < K; g++, g0 += group) {
+            int32_t s = 0;
+            for (long k = g0; k < g0 + group; k++) s += (int32_t)w[k] * x16[r * K + k];
+            total += (float)s * sx[r * groups + g];
+        }
+        res[r] = total;
     }
 #endif
+}
+
+/* x (rows, K) as int16 per row and group of `group` inputs (rows * K / group groups, in order): x16,
+ * the step sx (the group's largest |x| / 32767: each value at most half a step off; NaN where the
+ * group holds a NaN or infinity, so that it reaches the output as it would in float) and, where xsum
+ * is not NULL, the group's float sum */
+static void to_int16(const float *xf, long n_groups, long group, int16_t *x16, float *sx, float *xsum) {
+    for (long i = 0; i < n_groups; i++) {
+        const float *xg = xf + i * group;
+        float amax = 0.0f, s = 0.0f;
+        for (long k = 0; k < group; k++) {
+            amax = fabsf(xg[k]) > amax ? fabsf(xg[k]) : amax;
+            s += xg[k];
+        }
+        float step = amax / 32767.0f, inv = amax > 0.0f ? 32767.0f / amax : 0.0f;
+        for (long k = 0; k < group; k++) x16[i * group + k] = (int16_t)lrintf(xg[k] * inv);
+        sx[i] = s == s ? step : NAN;
+        if (xsum) xsum[i] = s;
+    }
 }
 
 #define DISPATCH(R, CALL)                        \
@@ -109,20 +137,32 @@ static inline __attribute__((always_inline)) void dot_i8(const float *x, long K,
 /* x (M, K) float32 or bfloat16, w (N, K) int8, scale (N,), bias (N,) or NULL -> out (M, N) in x's dtype */
 int lmf_int8_mm(const void *x, int bf16, long M, long K, const int8_t *w, const float *scale,
                 const float *bias, long N, void *out, int threads) {
-    float *xf = (float *)malloc(M * K * sizeof(float));
-    if (!xf) return -1;
+    long group = K % 128 == 0 ? 128 : K % 64 == 0 ? 64 : 32, groups = K / group;
+    float *xf = (float *)malloc((M * K + M * groups) * sizeof(float));
+    float *sx = xf + M * K;
+    int16_t *x16 = (int16_t *)malloc(M * K * sizeof(int16_t));
+    if (!xf || !x16) {
+        free(xf);
+        free(x16);
+        return -1;
+    }
     to_f32(x, bf16, xf, M * K);
+    to_int16(xf, M * groups, group, x16, sx, NULL);
     int parallel = threads > 1 && N * K >= (1L << 16);
 #pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
     for (long n = 0; n < N; n++) {
         for (long m0 = 0; m0 < M; m0 += ROWS) {
             int R = M - m0 < ROWS ? (int)(M - m0) : ROWS;
             float res[ROWS];
-            DISPATCH(R, dot_i8(xf + m0 * K, K, w + n * K, Rc, res));
+#define DOT_I8(G) DISPATCH(R, dot_i8(x16 + m0 * K, sx + m0 * groups, K, w + n * K, G, groups, Rc, res))
+            if (group == 128) DOT_I8(128)
+            else if (group == 64) DOT_I8(64)
+            else DOT_I8(32)
             for (int r = 0; r < R; r++)
                 store(out, bf16, (m0 + r) * N + n, res[r] * scale[n] + (bias ? bias[n] : 0.0f));
         }
     }
+    free(x16);
     free(xf);
     return 0;
 }
@@ -196,18 +236,7 @@ int lmf_int4_mm(const void *x, int bf16, long M, long K, const uint8_t *q, const
         return -1;
     }
     to_f32(x, bf16, xf, M * K);
-    for (long i = 0; i < M * groups; i++) {
-        const float *xg = xf + i * group; /* row i / groups, group i % groups: rows are K = groups * group */
-        float amax = 0.0f, s = 0.0f;
-        for (long k = 0; k < group; k++) {
-            amax = fabsf(xg[k]) > amax ? fabsf(xg[k]) : amax;
-            s += xg[k];
-        }
-        float step = amax / 32767.0f, inv = amax > 0.0f ? 32767.0f / amax : 0.0f;
-        for (long k = 0; k < group; k++) x16[i * group + k] = (int16_t)lrintf(xg[k] * inv);
-        sx[i] = s == s ? step : NAN; /* a NaN or infinity in the group reaches the output, as in float */
-        xsum[i] = s;
-    }
+    to_int16(xf, M * groups, group, x16, sx, xsum);
     int parallel = threads > 1 && N * K >= (1L << 17);
 #pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
     for (long n = 0; n < N; n++) {

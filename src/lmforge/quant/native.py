@@ -25,17 +25,21 @@ import hashlib
 import os
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from lmforge.hardware import cpu_flags, cpu_model
-from lmforge.model.ops import define_op
+from lmforge.model.ops import define_op, drop_cpu_kernel, register_cpu_kernel
 
 SOURCE = Path(__file__).with_name("native.c")
+OPS_SOURCE = Path(__file__).with_name("native_ops.cpp")
 BLOCK = 32  # the kernel's inputs must be a multiple of this
 _DTYPES = (torch.float32, torch.bfloat16)
 _failure: list[str] = []
+_ops: list[Path] = []  # the C++ operators' library, once loaded
+_ops_failure: list[str] = []
 
 
 def _build_dir() -> Path:
@@ -46,29 +50,39 @@ def _compiler_version(cc: str) -> str:
     return subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
 
 
+def _key(*parts: str | bytes) -> str:
+    return hashlib.sha256(b"\0".join(p if isinstance(p, bytes) else p.encode() for p in parts)).hexdigest()[
+        :20
+    ]
+
+
+def _build(path: Path, command: Callable[[Path], list[str]]) -> None:
+    """Run the compiler `command(out)` into a temporary folder beside `path`, then rename the result in
+    (a failed or interrupted build leaves nothing behind)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        out = Path(tmp) / path.name
+        args = command(out)
+        done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            raise OSError(f"{' '.join(args[:6])} failed: {done.stderr.strip()[-300:]}")
+        os.replace(out, path)
+
+
 @functools.cache
 def library() -> ctypes.CDLL | None:
-    """The compiled kernel, built on first use (a second or so), or None with `reason()` set."""
+    """The compiled kernel, built on first use (a second or so), or None with `reason()` set. The C++
+    registration of its operators (`_load_ops`) comes with it where it builds."""
     if os.environ.get("LMFORGE_NATIVE_KERNELS", "1") == "0":
         _failure.append("LMFORGE_NATIVE_KERNELS=0")
         return None
     cc = os.environ.get("CC", "cc")
     try:
         machine = f"{cpu_model()} {' '.join(sorted(cpu_flags()))}"
-        key = hashlib.sha256(
-            b"\0".join([SOURCE.read_bytes(), _compiler_version(cc).encode(), machine.encode()])
-        )
-        path = _build_dir() / f"lmforge_native_{key.hexdigest()[:20]}.so"
+        path = _build_dir() / f"lmforge_native_{_key(SOURCE.read_bytes(), _compiler_version(cc), machine)}.so"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=path.parent) as tmp:  # built aside, then renamed in
-                out = Path(tmp) / path.name
-                flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
-                command = [cc, *flags, "-o", str(out), str(SOURCE)]
-                done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-                if done.returncode != 0:
-                    raise OSError(f"{' '.join(command[:6])} failed: {done.stderr.strip()[-300:]}")
-                os.replace(out, path)
+            flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+            _build(path, lambda out: [cc, *flags, "-o", str(out), str(SOURCE)])
         lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as e:
         _failure.append(f"could not build {SOURCE.name} ({e})")
@@ -77,11 +91,67 @@ def library() -> ctypes.CDLL | None:
     lib.lmf_int8_mm.argtypes = [p, i, c_long, c_long, p, p, p, c_long, p, i]
     lib.lmf_int4_mm.argtypes = [p, i, c_long, c_long, p, p, c_long, p, c_long, p, i]
     lib.lmf_int8_mm.restype = lib.lmf_int4_mm.restype = ctypes.c_int  # -1: out of memory
+    _load_ops(path)
     return lib
+
+
+def _load_ops(kernels: Path) -> None:
+    """Build (once per machine, ~10 s) and load `native_ops.cpp`, the C++ CPU kernels of
+    `lmforge::int8_native` / `int4_native` linked to the library at `kernels`, in place of the Python
+    ones below: then no decode step enters Python to reach the kernels. Once per process; where the C++
+    build fails (no C++ compiler, no torch headers) the Python kernels stay and `ops_reason()` says why."""
+    if _ops:
+        return
+    cxx = os.environ.get("CXX", "c++")
+    torch_dir = Path(torch.__file__).parent
+    try:
+        key = _key(OPS_SOURCE.read_bytes(), kernels.name, torch.__version__, _compiler_version(cxx))
+        path = _build_dir() / f"lmforge_native_ops_{key}.so"
+        if not path.exists():
+            abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
+            includes = [
+                "-I",
+                str(torch_dir / "include"),
+                "-I",
+                str(torch_dir / "include/torch/csrc/api/include"),
+            ]
+            links = [str(kernels), "-L", str(torch_dir / "lib"), "-lc10", "-ltorch_cpu"]
+            rpath = f"-Wl,-rpath,{torch_dir / 'lib'}"
+            flags = ["-O2", "-std=c++20", "-shared", "-fPIC", abi, *includes]
+            _build(path, lambda out: [cxx, *flags, "-o", str(out), str(OPS_SOURCE), *links, rpath])
+    except (OSError, subprocess.SubprocessError) as e:
+        _ops_failure.append(f"could not build {OPS_SOURCE.name} ({e})")
+        return
+    for name in PYTHON_KERNELS:  # off first: torch warns when a kernel replaces another
+        drop_cpu_kernel(name)
+    try:
+        torch.ops.load_library(str(path))
+    except OSError as e:
+        for name, kernel in PYTHON_KERNELS.items():
+            register_cpu_kernel(name, kernel)
+        _ops_failure.append(f"could not load {path.name} ({e})")
+        return
+    _ops.append(path)
+
+
+def compiled_ops() -> bool:
+    """Whether `lmforge::int8_native` / `int4_native` run the C++ kernels (`_load_ops`, run by
+    `library()`: a module that chose the native path has called it)."""
+    return bool(_ops)
+
+
+def ops_reason() -> str:
+    """Why the operators run Python kernels ("" when they run the C++ ones)."""
+    return "" if _ops else (_ops_failure[-1] if _ops_failure else reason())
 
 
 def available() -> bool:
     return library() is not None
+
+
+def build_name() -> str:
+    """The built library's file name: it changes with the source, the compiler and the CPU."""
+    return Path(library()._name).name
 
 
 def reason() -> str:
@@ -94,19 +164,32 @@ def fits(in_features: int, group_size: int | None = None) -> bool:
     return in_features % BLOCK == 0 and (group_size is None or group_size % BLOCK == 0)
 
 
-def _check(x, codes, codes_dtype, scales, bias) -> None:
-    """The kernels read raw memory: refuse what they would misread (a microsecond a call)."""
+def int8_group(k: int) -> int:
+    """The inputs per int16 activation group in the int8 kernel, for rows of `k` (a multiple of 32)."""
+    return 128 if k % 128 == 0 else 64 if k % 64 == 0 else 32
+
+
+def _check(x, codes, codes_dtype, scales, scales_numel: int, bias, k: int) -> None:
+    """The kernels read raw memory: refuse what they would misread (a microsecond a call); the C++
+    operators (`native_ops.cpp`) check the same."""
     if (
         x.dtype not in _DTYPES
+        or x.dim() != 2
+        or x.shape[1] != k
         or codes.dtype != codes_dtype
         or scales.dtype != torch.float32
-        or (bias is not None and (bias.dtype != torch.float32 or not bias.is_cpu))
+        or scales.numel() != scales_numel
+        or (
+            bias is not None
+            and (bias.dtype != torch.float32 or not bias.is_cpu or bias.numel() != codes.shape[0])
+        )
         or not (x.is_cpu and codes.is_cpu and scales.is_cpu)
         or not (x.is_contiguous() and codes.is_contiguous() and scales.is_contiguous())
+        or (bias is not None and not bias.is_contiguous())
     ):
         raise ValueError(
-            f"lmforge's native kernels take contiguous CPU tensors: x float32/bfloat16, codes {codes_dtype}, "
-            "scales and bias float32"
+            f"lmforge's native kernels take contiguous CPU tensors: x float32/bfloat16 (M, K), codes "
+            f"{codes_dtype}, scales and bias float32 of matching sizes"
         )
 
 
@@ -115,7 +198,7 @@ def int8_mm(
 ) -> torch.Tensor:
     """x (M, K) · (codes int8 (N, K) · scale float32 (N,))ᵀ + bias float32 (N,), in x's dtype (float32
     or bfloat16); x contiguous, K a multiple of 32."""
-    return _run("lmf_int8_mm", torch.int8, x, codes, scale, bias, codes.shape[1])
+    return _run("lmf_int8_mm", torch.int8, x, codes, scale, codes.shape[0], bias, codes.shape[1])
 
 
 def int4_mm(
@@ -127,13 +210,19 @@ def int4_mm(
 ) -> torch.Tensor:
     """x (M, K) · wᵀ + bias, w = scale · q + offset from `pack_int4` codes (N, K/2) and (N, K/g, 2)
     float32 pairs (`scale_offset`); the activations enter as int16 per row and group (see native.c)."""
-    return _run("lmf_int4_mm", torch.uint8, x, packed, scale_offset, bias, 2 * packed.shape[1], group_size)
+    k = 2 * packed.shape[1]
+    if group_size <= 0 or group_size % BLOCK or k % group_size:
+        raise ValueError("lmforge's int4 kernel takes groups of a multiple of 32 inputs that divide K")
+    n_scales = 2 * packed.shape[0] * (k // group_size)
+    return _run("lmf_int4_mm", torch.uint8, x, packed, scale_offset, n_scales, bias, k, group_size)
 
 
-def _run(kernel: str, codes_dtype: torch.dtype, x, codes, scales, bias, k: int, *options) -> torch.Tensor:
+def _run(
+    kernel: str, codes_dtype, x, codes, scales, scales_numel: int, bias, k: int, *options
+) -> torch.Tensor:
     """Check the tensors, then call `kernel`(x, bf16?, M, K, codes, scales, *options, bias, N, out,
     threads)."""
-    _check(x, codes, codes_dtype, scales, bias)
+    _check(x, codes, codes_dtype, scales, scales_numel, bias, k)
     m, n = x.shape[0], codes.shape[0]
     out = x.new_empty(m, n)
     bias_ptr = None if bias is None else bias.data_ptr()
@@ -167,7 +256,9 @@ def scale_offset(scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
     return torch.stack([scale, zero - 8 * scale], dim=-1).contiguous()
 
 
-# what compiled steps call; the fakes give the output's shape while tracing
+# what decode steps call; the fakes give the output's shape while tracing. These Python kernels serve
+# until `_load_ops` registers the C++ ones
+PYTHON_KERNELS = {"int8_native": int8_mm, "int4_native": int4_mm}
 define_op(
     "int8_native(Tensor x, Tensor codes, Tensor scale, Tensor? bias) -> Tensor",
     int8_mm,
