@@ -111,10 +111,13 @@ def test_int8_rtn_matches_the_definition():
     torch.testing.assert_close(rtn(w, 8).dequantize(), expected, rtol=0, atol=1e-7)
 
 
-def _int16_bound(x: torch.Tensor, w: torch.Tensor, group: int) -> torch.Tensor:
-    """How far x · wᵀ may move when each row's groups of `group` inputs are rounded to int16 steps of
-    the group's largest |x| / 32767: half a step times the group's |w|, summed over the groups."""
-    step = x.double().unflatten(-1, (-1, group)).abs().amax(-1) / 32767
+INT16, INT8 = 32767, 127  # the activation levels of lmforge's int8 and int4 kernels
+
+
+def _rounding_bound(x: torch.Tensor, w: torch.Tensor, group: int, levels: int) -> torch.Tensor:
+    """How far x · wᵀ may move when each row's groups of `group` inputs are rounded to integer steps of
+    the group's largest |x| / `levels`: half a step times the group's |w|, summed over the groups."""
+    step = x.double().unflatten(-1, (-1, group)).abs().amax(-1) / levels
     return (step / 2) @ w.double().abs().unflatten(-1, (-1, group)).sum(-1).T
 
 
@@ -124,13 +127,16 @@ def _check_against_dequantized(module, x: torch.Tensor) -> None:
     w = module.dequantize(torch.float64)
     bias = 0 if module.bias is None else module.bias.double()
     bf16 = x.dtype == torch.bfloat16 or (module.path == "kernel" and kernels.fast_dtype() == torch.bfloat16)
-    int16 = module.path == "native" and len(x.reshape(-1, w.shape[1])) <= module.kernel_rows
-    if int16 and not bf16:
-        # lmforge's kernels take x as int16 per row and group (step = the group's largest magnitude /
-        # 32767): each output is off by at most half a step times the group's |w|, summed
-        group = module.group_size if isinstance(module, Int4Linear) else native.int8_group(w.shape[1])
+    if module.path == "native" and len(x.reshape(-1, w.shape[1])) <= module.kernel_rows:
+        # lmforge's kernels take x as integers per row and group (step = the group's largest magnitude /
+        # 32767 for int8 weights, / 127 for int4): each output is off by at most half a step times the
+        # group's |w|, summed; in bf16, plus the output's rounding
+        int4 = isinstance(module, Int4Linear)
+        group = module.group_size if int4 else native.int8_group(w.shape[1])
+        bound = _rounding_bound(x, w, group, INT8 if int4 else INT16)
         ref = x.double() @ w.T + bias
-        assert ((y.double() - ref).abs() <= _int16_bound(x, w, group) + 1e-5 * ref.abs() + 1e-6).all()
+        rounding = BF16_ULP if x.dtype == torch.bfloat16 else 1e-5
+        assert ((y.double() - ref).abs() <= bound + rounding * ref.abs() + 1e-6).all()
         return
     if bf16:
         # x (and the weights, on the matmul path) enter in bf16 and the output is rounded to bf16:
@@ -173,7 +179,7 @@ def test_native_int8_kernel_equals_the_definition(rows, dtype, k):
     x[:, 7] *= 40
     x = x.to(dtype)
     w = codes.double() * scale.double()[:, None]
-    bound = _int16_bound(x, w, native.int8_group(k))
+    bound = _rounding_bound(x, w, native.int8_group(k), INT16)
     for b in (None, bias):
         y = native.int8_mm(x, codes, scale, b)
         expected = x.double() @ w.T + (0 if b is None else b.double())
@@ -269,12 +275,12 @@ def test_int4_rows_not_a_multiple_of_16_fall_back(monkeypatch):
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9, 17])  # int4 passes take up to 8 rows
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("group", [32, 64, 96])  # the sizes the kernel unrolls, and another
+@pytest.mark.parametrize("group", [32, 64, 96, 256])  # unrolled, another, the largest
 def test_native_int4_kernel_equals_the_definition(rows, dtype, group):
-    """w = (q − 8) · scale + zero per group, out = x · wᵀ + bias in float64; the kernel's int16
-    activations are off by at most half a step (the group's largest |x| / 32767) each."""
+    """w = (q − 8) · scale + zero per group, out = x · wᵀ + bias in float64; the kernel's int8
+    activations are off by at most half a step (the group's largest |x| / 127) each."""
     g = torch.Generator().manual_seed(rows)
-    n, k = 45, 192
+    n, k = 45, 768
     codes = torch.randint(0, 16, (n, k), dtype=torch.uint8, generator=g)
     scale = (torch.rand(n, k // group, generator=g) * 0.01).to(torch.bfloat16)
     zero = (torch.randn(n, k // group, generator=g) * 0.01).to(torch.bfloat16)
@@ -287,7 +293,7 @@ def test_native_int4_kernel_equals_the_definition(rows, dtype, group):
     ).flatten(1)
     packed = native.pack_int4(codes)
     assert torch.equal(native.unpack_int4(packed), codes)
-    bound = _int16_bound(x, w, group)
+    bound = _rounding_bound(x, w, group, INT8)
     for b in (None, bias):
         y = native.int4_mm(x, packed, group, native.scale_offset(scale, zero), b)
         expected = x.double() @ w.T + (0 if b is None else b.double())
@@ -429,7 +435,7 @@ def test_native_kernels_portable_build_agrees(tmp_path):
 
 def test_native_kernels_carry_nan_and_inf_like_float():
     """A NaN or an infinity among the activations reaches the outputs, as in a float matmul (int4's
-    int16 step of that group is NaN rather than a rounding of garbage)."""
+    integer step of that group is NaN rather than a rounding of garbage)."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 64, generator=g)
     x[0, 3], x[1, 40] = float("nan"), float("inf")

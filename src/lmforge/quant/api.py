@@ -203,7 +203,12 @@ def _kernels_line(paths: list[str]) -> str:
         return "none (float weights)"
     text = []
     if "native" in paths:
-        text.append("lmforge's own decode kernels (quant/native.c, built for this CPU)")
+        how = (
+            f" (their operators run Python kernels: {native.ops_reason()})"
+            if not native.compiled_ops()
+            else ""
+        )
+        text.append(f"lmforge's own decode kernels (quant/native.c, built for this CPU){how}")
     if "kernel" in paths:
         text.append(f"torch CPU int8/int4 weight-only kernels, their activations in {kernels.fast_dtype()}")
         if not native.available():

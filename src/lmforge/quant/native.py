@@ -3,15 +3,17 @@
 torch's CPU kernels stream a one-row product's weights slowly: `_weight_int8pack_mm` at 5-10 GB/s with
 bf16 activations (1.3 with float32 ones) where a float32 matrix-vector product reads 12-18, and
 `_weight_int4pack_mm_for_cpu` at 4-6, so quantized decode, reading a quarter or an eighth of float32's
-bytes, gained little. These read each weight row once for up to four input rows (int4: eight): int8 codes become
-float32 in registers and multiply in several accumulators (12-20 GB/s on a 2-thread Zen 3); int4 codes
-multiply int16 activations (one scale per row and group) in integer multiply-adds, one conversion a
-group (6-9 GB/s). The source is compiled once per machine with the system C compiler (`cc -O3
--march=native -fopenmp`, into the lmforge cache, keyed by the source, the compiler and the CPU) and
-loaded with ctypes; the OpenMP runtime is the one torch already loaded, so they share torch's threads.
-Where there is no compiler, the build fails, or `LMFORGE_NATIVE_KERNELS=0`, `available()` is False
-(`reason()` says why) and the modules use torch's kernels. Compiled decode steps reach them through the
-custom ops `lmforge::int8_native` / `lmforge::int4_native`.
+bytes, gained little. These read each weight row once for up to four input rows (int4: eight), and
+multiply the codes with integer activations (one scale per row and group of inputs; int16 for int8
+weights, int8 for int4 ones, as llama.cpp's Q4_0 x Q8_0) in integer multiply-adds, one float conversion
+a group: int8 streams near the memory bandwidth (17-20 GB/s on a 2-thread Zen 3, where a plain read of
+memory reached 19-23). The source is compiled
+once per machine with the system C compiler (`cc -O3 -march=native -fopenmp`, into the lmforge cache,
+keyed by the source, the compiler and the CPU) and loaded with ctypes; the OpenMP runtime is the one
+torch already loaded, so they share torch's threads. Where there is no compiler, the build fails, or
+`LMFORGE_NATIVE_KERNELS=0`, `available()` is False (`reason()` says why) and the modules use torch's
+kernels. Decode steps (eager, compiled or AOT) reach them through the operators `lmforge::int8_native`
+/ `lmforge::int4_native`, whose CPU kernels are C++ (`native_ops.cpp`, `_load_ops`) where that builds.
 
 The int4 codes have their own layout here (`pack_int4`), and scale and offset per group are float32
 pairs, w = scale · q + offset (`scale_offset`).
@@ -36,6 +38,7 @@ from lmforge.model.ops import define_op, drop_cpu_kernel, register_cpu_kernel
 SOURCE = Path(__file__).with_name("native.c")
 OPS_SOURCE = Path(__file__).with_name("native_ops.cpp")
 BLOCK = 32  # the kernel's inputs must be a multiple of this
+INT4_GROUP_MAX = 256  # the int4 kernel's int16 sums of a group stay below 2^15 up to this (native.c)
 _DTYPES = (torch.float32, torch.bfloat16)
 _failure: list[str] = []
 _ops: list[Path] = []  # the C++ operators' library, once loaded
@@ -161,7 +164,9 @@ def reason() -> str:
 
 def fits(in_features: int, group_size: int | None = None) -> bool:
     """Whether a weight's inputs (and int4 groups) suit the kernels: multiples of 32."""
-    return in_features % BLOCK == 0 and (group_size is None or group_size % BLOCK == 0)
+    return in_features % BLOCK == 0 and (
+        group_size is None or (group_size % BLOCK == 0 and group_size <= INT4_GROUP_MAX)
+    )
 
 
 def int8_group(k: int) -> int:
@@ -211,8 +216,10 @@ def int4_mm(
     """x (M, K) · wᵀ + bias, w = scale · q + offset from `pack_int4` codes (N, K/2) and (N, K/g, 2)
     float32 pairs (`scale_offset`); the activations enter as int16 per row and group (see native.c)."""
     k = 2 * packed.shape[1]
-    if group_size <= 0 or group_size % BLOCK or k % group_size:
-        raise ValueError("lmforge's int4 kernel takes groups of a multiple of 32 inputs that divide K")
+    if not 0 < group_size <= INT4_GROUP_MAX or group_size % BLOCK or k % group_size:
+        raise ValueError(
+            f"lmforge's int4 kernel takes groups of a multiple of 32 inputs (at most {INT4_GROUP_MAX}) that divide K"
+        )
     n_scales = 2 * packed.shape[0] * (k // group_size)
     return _run("lmf_int4_mm", torch.uint8, x, packed, scale_offset, n_scales, bias, k, group_size)
 
