@@ -78,12 +78,16 @@ def decode_rate(lm, prompt: list[int], new_tokens: int, mode: str) -> float:
 
 
 def checkpoint(cache: Path, name: str) -> Path:
-    """`lmforge quantize smollm2` with variant `name`'s options, made once into `cache`."""
+    """`lmforge quantize smollm2` with variant `name`'s options, made once into `cache`, with the AOT
+    decode step `lmforge quantize` compiles for this machine (compiled again where the code changed)."""
     import lmforge
 
     out = cache / f"smollm2-{name}"
     if not (out / "config.json").exists():
         lmforge.quantize("smollm2", out=out, report=False, **OPTIONS[name])
+    lm = lmforge.load(out)
+    if not lm.engine.aot_ready():
+        lm.generate([[1, 2, 3, 4]], max_new_tokens=2, aot=True)
     return out
 
 

@@ -169,60 +169,42 @@ int lmf_int8_mm(const void *x, int bf16, long M, long K, const int8_t *w, const 
 
 /* int4: codes q in 0..15 with w = scale * q + offset per group of inputs; each 32 inputs are 16 bytes,
  * byte j holding input j in its low nibble and input j + 16 in its high one. The activations enter as
- * int8, one scale per row and group (their largest magnitude / 127, as llama.cpp's Q8 activations: at
- * most 2^-8 of it off, about bfloat16's precision, which int4 weights' own error dwarfs), so that 32
- * products of codes and activations are one multiply-add of unsigned by signed bytes (pairs summed in
- * int16: at most 2 x 15 x 127; a group's int16 sums stay below 2^15 up to groups of 256), then one of
- * int16 pairs into int32 a group; each group's sum is converted once and scaled by both scales. The
- * offsets multiply each group's float32 sum of the activations.
- * out[m, n] = sum_g (scale[n, g] * sx[m, g] * sum_{k in g} q[n, k] * x8[m, k] + offset[n, g] * xsum[m, g])
- *             + bias[n]
- * With AVX2 and groups of 64 or more, the activations of each 64 inputs are stored in the order the
- * codes unpack from 32 bytes: inputs 0-15 and 32-47 (low nibbles), then 16-31 and 48-63 (high). */
-#define I4_GROUP_MAX 256
-
+ * int16, one scale per row and group (their largest magnitude / 32767: at most 2^-16 of it off, finer
+ * than bfloat16 for the group's largest values), so that 16 products of codes and activations are one
+ * integer multiply-add (sums stay in int32: 16 x 15 x 32767 per lane for a group of 128); each group's
+ * sum is converted once and scaled by both scales. The offsets multiply each group's float32 sum of
+ * the activations.
+ * out[m, n] = sum_g (scale[n, g] * sx[m, g] * sum_{k in g} q[n, k] * x16[m, k] + offset[n, g] * xsum[m, g])
+ *             + bias[n] */
 #ifdef __AVX2__
-static inline __attribute__((always_inline)) void dot_i4(const int8_t *x8, const float *sx, long K,
+static inline __attribute__((always_inline)) void dot_i4(const int16_t *x16, const float *sx, long K,
                                                          const uint8_t *q, const float *so, long group,
                                                          long groups, int R, float *res) {
-    const __m256i low4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    const __m128i low4 = _mm_set1_epi8(0x0f);
     __m256 total[ROWS_I4];
     for (int r = 0; r < R; r++) total[r] = _mm256_setzero_ps();
     for (long g = 0, g0 = 0; g0 < K; g++, g0 += group) {
-        __m256i acc[ROWS_I4]; /* int16 sums of the group's products */
-        for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_si256();
-        if (group % 64 == 0) {
-            for (long k = g0; k < g0 + group; k += 64) {
-                __m256i b = _mm256_loadu_si256((const __m256i *)(q + k / 2));
-                __m256i lo = _mm256_and_si256(b, low4), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), low4);
-                for (int r = 0; r < R; r++) {
-                    const int8_t *xr = x8 + r * K + k;
-                    __m256i p = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)xr));
-                    p = _mm256_add_epi16(p, _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(xr + 32))));
-                    acc[r] = _mm256_add_epi16(acc[r], p);
-                }
-            }
-        } else { /* blocks of 32 inputs, 16 bytes each, the activations in their own order */
-            for (long k = g0; k < g0 + group; k += 32) {
-                __m128i b = _mm_loadu_si128((const __m128i *)(q + k / 2));
-                __m128i lo = _mm_and_si128(b, _mm256_castsi256_si128(low4));
-                __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), _mm256_castsi256_si128(low4));
-                __m256i c = _mm256_set_m128i(hi, lo);
-                for (int r = 0; r < R; r++) {
-                    __m256i x = _mm256_loadu_si256((const __m256i *)(x8 + r * K + k));
-                    acc[r] = _mm256_add_epi16(acc[r], _mm256_maddubs_epi16(c, x));
-                }
+        __m256i acc[ROWS_I4][2]; /* two a row for one or two rows (latency), else one */
+        for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+        for (long k = g0; k < g0 + group; k += 32) {
+            __m128i b = _mm_loadu_si128((const __m128i *)(q + k / 2));
+            __m256i lo = _mm256_cvtepu8_epi16(_mm_and_si128(b, low4));
+            __m256i hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(b, 4), low4));
+            for (int r = 0; r < R; r++) {
+                const int16_t *xr = x16 + r * K + k;
+                acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(lo, _mm256_loadu_si256((const __m256i *)xr)));
+                acc[r][R <= 2] = _mm256_add_epi32(acc[r][R <= 2], _mm256_madd_epi16(hi, _mm256_loadu_si256((const __m256i *)(xr + 16))));
             }
         }
         for (int r = 0; r < R; r++) {
-            __m256 sum = _mm256_cvtepi32_ps(_mm256_madd_epi16(acc[r], ones));
+            __m256 sum = _mm256_cvtepi32_ps(R <= 2 ? _mm256_add_epi32(acc[r][0], acc[r][1]) : acc[r][0]);
             total[r] = _mm256_fmadd_ps(sum, _mm256_set1_ps(so[2 * g] * sx[r * groups + g]), total[r]);
         }
     }
     for (int r = 0; r < R; r++) res[r] = hsum(total[r]);
 }
 #else
-static inline void dot_i4(const int8_t *x8, const float *sx, long K, const uint8_t *q, const float *so,
+static inline void dot_i4(const int16_t *x16, const float *sx, long K, const uint8_t *q, const float *so,
                           long group, long groups, int R, float *res) {
     for (int r = 0; r < R; r++) {
         float total = 0.0f;
@@ -231,7 +213,7 @@ static inline void dot_i4(const int8_t *x8, const float *sx, long K, const uint8
             for (long k = g0; k < g0 + group; k += 32)
                 for (int j = 0; j < 16; j++) {
                     uint8_t b = q[k / 2 + j];
-                    s += (b & 15) * x8[r * K + k + j] + (b >> 4) * x8[r * K + k + 16 + j];
+                    s += (b & 15) * x16[r * K + k + j] + (b >> 4) * x16[r * K + k + 16 + j];
                 }
             total += (float)s * so[2 * g] * sx[r * groups + g];
         }
@@ -240,51 +222,21 @@ static inline void dot_i4(const int8_t *x8, const float *sx, long K, const uint8
 }
 #endif
 
-/* x (rows, K) as int8 per row and group of `group` inputs (n_groups groups in order): x8, the step sx
- * (the group's largest |x| / 127; NaN where the group holds a NaN or infinity) and its float sum xsum;
- * with AVX2 and groups of 64 or more, each 64 inputs in the order dot_i4 reads them */
-static void to_int8(const float *xf, long n_groups, long group, int8_t *x8, float *sx, float *xsum) {
-    for (long i = 0; i < n_groups; i++) {
-        const float *xg = xf + i * group;
-        float amax = 0.0f, s = 0.0f;
-        for (long k = 0; k < group; k++) {
-            amax = fabsf(xg[k]) > amax ? fabsf(xg[k]) : amax;
-            s += xg[k];
-        }
-        float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-        int8_t *dst = x8 + i * group;
-        for (long k = 0; k < group; k++) {
-            long at = k;
-#ifdef __AVX2__
-            if (group % 64 == 0) { /* within each 64: [0-15, 32-47 | 16-31, 48-63] */
-                long j = k % 64, base = k - j;
-                at = base + (j % 32 < 16 ? 0 : 32) + (j < 32 ? 0 : 16) + j % 16;
-            }
-#endif
-            dst[at] = (int8_t)lrintf(xg[k] * inv);
-        }
-        sx[i] = s == s ? amax / 127.0f : NAN;
-        xsum[i] = s;
-    }
-}
-
 /* x (M, K) float32 or bfloat16, q (N, K/2) as above, so (N, K/group, 2) scale and offset, group a
- * multiple of 32 up to I4_GROUP_MAX, bias (N,) or NULL -> out (M, N) in x's dtype; -2: a group size
- * the int16 sums cannot take */
+ * multiple of 32, bias (N,) or NULL -> out (M, N) in x's dtype */
 int lmf_int4_mm(const void *x, int bf16, long M, long K, const uint8_t *q, const float *so, long group,
                 const float *bias, long N, void *out, int threads) {
-    if (group > I4_GROUP_MAX) return -2;
     long groups = K / group;
     float *xf = (float *)malloc((M * K + 2 * M * groups) * sizeof(float));
     float *sx = xf + M * K, *xsum = sx + M * groups;
-    int8_t *x8 = (int8_t *)malloc(M * K);
-    if (!xf || !x8) {
+    int16_t *x16 = (int16_t *)malloc(M * K * sizeof(int16_t));
+    if (!xf || !x16) {
         free(xf);
-        free(x8);
+        free(x16);
         return -1;
     }
     to_f32(x, bf16, xf, M * K);
-    to_int8(xf, M * groups, group, x8, sx, xsum);
+    to_int16(xf, M * groups, group, x16, sx, xsum);
     int parallel = threads > 1 && N * K >= (1L << 17);
 #pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
     for (long n = 0; n < N; n++) {
@@ -292,7 +244,7 @@ int lmf_int4_mm(const void *x, int bf16, long M, long K, const uint8_t *q, const
         for (long m0 = 0; m0 < M; m0 += ROWS_I4) {
             int R = M - m0 < ROWS_I4 ? (int)(M - m0) : ROWS_I4;
             float res[ROWS_I4];
-#define DOT_I4(G) DISPATCH8(R, dot_i4(x8 + m0 * K, sx + m0 * groups, K, q + n * (K / 2), son, G, groups, Rc, res))
+#define DOT_I4(G) DISPATCH8(R, dot_i4(x16 + m0 * K, sx + m0 * groups, K, q + n * (K / 2), son, G, groups, Rc, res))
             if (group == 32) DOT_I4(32)
             else if (group == 64) DOT_I4(64)
             else if (group == 128) DOT_I4(128)
@@ -304,7 +256,7 @@ int lmf_int4_mm(const void *x, int bf16, long M, long K, const uint8_t *q, const
             }
         }
     }
-    free(x8);
+    free(x16);
     free(xf);
     return 0;
 }

@@ -57,8 +57,8 @@ at::Tensor int8_native(const at::Tensor &x, const at::Tensor &codes, const at::T
 at::Tensor int4_native(const at::Tensor &x, const at::Tensor &packed, int64_t group_size,
                        const at::Tensor &scale_offset, const std::optional<at::Tensor> &bias) {
     int64_t m = x.size(0), n = packed.size(0), k = 2 * packed.size(1);
-    TORCH_CHECK_VALUE(group_size > 0 && group_size <= 256 && group_size % 32 == 0 && k % group_size == 0,
-                      "lmforge's int4 kernel takes groups of a multiple of 32 inputs (at most 256) that divide K");
+    TORCH_CHECK_VALUE(group_size > 0 && group_size % 32 == 0 && k % group_size == 0,
+                      "lmforge's int4 kernel takes groups of a multiple of 32 inputs that divide K");
     check(x, packed, at::kByte, scale_offset, n * (k / group_size) * 2, bias, k);
     at::Tensor out = at::empty({m, n}, x.options());
     finish(lmf_int4_mm(x.data_ptr(), x.scalar_type() == at::kBFloat16, m, k, packed.data_ptr<uint8_t>(),

@@ -1,0 +1,123 @@
+"""Decode speed of quantized SmolLM2 on the default path, against llama.cpp, alternating fresh processes.
+
+`benchmarks/quantize.py` runs each side once, and on a shared machine one run can sit 15% off another.
+Here each pair — lmforge bf16 / int8 / int4 g64 against llama.cpp BF16 / Q8_0 / Q4_0 on the same
+weights — alternates for `--rounds` rounds, and the medians are compared:
+- lmforge: a fresh process runs `lmforge.load(DIR)` (the default `compile="auto"`, so the decode step
+  `lmforge quantize` compiled ahead of time) and times greedy decode of `--new-tokens` tokens after a
+  16-token prompt (the one-token call's time subtracted, best of 2); the step kind is recorded;
+- llama.cpp: `llama-bench -t T -p 0 -n N -r 3` (tg, its decode; `--repack 0` where repacking fails).
+Prints the CPU model and flags, saves benchmarks/results/quantize_decode.json.
+
+    python benchmarks/quantize_decode.py [--threads 2] [--rounds 3] [--new-tokens 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from quantize import PAIRS, checkpoint, decode_rate, gguf_files, llama_tools
+
+RESULTS = Path(__file__).parent / "results" / "quantize_decode.json"
+VARIANTS = ("bf16", "int8", "int4")
+
+
+def lmforge_side(path: str, new_tokens: int, threads: int) -> dict:
+    """One lmforge side in this process: default-path decode tokens/s and the step kind that ran."""
+    import torch
+
+    import lmforge
+
+    torch.set_num_threads(threads)
+    lm = lmforge.load(path)
+    prompt = lm.tokenizer.encode("The island was quiet when the ship came in, and the sailors")[:16]
+    counts = lm.engine.step_counts.copy()
+    rate = decode_rate(lm, prompt, new_tokens, "default")
+    return {"decode_tok_s": rate, "steps": (lm.engine.step_counts - counts).most_common(1)[0][0]}
+
+
+def llama_bench(tools: Path, gguf: Path, new_tokens: int, threads: int) -> dict:
+    cmd = [str(tools / "llama-bench"), "-m", str(gguf), "-t", str(threads), "-p", "0", "-n", str(new_tokens)]
+    cmd += ["-r", "3", "-o", "json"]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode != 0:  # its weight repacking crashed on some CPUs
+        run = subprocess.run([*cmd, "--repack", "0"], capture_output=True, text=True, check=True)
+    return {"decode_tok_s": json.loads(run.stdout)[0]["avg_ts"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--side", help=argparse.SUPPRESS)  # internal: one lmforge checkpoint, JSON out
+    args = parser.parse_args()
+    if args.side:
+        print(json.dumps(lmforge_side(args.side, args.new_tokens, args.threads)))
+        return
+
+    import torch
+
+    from lmforge.hardware import describe, machine
+
+    torch.set_num_threads(args.threads)
+    print(f"machine: {describe()}")
+    cache = Path(os.environ.get("LMFORGE_CACHE", "~/.cache/lmforge")).expanduser() / "bench-quantize"
+    tools = llama_tools()
+    if tools is None:
+        sys.exit(
+            "llama.cpp tools not built: scripts/build_llama_cpp.sh --targets 'llama-bench llama-perplexity llama-quantize'"
+        )
+    ggufs = gguf_files(tools)
+    paths = {v: checkpoint(cache, v) for v in VARIANTS}
+    runs: dict[str, list[dict]] = {}
+    for _ in range(args.rounds):
+        for variant in VARIANTS:
+            command = [
+                sys.executable,
+                __file__,
+                "--side",
+                str(paths[variant]),
+                "--new-tokens",
+                str(args.new_tokens),
+            ]
+            command += ["--threads", str(args.threads)]
+            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            ours = json.loads(out.strip().splitlines()[-1])
+            theirs = llama_bench(tools, ggufs[PAIRS[variant]], args.new_tokens, args.threads)
+            print(variant, ours, PAIRS[variant], theirs, flush=True)
+            runs.setdefault(f"lmforge {variant}", []).append(ours)
+            runs.setdefault(f"llama.cpp {PAIRS[variant]}", []).append(theirs)
+    median = {
+        side: round(statistics.median(r["decode_tok_s"] for r in rows), 1) for side, rows in runs.items()
+    }
+    ratios = {
+        f"{v} / {PAIRS[v]}": round(median[f"lmforge {v}"] / median[f"llama.cpp {PAIRS[v]}"], 3)
+        for v in VARIANTS
+    }
+    for side, rate in median.items():
+        print(f"{side:20} {rate:7.1f} tok/s")
+    print(json.dumps(ratios, indent=1))
+    result = {
+        "machine": machine(),
+        "load_average": os.getloadavg(),
+        "settings": {k: str(v) for k, v in vars(args).items() if k != "side"},
+        "median_decode_tok_s": median,
+        "ratios": ratios,
+        "steps": {
+            side: sorted({r["steps"] for r in rows}) for side, rows in runs.items() if "steps" in rows[0]
+        },
+        "runs": runs,
+    }
+    args.output.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
