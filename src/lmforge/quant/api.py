@@ -190,12 +190,13 @@ def _prepare_decode_step(out: Path) -> tuple[dict[str, Any], Any]:
     start = time.perf_counter()
     try:
         engine = lm.engine
+        kept = engine.aot_ready()  # the same model, quantized the same way here before
         engine.mode(aot=True)  # a one-line error without a C++ compiler
         engine.aot_step = AOTStep(lm.model, engine.dtype)
     except LMForgeError as error:
         return {"kind": "eager", "reason": str(error)}, None
-    seconds = time.perf_counter() - start
-    return {"kind": "aot", "package": str(engine.aot_step.path), "compile_s": round(seconds, 1)}, lm
+    step = {"kind": "aot", "package": str(engine.aot_step.path), "kept": kept}
+    return step | {"compile_s": round(time.perf_counter() - start, 1)}, lm
 
 
 def _kernels_line(paths: list[str]) -> str:

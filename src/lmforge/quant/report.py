@@ -182,9 +182,10 @@ def markdown(card: dict[str, Any]) -> str:
     if step:
         lines += [""]
         if step["kind"] == "aot":
+            how = "its package was kept already" if step.get("kept") else f"in {step['compile_s']:.0f} s"
             lines.append(
-                f"Decode step compiled ahead of time for this machine in {step['compile_s']:.0f} s "
-                f"(`{step['package']}`): `lmforge.load(OUT)` decodes through it."
+                f"Decode step compiled ahead of time for this machine ({how}; `{step['package']}`): "
+                "`lmforge.load(OUT)` decodes through it."
             )
         else:
             lines.append(f"Decode step: eager ({step['reason']}).")
