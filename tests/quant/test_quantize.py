@@ -132,6 +132,29 @@ def test_cli_quantize(tmp_path, capsys):
     assert "already quantized" in capsys.readouterr().err
 
 
+def test_a_failing_ahead_of_time_compile_keeps_the_checkpoint_and_says_why(tmp_path, monkeypatch):
+    """Inductor or the C++ compiler failing while `lmforge quantize` compiles the decode step is a line in
+    the card, not a traceback: the checkpoint and its card are written, no package is left behind."""
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("C++ compile error\ndetails")
+
+    from lmforge.quant import kernels
+
+    kernels.native_int8(), kernels.matmul_dtype()  # built and measured in the usual cache first
+    monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path / "cache"))  # no kept package: it compiles
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", broken)
+    result = lmforge.quantize(_lm(), scheme="int8", out=tmp_path / "q", report=False)
+    step = result.card["decode_step"]
+    assert (
+        step["kind"] == "eager"
+        and "compiling the decode step ahead of time failed (RuntimeError: C++ compile error)"
+        in step["reason"]
+    )
+    assert (tmp_path / "q" / "quant_report.json").is_file()
+    assert not list((tmp_path / "cache" / "aot").glob("*"))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kernel", ["native", "kernel"])  # lmforge's int4 kernel or torch's
 def test_aot_decode_step_with_int4_weights_equals_eager(tmp_path, kernel, monkeypatch):

@@ -186,20 +186,30 @@ class AOTStep:
                     strict=False,
                 )
             except Exception as error:  # e.g. LLM.int8's outlier columns: shapes that depend on data
-                first = str(error).strip().splitlines()[0] if str(error).strip() else ""
                 raise LMForgeError(
-                    f"this model's decode step does not export for aot ({type(error).__name__}: "
-                    f"{first[:160]}); generate with compile=True or eager steps"
+                    f"this model's decode step does not export for aot ({_first_line(error)}); "
+                    "generate with compile=True or eager steps"
                 ) from error
-            torch._inductor.aoti_compile_and_package(
-                exported,
-                package_path=str(tmp),
-                inductor_configs={"aot_inductor.package_constants_in_so": False},
-            )
+            try:
+                torch._inductor.aoti_compile_and_package(
+                    exported,
+                    package_path=str(tmp),
+                    inductor_configs={"aot_inductor.package_constants_in_so": False},
+                )
+            except Exception as error:  # inductor or the C++ compiler failing: nothing is kept
+                raise LMForgeError(
+                    f"compiling the decode step ahead of time failed ({_first_line(error)}); "
+                    "generate with compile=True or eager steps"
+                ) from error
 
     def __call__(self, tokens, positions, cache: KVCache, rope) -> torch.Tensor:
         inputs = [tokens, positions, self.filled[: cache.length], *cache.k, *cache.v, *(rope or ())]
         return self.runner.loader.run(inputs)[0]
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:160] if text else ''}"
 
 
 def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
