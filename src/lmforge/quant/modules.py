@@ -75,10 +75,12 @@ class Int8Linear(nn.Module):
         rows = x.reshape(-1, self.in_features)
         if self.path == "native" and rows.shape[0] <= self.kernel_rows and rows.device.type == "cpu":
             # float32 or bfloat16 activations as they come, through its operator where that runs the C++
-            # kernel (no Python between a step and the kernel), else straight to the ctypes call
+            # kernel (no Python between a step and the kernel) or a graph is traced, else straight to the
+            # ctypes call (which a traced graph cannot make)
             rows = rows.contiguous() if rows.dtype in NATIVE_DTYPES else rows.float()
             args = (rows, self.qweight, self.kernel_scale, self.native_bias)
-            mm = torch.ops.lmforge.int8_native if native.compiled_ops() else native.int8_mm
+            compiled = torch.compiler.is_compiling() or native.compiled_ops()
+            mm = torch.ops.lmforge.int8_native if compiled else native.int8_mm
             y = mm(*args).to(x.dtype)
         elif self.path == "kernel" and rows.shape[0] <= self.kernel_rows:
             y = kernels.int8_mm(rows.to(self.kernel_dtype), self.qweight, self.kernel_scale).to(x.dtype)
@@ -157,7 +159,8 @@ class Int4Linear(nn.Module):
         if self.path == "native" and kernel and rows.device.type == "cpu":
             rows = rows.contiguous() if rows.dtype in NATIVE_DTYPES else rows.float()
             args = (rows, self.codes, self.group_size, self.scale_zero, self.native_bias)
-            mm = torch.ops.lmforge.int4_native if native.compiled_ops() else native.int4_mm
+            compiled = torch.compiler.is_compiling() or native.compiled_ops()
+            mm = torch.ops.lmforge.int4_native if compiled else native.int4_mm
             y = mm(*args).to(x.dtype)
         elif self.path == "kernel" and kernel:
             dtype = self.kernel_dtype
