@@ -239,7 +239,7 @@ def native_int8() -> bool:
 @on_cpu
 def native_int4(group_size: int) -> bool:
     """Like `native_int8` for lmforge's int4 kernel against `_weight_int4pack_mm_for_cpu` (a 1536 ×
-    1152 weight in groups of `group_size`); on the Zen 3, 6-9 GB/s against 4-6. Kept per machine."""
+    1152 weight in groups of `group_size`); on the Zen 3, 9-13 GB/s against 4-6. Kept per machine."""
     from lmforge.quant import native
 
     if not native.available():
@@ -274,9 +274,10 @@ def _native_wins(weights, ours, theirs, width: int) -> bool:
     x_ours, x_theirs = x.to(matmul_dtype()), x.to(fast_dtype())
     # the best of rounds taken in turn: the choice is kept for the machine, so a moment when another
     # process fights for the memory bus must not decide it (one did: torch's int4 kernel "won" at 2x
-    # slower)
+    # slower; with four rounds it still did twice, on a box whose neighbours slowed the memory-bound
+    # kernel for seconds at a time)
     t_ours, t_theirs = float("inf"), float("inf")
-    for _ in range(4):
+    for _ in range(8):
         t_ours = min(t_ours, _cpu_time(lambda: [ours(x_ours, w) for w in copies], runs=2))
         t_theirs = min(t_theirs, _cpu_time(lambda: [theirs(x_theirs, w) for w in copies], runs=2))
     return t_ours < t_theirs

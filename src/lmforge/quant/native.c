@@ -177,19 +177,27 @@ int lmf_int8_mm(const void *x, int bf16, long M, long K, const int8_t *w, const 
  * out[m, n] = sum_g (scale[n, g] * sx[m, g] * sum_{k in g} q[n, k] * x16[m, k] + offset[n, g] * xsum[m, g])
  *             + bias[n] */
 #ifdef __AVX2__
-static inline __attribute__((always_inline)) void dot_i4(const int16_t *x16, const float *sx, long K,
-                                                         const uint8_t *q, const float *so, long group,
+/* The codes are widened to int16 by 32-bit variable shifts of the 16 bytes in both halves of a register,
+ * not byte-to-word conversions (1.2-1.5x faster, C harness on the Zen 3: one row, 2 threads, 3072x576
+ * in groups of 64, 68-86 us vs 83-105): `lo` holds the even inputs of the 32, `hi` the odd ones, so the
+ * activations enter each block of 32 as its 16 even values, then its 16 odd ones (`even_odd`). The
+ * offsets' products accumulate beside the groups' sums, not in a loop of their own after them. */
+static inline __attribute__((always_inline)) void dot_i4(const int16_t *x16, const float *sx, const float *xsum,
+                                                         long K, const uint8_t *q, const float *so, long group,
                                                          long groups, int R, float *res) {
-    const __m128i low4 = _mm_set1_epi8(0x0f);
+    const __m256i shift_lo = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
+    const __m256i shift_hi = _mm256_setr_epi32(8, 8, 8, 8, 12, 12, 12, 12);
+    const __m256i nibbles = _mm256_set1_epi32(0x000f000f);
     __m256 total[ROWS_I4];
-    for (int r = 0; r < R; r++) total[r] = _mm256_setzero_ps();
+    float offsets[ROWS_I4];
+    for (int r = 0; r < R; r++) total[r] = _mm256_setzero_ps(), offsets[r] = 0.0f;
     for (long g = 0, g0 = 0; g0 < K; g++, g0 += group) {
         __m256i acc[ROWS_I4][2]; /* two a row for one or two rows (latency), else one */
         for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
         for (long k = g0; k < g0 + group; k += 32) {
-            __m128i b = _mm_loadu_si128((const __m128i *)(q + k / 2));
-            __m256i lo = _mm256_cvtepu8_epi16(_mm_and_si128(b, low4));
-            __m256i hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(b, 4), low4));
+            __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(q + k / 2)));
+            __m256i lo = _mm256_and_si256(_mm256_srlv_epi32(b, shift_lo), nibbles);
+            __m256i hi = _mm256_and_si256(_mm256_srlv_epi32(b, shift_hi), nibbles);
             for (int r = 0; r < R; r++) {
                 const int16_t *xr = x16 + r * K + k;
                 acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(lo, _mm256_loadu_si256((const __m256i *)xr)));
@@ -199,13 +207,23 @@ static inline __attribute__((always_inline)) void dot_i4(const int16_t *x16, con
         for (int r = 0; r < R; r++) {
             __m256 sum = _mm256_cvtepi32_ps(R <= 2 ? _mm256_add_epi32(acc[r][0], acc[r][1]) : acc[r][0]);
             total[r] = _mm256_fmadd_ps(sum, _mm256_set1_ps(so[2 * g] * sx[r * groups + g]), total[r]);
+            offsets[r] += so[2 * g + 1] * xsum[r * groups + g];
         }
     }
-    for (int r = 0; r < R; r++) res[r] = hsum(total[r]);
+    for (int r = 0; r < R; r++) res[r] = hsum(total[r]) + offsets[r];
+}
+
+/* each block of 32 activations as its 16 even values, then its 16 odd ones (dot_i4's order) */
+static void even_odd(int16_t *x16, long n) {
+    int16_t block[32];
+    for (long b = 0; b < n; b += 32) {
+        for (int j = 0; j < 16; j++) block[j] = x16[b + 2 * j], block[16 + j] = x16[b + 2 * j + 1];
+        memcpy(x16 + b, block, sizeof block);
+    }
 }
 #else
-static inline void dot_i4(const int16_t *x16, const float *sx, long K, const uint8_t *q, const float *so,
-                          long group, long groups, int R, float *res) {
+static inline void dot_i4(const int16_t *x16, const float *sx, const float *xsum, long K, const uint8_t *q,
+                          const float *so, long group, long groups, int R, float *res) {
     for (int r = 0; r < R; r++) {
         float total = 0.0f;
         for (long g = 0, g0 = 0; g0 < K; g++, g0 += group) {
@@ -215,7 +233,7 @@ static inline void dot_i4(const int16_t *x16, const float *sx, long K, const uin
                     uint8_t b = q[k / 2 + j];
                     s += (b & 15) * x16[r * K + k + j] + (b >> 4) * x16[r * K + k + 16 + j];
                 }
-            total += (float)s * so[2 * g] * sx[r * groups + g];
+            total += (float)s * so[2 * g] * sx[r * groups + g] + so[2 * g + 1] * xsum[r * groups + g];
         }
         res[r] = total;
     }
@@ -237,6 +255,9 @@ int lmf_int4_mm(const void *x, int bf16, long M, long K, const uint8_t *q, const
     }
     to_f32(x, bf16, xf, M * K);
     to_int16(xf, M * groups, group, x16, sx, xsum);
+#ifdef __AVX2__
+    even_odd(x16, M * K);
+#endif
     int parallel = threads > 1 && N * K >= (1L << 17);
 #pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
     for (long n = 0; n < N; n++) {
@@ -244,15 +265,13 @@ int lmf_int4_mm(const void *x, int bf16, long M, long K, const uint8_t *q, const
         for (long m0 = 0; m0 < M; m0 += ROWS_I4) {
             int R = M - m0 < ROWS_I4 ? (int)(M - m0) : ROWS_I4;
             float res[ROWS_I4];
-#define DOT_I4(G) DISPATCH8(R, dot_i4(x16 + m0 * K, sx + m0 * groups, K, q + n * (K / 2), son, G, groups, Rc, res))
+#define DOT_I4(G) DISPATCH8(R, dot_i4(x16 + m0 * K, sx + m0 * groups, xsum + m0 * groups, K, q + n * (K / 2), son, G, groups, Rc, res))
             if (group == 32) DOT_I4(32)
             else if (group == 64) DOT_I4(64)
             else if (group == 128) DOT_I4(128)
             else DOT_I4(group)
             for (int r = 0; r < R; r++) {
-                float v = res[r] + (bias ? bias[n] : 0.0f);
-                for (long g = 0; g < groups; g++) v += son[2 * g + 1] * xsum[(m0 + r) * groups + g];
-                store(out, bf16, (m0 + r) * N + n, v);
+                store(out, bf16, (m0 + r) * N + n, res[r] + (bias ? bias[n] : 0.0f));
             }
         }
     }

@@ -7,7 +7,7 @@ bytes, gained little. These read each weight row once for up to four input rows 
 multiply the codes with int16 activations (one scale per row and group of inputs: each value at most
 2^-16 of its group's largest off) in integer multiply-adds, one float conversion a group: int8 streams
 near the memory bandwidth (17-20 GB/s on a 2-thread Zen 3, where a plain read of memory reached 19-23),
-int4 at 6-9 GB/s. (int8 activations, as llama.cpp's Q4_0 x Q8_0, ran int4 1.3-1.7x faster, but its
+int4 at 9-13 GB/s. (int8 activations, as llama.cpp's Q4_0 x Q8_0, ran int4 1.3-1.7x faster, but its
 steps' perplexity on SmolLM2 rose 6% over the dequantized weights': not taken.) The source is compiled
 once per machine with the system C compiler (`cc -O3 -march=native -fopenmp`, into the lmforge cache,
 keyed by the source, the compiler and the CPU) and loaded with ctypes; the OpenMP runtime is the one
