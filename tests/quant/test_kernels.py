@@ -369,6 +369,19 @@ def test_probes_time_cpu_tensors_while_load_builds_on_meta(tmp_path, monkeypatch
     assert fc.kernel_dtype == (torch.float32 if fc.path == "native" else kernels.fast_dtype())
 
 
+@pytest.mark.parametrize("theirs_ms, ours_wins", [(13.0, True), (9.0, True), (7.0, False)])
+def test_native_kernel_kept_unless_torch_is_clearly_faster(theirs_ms, ours_wins, monkeypatch):
+    """The probe's rule: lmforge's memory-bound kernel, which a busy neighbour slows, stays unless
+    torch's takes at least 25% less CPU time (best of interleaved rounds on each side). Ours takes 15 ms
+    in seven rounds and 10 in one; torch's `theirs_ms` in every round."""
+    kernels.matmul_dtype(), kernels.fast_dtype()  # their own probes, measured before the scripted times
+    times = iter([15e-3, theirs_ms * 1e-3] * 7 + [10e-3, theirs_ms * 1e-3])
+    monkeypatch.setattr(kernels, "_cpu_time", lambda fn, runs=5: next(times))
+    weight = torch.zeros(4, 32, dtype=torch.int8)
+    assert kernels._native_wins(weight, None, None, 32) is ours_wins
+    assert next(times, None) is None  # eight rounds of each, taken in turn
+
+
 def test_aot_package_key_follows_the_kernels_the_modules_chose(tmp_path, monkeypatch):
     """A package traced where Int8Linear took torch's kernel (bf16 scales) failed inside the kernel
     when loaded by a process whose modules took lmforge's (float32 scales): the kernel choices, made per
