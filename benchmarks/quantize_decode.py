@@ -5,7 +5,9 @@ Here each pair — lmforge bf16 / int8 / int4 g64 against llama.cpp BF16 / Q8_0 
 weights — alternates for `--rounds` rounds, and the medians are compared:
 - lmforge: a fresh process runs `lmforge.load(DIR)` (the default `compile="auto"`, so the decode step
   `lmforge quantize` compiled ahead of time) and times greedy decode of `--new-tokens` tokens after a
-  16-token prompt (the one-token call's time subtracted, best of 2); the step kind is recorded;
+  16-token prompt (the one-token call's time subtracted, best of 2); the step kind is recorded, and
+  where a step's time goes: the whole step, the AOT runner's call in it, and the int8/int4 kernel
+  calls alone (`step_split`);
 - llama.cpp: `llama-bench -t T -p 0 -n N -r 3` (tg, its decode; `--repack 0` where repacking fails).
 Prints the CPU model and flags, saves benchmarks/results/quantize_decode.json.
 
@@ -22,14 +24,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from quantize import PAIRS, checkpoint, decode_rate, gguf_files, llama_tools
+from quantize import PAIRS, checkpoint, decode_rate, gguf_files, llama_tools, timed
 
 RESULTS = Path(__file__).parent / "results" / "quantize_decode.json"
 VARIANTS = ("bf16", "int8", "int4")
 
 
 def lmforge_side(path: str, new_tokens: int, threads: int) -> dict:
-    """One lmforge side in this process: default-path decode tokens/s and the step kind that ran."""
+    """One lmforge side in this process: default-path decode tokens/s, the step kind that ran, and
+    where a step's time goes (`step_split`)."""
     import torch
 
     import lmforge
@@ -39,7 +42,58 @@ def lmforge_side(path: str, new_tokens: int, threads: int) -> dict:
     prompt = lm.tokenizer.encode("The island was quiet when the ship came in, and the sailors")[:16]
     counts = lm.engine.step_counts.copy()
     rate = decode_rate(lm, prompt, new_tokens, "default")
-    return {"decode_tok_s": rate, "steps": (lm.engine.step_counts - counts).most_common(1)[0][0]}
+    kind = (lm.engine.step_counts - counts).most_common(1)[0][0]
+    return {"decode_tok_s": rate, "steps": kind, **step_split(lm, prompt, new_tokens)}
+
+
+def step_split(lm, prompt: list[int], new_tokens: int) -> dict:
+    """ms per decode step: the whole step as `generate` runs it, the AOT runner's call within it, and
+    the quantized modules' kernel calls alone (each module's operator on a random row, in model order,
+    the median of 20 passes, through the dispatcher from Python); what is left of a step is the
+    engine's Python around the runner."""
+    import time
+
+    import torch
+
+    from lmforge.generate import aot
+    from lmforge.quant.modules import Int4Linear, Int8Linear
+
+    runner = [0.0]
+    call = aot.AOTStep.__call__
+
+    def timed_call(self, *args):
+        start = time.perf_counter()
+        out = call(self, *args)
+        runner[0] += time.perf_counter() - start
+        return out
+
+    aot.AOTStep.__call__ = timed_call
+    try:
+        one = timed(lambda: lm.generate([prompt], max_new_tokens=1, ignore_eos=True))
+        runner[0] = 0.0
+        whole = timed(lambda: lm.generate([prompt], max_new_tokens=new_tokens + 1, ignore_eos=True))
+    finally:
+        aot.AOTStep.__call__ = call
+    split = {"step_ms": (whole - one) / new_tokens * 1e3, "runner_ms": runner[0] / new_tokens * 1e3}
+    modules = [
+        m for m in lm.model.modules() if isinstance(m, (Int8Linear, Int4Linear)) and m.path == "native"
+    ]
+    if modules:
+        rows = {m.in_features: torch.randn(1, m.in_features) for m in modules}
+        ops = torch.ops.lmforge
+
+        def kernels() -> None:
+            for m in modules:
+                x = rows[m.in_features]
+                if isinstance(m, Int8Linear):
+                    ops.int8_native(x, m.qweight, m.kernel_scale, m.native_bias)
+                else:
+                    ops.int4_native(x, m.codes, m.group_size, m.scale_zero, m.native_bias)
+
+        kernels()
+        split["kernel_calls"] = len(modules)
+        split["kernels_ms"] = statistics.median(timed(kernels) for _ in range(20)) * 1e3
+    return split
 
 
 def llama_bench(tools: Path, gguf: Path, new_tokens: int, threads: int) -> dict:
@@ -104,6 +158,13 @@ def main() -> None:
     }
     for side, rate in median.items():
         print(f"{side:20} {rate:7.1f} tok/s")
+    split_keys = ("step_ms", "runner_ms", "kernels_ms")
+    split = {
+        side: {k: round(statistics.median(r[k] for r in rows), 2) for k in split_keys if k in rows[0]}
+        for side, rows in runs.items()
+        if "step_ms" in rows[0]
+    }
+    print("ms per step (whole, AOT runner, kernel calls alone):", json.dumps(split))
     print(json.dumps(ratios, indent=1))
     result = {
         "machine": machine(),
@@ -111,6 +172,7 @@ def main() -> None:
         "settings": {k: str(v) for k, v in vars(args).items() if k != "side"},
         "median_decode_tok_s": median,
         "ratios": ratios,
+        "median_step_split_ms": split,
         "steps": {
             side: sorted({r["steps"] for r in rows}) for side, rows in runs.items() if "steps" in rows[0]
         },
