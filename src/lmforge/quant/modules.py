@@ -1,12 +1,13 @@
 """Quantized modules that take the place of `nn.Linear` / `nn.Embedding` (through `lmforge.model.swap`).
 
 - `Int8Linear`: int8 codes (N, K) and per-row scales; decode-sized inputs go through lmforge's own
-  kernel (`native.py`) where it is built and measured faster than `aten._weight_int8pack_mm` on this
-  CPU (`kernels.native_int8`), else through torch's; larger ones (prefill) through a matmul on weights
-  dequantized on the fly when that is faster (`kernels.int8_rows`, measured for each kernel).
+  kernel (`native.py`) where it is built and not measured clearly slower than `aten._weight_int8pack_mm`
+  on this CPU (`kernels.native_int8`: 25% more CPU time would be), else through torch's; larger ones
+  (prefill) through a matmul on weights dequantized on the fly when that is faster (`kernels.int8_rows`,
+  measured for each kernel).
 - `Int4Linear`: group-wise codes, scale and zero per group, packed for lmforge's int4 kernel where it
-  is measured faster (`kernels.native_int4`; it takes the activations as int16 per row and group, see
-  native.c) or for `aten._weight_int4pack_mm_for_cpu`; like Int8Linear, inputs of more rows than the
+  is not measured clearly slower (`kernels.native_int4`; it takes the activations as int16 per row and
+  group, see native.c) or for `aten._weight_int4pack_mm_for_cpu`; like Int8Linear, inputs of more rows than the
   kernel is faster for dequantize (`kernels.int4_rows`). Its checkpoint form is portable (`qweight`: codes two to a byte); the kernel's
   own layout is built when the module is made or loaded, and is the only copy of the codes held in memory.
 - `Int8Embedding`: rows of int8 codes with a scale each; with tied embeddings it reads the LM head's
@@ -108,7 +109,7 @@ class Int4Linear(nn.Module):
         self._set_codes(weight.codes, self._choose_path(weight.codes.device.type))
 
     def _choose_path(self, device: str) -> str:
-        """lmforge's kernel where it suits the shape and is measured faster here, else torch's (which
+        """lmforge's kernel where it suits the shape and is not clearly slower here, else torch's (which
         packs 16 outputs at a time; a model built on meta is given its real path at load), else
         dequantize-then-matmul."""
         on_cpu = device in ("cpu", "meta")
