@@ -6,7 +6,7 @@ weights — alternates for `--rounds` rounds, and the medians are compared:
 - lmforge: a fresh process runs `lmforge.load(DIR)` (the default `compile="auto"`, so the decode step
   `lmforge quantize` compiled ahead of time) and times greedy decode of `--new-tokens` tokens after a
   16-token prompt (the one-token call's time subtracted, best of 2); the step kind is recorded, and
-  where a step's time goes: the whole step, the AOT runner's call in it, and the int8/int4 kernel
+  where a step's time goes: the whole step, the AOT runner's call in it, and the int8/int4/bf16 kernel
   calls alone (`step_split`);
 - llama.cpp: `llama-bench -t T -p 0 -n N -r 3` (tg, its decode; `--repack 0` where repacking fails).
 Prints the CPU model and flags, saves benchmarks/results/quantize_decode.json.
@@ -48,7 +48,7 @@ def lmforge_side(path: str, new_tokens: int, threads: int) -> dict:
 
 def step_split(lm, prompt: list[int], new_tokens: int) -> dict:
     """ms per decode step: the whole step as `generate` runs it, the AOT runner's call within it, and
-    the quantized modules' kernel calls alone (each module's operator on a random row, in model order,
+    the quantized (and bf16) modules' kernel calls alone (each module's operator on a random row, in model order,
     the median of 20 passes, through the dispatcher from Python); what is left of a step is the
     engine's Python around the runner."""
     import time
@@ -56,7 +56,7 @@ def step_split(lm, prompt: list[int], new_tokens: int) -> dict:
     import torch
 
     from lmforge.generate import aot
-    from lmforge.quant.modules import Int4Linear, Int8Linear
+    from lmforge.quant.modules import BF16Linear, Int4Linear, Int8Linear
 
     runner = [0.0]
     call = aot.AOTStep.__call__
@@ -75,20 +75,26 @@ def step_split(lm, prompt: list[int], new_tokens: int) -> dict:
     finally:
         aot.AOTStep.__call__ = call
     split = {"step_ms": (whole - one) / new_tokens * 1e3, "runner_ms": runner[0] / new_tokens * 1e3}
-    modules = [
-        m for m in lm.model.modules() if isinstance(m, (Int8Linear, Int4Linear)) and m.path == "native"
-    ]
+    kinds = (Int8Linear, Int4Linear, BF16Linear)
+    modules = [m for m in lm.model.modules() if isinstance(m, kinds) and m.path == "native"]
     if modules:
-        rows = {m.in_features: torch.randn(1, m.in_features) for m in modules}
+        rows = {
+            (m.in_features, isinstance(m, BF16Linear)): torch.randn(1, m.in_features).to(
+                torch.bfloat16 if isinstance(m, BF16Linear) else torch.float32
+            )
+            for m in modules
+        }
         ops = torch.ops.lmforge
 
         def kernels() -> None:
             for m in modules:
-                x = rows[m.in_features]
+                x = rows[m.in_features, isinstance(m, BF16Linear)]
                 if isinstance(m, Int8Linear):
                     ops.int8_native(x, m.qweight, m.kernel_scale, m.native_bias)
-                else:
+                elif isinstance(m, Int4Linear):
                     ops.int4_native(x, m.codes, m.group_size, m.scale_zero, m.native_bias)
+                else:
+                    ops.bf16_native(x, m.weight, None if m.bias is None else m.bias.float())
 
         kernels()
         split["kernel_calls"] = len(modules)

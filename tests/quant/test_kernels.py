@@ -128,8 +128,14 @@ def _check_against_dequantized(module, x: torch.Tensor) -> None:
     assert y.dtype == x.dtype and y.shape == (*x.shape[:-1], module.out_features)
     w = module.dequantize(torch.float64)
     bias = 0 if module.bias is None else module.bias.double()
-    bf16 = x.dtype == torch.bfloat16 or (module.path == "kernel" and kernels.fast_dtype() == torch.bfloat16)
-    if module.path == "native" and len(x.reshape(-1, w.shape[1])) <= module.kernel_rows:
+    kernel_rows = len(x.reshape(-1, w.shape[1])) <= module.kernel_rows
+    bf16 = (
+        x.dtype == torch.bfloat16
+        or (module.path == "kernel" and kernels.fast_dtype() == torch.bfloat16)
+        # past the kernel's rows the weights are dequantized to matmul_dtype (bf16 where AMX runs it)
+        or (module.path != "dequantize" and not kernel_rows and module.matmul_dtype == torch.bfloat16)
+    )
+    if module.path == "native" and kernel_rows:
         # lmforge's kernels take x as int16 per row and group (step = the group's largest magnitude /
         # 32767): each output is off by at most half a step times the group's |w|, summed; in bf16,
         # plus the output's rounding
@@ -408,48 +414,140 @@ def test_aot_package_key_follows_the_kernels_the_modules_chose(tmp_path, monkeyp
     assert keys[True] != keys[False]
 
 
-def test_native_kernels_portable_build_agrees(tmp_path):
-    """native.c without AVX2 (the plain loops a CPU without it, or another architecture, compiles) gives
-    what the vectorized build gives, for int8 and int4."""
+@pytest.mark.parametrize("build", ["plain", "avx2"])
+def test_native_kernels_portable_build_agrees(tmp_path, build):
+    """native.c built without AVX2 (the plain loops a CPU without it, or another architecture, compiles)
+    and built for AVX2 alone (what a CPU with AVX-512 VNNI / BF16 does not run in its own build) gives
+    what this machine's build gives, for int8, int4 and bf16 weights."""
     import ctypes
     import platform
     import subprocess
 
-    flags = ["-mno-avx2", "-mno-fma"] if platform.machine() in ("x86_64", "AMD64") else []
-    so = tmp_path / "portable.so"
-    subprocess.run(["cc", "-O2", "-fopenmp", "-shared", "-fPIC", *flags, "-o", so, native.SOURCE], check=True)
-    portable = ctypes.CDLL(str(so))
-    vectorized = native.library()
-    portable.lmf_int8_mm.argtypes = vectorized.lmf_int8_mm.argtypes
-    portable.lmf_int4_mm.argtypes = vectorized.lmf_int4_mm.argtypes
+    from lmforge.hardware import cpu_flags
+
+    x86 = platform.machine() in ("x86_64", "AMD64")
+    if build == "avx2" and not (x86 and "avx2" in cpu_flags()):
+        pytest.skip("this CPU does not run AVX2 code")
+    flags = {"plain": ["-mno-avx2", "-mno-fma"] if x86 else [], "avx2": ["-mavx2", "-mfma", "-mf16c"]}[build]
+    so = tmp_path / f"{build}.so"
+    command = [
+        "cc",
+        "-O2",
+        "-fno-math-errno",
+        "-fopenmp",
+        "-shared",
+        "-fPIC",
+        *flags,
+        "-o",
+        so,
+        native.SOURCE,
+    ]
+    subprocess.run(command, check=True)
+    other = ctypes.CDLL(str(so))
+    ours = native.library()
+    for kernel in ("lmf_int8_mm", "lmf_int4_mm", "lmf_bf16_mm"):
+        getattr(other, kernel).argtypes = getattr(ours, kernel).argtypes
     g = torch.Generator().manual_seed(0)
     x = torch.randn(5, 128, generator=g)
+    xb = x.to(torch.bfloat16)  # bf16 weights: AVX-512 BF16 rounds float32 activations to bf16, others not
     codes8 = torch.randint(-127, 128, (40, 128), dtype=torch.int8, generator=g)
     scale8, bias = torch.rand(40, generator=g), torch.randn(40, generator=g)
     packed = native.pack_int4(torch.randint(0, 16, (40, 128), dtype=torch.uint8, generator=g))
     so4 = native.scale_offset(torch.rand(40, 2, generator=g), torch.randn(40, 2, generator=g))
+    wb = torch.randn(40, 128, generator=g).to(torch.bfloat16)
     outs = []
-    for lib in (vectorized, portable):
-        y8, y4 = torch.empty(5, 40), torch.empty(5, 40)
-        lib.lmf_int8_mm(
-            x.data_ptr(),
-            0,
-            5,
-            128,
-            codes8.data_ptr(),
-            scale8.data_ptr(),
-            bias.data_ptr(),
-            40,
-            y8.data_ptr(),
-            2,
-        )
+    for lib in (ours, other):
+        y8, y4, yb = torch.empty(5, 40), torch.empty(5, 40), torch.empty(5, 40, dtype=torch.bfloat16)
+        args8 = (codes8.data_ptr(), scale8.data_ptr(), bias.data_ptr(), 40, y8.data_ptr(), 2)
+        lib.lmf_int8_mm(x.data_ptr(), 0, 5, 128, *args8)
         lib.lmf_int4_mm(
             x.data_ptr(), 0, 5, 128, packed.data_ptr(), so4.data_ptr(), 64, None, 40, y4.data_ptr(), 2
         )
-        outs.append((y8, y4))
-    for fast, plain in zip(*outs):  # float32 sums in another order
-        torch.testing.assert_close(plain, fast, rtol=1e-4, atol=1e-5 * fast.abs().max().item())
+        lib.lmf_bf16_mm(xb.data_ptr(), 1, 5, 128, wb.data_ptr(), bias.data_ptr(), 40, yb.data_ptr(), 2)
+        outs.append((y8, y4, yb.float()))
+    for mine, theirs in zip(*outs):  # float32 sums in another order (bf16: rounded to it after)
+        tol = 2 * BF16_ULP if mine is outs[0][2] else 1e-4
+        torch.testing.assert_close(theirs, mine, rtol=tol, atol=tol * mine.abs().max().item())
     torch.testing.assert_close(outs[0][0], native.int8_mm(x, codes8, scale8, bias))  # the same as the API's
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 9])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_bf16_kernel_equals_the_definition(rows, dtype):
+    """native.bf16_mm, through ctypes and through its operator: x · wᵀ + bias for bfloat16 weights, in
+    float64 from the definition. With float32 activations a CPU with AVX-512 BF16 multiplies them rounded
+    to bfloat16 (each product off by at most 2^-9 of it); the output is rounded to x's dtype."""
+    g = torch.Generator().manual_seed(rows)
+    w = (torch.randn(72, 160, generator=g) * 0.05).to(torch.bfloat16)
+    x, bias = torch.randn(rows, 160, generator=g).to(dtype), torch.randn(72, generator=g)
+    ref = x.double() @ w.double().T + bias.double()
+    products = x.double().abs() @ w.double().abs().T
+    rounding = BF16_ULP if dtype == torch.bfloat16 else 1e-5
+    bound = 2**-9 * products + rounding * ref.abs() + 1e-5 * products
+    for y in (native.bf16_mm(x, w, bias), torch.ops.lmforge.bf16_native(x, w, bias)):
+        assert y.dtype == dtype and y.shape == (rows, 72)
+        assert ((y.double() - ref).abs() <= bound).all()
+    assert torch.equal(native.bf16_mm(x, w, None), torch.ops.lmforge.bf16_native(x, w, None))
+    with pytest.raises(ValueError, match="contiguous CPU tensors"):
+        native.bf16_mm(x, w.float(), None)  # float32 weights are not what it reads
+
+
+def test_bf16_linear_takes_decode_rows_through_the_kernel(monkeypatch):
+    """The bf16 scheme's `BF16Linear` (the model's `Linear`, same parameters): up to `kernel_rows` rows
+    without autograd go through lmforge's bf16 kernel and equal the `Linear`'s own result within bf16
+    rounding; more rows, or inputs that need gradients, take the `Linear`'s path (and gradients flow)."""
+    from lmforge.model.linear import Linear
+    from lmforge.quant.modules import BF16Linear
+
+    monkeypatch.setattr(kernels, "native_bf16", lambda: True)
+    w, b = _weight()
+    linear = Linear(128, 96).to(torch.bfloat16)
+    with torch.no_grad():
+        linear.weight.copy_(w), linear.bias.copy_(b)
+    module = BF16Linear.of(linear)
+    assert module.weight is linear.weight and module.bias is linear.bias
+    assert module.path == "native" and module.kernel_rows >= 1
+    monkeypatch.setattr(native, "compiled_ops", lambda: False)  # calls through bf16_mm, to count them
+    bf16_mm = native.bf16_mm
+    calls = []
+    monkeypatch.setattr(native, "bf16_mm", lambda x, *a: calls.append(len(x)) or bf16_mm(x, *a))
+    module.kernel_rows = 4
+    with torch.no_grad():
+        for rows in (1, 4, 5):
+            x = torch.randn(2, rows, 128).to(torch.bfloat16)[1]  # a view: the module makes it contiguous
+            ref = linear(x).float()
+            y = module(x)
+            assert y.dtype == torch.bfloat16 and y.shape == (rows, 96)
+            torch.testing.assert_close(
+                y.float(), ref, rtol=2 * BF16_ULP, atol=4 * BF16_ULP * ref.abs().max().item()
+            )
+    assert calls == [1, 4]
+    x = torch.randn(1, 128, dtype=torch.bfloat16, requires_grad=True)
+    module(x).sum().backward()
+    assert calls == [1, 4] and x.grad is not None and linear.weight.grad is not None
+    monkeypatch.setattr(kernels, "native_bf16", lambda: False)
+    assert BF16Linear.of(linear).path == "torch"
+
+
+def test_bf16_linear_traces_its_operator(monkeypatch):
+    """A compiled (or exported) decode step holds `lmforge::bf16_native` where a `BF16Linear` takes the
+    kernel, and computes what the eager module does."""
+    from lmforge.model.linear import Linear
+    from lmforge.quant.modules import BF16Linear
+
+    monkeypatch.setattr(kernels, "native_bf16", lambda: True)
+    module = BF16Linear.of(Linear(128, 96, bias=False).to(torch.bfloat16))
+    graphs = []
+
+    def backend(graph_module, inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    x = torch.randn(1, 1, 128).to(torch.bfloat16)
+    with torch.no_grad():
+        y = torch.compile(module, backend=backend, fullgraph=True)(x)
+        assert torch.equal(y, module(x))
+    assert torch.ops.lmforge.bf16_native in {node.target for node in graphs[0].graph.nodes}
 
 
 def test_native_kernels_carry_nan_and_inf_like_float():

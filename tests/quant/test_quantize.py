@@ -12,8 +12,9 @@ import lmforge
 from lmforge.cli import main
 from lmforge.io.checkpoint import write_checkpoint
 from lmforge.lm import LM
+from lmforge.model.swap import linear_layers
 from lmforge.quant import report
-from lmforge.quant.modules import Int4Linear, Int8Embedding, Int8Linear
+from lmforge.quant.modules import BF16Linear, Int4Linear, Int8Embedding, Int8Linear
 from tiny import tiny_model
 
 IDS = torch.randint(0, 320, (2, 11), generator=torch.Generator().manual_seed(0))
@@ -48,6 +49,12 @@ def test_quantize_save_load_gives_identical_outputs(tmp_path, family, options):
     if options["scheme"] == "int4":
         assert record["group_size"] == 32 and record["symmetric"] == options.get("symmetric", False)
         assert isinstance(loaded.model.blocks[0].mlp.fc, Int4Linear)
+    if options["scheme"] == "bf16":  # every linear (the LM head too) takes decode rows through our kernel
+        linears = linear_layers(loaded.model, lm_head=True).values()
+        assert linears and all(
+            isinstance(m, BF16Linear) and m.weight.dtype == torch.bfloat16 for m in linears
+        )
+        assert loaded.model.lm_head.weight is loaded.model.tok_emb.weight  # still tied
     if options["scheme"] in ("int8", "int4"):
         assert isinstance(loaded.model.lm_head, Int8Linear)
         assert isinstance(loaded.model.tok_emb, Int8Embedding)  # tied: reads the head's rows

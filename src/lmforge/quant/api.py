@@ -18,7 +18,7 @@ from lmforge.options import configure
 from lmforge.quant import kernels, native, report
 from lmforge.quant.config import QuantizeConfig
 from lmforge.quant.convert import compute_dtype, describe, plan, quantize_model, rtn_weights
-from lmforge.quant.modules import is_quantized
+from lmforge.quant.modules import BF16Linear, is_quantized
 
 
 @dataclass
@@ -147,7 +147,8 @@ def _static_scales(model, config: QuantizeConfig, codes: Codes, windows) -> Code
 
 def build_card(original, quantized, config: QuantizeConfig) -> dict[str, Any]:
     record = quantized.model.quantization
-    paths = sorted({row["path"] for row in report.layer_errors(original.model, quantized.model)} - {""})
+    paths = {row["path"] for row in report.layer_errors(original.model, quantized.model)}
+    paths = sorted((paths | {m.path for m in quantized.model.modules() if isinstance(m, BF16Linear)}) - {""})
     card: dict[str, Any] = {
         "model": str(original.source),
         "description": describe(record),
@@ -214,6 +215,8 @@ def _kernels_line(paths: list[str]) -> str:
         text.append(f"torch CPU int8/int4 weight-only kernels, their activations in {kernels.fast_dtype()}")
         if not native.available():
             text.append(f"lmforge's decode kernels not used: {native.reason()}")
+    if "torch" in paths:
+        text.append("torch's bfloat16 linear (lmforge's bf16 kernel measured slower here, or not built)")
     if "int_mm" in paths:
         text.append("per-token int8 activations × int8 weights through torch._int_mm (int32 sums)")
     if "dequantize" not in paths:

@@ -26,7 +26,7 @@ from lmforge.model.swap import linear_layers, matches, swap_modules
 from lmforge.quant import kernels
 from lmforge.quant.config import QuantizeConfig
 from lmforge.quant.formats import QuantizedWeight, check_group_size, rtn
-from lmforge.quant.modules import Int4Linear, Int8Embedding, Int8Linear, is_quantized
+from lmforge.quant.modules import BF16Linear, Int4Linear, Int8Embedding, Int8Linear, is_quantized
 from lmforge.quant.w8a8 import LLMInt8Linear, W8A8Linear, W8A8StaticLinear
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
@@ -97,6 +97,8 @@ def quantize_model(
         model.to(dtype)
         model.init_buffers(device)  # RoPE frequencies and position tables stay fp32, as a load makes them
         model.quantization = {**config.record(), "compute_dtype": str(dtype).removeprefix("torch.")}
+        if config.scheme == "bf16":
+            bf16_linears(model)
         return model.quantization
     if weights is None:
         targets, kept = plan(model, config)
@@ -116,6 +118,12 @@ def quantize_model(
         )
     _swap(model, model.quantization, dtype, lambda n, m: weights[n], (input_scales or {}).get)
     return model.quantization
+
+
+def bf16_linears(model: nn.Module) -> None:
+    """The bf16 scheme's linears (the LM head too) as `BF16Linear`s, which take decode rows through
+    lmforge's bf16 kernel where it runs here; same parameters, so ties and checkpoints are unchanged."""
+    swap_modules(model, list(linear_layers(model, lm_head=True)), lambda name, linear: BF16Linear.of(linear))
 
 
 def _kind(name: str, bits: int, activations: str | None) -> int | str:
@@ -175,6 +183,8 @@ def prepare_for_load(model: nn.Module, record: dict[str, Any]) -> torch.dtype:
     dtype = DTYPES.get(record.get("compute_dtype", "float32"))
     if dtype is None:
         raise LMForgeError(f"unknown compute dtype in the quantization record: {record.get('compute_dtype')}")
+    if record.get("scheme") == "bf16":
+        bf16_linears(model)
     layers = record.get("layers", {})
     group = record.get("group_size")
 

@@ -262,17 +262,61 @@ def native_int4(group_size: int) -> bool:
     return cached_probe("native_kernel_wins", f"int4 g{group_size} v2 {native.build_name()}", measure)
 
 
-def _native_wins(weights, ours, theirs, width: int) -> bool:
-    """Whether `ours(x, w)` (x one row in `matmul_dtype()`) takes less CPU time than `theirs(x, w)` (x in
-    `fast_dtype()`) over 48 copies of the weights (more than the caches hold, as a decode step streams
-    its layers), or at most 25% more: ours reads memory at the bus's pace and torch's computes, so
-    neighbours on a shared machine slow ours alone, and the choice is kept for the machine."""
+@functools.cache
+@on_cpu
+def native_bf16() -> bool:
+    """Whether lmforge's bf16 kernel (`native.bf16_mm`) takes a bfloat16 linear's decode rows
+    (`BF16Linear`) instead of torch's one-row product (`torch.mv`, what the model's `Linear` runs for one
+    bfloat16 row): kept unless measured clearly slower (`_native_wins`, a 1536 × 576 weight, SmolLM2's
+    MLP shape). On a Xeon with AVX-512 BF16 (2 threads) torch's read such weights at 12-15 GB/s. Kept
+    per machine."""
+    from lmforge.quant import native
+
+    if not native.available():
+        return False
+
+    def measure() -> bool:
+        weight = torch.randn(1536, 576).to(torch.bfloat16)
+        return _native_wins(
+            weight,
+            lambda x, w: native.bf16_mm(x, w, None),
+            lambda x, w: torch.mv(w, x[0]),
+            576,
+            dtype=torch.bfloat16,
+        )
+
+    return cached_probe("native_kernel_wins", f"bf16 v1 {native.build_name()}", measure)
+
+
+@functools.cache
+@on_cpu
+def bf16_rows() -> int:
+    """The most input rows for which lmforge's bf16 kernel beats `F.linear` in bfloat16 (measured once
+    per process, 1536 × 576): a few-row batch reads the weights once in the kernel, a prompt runs
+    faster through torch's matrix product."""
+    from lmforge.quant import native
+
+    weight = torch.randn(1536, 576).to(torch.bfloat16)
+    return _rows_kernel_wins(
+        lambda x: native.bf16_mm(x, weight, None),
+        lambda y: F.linear(y.to(torch.bfloat16), weight),
+        576,
+        kernel_dtype=torch.bfloat16,
+    )
+
+
+def _native_wins(weights, ours, theirs, width: int, dtype: torch.dtype | None = None) -> bool:
+    """Whether `ours(x, w)` (x one row in `matmul_dtype()`, or `dtype`) takes less CPU time than
+    `theirs(x, w)` (x in `fast_dtype()`, or `dtype`) over 48 copies of the weights (more than the caches
+    hold, as a decode step streams its layers), or at most 25% more: ours reads memory at the bus's pace
+    and torch's computes, so neighbours on a shared machine slow ours alone, and the choice is kept for
+    the machine."""
     copies = [
         tuple(t.clone() for t in weights) if isinstance(weights, tuple) else weights.clone()
         for _ in range(48)
     ]
     x = torch.randn(1, width)
-    x_ours, x_theirs = x.to(matmul_dtype()), x.to(fast_dtype())
+    x_ours, x_theirs = x.to(dtype or matmul_dtype()), x.to(dtype or fast_dtype())
     # the best of rounds taken in turn, and the margin: a moment when another process fights for the
     # memory bus must not decide (torch's int4 kernel "won" at 2x slower with the best of four rounds
     # and no margin, three times; on that Zen 3 ours took 5.8-15 ms of CPU here, torch's 13.9-16.9)

@@ -10,6 +10,8 @@
   group, see native.c) or for `aten._weight_int4pack_mm_for_cpu`; like Int8Linear, inputs of more rows than the
   kernel is faster for dequantize (`kernels.int4_rows`). Its checkpoint form is portable (`qweight`: codes two to a byte); the kernel's
   own layout is built when the module is made or loaded, and is the only copy of the codes held in memory.
+- `BF16Linear`: the `bf16` scheme's linears, the model's `Linear` with bfloat16 weights whose decode
+  rows go through lmforge's bf16 kernel where it is not measured clearly slower (`kernels.native_bf16`).
 - `Int8Embedding`: rows of int8 codes with a scale each; with tied embeddings it reads the LM head's
   codes (one copy serves both: a row scale of the embedding is an output-channel scale of the head).
 Activations enter the kernels in `kernels.fast_dtype()` (bf16 where measured faster) and leave in the
@@ -24,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmforge.model.linear import Linear
 from lmforge.quant import kernels, native
 from lmforge.quant.formats import QuantizedWeight, dequantize_int4, dequantize_int8
 
@@ -75,14 +78,10 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
         if self.path == "native" and rows.shape[0] <= self.kernel_rows and rows.device.type == "cpu":
-            # float32 or bfloat16 activations as they come, through its operator where that runs the C++
-            # kernel (no Python between a step and the kernel) or a graph is traced, else straight to the
-            # ctypes call (which a traced graph cannot make)
+            # float32 or bfloat16 activations as they come, through the operator or ctypes (`native.entry`)
             rows = rows.contiguous() if rows.dtype in NATIVE_DTYPES else rows.float()
-            args = (rows, self.qweight, self.kernel_scale, self.native_bias)
-            compiled = torch.compiler.is_compiling() or native.compiled_ops()
-            mm = torch.ops.lmforge.int8_native if compiled else native.int8_mm
-            y = mm(*args).to(x.dtype)
+            mm = native.entry("int8_native")
+            y = mm(rows, self.qweight, self.kernel_scale, self.native_bias).to(x.dtype)
         elif self.path == "kernel" and rows.shape[0] <= self.kernel_rows:
             y = kernels.int8_mm(rows.to(self.kernel_dtype), self.qweight, self.kernel_scale).to(x.dtype)
             y = y if self.bias is None else y + self.bias
@@ -159,10 +158,8 @@ class Int4Linear(nn.Module):
         kernel = rows.shape[0] <= self.kernel_rows or torch.compiler.is_compiling()
         if self.path == "native" and kernel and rows.device.type == "cpu":
             rows = rows.contiguous() if rows.dtype in NATIVE_DTYPES else rows.float()
-            args = (rows, self.codes, self.group_size, self.scale_zero, self.native_bias)
-            compiled = torch.compiler.is_compiling() or native.compiled_ops()
-            mm = torch.ops.lmforge.int4_native if compiled else native.int4_mm
-            y = mm(*args).to(x.dtype)
+            mm = native.entry("int4_native")
+            y = mm(rows, self.codes, self.group_size, self.scale_zero, self.native_bias).to(x.dtype)
         elif self.path == "kernel" and kernel:
             dtype = self.kernel_dtype
             mm = torch.ops.lmforge.int4_torch if torch.compiler.is_compiling() else kernels.int4_mm
@@ -197,6 +194,47 @@ class Int4Linear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"group_size={self.group_size}, path={self.path}"
         )
+
+
+class BF16Linear(Linear):
+    """The `bf16` scheme's linear: the model's `Linear` with bfloat16 weights, whose decode-sized inputs
+    (up to `kernel_rows` rows, without autograd) go through lmforge's bf16 kernel (`native.bf16_mm`)
+    where it is built and not measured clearly slower than torch's one-row product on this machine
+    (`kernels.native_bf16`; `.path` "native", else "torch": the `Linear` it is). The same parameters as
+    the `Linear` it replaces (a tied LM head stays tied) and the same state dict."""
+
+    @classmethod
+    def of(cls, linear: nn.Linear) -> BF16Linear:
+        module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+        module.weight, module.bias = linear.weight, linear.bias
+        module._choose_path()
+        return module
+
+    def _choose_path(self) -> None:
+        on_cpu = self.weight.device.type in ("cpu", "meta")
+        if on_cpu and native.fits(self.in_features) and kernels.native_bf16():
+            self.path, self.kernel_rows = "native", kernels.bf16_rows()
+        else:
+            self.path, self.kernel_rows = "torch", 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)
+        w = self.weight
+        if (
+            self.path == "native"
+            and rows.shape[0] <= self.kernel_rows
+            and x.device.type == "cpu"
+            and x.dtype in NATIVE_DTYPES
+            and w.dtype is torch.bfloat16
+            and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
+        ):
+            bias = None if self.bias is None else self.bias.float()
+            y = native.entry("bf16_native")(rows.contiguous(), w, bias)
+            return y.view(*x.shape[:-1], self.out_features)
+        return super().forward(x)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, path={self.path}"
 
 
 class Int8Embedding(nn.Module):

@@ -2,7 +2,8 @@
  * offset per group of inputs) matrix products for a few input rows, float32 or bfloat16 activations.
  * Each weight row is read from memory once for up to four input rows (int4: eight), so that a decode
  * step streams its weights near memory bandwidth. Built by lmforge/quant/native.py for this CPU (-O3 -march=native,
- * OpenMP over output channels); AVX2 intrinsics where the CPU has them, plain loops otherwise.
+ * OpenMP over output channels): 512-bit integer multiply-accumulates (VPDPWSSD) where the CPU has AVX-512
+ * VNNI, AVX2 intrinsics where it has those, plain loops otherwise.
  *
  * int8: out[m, n] = scale[n] * sum_g sx[m, g] * sum_{k in g} x16[m, k] * w[n, k] + bias[n]: the
  * activations enter as int16 per row and group of 32-128 inputs (as int4's do, below), so that 16
@@ -13,12 +14,27 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef __AVX2__
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define LMF_AVX512 1 /* one VPDPWSSD multiplies 32 codes by 32 activations and adds the products in */
+#endif
+#if defined(__AVX2__) || defined(LMF_AVX512)
 #include <immintrin.h>
 #endif
 
 #define ROWS 4    /* input rows per pass over a weight row (int8) */
 #define ROWS_I4 8 /* int4: expanding the codes costs more than the multiply-adds, so more rows share it */
+
+/* Ask for weight row `ahead` (rows of `bytes`) before it is needed, about 2 KB past the row being read
+ * (`rows_ahead`, once a call: a division a row cost int4 a third of its speed): the hardware prefetcher
+ * alone left a streamed row short of the memory's pace (Xeon, 2 threads: bf16 15 -> 20-24 GB/s, int4
+ * 11 -> 16; int8 about the same) */
+static inline long rows_ahead(long bytes) { return bytes >= 2048 ? 1 : 2048 / bytes; }
+
+static inline __attribute__((always_inline)) void prefetch_row(const void *rows, long ahead, long N, long bytes) {
+    if (ahead >= N) return;
+    const char *p = (const char *)rows + ahead * bytes;
+    for (long i = 0; i < bytes; i += 64) __builtin_prefetch(p + i);
+}
 
 static void to_f32(const void *x, int bf16, float *dst, long n) {
     if (!bf16) {
@@ -62,7 +78,27 @@ static inline float hsum(__m256 v) {
 static inline __attribute__((always_inline)) void dot_i8(const int16_t *x16, const float *sx, long K,
                                                          const int8_t *w, long group, long groups, int R,
                                                          float *res) {
-#ifdef __AVX2__
+#if defined(LMF_AVX512)
+    __m512 total[ROWS];
+    for (int r = 0; r < R; r++) total[r] = _mm512_setzero_ps();
+    for (long g = 0, g0 = 0; g0 < K; g++, g0 += group) {
+        __m512i acc[ROWS][2]; /* two a row, blocks of 32 in turn: a multiply-accumulate takes 4-5 cycles */
+        for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm512_setzero_si512();
+        for (long k = g0; k < g0 + group; k += 64) {
+            __m512i w0 = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(w + k)));
+            for (int r = 0; r < R; r++)
+                acc[r][0] = _mm512_dpwssd_epi32(acc[r][0], w0, _mm512_loadu_si512(x16 + r * K + k));
+            if (k + 32 == g0 + group) break; /* a group of 32 */
+            __m512i w1 = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(w + k + 32)));
+            for (int r = 0; r < R; r++)
+                acc[r][1] = _mm512_dpwssd_epi32(acc[r][1], w1, _mm512_loadu_si512(x16 + r * K + k + 32));
+        }
+        for (int r = 0; r < R; r++)
+            total[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc[r][0], acc[r][1])),
+                                       _mm512_set1_ps(sx[r * groups + g]), total[r]);
+    }
+    for (int r = 0; r < R; r++) res[r] = _mm512_reduce_add_ps(total[r]);
+#elif defined(__AVX2__)
     __m256 total[ROWS];
     for (int r = 0; r < R; r++) total[r] = _mm256_setzero_ps();
     for (long g = 0, g0 = 0; g0 < K; g++, g0 += group) {
@@ -149,8 +185,10 @@ int lmf_int8_mm(const void *x, int bf16, long M, long K, const int8_t *w, const 
     to_f32(x, bf16, xf, M * K);
     to_int16(xf, M * groups, group, x16, sx, NULL);
     int parallel = threads > 1 && N * K >= (1L << 16);
+    long ahead = rows_ahead(K);
 #pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
     for (long n = 0; n < N; n++) {
+        prefetch_row(w, n + ahead, N, K);
         for (long m0 = 0; m0 < M; m0 += ROWS) {
             int R = M - m0 < ROWS ? (int)(M - m0) : ROWS;
             float res[ROWS];
@@ -176,7 +214,42 @@ int lmf_int8_mm(const void *x, int bf16, long M, long K, const int8_t *w, const 
  * the activations.
  * out[m, n] = sum_g (scale[n, g] * sx[m, g] * sum_{k in g} q[n, k] * x16[m, k] + offset[n, g] * xsum[m, g])
  *             + bias[n] */
-#ifdef __AVX2__
+#if defined(LMF_AVX512)
+/* As the AVX2 kernel below, in 512-bit registers: the 16 code bytes of a block of 32 inputs broadcast
+ * to the four 128-bit lanes and shifted right by 0, 4, 8 and 12 bits in them give the block's even
+ * inputs, then its odd ones (the activations' `even_odd` order), so that one multiply-accumulate takes
+ * the whole block */
+static inline __attribute__((always_inline)) void dot_i4(const int16_t *x16, const float *sx, const float *xsum,
+                                                         long K, const uint8_t *q, const float *so, long group,
+                                                         long groups, int R, float *res) {
+    const __m512i shifts = _mm512_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12);
+    const __m512i nibbles = _mm512_set1_epi32(0x000f000f);
+    __m512 total[ROWS_I4];
+    float offsets[ROWS_I4];
+    for (int r = 0; r < R; r++) total[r] = _mm512_setzero_ps(), offsets[r] = 0.0f;
+    for (long g = 0, g0 = 0; g0 < K; g++, g0 += group) {
+        __m512i acc[ROWS_I4][2]; /* two a row, blocks of 32 in turn (latency) */
+        for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm512_setzero_si512();
+        for (long k = g0; k < g0 + group; k += 64) {
+            __m512i b0 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(q + k / 2)));
+            __m512i c0 = _mm512_and_si512(_mm512_srlv_epi32(b0, shifts), nibbles);
+            for (int r = 0; r < R; r++)
+                acc[r][0] = _mm512_dpwssd_epi32(acc[r][0], c0, _mm512_loadu_si512(x16 + r * K + k));
+            if (k + 32 == g0 + group) break; /* an odd number of blocks */
+            __m512i b1 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(q + k / 2 + 16)));
+            __m512i c1 = _mm512_and_si512(_mm512_srlv_epi32(b1, shifts), nibbles);
+            for (int r = 0; r < R; r++)
+                acc[r][1] = _mm512_dpwssd_epi32(acc[r][1], c1, _mm512_loadu_si512(x16 + r * K + k + 32));
+        }
+        for (int r = 0; r < R; r++) {
+            __m512 sum = _mm512_cvtepi32_ps(_mm512_add_epi32(acc[r][0], acc[r][1]));
+            total[r] = _mm512_fmadd_ps(sum, _mm512_set1_ps(so[2 * g] * sx[r * groups + g]), total[r]);
+            offsets[r] += so[2 * g + 1] * xsum[r * groups + g];
+        }
+    }
+    for (int r = 0; r < R; r++) res[r] = _mm512_reduce_add_ps(total[r]) + offsets[r];
+}
+#elif defined(__AVX2__)
 /* The codes are widened to int16 by 32-bit variable shifts of the 16 bytes in both halves of a register,
  * not byte-to-word conversions (1.2-1.5x faster, C harness on the Zen 3: one row, 2 threads, 3072x576
  * in groups of 64, 68-86 us vs 83-105): `lo` holds the even inputs of the 32, `hi` the odd ones, so the
@@ -212,7 +285,9 @@ static inline __attribute__((always_inline)) void dot_i4(const int16_t *x16, con
     }
     for (int r = 0; r < R; r++) res[r] = hsum(total[r]) + offsets[r];
 }
+#endif
 
+#if defined(__AVX2__) || defined(LMF_AVX512)
 /* each block of 32 activations as its 16 even values, then its 16 odd ones (dot_i4's order) */
 static void even_odd(int16_t *x16, long n) {
     int16_t block[32];
@@ -255,13 +330,15 @@ int lmf_int4_mm(const void *x, int bf16, long M, long K, const uint8_t *q, const
     }
     to_f32(x, bf16, xf, M * K);
     to_int16(xf, M * groups, group, x16, sx, xsum);
-#ifdef __AVX2__
+#if defined(__AVX2__) || defined(LMF_AVX512)
     even_odd(x16, M * K);
 #endif
     int parallel = threads > 1 && N * K >= (1L << 17);
+    long ahead = rows_ahead(K / 2);
 #pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
     for (long n = 0; n < N; n++) {
         const float *son = so + n * groups * 2;
+        prefetch_row(q, n + ahead, N, K / 2);
         for (long m0 = 0; m0 < M; m0 += ROWS_I4) {
             int R = M - m0 < ROWS_I4 ? (int)(M - m0) : ROWS_I4;
             float res[ROWS_I4];
@@ -276,6 +353,101 @@ int lmf_int4_mm(const void *x, int bf16, long M, long K, const uint8_t *q, const
         }
     }
     free(x16);
+    free(xf);
+    return 0;
+}
+
+/* bfloat16 weights (a bf16 model's linears, one or a few rows at a time): w (N, K) bf16, x (M, K)
+ * float32 or bfloat16, bias (N,) float32 or NULL -> out (M, N) in x's dtype. Where the CPU has AVX-512
+ * BF16 the activations are rounded to bfloat16 (exact for bfloat16 ones) and one VDPBF16PS multiplies
+ * 32 weights by 32 activations in pairs and adds the products into 16 float32 sums; elsewhere each
+ * weight is widened to float32 (a shift) and multiplied in float32. Each weight row is read once for up
+ * to four input rows. */
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+static inline __attribute__((always_inline)) void dot_bf16(const uint16_t *xb, const float *xf, long K,
+                                                           const uint16_t *w, int R, float *res) {
+    (void)xf;
+    __m512 acc[ROWS][2];
+    for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    long k = 0;
+    for (; k + 64 <= K; k += 64) {
+        __m512bh w0 = (__m512bh)_mm512_loadu_si512(w + k), w1 = (__m512bh)_mm512_loadu_si512(w + k + 32);
+        for (int r = 0; r < R; r++) {
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], w0, (__m512bh)_mm512_loadu_si512(xb + r * K + k));
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], w1, (__m512bh)_mm512_loadu_si512(xb + r * K + k + 32));
+        }
+    }
+    if (k < K) { /* K is a multiple of 32 */
+        __m512bh w0 = (__m512bh)_mm512_loadu_si512(w + k);
+        for (int r = 0; r < R; r++)
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], w0, (__m512bh)_mm512_loadu_si512(xb + r * K + k));
+    }
+    for (int r = 0; r < R; r++) res[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
+}
+#define BF16_ACTIVATIONS 1
+#elif defined(__AVX2__)
+static inline __attribute__((always_inline)) void dot_bf16(const uint16_t *xb, const float *xf, long K,
+                                                           const uint16_t *w, int R, float *res) {
+    (void)xb;
+    __m256 acc[ROWS][2];
+    for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    for (long k = 0; k < K; k += 16) {
+        __m256 w0 = _mm256_castsi256_ps(
+            _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + k))), 16));
+        __m256 w1 = _mm256_castsi256_ps(
+            _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + k + 8))), 16));
+        for (int r = 0; r < R; r++) {
+            acc[r][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xf + r * K + k), acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xf + r * K + k + 8), acc[r][1]);
+        }
+    }
+    for (int r = 0; r < R; r++) res[r] = hsum(_mm256_add_ps(acc[r][0], acc[r][1]));
+}
+#define BF16_ACTIVATIONS 0
+#else
+static inline void dot_bf16(const uint16_t *xb, const float *xf, long K, const uint16_t *w, int R, float *res) {
+    (void)xb;
+    for (int r = 0; r < R; r++) {
+        float total = 0.0f;
+        for (long k = 0; k < K; k++) {
+            uint32_t u = (uint32_t)w[k] << 16;
+            float wk;
+            memcpy(&wk, &u, sizeof wk);
+            total += wk * xf[r * K + k];
+        }
+        res[r] = total;
+    }
+}
+#define BF16_ACTIVATIONS 0
+#endif
+
+int lmf_bf16_mm(const void *x, int bf16, long M, long K, const uint16_t *w, const float *bias, long N, void *out,
+                int threads) {
+    float *xf = (float *)malloc(M * K * sizeof(float));
+    uint16_t *xb = (uint16_t *)malloc(M * K * sizeof(uint16_t));
+    if (!xf || !xb) {
+        free(xf);
+        free(xb);
+        return -1;
+    }
+    to_f32(x, bf16, xf, M * K);
+    if (BF16_ACTIVATIONS) {
+        if (bf16) memcpy(xb, x, M * K * sizeof(uint16_t));
+        else for (long i = 0; i < M * K; i++) store(xb, 1, i, xf[i]);
+    }
+    int parallel = threads > 1 && N * K >= (1L << 15);
+    long ahead = rows_ahead(2 * K);
+#pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
+    for (long n = 0; n < N; n++) {
+        prefetch_row(w, n + ahead, N, 2 * K);
+        for (long m0 = 0; m0 < M; m0 += ROWS) {
+            int R = M - m0 < ROWS ? (int)(M - m0) : ROWS;
+            float res[ROWS];
+            DISPATCH(R, dot_bf16(xb + m0 * K, xf + m0 * K, K, w + n * K, Rc, res))
+            for (int r = 0; r < R; r++) store(out, bf16, (m0 + r) * N + n, res[r] + (bias ? bias[n] : 0.0f));
+        }
+    }
+    free(xb);
     free(xf);
     return 0;
 }

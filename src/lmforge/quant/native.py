@@ -1,4 +1,5 @@
-"""lmforge's own decode kernels (`native.c`): int8 and int4 weight-only products for a few input rows.
+"""lmforge's own decode kernels (`native.c`): int8 and int4 weight-only products for a few input rows,
+and bfloat16 weights' (the `bf16` scheme's linears, `BF16Linear`).
 
 torch's CPU kernels stream a one-row product's weights slowly: `_weight_int8pack_mm` at 5-10 GB/s with
 bf16 activations (1.3 with float32 ones) where a float32 matrix-vector product reads 12-18, and
@@ -7,14 +8,15 @@ bytes, gained little. These read each weight row once for up to four input rows 
 multiply the codes with int16 activations (one scale per row and group of inputs: each value at most
 2^-16 of its group's largest off) in integer multiply-adds, one float conversion a group: int8 streams
 near the memory bandwidth (17-20 GB/s on a 2-thread Zen 3, where a plain read of memory reached 19-23),
-int4 at 9-13 GB/s. (int8 activations, as llama.cpp's Q4_0 x Q8_0, ran int4 1.3-1.7x faster, but its
+int4 at 9-13 GB/s; where the CPU has AVX-512 VNNI one 512-bit multiply-accumulate takes 32 codes. (int8 activations, as llama.cpp's Q4_0 x Q8_0, ran int4 1.3-1.7x faster, but its
 steps' perplexity on SmolLM2 rose 6% over the dequantized weights': not taken.) The source is compiled
 once per machine with the system C compiler (`cc -O3 -march=native -fopenmp`, into the lmforge cache,
-keyed by the source, the compiler and the CPU) and loaded with ctypes; the OpenMP runtime is the one
+keyed by the source, the compiler, the CPU and the flags) and loaded with ctypes; the OpenMP runtime is the one
 torch already loaded, so they share torch's threads. Where there is no compiler, the build fails, or
 `LMFORGE_NATIVE_KERNELS=0`, `available()` is False (`reason()` says why) and the modules use torch's
 kernels. Decode steps (eager, compiled or AOT) reach them through the operators `lmforge::int8_native`
-/ `lmforge::int4_native`, whose CPU kernels are C++ (`native_ops.cpp`, `_load_ops`) where that builds.
+/ `int4_native` / `bf16_native`, whose CPU kernels are C++ (`native_ops.cpp`, `_load_ops`) where that
+builds (`entry`).
 
 The int4 codes have their own layout here (`pack_int4`), and scale and offset per group are float32
 pairs, w = scale · q + offset (`scale_offset`).
@@ -82,9 +84,11 @@ def library() -> ctypes.CDLL | None:
     cc = os.environ.get("CC", "cc")
     try:
         machine = f"{cpu_model()} {' '.join(sorted(cpu_flags()))}"
-        path = _build_dir() / f"lmforge_native_{_key(SOURCE.read_bytes(), _compiler_version(cc), machine)}.so"
+        # -fno-math-errno: lrintf inlined as one instruction (a call each had cost 2-3 us per kernel call)
+        flags = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC"]
+        key = _key(SOURCE.read_bytes(), _compiler_version(cc), machine, " ".join(flags))
+        path = _build_dir() / f"lmforge_native_{key}.so"
         if not path.exists():
-            flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
             _build(path, lambda out: [cc, *flags, "-o", str(out), str(SOURCE)])
         lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as e:
@@ -93,7 +97,10 @@ def library() -> ctypes.CDLL | None:
     p, i, c_long = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
     lib.lmf_int8_mm.argtypes = [p, i, c_long, c_long, p, p, p, c_long, p, i]
     lib.lmf_int4_mm.argtypes = [p, i, c_long, c_long, p, p, c_long, p, c_long, p, i]
-    lib.lmf_int8_mm.restype = lib.lmf_int4_mm.restype = ctypes.c_int  # -1: out of memory
+    lib.lmf_bf16_mm.argtypes = [p, i, c_long, c_long, p, p, c_long, p, i]
+    lib.lmf_int8_mm.restype = lib.lmf_int4_mm.restype = lib.lmf_bf16_mm.restype = (
+        ctypes.c_int
+    )  # -1: no memory
     _load_ops(path)
     return lib
 
@@ -138,9 +145,19 @@ def _load_ops(kernels: Path) -> None:
 
 
 def compiled_ops() -> bool:
-    """Whether `lmforge::int8_native` / `int4_native` run the C++ kernels (`_load_ops`, run by
-    `library()`: a module that chose the native path has called it)."""
+    """Whether `lmforge::int8_native` / `int4_native` / `bf16_native` run the C++ kernels (`_load_ops`,
+    run by `library()`: a module that chose the native path has called it)."""
     return bool(_ops)
+
+
+def entry(name: str) -> Callable[..., torch.Tensor]:
+    """How a module's forward reaches kernel `name` ("int8_native", "int4_native", "bf16_native"): the
+    operator `lmforge::<name>` where it runs the C++ kernel (no Python between a decode step and the
+    kernel) or a graph is being traced (a traced graph cannot make a ctypes call), else the ctypes call
+    straight away (the operator's Python kernel would only add a dispatch)."""
+    if torch.compiler.is_compiling() or compiled_ops():
+        return getattr(torch.ops.lmforge, name)
+    return globals()[PYTHON_KERNELS[name].__name__]  # looked up by name: a test may wrap it
 
 
 def ops_reason() -> str:
@@ -174,21 +191,21 @@ def int8_group(k: int) -> int:
 
 def _check(x, codes, codes_dtype, scales, scales_numel: int, bias, k: int) -> None:
     """The kernels read raw memory: refuse what they would misread (a microsecond a call); the C++
-    operators (`native_ops.cpp`) check the same."""
+    operators (`native_ops.cpp`) check the same. `codes` are the weights (bfloat16 for bf16_mm, which
+    has no `scales`)."""
+
+    def fits(t, numel: int) -> bool:
+        return t.dtype == torch.float32 and t.is_cpu and t.is_contiguous() and t.numel() == numel
+
     if (
         x.dtype not in _DTYPES
         or x.dim() != 2
         or x.shape[1] != k
         or codes.dtype != codes_dtype
-        or scales.dtype != torch.float32
-        or scales.numel() != scales_numel
-        or (
-            bias is not None
-            and (bias.dtype != torch.float32 or not bias.is_cpu or bias.numel() != codes.shape[0])
-        )
-        or not (x.is_cpu and codes.is_cpu and scales.is_cpu)
-        or not (x.is_contiguous() and codes.is_contiguous() and scales.is_contiguous())
-        or (bias is not None and not bias.is_contiguous())
+        or codes.dim() != 2
+        or not (x.is_cpu and codes.is_cpu and x.is_contiguous() and codes.is_contiguous())
+        or (scales is not None and not fits(scales, scales_numel))
+        or (bias is not None and not fits(bias, codes.shape[0]))
     ):
         raise ValueError(
             f"lmforge's native kernels take contiguous CPU tensors: x float32/bfloat16 (M, K), codes "
@@ -220,17 +237,25 @@ def int4_mm(
     return _run("lmf_int4_mm", torch.uint8, x, packed, scale_offset, n_scales, bias, k, group_size)
 
 
+def bf16_mm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x (M, K) · weightᵀ + bias float32 (N,), weight bfloat16 (N, K), in x's dtype (float32 or bfloat16);
+    where the CPU multiplies bfloat16 natively (AVX-512 BF16) the activations are rounded to bfloat16
+    (exact for bfloat16 ones), elsewhere the weights are widened to float32 (see native.c)."""
+    return _run("lmf_bf16_mm", torch.bfloat16, x, weight, None, 0, bias, weight.shape[1])
+
+
 def _run(
     kernel: str, codes_dtype, x, codes, scales, scales_numel: int, bias, k: int, *options
 ) -> torch.Tensor:
     """Check the tensors, then call `kernel`(x, bf16?, M, K, codes, scales, *options, bias, N, out,
-    threads)."""
+    threads) (no scales: `scales` None)."""
     _check(x, codes, codes_dtype, scales, scales_numel, bias, k)
     m, n = x.shape[0], codes.shape[0]
     out = x.new_empty(m, n)
     bias_ptr = None if bias is None else bias.data_ptr()
     bf16, threads = x.dtype == torch.bfloat16, torch.get_num_threads()
-    rest = (codes.data_ptr(), scales.data_ptr(), *options, bias_ptr, n, out.data_ptr(), threads)
+    scales_ptr = () if scales is None else (scales.data_ptr(),)
+    rest = (codes.data_ptr(), *scales_ptr, *options, bias_ptr, n, out.data_ptr(), threads)
     if getattr(library(), kernel)(x.data_ptr(), bf16, m, k, *rest):
         raise MemoryError(
             f"lmforge's native kernel could not allocate the activations of {m} rows x {k} inputs"
@@ -261,7 +286,7 @@ def scale_offset(scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
 
 # what decode steps call; the fakes give the output's shape while tracing. These Python kernels serve
 # until `_load_ops` registers the C++ ones
-PYTHON_KERNELS = {"int8_native": int8_mm, "int4_native": int4_mm}
+PYTHON_KERNELS = {"int8_native": int8_mm, "int4_native": int4_mm, "bf16_native": bf16_mm}
 define_op(
     "int8_native(Tensor x, Tensor codes, Tensor scale, Tensor? bias) -> Tensor",
     int8_mm,
@@ -271,4 +296,9 @@ define_op(
     "int4_native(Tensor x, Tensor packed, int group_size, Tensor scale_offset, Tensor? bias) -> Tensor",
     int4_mm,
     lambda x, packed, group_size, scale_offset, bias: x.new_empty(x.shape[0], packed.shape[0]),
+)
+define_op(
+    "bf16_native(Tensor x, Tensor weight, Tensor? bias) -> Tensor",
+    bf16_mm,
+    lambda x, weight, bias: x.new_empty(x.shape[0], weight.shape[0]),
 )
