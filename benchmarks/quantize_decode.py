@@ -8,7 +8,9 @@ weights — alternates for `--rounds` rounds, and the medians are compared:
   16-token prompt (the one-token call's time subtracted, best of 2); the step kind is recorded, and
   where a step's time goes: the whole step, the AOT runner's call in it, and the int8/int4/bf16 kernel
   calls alone (`step_split`);
-- llama.cpp: `llama-bench -t T -p 0 -n N -r 3` (tg, its decode; `--repack 0` where repacking fails).
+- llama.cpp: `llama-bench -t T -p 0 -n N -r 3` (tg, its decode; `--repack 0` where repacking fails), and
+  where its repacked weights crash on a prompt (`repacked_prompt_runs`) also with `--repack 0`, how a
+  user runs it there.
 Prints the CPU model and flags, saves benchmarks/results/quantize_decode.json.
 
     python benchmarks/quantize_decode.py [--threads 2] [--rounds 3] [--new-tokens 128]
@@ -102,13 +104,22 @@ def step_split(lm, prompt: list[int], new_tokens: int) -> dict:
     return split
 
 
-def llama_bench(tools: Path, gguf: Path, new_tokens: int, threads: int) -> dict:
+def llama_bench(tools: Path, gguf: Path, new_tokens: int, threads: int, repack: bool = True) -> dict:
     cmd = [str(tools / "llama-bench"), "-m", str(gguf), "-t", str(threads), "-p", "0", "-n", str(new_tokens)]
-    cmd += ["-r", "3", "-o", "json"]
+    cmd += ["-r", "3", "-o", "json", *([] if repack else ["--repack", "0"])]
     run = subprocess.run(cmd, capture_output=True, text=True)
-    if run.returncode != 0:  # its weight repacking crashed on some CPUs
-        run = subprocess.run([*cmd, "--repack", "0"], capture_output=True, text=True, check=True)
+    if run.returncode != 0 and repack:  # its weight repacking crashed on some CPUs
+        return {**llama_bench(tools, gguf, new_tokens, threads, repack=False), "repack": 0}
+    run.check_returncode()
     return {"decode_tok_s": json.loads(run.stdout)[0]["avg_ts"]}
+
+
+def repacked_prompt_runs(tools: Path, gguf: Path, threads: int) -> bool:
+    """Whether llama.cpp with its weights repacked (its default) processes an 8-token prompt: on a Xeon
+    with AVX-512 VNNI / AMX it decoded token by token but crashed on any prompt (and in
+    llama-perplexity), so there a user runs it with `--no-repack`, and the benchmark reports both."""
+    cmd = [str(tools / "llama-bench"), "-m", str(gguf), "-t", str(threads), "-p", "8", "-n", "0", "-r", "1"]
+    return subprocess.run(cmd, capture_output=True, text=True).returncode == 0
 
 
 def main() -> None:
@@ -137,6 +148,9 @@ def main() -> None:
         )
     ggufs = gguf_files(tools)
     paths = {v: checkpoint(cache, v) for v in VARIANTS}
+    prompts_run = {PAIRS[v]: repacked_prompt_runs(tools, ggufs[PAIRS[v]], args.threads) for v in VARIANTS}
+    print("llama.cpp with repacked weights processes a prompt:", prompts_run)
+    unrepacked = not all(prompts_run.values())  # then also llama.cpp as it runs prompts here
     runs: dict[str, list[dict]] = {}
     for _ in range(args.rounds):
         for variant in VARIANTS:
@@ -155,12 +169,18 @@ def main() -> None:
             print(variant, ours, PAIRS[variant], theirs, flush=True)
             runs.setdefault(f"lmforge {variant}", []).append(ours)
             runs.setdefault(f"llama.cpp {PAIRS[variant]}", []).append(theirs)
+            if unrepacked:
+                plain = llama_bench(tools, ggufs[PAIRS[variant]], args.new_tokens, args.threads, repack=False)
+                print(f"  {PAIRS[variant]} --repack 0", plain, flush=True)
+                runs.setdefault(f"llama.cpp {PAIRS[variant]} --repack 0", []).append(plain)
     median = {
         side: round(statistics.median(r["decode_tok_s"] for r in rows), 1) for side, rows in runs.items()
     }
     ratios = {
-        f"{v} / {PAIRS[v]}": round(median[f"lmforge {v}"] / median[f"llama.cpp {PAIRS[v]}"], 3)
+        f"{v} / {PAIRS[v]}{flag}": round(median[f"lmforge {v}"] / median[f"llama.cpp {PAIRS[v]}{flag}"], 3)
         for v in VARIANTS
+        for flag in ("", " --repack 0")
+        if f"llama.cpp {PAIRS[v]}{flag}" in median
     }
     for side, rate in median.items():
         print(f"{side:20} {rate:7.1f} tok/s")
@@ -176,6 +196,7 @@ def main() -> None:
         "machine": machine(),
         "load_average": os.getloadavg(),
         "settings": {k: str(v) for k, v in vars(args).items() if k != "side"},
+        "llama_cpp_repacked_prompt_runs": prompts_run,
         "median_decode_tok_s": median,
         "ratios": ratios,
         "median_step_split_ms": split,
