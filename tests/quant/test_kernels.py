@@ -490,6 +490,9 @@ def test_bf16_kernel_equals_the_definition(rows, dtype):
     assert torch.equal(native.bf16_mm(x, w, None), torch.ops.lmforge.bf16_native(x, w, None))
     with pytest.raises(ValueError, match="contiguous CPU tensors"):
         native.bf16_mm(x, w.float(), None)  # float32 weights are not what it reads
+    for kernel in (native.bf16_mm, torch.ops.lmforge.bf16_native):  # 32-input blocks: it would read past
+        with pytest.raises(ValueError, match="K a multiple of 32"):
+            kernel(x[:, :100].contiguous(), w[:, :100].contiguous(), None)
 
 
 def test_bf16_linear_takes_decode_rows_through_the_kernel(monkeypatch):

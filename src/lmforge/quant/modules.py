@@ -226,6 +226,7 @@ class BF16Linear(Linear):
             and x.device.type == "cpu"
             and x.dtype in NATIVE_DTYPES
             and w.dtype is torch.bfloat16
+            and w.is_contiguous()
             and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
         ):
             bias = None if self.bias is None else self.bias.float()

@@ -8,11 +8,12 @@ bytes, gained little. These read each weight row once for up to four input rows 
 multiply the codes with int16 activations (one scale per row and group of inputs: each value at most
 2^-16 of its group's largest off) in integer multiply-adds, one float conversion a group: int8 streams
 near the memory bandwidth (17-20 GB/s on a 2-thread Zen 3, where a plain read of memory reached 19-23),
-int4 at 9-13 GB/s; where the CPU has AVX-512 VNNI one 512-bit multiply-accumulate takes 32 codes. (int8 activations, as llama.cpp's Q4_0 x Q8_0, ran int4 1.3-1.7x faster, but its
-steps' perplexity on SmolLM2 rose 6% over the dequantized weights': not taken.) The source is compiled
+int4 at 9-13 GB/s; where the CPU has AVX-512 VNNI one 512-bit multiply-accumulate takes 32 codes. (int8
+activations, as llama.cpp's Q4_0 x Q8_0, ran int4 1.3-1.7x faster, but its steps' perplexity on SmolLM2
+rose 6% over the dequantized weights': not taken.) The source is compiled
 once per machine with the system C compiler (`cc -O3 -march=native -fopenmp`, into the lmforge cache,
-keyed by the source, the compiler, the CPU and the flags) and loaded with ctypes; the OpenMP runtime is the one
-torch already loaded, so they share torch's threads. Where there is no compiler, the build fails, or
+keyed by the source, the compiler, the CPU and the flags) and loaded with ctypes; the OpenMP runtime is
+the one torch already loaded, so they share torch's threads. Where there is no compiler, the build fails, or
 `LMFORGE_NATIVE_KERNELS=0`, `available()` is False (`reason()` says why) and the modules use torch's
 kernels. Decode steps (eager, compiled or AOT) reach them through the operators `lmforge::int8_native`
 / `int4_native` / `bf16_native`, whose CPU kernels are C++ (`native_ops.cpp`, `_load_ops`) where that
@@ -98,9 +99,8 @@ def library() -> ctypes.CDLL | None:
     lib.lmf_int8_mm.argtypes = [p, i, c_long, c_long, p, p, p, c_long, p, i]
     lib.lmf_int4_mm.argtypes = [p, i, c_long, c_long, p, p, c_long, p, c_long, p, i]
     lib.lmf_bf16_mm.argtypes = [p, i, c_long, c_long, p, p, c_long, p, i]
-    lib.lmf_int8_mm.restype = lib.lmf_int4_mm.restype = lib.lmf_bf16_mm.restype = (
-        ctypes.c_int
-    )  # -1: no memory
+    for kernel in (lib.lmf_int8_mm, lib.lmf_int4_mm, lib.lmf_bf16_mm):
+        kernel.restype = ctypes.c_int  # -1: out of memory
     _load_ops(path)
     return lib
 
@@ -201,6 +201,7 @@ def _check(x, codes, codes_dtype, scales, scales_numel: int, bias, k: int) -> No
         x.dtype not in _DTYPES
         or x.dim() != 2
         or x.shape[1] != k
+        or k % BLOCK
         or codes.dtype != codes_dtype
         or codes.dim() != 2
         or not (x.is_cpu and codes.is_cpu and x.is_contiguous() and codes.is_contiguous())
@@ -208,8 +209,8 @@ def _check(x, codes, codes_dtype, scales, scales_numel: int, bias, k: int) -> No
         or (bias is not None and not fits(bias, codes.shape[0]))
     ):
         raise ValueError(
-            f"lmforge's native kernels take contiguous CPU tensors: x float32/bfloat16 (M, K), codes "
-            f"{codes_dtype}, scales and bias float32 of matching sizes"
+            f"lmforge's native kernels take contiguous CPU tensors: x float32/bfloat16 (M, K), K a multiple "
+            f"of {BLOCK}, codes {codes_dtype}, scales and bias float32 of matching sizes"
         )
 
 

@@ -26,7 +26,7 @@ namespace {
 void check(const at::Tensor &x, const at::Tensor &codes, at::ScalarType codes_dtype, const at::Tensor *scales,
            int64_t scales_numel, const std::optional<at::Tensor> &bias, int64_t k) {
     bool ok = (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) && x.dim() == 2 &&
-              x.size(1) == k && codes.scalar_type() == codes_dtype && codes.dim() == 2 && x.is_cpu() &&
+              x.size(1) == k && k % 32 == 0 && codes.scalar_type() == codes_dtype && codes.dim() == 2 && x.is_cpu() &&
               codes.is_cpu() && x.is_contiguous() && codes.is_contiguous();
     if (scales)
         ok = ok && scales->scalar_type() == at::kFloat && scales->numel() == scales_numel && scales->is_cpu() &&
@@ -34,7 +34,7 @@ void check(const at::Tensor &x, const at::Tensor &codes, at::ScalarType codes_dt
     if (bias.has_value())
         ok = ok && bias->scalar_type() == at::kFloat && bias->is_cpu() && bias->is_contiguous() &&
              bias->numel() == codes.size(0);
-    TORCH_CHECK_VALUE(ok, "lmforge's native kernels take contiguous CPU tensors: x float32/bfloat16 (M, K), codes ",
+    TORCH_CHECK_VALUE(ok, "lmforge's native kernels take contiguous CPU tensors: x float32/bfloat16 (M, K), K a multiple of 32, codes ",
                       codes_dtype, ", scales and bias float32 of matching sizes");
 }
 
