@@ -25,9 +25,9 @@
 #define ROWS_I4 8 /* int4: expanding the codes costs more than the multiply-adds, so more rows share it */
 
 /* Ask for weight row `ahead` (rows of `bytes`) before it is needed, about 2 KB past the row being read
- * (`rows_ahead`, once a call: a division a row cost int4 a third of its speed): the hardware prefetcher
- * alone left a streamed row short of the memory's pace (Xeon, 2 threads: bf16 15 -> 20-24 GB/s, int4
- * 11 -> 16; int8 about the same) */
+ * (`rows_ahead`, worked out once a call): the hardware prefetcher alone left a streamed row short of the
+ * memory's pace (C harness, Xeon, 2 threads, runs on a shared box varying by 20-30%: bf16 15 -> 20-24
+ * GB/s, int4 11 -> 15-16; int8 about the same) */
 static inline long rows_ahead(long bytes) { return bytes >= 2048 ? 1 : 2048 / bytes; }
 
 static inline __attribute__((always_inline)) void prefetch_row(const void *rows, long ahead, long N, long bytes) {
