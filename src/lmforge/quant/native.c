@@ -364,9 +364,9 @@ int lmf_int4_mm(const void *x, int bf16, long M, long K, const uint8_t *q, const
  * weight is widened to float32 (a shift) and multiplied in float32. Each weight row is read once for up
  * to four input rows. */
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
-static inline __attribute__((always_inline)) void dot_bf16(const uint16_t *xb, const float *xf, long K,
-                                                           const uint16_t *w, int R, float *res) {
-    (void)xf;
+static inline __attribute__((always_inline)) void dot_bf16(const void *xa, long K, const uint16_t *w, int R,
+                                                           float *res) {
+    const uint16_t *xb = (const uint16_t *)xa;
     __m512 acc[ROWS][2];
     for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
     long k = 0;
@@ -386,9 +386,9 @@ static inline __attribute__((always_inline)) void dot_bf16(const uint16_t *xb, c
 }
 #define BF16_ACTIVATIONS 1
 #elif defined(__AVX2__)
-static inline __attribute__((always_inline)) void dot_bf16(const uint16_t *xb, const float *xf, long K,
-                                                           const uint16_t *w, int R, float *res) {
-    (void)xb;
+static inline __attribute__((always_inline)) void dot_bf16(const void *xa, long K, const uint16_t *w, int R,
+                                                           float *res) {
+    const float *xf = (const float *)xa;
     __m256 acc[ROWS][2];
     for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
     for (long k = 0; k < K; k += 16) {
@@ -405,8 +405,8 @@ static inline __attribute__((always_inline)) void dot_bf16(const uint16_t *xb, c
 }
 #define BF16_ACTIVATIONS 0
 #else
-static inline void dot_bf16(const uint16_t *xb, const float *xf, long K, const uint16_t *w, int R, float *res) {
-    (void)xb;
+static inline void dot_bf16(const void *xa, long K, const uint16_t *w, int R, float *res) {
+    const float *xf = (const float *)xa;
     for (int r = 0; r < R; r++) {
         float total = 0.0f;
         for (long k = 0; k < K; k++) {
@@ -423,18 +423,18 @@ static inline void dot_bf16(const uint16_t *xb, const float *xf, long K, const u
 
 int lmf_bf16_mm(const void *x, int bf16, long M, long K, const uint16_t *w, const float *bias, long N, void *out,
                 int threads) {
-    float *xf = (float *)malloc(M * K * sizeof(float));
-    uint16_t *xb = (uint16_t *)malloc(M * K * sizeof(uint16_t));
-    if (!xf || !xb) {
-        free(xf);
-        free(xb);
-        return -1;
+    /* the activations as dot_bf16 reads them (bfloat16 where it multiplies them natively, else float32):
+     * as they come where they are in that form, else one converted copy */
+    long size = BF16_ACTIVATIONS ? sizeof(uint16_t) : sizeof(float);
+    void *copy = NULL;
+    if (bf16 != BF16_ACTIVATIONS) {
+        if (!(copy = malloc(M * K * size))) return -1;
+        if (BF16_ACTIVATIONS)
+            for (long i = 0; i < M * K; i++) store(copy, 1, i, ((const float *)x)[i]);
+        else
+            to_f32(x, 1, (float *)copy, M * K);
     }
-    to_f32(x, bf16, xf, M * K);
-    if (BF16_ACTIVATIONS) {
-        if (bf16) memcpy(xb, x, M * K * sizeof(uint16_t));
-        else for (long i = 0; i < M * K; i++) store(xb, 1, i, xf[i]);
-    }
+    const char *xa = copy ? (const char *)copy : (const char *)x;
     int parallel = threads > 1 && N * K >= (1L << 15);
     long ahead = rows_ahead(2 * K);
 #pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
@@ -443,11 +443,10 @@ int lmf_bf16_mm(const void *x, int bf16, long M, long K, const uint16_t *w, cons
         for (long m0 = 0; m0 < M; m0 += ROWS) {
             int R = M - m0 < ROWS ? (int)(M - m0) : ROWS;
             float res[ROWS];
-            DISPATCH(R, dot_bf16(xb + m0 * K, xf + m0 * K, K, w + n * K, Rc, res))
+            DISPATCH(R, dot_bf16(xa + m0 * K * size, K, w + n * K, Rc, res))
             for (int r = 0; r < R; r++) store(out, bf16, (m0 + r) * N + n, res[r] + (bias ? bias[n] : 0.0f));
         }
     }
-    free(xb);
-    free(xf);
+    free(copy);
     return 0;
 }
