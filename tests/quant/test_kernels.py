@@ -90,6 +90,27 @@ def test_int4_rtn_matches_the_definition(group, symmetric):
         assert ((ours - w).abs().reshape(96, -1, group).amax(-1) <= steps * 0.51 + 1e-6).all()
 
 
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_int4_search_is_never_worse_than_min_max_and_helps_where_one_weight_stretches_a_group(symmetric):
+    from lmforge.quant.formats import _weighted_error, groups, int4_params, int4_search
+
+    w, _ = _weight()
+    w[::7, ::13] *= 6  # a few large weights: min-max grids coarsen around them
+    g = groups(w, 64)
+    weight = g.pow(2).mean(-1, keepdim=True).sqrt() + g.abs()
+    searched = _weighted_error(g, weight, *int4_search(g, symmetric))
+    plain = _weighted_error(g, weight, *int4_params(g, symmetric))
+    assert (searched <= plain).all() and searched.sum() < (0.97 if symmetric else 0.9) * plain.sum()
+    # the stored result: the same format, nearest codes for its parameters, a smaller error overall
+    q = rtn(w, 4, 64, symmetric, search=True)
+    again = rtn(q.dequantize(), 4, 64, symmetric)  # min-max of an already-rounded grid: nearest codes
+    assert q.codes.dtype == torch.uint8 and int(q.codes.max()) <= 15 and q.scale.shape == (96, 2)
+    assert (q.dequantize() - w).pow(2).sum() < (rtn(w, 4, 64, symmetric).dequantize() - w).pow(2).sum()
+    assert (again.dequantize() - q.dequantize()).abs().max() < 0.51 * q.scale.float().abs().max()
+    if symmetric:
+        assert torch.equal(q.zero, torch.zeros_like(q.zero))
+
+
 def test_symmetric_int4_g32_is_llama_cpp_q4_0():
     """Symmetric int4 with groups of 32 is Q4_0's format: the gguf package's own Q4_0 round trip agrees,
     but for the scales' rounding (fp16 there, bf16 here), which moves a few codes by one step."""

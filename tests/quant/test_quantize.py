@@ -105,6 +105,25 @@ def test_bad_options_and_already_quantized():
         lmforge.quantize(_lm(), method="gptq", report=False)
 
 
+def test_rtn_int4_searches_scales_by_default_and_qat_keeps_min_max(monkeypatch):
+    from lmforge.quant import qat
+    from lmforge.quant.formats import sqnr_db
+
+    lm = _lm()
+    searched = lmforge.quantize(lm, scheme="int4", group_size=32, aot=False, report=False)
+    minmax = lmforge.quantize(lm, scheme="int4", group_size=32, scales="minmax", aot=False, report=False)
+    assert searched.lm.model.quantization["scales"] == "search"
+    assert "scales" not in minmax.lm.model.quantization
+    assert "(searched scales)" in searched.card["description"]
+    fc = lm.model.blocks[0].mlp.fc.weight
+    sqnr = [sqnr_db(fc, r.lm.model.blocks[0].mlp.fc.dequantize()) for r in (searched, minmax)]
+    assert sqnr[0] > sqnr[1]
+    exported = []
+    monkeypatch.setattr("lmforge.quant.api.quantize", lambda lm, **o: exported.append(o))
+    qat.export(lm, "unused", "int4", 32)  # the rounding QAT trained through
+    assert exported[0]["scales"] == "minmax" and exported[0]["method"] == "rtn"
+
+
 def test_cli_quantize(tmp_path, capsys):
     model = tiny_model("gpt2", vocab_size=320)
     write_checkpoint(tmp_path / "float", model)

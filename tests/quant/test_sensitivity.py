@@ -33,7 +33,7 @@ def _fragile_model():
 
 def test_scan_ranks_the_fragile_layer_first():
     model = _fragile_model()
-    config = QuantizeConfig(scheme="int4", group_size=32, auto_keep=True, budget_mb=100)
+    config = QuantizeConfig(scheme="int4", group_size=32, scales="minmax", auto_keep=True, budget_mb=100)
     targets, _ = plan(model, config)
     windows = torch.randint(0, 320, (4, 33), generator=torch.Generator().manual_seed(0))
     sensitivity = scan(model, targets, config, windows)
@@ -47,7 +47,7 @@ def test_auto_keep_keeps_the_fragile_layer_within_the_budget(tmp_path):
     text = tmp_path / "calibration.txt"
     text.write_text(TEXT)
     lm = LM(_fragile_model(), tiny_chat_tokenizer([TEXT]), compile="eager")
-    common = dict(scheme="int4", group_size=32, calibration=str(text), calibration_samples=4)
+    common = dict(scheme="int4", group_size=32, scales="minmax", calibration=str(text), calibration_samples=4)
     common.update(calibration_length=32, report=False, compute_dtype="float32")
     floor = lmforge.quantize(lm, **common).card["disk_mb_after"]
     linear = lm.model.get_submodule(FRAGILE)

@@ -71,9 +71,9 @@ def plan(model: nn.Module, config: QuantizeConfig) -> tuple[dict[str, int], dict
 def rtn_weights(
     model: nn.Module, targets: dict[str, int], config: QuantizeConfig
 ) -> dict[str, QuantizedWeight]:
-    group = config.group_size
+    group, search = config.group_size, config.search_scales
     return {
-        name: rtn(model.get_submodule(name).weight, bits, group, config.symmetric)
+        name: rtn(model.get_submodule(name).weight, bits, group, config.symmetric, search)
         for name, bits in targets.items()
     }
 
@@ -217,4 +217,6 @@ def describe(record: dict[str, Any] | None) -> str:
             text += f" {record.get('act_percentile')}"
     if record.get("group_size") and record["scheme"] == "int4":
         text += f" g{record['group_size']}" + (" symmetric" if record.get("symmetric") else "")
+    if record.get("scales") == "search":
+        text += " (searched scales)"
     return text

@@ -9,6 +9,8 @@
   where max|w|/7 would leave code 0 unused.
 Scales and zeros are stored in bfloat16 (what the kernels read); codes are computed against the
 rounded scale and zero, so a stored code is the nearest one for the parameters actually stored.
+Min-max parameters let one large weight stretch its group's grid; `int4_search` (the `rtn` method's
+default, `--scales search`) instead picks each group's parameters for the lowest weighted squared error.
 `QuantizedWeight` is what every method (RTN, GPTQ) returns and every quantized module is built from.
 """
 
@@ -67,6 +69,71 @@ def int4_params(w: torch.Tensor, symmetric: bool) -> tuple[torch.Tensor, torch.T
     return scale, zero
 
 
+# int4_search's starting grids: asymmetric, steps (max − min) / (15 + d) for d in ASYM_STRETCH; symmetric,
+# steps −x/8 · f for f in SYM_STRETCH (x the group's value of largest magnitude). Chosen on Hamlet's
+# perplexity (development text; the card scores The Tempest).
+ASYM_STRETCH = torch.linspace(-1.0, 1.0, 21).tolist()
+SYM_STRETCH = torch.linspace(0.8, 1.1, 31).tolist()
+REFITS = 2
+
+
+def int4_search(w: torch.Tensor, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero of each row of `w` (rows are groups, as in `int4_params`) with the lowest weighted
+    squared error Σ a·(ŵ − w)², a = |w| + the group's RMS (larger weights carry more of a layer's output;
+    no data needed). From each starting grid the codes are rounded and the grid refitted to them by
+    weighted least squares (scale and offset; symmetric: scale only), `REFITS` times; the error is
+    measured on the stored (bfloat16) parameters, and min-max's own grid is a candidate, so the result
+    is never worse than `int4_params` by this measure."""
+    w = w.float()
+    weight = w.pow(2).mean(-1, keepdim=True).sqrt() + w.abs()
+    best_scale, best_zero = int4_params(w, symmetric)
+    best_error = _weighted_error(w, weight, best_scale, best_zero)
+    if symmetric:
+        extreme = w.gather(-1, w.abs().argmax(dim=-1, keepdim=True))
+        starts = [(-extreme / 8 * f, None) for f in SYM_STRETCH]
+    else:
+        low, high = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
+        starts = [((high - low) / (15 + d), low) for d in ASYM_STRETCH]
+    for step, offset in starts:
+        for _ in range(REFITS):
+            step, offset = _refit(w, weight, step, offset)
+        scale = step[..., 0].to(PARAM_DTYPE)
+        zero = torch.zeros_like(scale) if offset is None else (offset + 8 * step)[..., 0].to(PARAM_DTYPE)
+        error = _weighted_error(w, weight, scale, zero)
+        better = error < best_error
+        best_error = torch.where(better, error, best_error)
+        best_scale, best_zero = torch.where(better, scale, best_scale), torch.where(better, zero, best_zero)
+    return best_scale, best_zero
+
+
+def _refit(w, weight, step, offset):
+    """Round to the grid offset + step·L (L in 0..15; symmetric: step·L, L in −8..7), then the step (and
+    offset) that fit those codes best by weighted least squares; a degenerate group keeps its grid."""
+    eps = 1e-12
+    if offset is None:
+        safe = torch.where(step.abs() < 1e-8, 1e-8, step)
+        codes = torch.round(w / safe).clamp(-8, 7)
+        ll = (weight * codes * codes).sum(-1, keepdim=True)
+        fitted = (weight * codes * w).sum(-1, keepdim=True) / ll.clamp(min=eps)
+        return torch.where(ll > eps, fitted, step), None
+    codes = torch.round((w - offset) / step.clamp(min=1e-8)).clamp(0, 15)
+    n = weight.sum(-1, keepdim=True)
+    sl, sw = (weight * codes).sum(-1, keepdim=True), (weight * w).sum(-1, keepdim=True)
+    sll, slw = (weight * codes * codes).sum(-1, keepdim=True), (weight * codes * w).sum(-1, keepdim=True)
+    det = n * sll - sl * sl
+    ok = det > eps * n * n
+    det = det.clamp(min=eps)
+    step = torch.where(ok, (n * slw - sl * sw) / det, step).clamp(min=1e-8)
+    offset = torch.where(ok, (sll * sw - sl * slw) / det, offset)
+    return step, offset
+
+
+def _weighted_error(w, weight, scale, zero) -> torch.Tensor:
+    codes = int4_codes(w, scale, zero).float() - 8
+    approx = codes * scale.float()[..., None] + zero.float()[..., None]
+    return (weight * (approx - w).pow(2)).sum(-1)
+
+
 def int4_codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
     """Nearest codes 0..15 of `w` (..., g) for scale and zero (...,)."""
     q = torch.round((w.float() - zero.float()[..., None]) / scale.float()[..., None]) + 8
@@ -100,9 +167,14 @@ def check_group_size(group_size: int, in_features: int, name: str) -> None:
 
 
 def rtn(
-    w: torch.Tensor, bits: int, group_size: int | None = None, symmetric: bool = False
+    w: torch.Tensor,
+    bits: int,
+    group_size: int | None = None,
+    symmetric: bool = False,
+    search: bool = False,
 ) -> QuantizedWeight:
-    """Round to nearest: the codes closest to `w` (N, K) for min-max (or absmax) parameters."""
+    """Round to nearest: the codes closest to `w` (N, K) for min-max (or absmax) parameters, or (int4
+    with `search`) for the parameters `int4_search` picks per group."""
     w = w.detach().float()
     if bits == 8:
         scale = int8_scale(w)
@@ -110,7 +182,7 @@ def rtn(
     if bits != 4 or group_size is None:
         raise LMForgeError(f"no {bits}-bit format (int8, or int4 with a group size)")
     g = groups(w, group_size)
-    scale, zero = int4_params(g, symmetric)
+    scale, zero = int4_search(g, symmetric) if search else int4_params(g, symmetric)
     codes = int4_codes(g, scale, zero).reshape(w.shape)
     return QuantizedWeight(4, codes, scale, zero, group_size)
 

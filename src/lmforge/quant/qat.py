@@ -75,9 +75,12 @@ def strip(model: nn.Module) -> None:
 
 
 def export(lm, out: str | Path, scheme: str, group_size: int = 64, symmetric: bool = False):
-    """The QAT-trained `lm` quantized for real (RTN in the trained format) and saved to `out`."""
+    """The QAT-trained `lm` quantized for real (RTN in the trained format: min-max groups, the rounding
+    its steps trained through) and saved to `out`."""
     from lmforge.quant.api import quantize
 
     strip(lm.model)
-    options = {"group_size": group_size, "symmetric": symmetric} if scheme == "int4" else {}
+    options = (
+        {"group_size": group_size, "symmetric": symmetric, "scales": "minmax"} if scheme == "int4" else {}
+    )
     return quantize(lm, out=out, scheme=scheme, method="rtn", **options)

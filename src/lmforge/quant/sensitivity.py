@@ -41,7 +41,8 @@ def scan(model: nn.Module, targets: dict[str, int], config: QuantizeConfig, wind
             continue
         linear = model.get_submodule(name)
         original = linear.weight.detach().clone()
-        linear.weight.copy_(rtn(original, bits, config.group_size, config.symmetric).dequantize())
+        rounded = rtn(original, bits, config.group_size, config.symmetric, config.search_scales)
+        linear.weight.copy_(rounded.dequantize())
         out[name] = F.kl_div(_log_probs(model, windows), base, log_target=True, reduction="batchmean").item()
         linear.weight.copy_(original)
     return out
