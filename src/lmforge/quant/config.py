@@ -38,7 +38,8 @@ class QuantizeConfig:
     scales: Literal["search", "minmax"] = option(
         "search",
         "int4 with method rtn: each group's scale (and zero) searched for the lowest weighted squared "
-        "error (a few seconds per 100M weights), or taken from the group's min and max (absmax if symmetric)",
+        "error (about 25 s for SmolLM2-135M on 2 cores), or taken from the group's min and max (absmax if "
+        "symmetric)",
     )
     keep_indivisible: bool = option(
         False,
