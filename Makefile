@@ -8,6 +8,10 @@ LLMC_VENV ?= $(HOME)/.cache/lmforge/llmc-venv
 .PHONY: setup quickstart test test-slow bench lint format clean
 
 setup: $(STAMP)
+	# the llm-compressor environment (below) reads this checkout's torch and transformers through a .pth file,
+	# written on every setup: the environment is shared by checkouts, and the last one to set up is the one tested
+	$(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > \
+		"$$($(LLMC_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/lmforge-venv.pth"
 	# llama.cpp's llama-tokenize, the tokenizer tests' oracle: built once into ~/.cache/lmforge (minutes), then found
 	PYTHON=$(PY) scripts/build_llama_cpp.sh || echo "llama-tokenize not built: tests/tokenizer/test_tokenizer_llama_cpp.py will fail"
 
@@ -27,8 +31,6 @@ $(STAMP): pyproject.toml scripts/setup_assets.py
 	# own (llmcompressor 0.14 pins compressed-tensors 0.19, transformers<=5.17, auto-round, ...) that reuses this
 	# one's torch and transformers through a .pth file; the rest --no-deps: what its imports need, tested versions
 	$(PY) -m venv --without-pip $(LLMC_VENV)
-	$(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > \
-		"$$($(LLMC_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/lmforge-venv.pth"
 	$(PY) -m pip --python $(LLMC_VENV)/bin/python install -q --no-deps llmcompressor==0.14.0.1 \
 		compressed-tensors==0.19.0 loguru==0.7.3 datasets==5.2.0 multiprocess==0.70.19 dill==0.4.1 \
 		pyarrow==26.0.1 xxhash==4.1.0
