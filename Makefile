@@ -47,6 +47,9 @@ $(STAMP): pyproject.toml scripts/setup_assets.py
 	# Debian's Fashion-MNIST (IDX files under /usr/share/datasets/fashion-mnist) for the CLIP recipe's --dataset fashion-mnist, the linear probes and MAE
 	test -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; } || echo "dataset-fashion-mnist not installed: tests/multimodal/test_fashion*.py will fail"
+	# Debian's Python 3.11 library reference, the rag-pydoc retrieval sets' corpus (tests/rag/test_eval.py checks their pages)
+	test -d /usr/share/doc/python3.11-doc/html/library || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		apt-get update -qq && apt-get install -y -qq python3.11-doc >/dev/null; } || echo "python3.11-doc not installed: the rag-pydoc sets have no corpus"
 	touch $(STAMP)
 
 quickstart: setup

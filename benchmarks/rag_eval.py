@@ -11,13 +11,13 @@ hybrid-rerank runs with `SearchConfig`'s defaults (reranker, rerank_weight, rera
 chosen on the development sets rag-*-dev (`benchmarks/rag_ql_study.py`, `rag_gate_study.py` for
 rerank_when; the sentence reranker's by
 `benchmarks/rag_tune.py`), never on these test sets. Each set's entry says
-whether hybrid-rerank beats the best single mode on nDCG@10, and by how much.
+whether hybrid-rerank beats the best single retriever (bm25 or dense) on nDCG@10, and hybrid, and by how much.
 
 Stores are built (or updated incrementally) under --work and reused. Writes benchmarks/results/rag_eval.json
 with the CPU model and flags and the load average.
 
-    python benchmarks/rag_eval.py [--sets wikipedia pydoc] [--work ~/.cache/lmforge/bench-rag] [--threads 1]
-    python benchmarks/rag_eval.py --paired-only   # + paired interval of hybrid-rerank - best single mode
+    python benchmarks/rag_eval.py [--sets wikipedia pydoc] [--work ~/.cache/lmforge/bench-rag] [--threads 1] [--output F]
+    python benchmarks/rag_eval.py --paired-only   # + paired intervals of hybrid-rerank - best single, - hybrid
 """
 
 from __future__ import annotations
@@ -39,10 +39,19 @@ SENTENCE = "hybrid-rerank (sentence)"
 
 
 def aim(results: dict, metric: str = "ndcg@10") -> dict:
-    """Does hybrid-rerank beat the best single mode (bm25, dense, hybrid) on `metric`, and by how much."""
-    best = max(("bm25", "dense", "hybrid"), key=lambda m: results[m][metric]["value"])
-    margin = results["hybrid-rerank"][metric]["value"] - results[best][metric]["value"]
-    return {"metric": metric, "best_single": best, "margin": margin, "beats": margin > 0}
+    """hybrid-rerank's margin on `metric` over the best single retriever (bm25 or dense), the issue's aim,
+    and over hybrid, their fusion (the stricter comparison these notes also report)."""
+    best = max(("bm25", "dense"), key=lambda m: results[m][metric]["value"])
+    value = results["hybrid-rerank"][metric]["value"]
+    margin, over_hybrid = value - results[best][metric]["value"], value - results["hybrid"][metric]["value"]
+    return {
+        "metric": metric,
+        "best_single": best,
+        "margin": margin,
+        "beats": margin > 0,
+        "margin_over_hybrid": over_hybrid,
+        "beats_hybrid": over_hybrid > 0,
+    }
 
 
 def paired(store: Path, qrels: Path, best: str, metric: str = "ndcg@10") -> dict:
@@ -75,6 +84,7 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     parser.add_argument("--work", default="~/.cache/lmforge/bench-rag")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument(
         "--paired-only",
         action="store_true",
@@ -92,13 +102,15 @@ def main() -> None:
     work = Path(args.work).expanduser()
     work.mkdir(parents=True, exist_ok=True)
     if args.paired_only:
-        saved = json.loads(RESULTS.read_text())
+        saved = json.loads(args.output.read_text())
         for name in args.sets:
             entry = saved["sets"][name]
-            entry["aim"]["paired"] = paired(work / f"{name}.db", SETS[name][1], entry["aim"]["best_single"])
+            store, best = work / f"{name}.db", entry["aim"]["best_single"]
+            entry["aim"]["paired"] = paired(store, SETS[name][1], best)
+            entry["aim"]["paired_over_hybrid"] = paired(store, SETS[name][1], "hybrid")
             print(name, entry["aim"], flush=True)
         saved["paired_machine"], saved["paired_load_average"] = describe(), os.getloadavg()
-        atomic_write_text(RESULTS, json.dumps(saved, indent=1) + "\n")
+        atomic_write_text(args.output, json.dumps(saved, indent=1) + "\n")
         return
     from lmforge.rag.config import SearchConfig
 
@@ -153,8 +165,8 @@ def main() -> None:
         }
         print(f"aim: {out['sets'][name]['aim']}")
     out["load_average_after"] = os.getloadavg()
-    atomic_write_text(RESULTS, json.dumps(out, indent=1) + "\n")
-    print(f"wrote {RESULTS}")
+    atomic_write_text(args.output, json.dumps(out, indent=1) + "\n")
+    print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":
