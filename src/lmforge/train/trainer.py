@@ -633,7 +633,9 @@ class Trainer:
         flops_step = None if flops_unit is None else flops_unit * units_per_step
         if info.is_main:
             # measured again (the higher figure kept): a peak probed under contention would put MFU past 100%
-            peak = hardware.matmul_flops(self.precision, self.device, 0.1, refresh=True) * info.world_size
+            measured = hardware.matmul_flops(self.precision, self.device, 0.1, refresh=True)
+            self.precision_choice = dataclasses.replace(self.precision_choice, peak_flops=measured)
+            peak = measured * info.world_size
             self.logger.log({"kind": "precision", "step": self.step, **self.precision_choice.to_dict()})
             if cfg.progress:
                 print(
