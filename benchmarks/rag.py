@@ -81,12 +81,10 @@ def embed_side_by_side(n: int, batch: int, rounds: int) -> dict:
     if hardware.choose_precision("auto").precision == "bf16":
         dtypes.append("bfloat16")
     out: dict = {"chunks": len(texts), "batch_size": batch, "rounds": rounds}
+    encoder = Index(store).settings.get("encoder", "minilm")
     for name in dtypes:
         dtype = getattr(torch, name)
-        idx = Index(store)
-        idx._encoder = load(
-            idx.settings.get("encoder", "minilm"), dtype=name
-        )  # the store's encoder, in this dtype
+        idx = Index(store, encoder=load(encoder, dtype=name))  # the store's encoder, in this dtype
         st = SentenceTransformer(str(asset_path("minilm")), device="cpu", model_kwargs={"torch_dtype": dtype})
         idx.embed(texts[:8]), st.encode(texts[:8])  # warm-up
         rates: dict[str, list[float]] = {"lmforge": [], "sentence_transformers": []}

@@ -60,7 +60,7 @@ def int4_params(w: torch.Tensor, symmetric: bool) -> tuple[torch.Tensor, torch.T
     """Scale and zero of each row of `w` (rows are groups here: callers reshape (N, K/g, g) → rows)."""
     w = w.float()
     if symmetric:
-        extreme = w.gather(-1, w.abs().argmax(dim=-1, keepdim=True)).squeeze(-1)
+        extreme = _largest(w).squeeze(-1)
         scale = torch.where(extreme.abs() < 8e-8, -1e-8, -extreme / 8)  # never zero
         return scale.to(PARAM_DTYPE), torch.zeros_like(scale, dtype=PARAM_DTYPE)
     low, high = w.amin(dim=-1), w.amax(dim=-1)
@@ -89,8 +89,8 @@ def int4_search(w: torch.Tensor, symmetric: bool) -> tuple[torch.Tensor, torch.T
     best_scale, best_zero = int4_params(w, symmetric)
     best_error = _weighted_error(w, weight, best_scale, best_zero)
     if symmetric:
-        extreme = w.gather(-1, w.abs().argmax(dim=-1, keepdim=True))
-        starts = [(-extreme / 8 * f, None) for f in SYM_STRETCH]
+        step = -_largest(w) / 8
+        starts = [(step * f, None) for f in SYM_STRETCH]
     else:
         low, high = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
         starts = [((high - low) / (15 + d), low) for d in ASYM_STRETCH]
@@ -132,6 +132,11 @@ def _weighted_error(w, weight, scale, zero) -> torch.Tensor:
     codes = int4_codes(w, scale, zero).float() - 8
     approx = codes * scale.float()[..., None] + zero.float()[..., None]
     return (weight * (approx - w).pow(2)).sum(-1)
+
+
+def _largest(w: torch.Tensor) -> torch.Tensor:
+    """Each row's value of largest magnitude, with its sign (..., 1): the symmetric grid's anchor."""
+    return w.gather(-1, w.abs().argmax(dim=-1, keepdim=True))
 
 
 def int4_codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
