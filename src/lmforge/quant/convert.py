@@ -27,6 +27,7 @@ from lmforge.quant import kernels
 from lmforge.quant.config import QuantizeConfig
 from lmforge.quant.formats import QuantizedWeight, check_group_size, rtn
 from lmforge.quant.modules import BF16Linear, Int4Linear, Int8Embedding, Int8Linear, is_quantized
+from lmforge.quant.moments import input_moments
 from lmforge.quant.w8a8 import LLMInt8Linear, W8A8Linear, W8A8StaticLinear
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
@@ -72,8 +73,9 @@ def rtn_weights(
     model: nn.Module, targets: dict[str, int], config: QuantizeConfig
 ) -> dict[str, QuantizedWeight]:
     group, search = config.group_size, config.search_scales
+    moments = input_moments(model) if search else {}
     return {
-        name: rtn(model.get_submodule(name).weight, bits, group, config.symmetric, search)
+        name: rtn(model.get_submodule(name).weight, bits, group, config.symmetric, search, moments.get(name))
         for name, bits in targets.items()
     }
 

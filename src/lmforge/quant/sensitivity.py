@@ -20,6 +20,7 @@ from torch import nn
 from lmforge.errors import LMForgeError
 from lmforge.quant.config import QuantizeConfig
 from lmforge.quant.formats import rtn
+from lmforge.quant.moments import input_moments
 
 SCAN_WINDOWS = 8  # calibration windows the scan scores (of --calibration-samples)
 
@@ -36,12 +37,14 @@ def scan(model: nn.Module, targets: dict[str, int], config: QuantizeConfig, wind
     windows = windows[:SCAN_WINDOWS]
     base = _log_probs(model, windows)
     out = {}
+    moments = input_moments(model) if config.search_scales else {}
     for name, bits in targets.items():
         if name == "lm_head":
             continue
         linear = model.get_submodule(name)
         original = linear.weight.detach().clone()
-        rounded = rtn(original, bits, config.group_size, config.symmetric, config.search_scales)
+        search = config.search_scales
+        rounded = rtn(original, bits, config.group_size, config.symmetric, search, moments.get(name))
         linear.weight.copy_(rounded.dequantize())
         out[name] = F.kl_div(_log_probs(model, windows), base, log_target=True, reduction="batchmean").item()
         linear.weight.copy_(original)
