@@ -17,6 +17,9 @@ with `llama-quantize`; `llama-bench -t T -p 128 -n 128 -r 3` (tg128 is its decod
 again with `--repack 0` where its weight repacking fails);
 `llama-perplexity -c 512` on the same text (its own protocol: each 512-token chunk's second half is scored),
 so perplexities are compared as changes against each side's F32, not as values.
+Then `--rounds` alternating rounds of decode only, each lmforge variant (default path) beside its llama.cpp
+pair (`llama-bench -p 0 -n 128 -r 1`): on a shared host whose speed drifts during a run, both sides of a
+pair see the same drift; the aims use these rounds' medians.
 Optional: transformers (fp32, and `torch.ao.quantization.quantize_dynamic` int8) decoding the same
 checkpoint, greedy, tokens/s.
 
@@ -203,10 +206,44 @@ def transformers_sides(cache: Path, args, prompt: list[int]) -> list[dict]:
     return rows
 
 
+def llama_decode(gguf: Path, tools: Path, args, repack: bool) -> float:
+    """llama.cpp's decode alone: tg of `--new-tokens`, one repetition."""
+    cmd = [str(tools / "llama-bench"), "-m", str(gguf), "-t", str(args.threads), "-p", "0"]
+    cmd += ["-n", str(args.new_tokens), "-r", "1", "-o", "json", *args.llama_bench_flags]
+    cmd += [] if repack else ["--repack", "0"]
+    return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)[0]["avg_ts"]
+
+
+def paired_rounds(rows: dict[str, dict], cache: Path, args, prompt: list[int], tools: Path, ggufs) -> None:
+    """`--rounds` alternating decode measurements per pair (lmforge's default path, then llama.cpp's);
+    each side's list and median go into its row."""
+    import statistics
+
+    import lmforge
+
+    for ours, theirs in PAIRS.items():
+        mine, other = rows.get(f"lmforge {ours}"), rows.get(f"llama.cpp {theirs}")
+        if not mine or not other or "error" in other or theirs not in ggufs:
+            continue
+        lm = lmforge.load("smollm2" if ours == "fp32" else checkpoint(cache, ours))
+        a, b = [], []
+        for _ in range(args.rounds):
+            a.append(decode_rate(lm, prompt[:16], args.new_tokens, "default"))
+            b.append(llama_decode(ggufs[theirs], tools, args, repack=other.get("repack") != 0))
+        for row, rates in ((mine, a), (other, b)):
+            row["decode_rounds"], row["decode_tok_s_median"] = rates, statistics.median(rates)
+        print(
+            f"rounds {ours} / {theirs}: {[round(x, 1) for x in a]} / {[round(x, 1) for x in b]}", flush=True
+        )
+
+
 def aims(rows: dict[str, dict]) -> dict:
     out = {}
     for ours, theirs in PAIRS.items():
         a, b = rows.get(f"lmforge {ours}", {}), rows.get(f"llama.cpp {theirs}", {})
+        if a.get("decode_tok_s_median") and b.get("decode_tok_s_median"):
+            out[f"decode {ours} / {theirs}"] = round(a["decode_tok_s_median"] / b["decode_tok_s_median"], 3)
+            continue
         mine = a.get("decode_tok_s_default") or a.get("decode_tok_s_eager")  # the default path's
         if mine and b.get("decode_tok_s_eager"):
             out[f"decode {ours} / {theirs}"] = round(mine / b["decode_tok_s_eager"], 3)
@@ -222,7 +259,8 @@ def aims(rows: dict[str, dict]) -> dict:
 
 
 def print_table(rows: dict[str, dict]) -> None:
-    keys = [f"decode_tok_s_{mode}" for mode in MODES] + ["prefill_tok_s", "perplexity", "ppl_change_pct"]
+    keys = [f"decode_tok_s_{mode}" for mode in MODES] + ["decode_tok_s_median"]
+    keys += ["prefill_tok_s", "perplexity", "ppl_change_pct"]
     print(f"{'side':38s}" + "".join(f"{k:>22s}" for k in keys))
     for name, row in rows.items():
         cells = [row.get(k) for k in keys]
@@ -237,6 +275,7 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["default", "eager"], choices=list(MODES))
     parser.add_argument("--variants", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
     parser.add_argument("--sides", nargs="+", default=["lmforge", "llama.cpp", "transformers"])
+    parser.add_argument("--rounds", type=int, default=5, help="alternating decode rounds per pair (0: none)")
     parser.add_argument("--llama-bench-flags", nargs="*", default=[], help="extra llama-bench flags")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -266,10 +305,13 @@ def main() -> None:
     if tools is not None:
         with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
             f.write(text)
-        for kind, gguf in gguf_files(tools).items():
+        ggufs = gguf_files(tools)
+        for kind, gguf in ggufs.items():
             rows[f"llama.cpp {kind}"] = llama_side(kind, gguf, tools, args, Path(f.name))
             print(json.dumps(rows[f"llama.cpp {kind}"]), flush=True)
         os.unlink(f.name)
+        if args.rounds > 0 and "lmforge" in args.sides:
+            paired_rounds(rows, cache, args, prompt, tools, ggufs)
     if "transformers" in args.sides:
         for row in transformers_sides(cache, args, prompt):
             rows[row["side"]] = row

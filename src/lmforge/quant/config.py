@@ -38,7 +38,7 @@ class QuantizeConfig:
     scales: Literal["search", "minmax"] = option(
         "search",
         "int4 with method rtn: each group's scale (and zero) searched for the lowest squared error, "
-        "weighted by each column's input second moment as estimated from the weights (about 25 s for "
+        "weighted by each column's input second moment as estimated from the weights (about 40 s for "
         "SmolLM2-135M on 2 cores), or taken from the group's min and max (absmax if symmetric)",
     )
     keep_indivisible: bool = option(
