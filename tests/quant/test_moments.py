@@ -113,3 +113,26 @@ def test_quantize_weighs_rtn_int4_by_the_estimated_moments():
         assert torch.equal(ours, rtn(w, 4, 32, search=True, importance=moments[name]).dequantize()), name
         differs += not torch.equal(ours, rtn(w, 4, 32, search=True).dequantize())
     assert differs == len(originals)
+
+
+def test_every_stack_of_blocks_is_estimated_under_its_own_name():
+    """A vision tower's blocks inside a larger model get estimates too, named as `linear_layers` names
+    them (what `lmforge.quantize` looks them up by)."""
+    from torch import nn
+
+    from lmforge.model.swap import linear_layers
+    from lmforge.model.vision import VisionConfig, VisionTransformer
+
+    class TwoTowers(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.text = tiny_model("llama", vocab_size=320)
+            config = VisionConfig(image_size=16, patch_size=4, vision_d_model=16, vision_n_layer=2)
+            self.vision = VisionTransformer(config)
+
+    model = TwoTowers()
+    estimated = input_moments(model)
+    linears = linear_layers(model)
+    assert {"vision.blocks.1.mlp.proj", "text.blocks.1.attn.proj"} <= estimated.keys() <= linears.keys()
+    for name, est in estimated.items():
+        assert est.shape == (linears[name].in_features,) and (est > 0).all(), name

@@ -19,27 +19,34 @@ import numpy as np
 import torch
 from torch import nn
 
+from lmforge.model.transformer import Block
+
 _NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(32)  # ∫ f(z) e^{-z²/2} dz ≈ Σ w_i f(z_i)
 
 
 def input_moments(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Linear name → (in_features,) float32 estimated E[x²] of its input, for the blocks' linears."""
-    blocks = getattr(model, "blocks", None)
-    if blocks is None:
-        return {}
+    """Linear name → (in_features,) float32 estimated E[x²] of its input, for the linears of every stack
+    of `Block`s in `model` (a language model's, a vision tower's)."""
     out: dict[str, torch.Tensor] = {}
-    previous = getattr(model, "emb_norm", None)  # what feeds a post-norm block's attention
-    for i, block in enumerate(blocks):
-        attn_in = block.norm1 if block.pre_norm else previous
-        mlp_in = block.norm2 if block.pre_norm else block.norm1
-        if attn_in is not None:
-            mean, var = _norm(attn_in)
-            out[f"blocks.{i}.attn.qkv"] = mean.square() + var
-            out[f"blocks.{i}.attn.proj"] = _attention_output(block.attn, mean, var)
-        mean, var = _norm(mlp_in)
-        out[f"blocks.{i}.mlp.fc"] = mean.square() + var
-        out[f"blocks.{i}.mlp.proj"] = _mlp_hidden(block.mlp, mean, var)
-        previous = block.norm2
+    for name, owner in model.named_modules():
+        blocks = getattr(owner, "blocks", None)
+        if not isinstance(blocks, nn.ModuleList):
+            continue
+        prefix = f"{name}.blocks" if name else "blocks"
+        previous = getattr(owner, "emb_norm", None)  # what feeds a post-norm block's attention
+        for i, block in enumerate(blocks):
+            if not isinstance(block, Block):
+                break
+            attn_in = block.norm1 if block.pre_norm else previous
+            mlp_in = block.norm2 if block.pre_norm else block.norm1
+            if attn_in is not None:
+                mean, var = _norm(attn_in)
+                out[f"{prefix}.{i}.attn.qkv"] = mean.square() + var
+                out[f"{prefix}.{i}.attn.proj"] = _attention_output(block.attn, mean, var)
+            mean, var = _norm(mlp_in)
+            out[f"{prefix}.{i}.mlp.fc"] = mean.square() + var
+            out[f"{prefix}.{i}.mlp.proj"] = _mlp_hidden(block.mlp, mean, var)
+            previous = block.norm2
     return out
 
 
