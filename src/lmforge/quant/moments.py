@@ -8,7 +8,7 @@ Gaussians per channel:
 - through a linear (W, c): mean W·mean + c, variance (W²)·variance — the value heads, the MLP's gate/up;
 - attention mixes value rows: each `attn.proj` input channel keeps its value channel's moments;
 - an activation: E[act(a)²] for a ~ N(mean, variance), by Gauss–Hermite quadrature; gated MLPs multiply
-  by the up projection's second moment — the input of `mlp.proj` (where SmolLM2's largest channels are).
+  by the up projection's second moment — the input of `mlp.proj`.
 Layers it cannot place (other heads, a post-norm first block without an embedding norm) are left out,
 and their search falls back to the weights' own magnitudes (`formats.int4_search`).
 """
