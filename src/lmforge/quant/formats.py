@@ -97,15 +97,16 @@ def int4_search(
         weight = weight / weight.mean(-1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
     best_scale, best_zero = int4_params(w, symmetric)
     best_error = _weighted_error(w, weight, best_scale, best_zero)
+    floor = None
     if symmetric:
         step = -_largest(w) / 8
         starts = [(step * f, None) for f in SYM_STRETCH]
+        # weighted by estimated moments, the grid keeps its anchor (no step below max|w|/8): letting it
+        # clip the group's largest value took SmolLM2's int4 g64 on Hamlet to +43% perplexity (+25% with it)
+        floor = step.abs() if importance is not None else None
     else:
         low, high = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
         starts = [((high - low) / (15 + d), low) for d in ASYM_STRETCH]
-    # a symmetric grid weighted by estimated moments keeps its anchor (no step below max|w|/8): letting it
-    # clip the group's largest value took SmolLM2's int4 g64 on Hamlet to +43% perplexity (+25% with it)
-    floor = _largest(w).abs() / 8 if symmetric and importance is not None else None
     for step, offset in starts:
         for _ in range(REFITS):
             step, offset = _refit(w, weight, step, offset)

@@ -19,8 +19,7 @@ from torch import nn
 
 from lmforge.errors import LMForgeError
 from lmforge.quant.config import QuantizeConfig
-from lmforge.quant.formats import rtn
-from lmforge.quant.moments import input_moments
+from lmforge.quant.convert import quantize_model, rtn_weights
 
 SCAN_WINDOWS = 8  # calibration windows the scan scores (of --calibration-samples)
 
@@ -37,15 +36,12 @@ def scan(model: nn.Module, targets: dict[str, int], config: QuantizeConfig, wind
     windows = windows[:SCAN_WINDOWS]
     base = _log_probs(model, windows)
     out = {}
-    moments = input_moments(model) if config.search_scales else {}
-    for name, bits in targets.items():
-        if name == "lm_head":
-            continue
+    # each layer rounded as the checkpoint rounds it
+    rounded = rtn_weights(model, {n: b for n, b in targets.items() if n != "lm_head"}, config)
+    for name, weight in rounded.items():
         linear = model.get_submodule(name)
         original = linear.weight.detach().clone()
-        search = config.search_scales
-        rounded = rtn(original, bits, config.group_size, config.symmetric, search, moments.get(name))
-        linear.weight.copy_(rounded.dequantize())
+        linear.weight.copy_(weight.dequantize())
         out[name] = F.kl_div(_log_probs(model, windows), base, log_target=True, reduction="batchmean").item()
         linear.weight.copy_(original)
     return out
@@ -70,7 +66,6 @@ def choose(
     float_bytes: int,
 ) -> dict[str, str]:
     """Layer name → why it stays in float: the most sensitive per extra byte first, within the budget."""
-    from lmforge.quant.convert import quantize_model
     from lmforge.quant.report import checkpoint_bytes
 
     trial = copy.deepcopy(model)
