@@ -20,6 +20,7 @@ from lmforge.config import ModelConfig
 from lmforge.errors import LMForgeError
 from lmforge.io import hf
 from lmforge.io.atomic import atomic_dir
+from lmforge.model import huge_pages
 
 Getter = Callable[[str], torch.Tensor]
 MAX_SHARD_BYTES = 2 * 1024**3
@@ -131,6 +132,7 @@ def load_into(
     unexpected = sorted(set(state) - set(expected))
     if unexpected:
         raise LMForgeError(f"{source}: unexpected tensors: {', '.join(unexpected[:5])}")
+    dtypes = {}
     for name, tensor in state.items():
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise LMForgeError(
@@ -140,7 +142,14 @@ def load_into(
         # tensors a module declares in its own dtype (a quantized layer's integer codes and bf16
         # scales) keep it; the float weights take the load dtype
         own = expected[name].dtype != torch.get_default_dtype()
-        state[name] = tensor.to(device=device, dtype=expected[name].dtype if own else dtype)
+        dtypes[name] = expected[name].dtype if own else dtype
+    # on the CPU the weights go into huge pages, which a decode step streams faster (model/huge_pages.py)
+    sizes = ((state[name].shape, dtypes[name]) for name in state)
+    arena = huge_pages.Arena.create(huge_pages.Arena.size(sizes)) if device.type == "cpu" else None
+    for name, tensor in state.items():
+        state[name] = (
+            arena.copy(tensor, dtypes[name]) if arena else tensor.to(device=device, dtype=dtypes[name])
+        )
     model.load_state_dict(state, strict=False, assign=True)
     if getattr(model, "quantization", None):
         from lmforge.quant.convert import tie
