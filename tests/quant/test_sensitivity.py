@@ -10,8 +10,9 @@ import lmforge
 from lmforge.errors import LMForgeError
 from lmforge.lm import LM
 from lmforge.model.linear import Linear
+from lmforge.quant import convert
 from lmforge.quant.config import QuantizeConfig
-from lmforge.quant.convert import plan
+from lmforge.quant.convert import plan, rtn_weights
 from lmforge.quant.report import checkpoint_bytes
 from lmforge.quant.sensitivity import layer_bytes, scan
 from tiny import tiny_chat_tokenizer, tiny_model
@@ -36,7 +37,7 @@ def test_scan_ranks_the_fragile_layer_first():
     config = QuantizeConfig(scheme="int4", group_size=32, scales="minmax", auto_keep=True, budget_mb=100)
     targets, _ = plan(model, config)
     windows = torch.randint(0, 320, (4, 33), generator=torch.Generator().manual_seed(0))
-    sensitivity = scan(model, targets, config, windows)
+    sensitivity = scan(model, rtn_weights(model, targets, config), windows)
     assert "lm_head" not in sensitivity and set(sensitivity) == set(targets) - {"lm_head"}
     assert max(sensitivity, key=sensitivity.get) == FRAGILE
     before = model(windows)
@@ -64,6 +65,36 @@ def test_auto_keep_keeps_the_fragile_layer_within_the_budget(tmp_path):
     assert torch.equal(loaded.model(ids), result.lm.model(ids))
     with pytest.raises(LMForgeError, match="below the size with every layer quantized"):
         lmforge.quantize(lm, auto_keep=True, budget_mb=floor / 2, **common)
+
+
+def test_auto_keep_rounds_each_layer_once(tmp_path, monkeypatch):
+    """The scan's rounding sizes the all-quantized floor and becomes the checkpoint's codes: no layer is
+    rounded a second time (with the moment-weighted scale search, SmolLM2's rounding takes ~40 s)."""
+    text = tmp_path / "calibration.txt"
+    text.write_text(TEXT)
+    lm = LM(_fragile_model(), tiny_chat_tokenizer([TEXT]), compile="eager")
+    options = dict(scheme="int4", group_size=32, calibration=str(text), calibration_samples=4)
+    options.update(calibration_length=32, report=False, compute_dtype="float32")
+    plain = lmforge.quantize(lm, **options)
+    linear = lm.model.get_submodule(FRAGILE)
+    extra = (layer_bytes(linear, None, 0, 4) - layer_bytes(linear, 4, 32, 0)) / 2**20
+    budget = plain.card["disk_mb_after"] + extra * 1.05  # keeps the fragile layer alone
+    rounded = []
+    rtn = convert.rtn
+
+    def counting_rtn(weight, *args, **kwargs):
+        rounded.append(weight.data_ptr())
+        return rtn(weight, *args, **kwargs)
+
+    monkeypatch.setattr(convert, "rtn", counting_rtn)
+    result = lmforge.quantize(lm, auto_keep=True, budget_mb=budget, **options)
+    targets, _ = plan(lm.model, QuantizeConfig(scheme="int4", group_size=32))
+    assert len(rounded) == len(set(rounded)) == len(targets)
+    assert list(result.lm.model.quantization["kept"]) == [FRAGILE]
+    expected, quantized = plain.lm.model.state_dict(), result.lm.model.state_dict()
+    for name in result.lm.model.quantization["layers"]:  # the others hold the plain quantize's codes
+        for key in (k for k in quantized if k.startswith(f"{name}.")):
+            assert torch.equal(quantized[key], expected[key]), key
 
 
 def test_auto_keep_options_go_together():

@@ -14,6 +14,7 @@ import torch
 from lmforge import hardware
 from lmforge.errors import LMForgeError
 from lmforge.io.atomic import atomic_write_text
+from lmforge.model import huge_pages
 from lmforge.options import configure
 from lmforge.quant import kernels, native, report
 from lmforge.quant.config import QuantizeConfig
@@ -57,6 +58,7 @@ def quantize(
     quantize_model(model_copy, config, codes.weights, codes.kept, codes.input_scales)
     if codes.smoothed:
         model_copy.quantization["smoothed"] = codes.smoothed
+    huge_pages.place(model_copy)  # where `lmforge.load` puts a checkpoint's weights
     from lmforge.lm import LM
 
     quantized = LM(
@@ -105,12 +107,14 @@ def _choose_codes(model, config: QuantizeConfig, tokenizer) -> Codes:
         from lmforge.quant.calibrate import calibration_windows
 
         windows = calibration_windows(tokenizer, config)
+    rounded = None  # --auto-keep rounds every target once; the checkpoint reuses that while the weights stand
     if config.auto_keep:
         from lmforge.quant.sensitivity import choose, scan
 
-        codes.sensitivity = scan(model, targets, config, windows)
+        rounded = rtn_weights(model, targets, config)
+        codes.sensitivity = scan(model, rounded, windows)
         float_bytes = torch.finfo(compute_dtype(config)).bits // 8
-        auto = choose(model, targets, codes.sensitivity, config, float_bytes)
+        auto = choose(model, targets, codes.sensitivity, config, float_bytes, rounded)
         codes.kept.update(auto)
         targets = {n: b for n, b in targets.items() if n not in auto}
     if config.method == "gptq":
@@ -127,11 +131,16 @@ def _choose_codes(model, config: QuantizeConfig, tokenizer) -> Codes:
         from lmforge.quant.awq import awq
 
         awq(model, targets, windows, config.group_size, config.symmetric)
+        rounded = None
     if config.method == "smoothquant":
         from lmforge.quant.smoothquant import smooth
 
         codes.smoothed = smooth(model, list(targets), config.alpha, windows)
-    codes.weights = rtn_weights(model, targets, config)
+        rounded = None
+    if rounded is not None:
+        codes.weights = {name: rounded[name] for name in targets}
+    else:
+        codes.weights = rtn_weights(model, targets, config)
     return _static_scales(model, config, codes, windows)
 
 

@@ -19,7 +19,8 @@ from torch import nn
 
 from lmforge.errors import LMForgeError
 from lmforge.quant.config import QuantizeConfig
-from lmforge.quant.convert import quantize_model, rtn_weights
+from lmforge.quant.convert import quantize_model
+from lmforge.quant.formats import QuantizedWeight
 
 SCAN_WINDOWS = 8  # calibration windows the scan scores (of --calibration-samples)
 
@@ -30,15 +31,16 @@ def _log_probs(model: nn.Module, windows: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def scan(model: nn.Module, targets: dict[str, int], config: QuantizeConfig, windows: torch.Tensor):
-    """Layer name → KL(float ‖ rounded) in nats/token when only that layer is rounded; the LM head is
-    not scanned (it has its own rule, `--lm-head`)."""
+def scan(model: nn.Module, rounded: dict[str, QuantizedWeight], windows: torch.Tensor) -> dict[str, float]:
+    """Layer name → KL(float ‖ rounded) in nats/token when only that layer takes its `rounded` weight
+    (`convert.rtn_weights`: as the checkpoint rounds it); the LM head is not scanned (it has its own
+    rule, `--lm-head`)."""
     windows = windows[:SCAN_WINDOWS]
     base = _log_probs(model, windows)
     out = {}
-    # each layer rounded as the checkpoint rounds it
-    rounded = rtn_weights(model, {n: b for n, b in targets.items() if n != "lm_head"}, config)
     for name, weight in rounded.items():
+        if name == "lm_head":
+            continue
         linear = model.get_submodule(name)
         original = linear.weight.detach().clone()
         linear.weight.copy_(weight.dequantize())
@@ -64,15 +66,17 @@ def choose(
     sensitivity: dict[str, float],
     config: QuantizeConfig,
     float_bytes: int,
+    rounded: dict[str, QuantizedWeight],
 ) -> dict[str, str]:
-    """Layer name → why it stays in float: the most sensitive per extra byte first, within the budget."""
+    """Layer name → why it stays in float: the most sensitive per extra byte first, within the budget
+    (`rounded`: every target's weight as the checkpoint would hold it, for the all-quantized size)."""
     from lmforge.quant.report import checkpoint_bytes
 
     trial = copy.deepcopy(model)
     # every target rounded: the smallest this scheme makes the model (static activation scales add
     # one number a layer, not measured here)
     sizing = dataclasses.replace(config, scheme="w8a8-dynamic") if config.scheme == "w8a8-static" else config
-    quantize_model(trial, sizing)
+    quantize_model(trial, sizing, {n: rounded[n] for n in targets})
     floor = checkpoint_bytes(trial)
     budget = config.budget_mb * 2**20
     if floor > budget:
