@@ -83,6 +83,17 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def thp_mode() -> str:
+    """Linux's transparent huge page setting ("always", "madvise" or "never"; "absent" elsewhere): with
+    "madvise", only memory that asks gets 2 MiB pages (lmforge.model.huge_pages asks for its weights)."""
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return "absent"
+    start, end = text.find("["), text.find("]")
+    return text[start + 1 : end] if 0 <= start < end else text.strip()
+
+
 def machine() -> dict[str, Any]:
     """A record of the machine for benchmark results: CPU model, relevant flags, torch's dispatch
     level, cores and threads, torch version, and the GPU when there is one."""
@@ -93,6 +104,7 @@ def machine() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "transparent_huge_pages": thp_mode(),
         "load_average": os.getloadavg(),
     }
     if torch.cuda.is_available():
@@ -105,7 +117,8 @@ def describe() -> str:
     m = machine()
     return (
         f"{m['cpu']} ({', '.join(m['cpu_flags']) or 'no listed flags'}; torch dispatch "
-        f"{m['torch_cpu_capability']}), {m['torch_threads']} threads, torch {m['torch']}"
+        f"{m['torch_cpu_capability']}), {m['torch_threads']} threads, torch {m['torch']}, "
+        f"transparent huge pages: {m['transparent_huge_pages']}"
     )
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import lmforge
+from lmforge import hardware
 from lmforge.lm import LM
 from lmforge.model import huge_pages
 from tiny import tiny_model
@@ -104,6 +105,24 @@ def test_load_reads_weights_into_huge_pages(tmp_path):
     assert mapping is not None
     # the embedding's 1.5 MB sit in a mapping the kernel backs with 2 MiB pages (at least one of them)
     assert mapping["AnonHugePages"] >= 2048, mapping
+    assert huge_pages.backed_kb(weight) == mapping["AnonHugePages"]
+
+
+@pytest.mark.skipif(not huge_pages.available(), reason="this kernel offers no transparent huge pages")
+def test_a_quantized_checkpoint_loads_its_kernel_layout_into_huge_pages(tmp_path, monkeypatch):
+    """Int4 modules repack their codes for the kernel when loaded: the repacked codes are what moves."""
+    model = tiny_model("llama", vocab_size=VOCAB, d_model=256, n_head=4, n_kv_head=2, d_mlp=1024)
+    lmforge.quantize(LM(model), scheme="int4", group_size=32, out=tmp_path / "q", aot=False, report=False)
+    lm = lmforge.load(tmp_path / "q", compile="eager")
+    layer = lm.model.blocks[0].mlp.fc
+    assert type(layer).__name__ == "Int4Linear"
+    for tensor in (layer.codes, layer.scale_zero, *lm.model.parameters()):
+        assert huge_pages.backed_kb(tensor) >= 2048
+    tokens = torch.randint(0, VOCAB, (1, 6))
+    monkeypatch.setenv("LMFORGE_HUGE_PAGES", "0")
+    plain = lmforge.load(tmp_path / "q", compile="eager")
+    with torch.no_grad():
+        assert torch.equal(lm.model(tokens), plain.model(tokens))
 
 
 def test_huge_pages_can_be_turned_off(tmp_path, monkeypatch):
@@ -118,6 +137,8 @@ def test_huge_pages_can_be_turned_off(tmp_path, monkeypatch):
     monkeypatch.setattr(huge_pages.Arena, "__init__", no_arena)
     lm = lmforge.load(tmp_path / "saved")
     assert lm.model.tok_emb.weight.shape == (VOCAB, 32)
+    if hardware.thp_mode() == "madvise":  # memory that did not ask gets no huge pages
+        assert huge_pages.backed_kb(lm.model.tok_emb.weight) == 0
 
 
 def test_arena_hands_out_aligned_blocks_and_refuses_to_overrun():

@@ -143,21 +143,30 @@ def load_into(
         # scales) keep it; the float weights take the load dtype
         own = expected[name].dtype != torch.get_default_dtype()
         dtypes[name] = expected[name].dtype if own else dtype
-    # on the CPU the weights go into huge pages, which a decode step streams faster (model/huge_pages.py)
+    # on the CPU the weights go into huge pages, which a decode step streams faster (model/huge_pages.py):
+    # a float model's straight from the file; a quantized one's once its modules have put their codes in
+    # the layout their kernels read (a copy of what was loaded, `place`d below)
+    quantized = getattr(model, "quantization", None)
     sizes = ((state[name].shape, dtypes[name]) for name in state)
-    arena = huge_pages.Arena.create(huge_pages.Arena.size(sizes)) if device.type == "cpu" else None
+    arena = (
+        huge_pages.Arena.create(huge_pages.Arena.size(sizes))
+        if device.type == "cpu" and not quantized
+        else None
+    )
     for name, tensor in state.items():
         state[name] = (
             arena.copy(tensor, dtypes[name]) if arena else tensor.to(device=device, dtype=dtypes[name])
         )
     model.load_state_dict(state, strict=False, assign=True)
-    if getattr(model, "quantization", None):
+    if quantized:
         from lmforge.quant.convert import tie
 
         tie(model)
     else:
         model.tie_weights()
     model.init_buffers(device)
+    if quantized and device.type == "cpu":
+        huge_pages.place(model)
 
 
 def _quantized_tied(model: torch.nn.Module) -> list[str]:

@@ -1,9 +1,9 @@
 """A CPU model's weights in 2 MiB pages.
 
 A decode step reads every weight once per token, a few hundred MB for SmolLM2, and with the 4 KiB pages
-a CPU allocation gets by default that walk misses the TLB every 4 KiB. On the Xeon VM this project runs
-on, the bf16 kernel read SmolLM2's linears at 11 GB/s from 4 KiB pages and at 22 GB/s from 2 MiB ones
-(2 threads; benchmarks/huge_pages.py). An `Arena` is one anonymous mapping that Linux backs with
+a CPU allocation gets by default that walk needs a new TLB entry every 4 KiB. On the Xeon VM this
+project runs on, the bf16 kernel read SmolLM2's linears at 11-13 GB/s from 4 KiB pages and at 15-17 GB/s
+from 2 MiB ones, and bf16 decode ran 1.4x as fast (2 threads; benchmarks/huge_pages.py). An `Arena` is one anonymous mapping that Linux backs with
 transparent huge pages (`madvise(MADV_HUGEPAGE)`, honoured where
 /sys/kernel/mm/transparent_hugepage/enabled says "always" or "madvise"); `lmforge.load` reads a CPU
 model's weights straight into one, and `place(model)` moves a model built in memory. Each tensor keeps a
@@ -23,19 +23,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lmforge import hardware
+
 PAGE = 2 << 20  # the huge page of x86-64 and arm64 Linux: the arena starts on one
 ALIGN = 64  # each tensor starts on a cache line (lmforge's kernels want 64-byte aligned weights)
-THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
 def available() -> bool:
     """Whether this process can ask for transparent huge pages."""
     if os.environ.get("LMFORGE_HUGE_PAGES", "1") == "0" or not hasattr(mmap, "MADV_HUGEPAGE"):
         return False
-    try:
-        return "[never]" not in THP_MODE.read_text()
-    except OSError:
-        return False
+    return hardware.thp_mode() in ("always", "madvise")
 
 
 def _aligned(nbytes: int) -> int:
@@ -109,3 +107,23 @@ def place(model: nn.Module) -> int:
             replaced[id(tensor)] = data
         table[name] = replaced[id(tensor)]
     return nbytes
+
+
+def backed_kb(tensor: torch.Tensor) -> int | None:
+    """kB of 2 MiB pages in the mapping that holds `tensor`'s data, from /proc/self/smaps (None where
+    that file is absent): how much of an arena the kernel actually backed with huge pages."""
+    ptr, inside, huge = tensor.data_ptr(), False, 0
+    try:
+        lines = Path("/proc/self/smaps").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        head = line.split(" ", 1)[0]
+        if "-" in head and ":" not in head:  # a mapping's first line: start-end perms ...
+            if inside:
+                break
+            start, end = (int(x, 16) for x in head.split("-"))
+            inside, huge = start <= ptr < end, 0
+        elif inside and line.startswith("AnonHugePages:"):
+            huge = int(line.split()[1])
+    return huge if inside else 0
