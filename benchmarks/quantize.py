@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -276,9 +277,12 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
     parser.add_argument("--sides", nargs="+", default=["lmforge", "llama.cpp", "transformers"])
     parser.add_argument("--rounds", type=int, default=5, help="alternating decode rounds per pair (0: none)")
-    parser.add_argument("--llama-bench-flags", nargs="*", default=[], help="extra llama-bench flags")
+    parser.add_argument(
+        "--llama-bench-flags", nargs="*", default=[], help='extra llama-bench flags, quoted: "-lm none"'
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
+    args.llama_bench_flags = [part for flags in args.llama_bench_flags for part in shlex.split(flags)]
 
     import torch
 
