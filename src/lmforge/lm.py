@@ -163,15 +163,21 @@ class LM:
         }
 
     def info(self) -> dict[str, Any]:
+        from lmforge.quant.convert import describe
+        from lmforge.quant.report import memory_bytes
+
         c = self.config
-        n = self.model.num_parameters()
+        record = getattr(self.model, "quantization", None)
+        # a quantized layer holds its weight as integer codes (buffers): count the weights it stands for
+        n = c.num_parameters() if record else self.model.num_parameters()
         return {
             "source": self.source,
             "family": c.family,
             "kind": "decoder" if c.causal else "encoder",
             "parameters": n,
             "dtype": str(self.dtype).removeprefix("torch."),
-            "memory_mb": round(sum(p.numel() * p.element_size() for p in self.model.parameters()) / 2**20, 1),
+            **({"quantization": describe(record)} if record else {}),
+            "memory_mb": round(memory_bytes(self.model) / 2**20, 1),
             "context_length": c.max_seq_len,
             **self._kv_cache_info(),
             "layers": c.n_layer,

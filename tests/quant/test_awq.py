@@ -99,6 +99,10 @@ def test_quantize_awq_round_trips_through_a_checkpoint(tmp_path):
     )
     record = json.loads((tmp_path / "q" / "config.json").read_text())["lmforge"]["quantization"]
     assert record["method"] == "awq" and record["calibration_samples"] == 4
+    # the card's SQNR is against the scaled weights AWQ rounded, as RTN's is against the original ones
+    rtn = lmforge.quantize(lm, scheme="int4", group_size=32, report=False).card["layers"]
+    awq_sqnr = {row["layer"]: row["sqnr_db"] for row in result.card["layers"]}
+    assert all(abs(awq_sqnr[row["layer"]] - row["sqnr_db"]) < 3 for row in rtn)
     loaded = lmforge.load(tmp_path / "q", device="cpu", compile="eager")
     assert torch.equal(loaded.model(IDS[:2]), result.lm.model(IDS[:2]))
     with pytest.raises(LMForgeError, match="awq is for weight-only"):

@@ -42,6 +42,17 @@ def test_prepare_keeps_parameters_and_state_dict_and_strip_undoes_it():
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
 
 
+def test_prepare_names_the_layer_a_group_size_does_not_divide():
+    from lmforge.errors import LMForgeError
+
+    model = tiny_model("llama", d_model=96, n_head=4)  # 96 wide: groups of 64 do not fit
+    with pytest.raises(
+        LMForgeError, match=r"does not divide the input width 96 of layer blocks\.0\.attn\.qkv"
+    ) as error:
+        prepare(model, "int4", group_size=64)
+    assert "--keep-indivisible" not in str(error.value)  # finetune has no such option
+
+
 def _batches(seed: int, steps: int, text: bytes):
     g = torch.Generator().manual_seed(seed)
     data = torch.tensor(list(text))

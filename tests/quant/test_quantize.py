@@ -59,6 +59,13 @@ def test_quantize_save_load_gives_identical_outputs(tmp_path, family, options):
         assert isinstance(loaded.model.lm_head, Int8Linear)
         assert isinstance(loaded.model.tok_emb, Int8Embedding)  # tied: reads the head's rows
         assert loaded.model.tok_emb.qweight.data_ptr() == loaded.model.lm_head.qweight.data_ptr()
+    # `lmforge info`: the weights the codes stand for, and the memory they take (codes are buffers)
+    info, float_info = loaded.info(), lm.info()
+    assert info["parameters"] == float_info["parameters"] == lm.model.num_parameters()
+    assert info["quantization"].startswith(options["scheme"]) and "quantization" not in float_info
+    expected_mb = report.memory_bytes(loaded.model) / 2**20
+    assert info["memory_mb"] == round(expected_mb, 1) and 0.1 * float_info["memory_mb"] < expected_mb
+    assert expected_mb < (0.6 if options["scheme"] == "bf16" else 0.5) * float_info["memory_mb"]
     assert (tmp_path / "q" / "quant_report.json").is_file() and (tmp_path / "q" / "quant_report.md").is_file()
 
 
@@ -244,10 +251,10 @@ def test_compiled_decode_with_quantized_weights_equals_eager(tmp_path, options):
         assert {c.decode_step for c in compiled} == {"compile"}
 
 
-def test_quality_card_scores_both_models_on_the_held_out_play():
-    """With a tokenizer the card holds perplexity before and after on The Tempest's first characters (the
-    original's figure is eval's perplexity of the original), KL and top-1 agreement, speed before and
-    after with the machine it was measured on, and prints them."""
+def test_quality_card_scores_both_models_on_the_held_out_texts():
+    """With a tokenizer the card holds perplexity before and after on The Tempest's first characters and
+    on the Wikipedia excerpt's (the original's figure is eval's perplexity of the original), KL and top-1
+    agreement, speed before and after with the machine it was measured on, and prints them."""
     from lmforge.assets import HELD_OUT_PLAY, asset_path
     from lmforge.eval.metrics.lm import perplexity
     from lmforge.hardware import describe
@@ -265,5 +272,15 @@ def test_quality_card_scores_both_models_on_the_held_out_play():
     assert quality["kl_mean"] > 0 and 0 <= quality["top1_agreement"] <= 1
     assert speed["machine"] == describe()
     assert all(speed[k]["decode_tokens_per_s"] > 0 for k in ("before", "after"))
+    from lmforge.quant.api import _wikipedia_text
+    from lmforge.rag.ingest import wikipedia_articles
+
+    wiki = _wikipedia_text(1500)
+    assert wiki == wikipedia_articles()[0][1][:1500] and len(wiki) == 1500
+    expected = perplexity(lm, wiki, context=context, stride=256 * context // 512).perplexity
+    assert card["quality_wikipedia"]["perplexity_before"] == pytest.approx(expected, rel=1e-6)
+    assert card["quality_wikipedia"]["perplexity_after"] != card["quality"]["perplexity_after"]
+    assert card["text_wikipedia"] == "the Wikipedia excerpt, first 1500 characters"
     printed = report.markdown(card)
     assert "| perplexity |" in printed and f"Speed measured on {describe()}." in printed
+    assert printed.count("| perplexity |") == 2 and "Held-out text: the Wikipedia excerpt" in printed

@@ -10,8 +10,9 @@ from lmforge.options import with_options
 
 @with_options(lmforge.QuantizeConfig)
 def quantize(model: str, *, out: str, **options: Any) -> lmforge.QuantizeResult:
-    """Quantize a model's weights (bf16, fp16, int8 per channel, int4 group-wise; RTN or GPTQ) and
-    write the quantized checkpoint with its quality card (OUT/quant_report.json and .md).
+    """Quantize a model's weights (bf16, fp16, int8 per channel, int4 group-wise, int8 activations; RTN,
+    GPTQ, AWQ, SmoothQuant, LLM.int8 or HQQ) and write the quantized checkpoint with its quality card
+    (OUT/quant_report.json and .md).
 
     Args:
         model: asset name (smollm2), checkpoint directory or .gguf file.

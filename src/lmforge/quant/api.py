@@ -55,6 +55,10 @@ def quantize(
         raise LMForgeError(f"quantize starts from float32 weights; {original.source} is {original.dtype}")
     model_copy = copy.deepcopy(original.model)
     codes = _choose_codes(model_copy, config, original.tokenizer) if config.bits else Codes()
+    # SmoothQuant and AWQ round rescaled weights: the card's SQNR is against those (GPTQ leaves its
+    # dequantized weights in the copy, so its reference stays the original's)
+    rescaled = config.method in ("awq", "smoothquant")
+    rounded_from = {n: model_copy.get_submodule(n).weight.detach() for n in codes.weights or {} if rescaled}
     quantize_model(model_copy, config, codes.weights, codes.kept, codes.input_scales)
     if codes.smoothed:
         model_copy.quantization["smoothed"] = codes.smoothed
@@ -69,7 +73,7 @@ def quantize(
         source=f"{original.source} ({describe(model_copy.quantization)})",
         compile=original.compile,
     )
-    card = build_card(original, quantized, config)
+    card = build_card(original, quantized, config, rounded_from)
     if codes.sensitivity:
         card["sensitivity"] = {n: round(v, 5) for n, v in sorted(codes.sensitivity.items())}
     result = QuantizeResult(quantized, card)
@@ -154,9 +158,10 @@ def _static_scales(model, config: QuantizeConfig, codes: Codes, windows) -> Code
     return codes
 
 
-def build_card(original, quantized, config: QuantizeConfig) -> dict[str, Any]:
+def build_card(original, quantized, config: QuantizeConfig, rounded_from=None) -> dict[str, Any]:
     record = quantized.model.quantization
-    paths = {row["path"] for row in report.layer_errors(original.model, quantized.model)}
+    layers = report.layer_errors(original.model, quantized.model, rounded_from)
+    paths = {row["path"] for row in layers}
     paths = sorted((paths | {m.path for m in quantized.model.modules() if isinstance(m, BF16Linear)}) - {""})
     card: dict[str, Any] = {
         "model": str(original.source),
@@ -167,18 +172,34 @@ def build_card(original, quantized, config: QuantizeConfig) -> dict[str, Any]:
         "disk_mb_after": report.checkpoint_bytes(quantized.model) / 2**20,
         "memory_mb_before": report.memory_bytes(original.model) / 2**20,
         "memory_mb_after": report.memory_bytes(quantized.model) / 2**20,
-        "layers": report.layer_errors(original.model, quantized.model),
+        "layers": layers,
     }
     if config.report and original.tokenizer is not None and original.config.causal:
         text = _card_text(config)
         card["text"] = f"The Tempest, first {len(text)} characters"
         card["quality"] = report.quality(original, quantized, text)
+        try:
+            wiki = _wikipedia_text(config.report_chars)
+        except LMForgeError as error:  # gensim, which ships the excerpt, is not installed
+            card["text_wikipedia"] = f"not scored: {error}"
+        else:
+            card["text_wikipedia"] = f"the Wikipedia excerpt, first {len(wiki)} characters"
+            card["quality_wikipedia"] = report.quality(original, quantized, wiki)
         card["speed"] = {
             "before": report.speed(original, text),
             "after": report.speed(quantized, text),
             "machine": hardware.describe(),
         }
     return card
+
+
+def _wikipedia_text(chars: int) -> str:
+    """The first `chars` characters of the English Wikipedia excerpt's articles (as `lmforge rag`
+    indexes them: markup reduced to text), the card's second held-out text."""
+    from lmforge.rag.ingest import wikipedia_articles
+
+    articles = wikipedia_articles(limit=chars // 1500 + 1)  # each at least 1,500 characters
+    return "\n\n".join(text for _, text in articles)[:chars]
 
 
 def _card_text(config: QuantizeConfig) -> str:

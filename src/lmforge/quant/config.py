@@ -80,7 +80,9 @@ class QuantizeConfig:
     report: bool = option(
         True, "measure the quality card (perplexity, KL, SQNR, size, speed) before and after"
     )
-    report_chars: int = option(8000, "characters of the held-out Tempest the card scores")
+    report_chars: int = option(
+        8000, "characters of each held-out text the card scores (The Tempest, the Wikipedia excerpt)"
+    )
     aot: bool = option(
         True,
         "with --out: compile the checkpoint's one-token decode step ahead of time for this machine "

@@ -174,15 +174,16 @@ def dequantize_int4(
     return w.reshape(codes.shape).to(dtype)
 
 
-def check_group_size(group_size: int, in_features: int, name: str) -> None:
-    """A one-line error naming the layer whose input width the group size does not divide."""
+def check_group_size(group_size: int, in_features: int, name: str, can_keep: bool = True) -> None:
+    """A one-line error naming the layer whose input width the group size does not divide (`can_keep`:
+    the command offers --keep-indivisible)."""
     if group_size not in GROUP_SIZES:
         raise LMForgeError(f"group size {group_size} is not supported; use one of {GROUP_SIZES}")
     if in_features % group_size:
         raise LMForgeError(
             f"group size {group_size} does not divide the input width {in_features} of layer {name}; "
             f"use {', '.join(str(g) for g in GROUP_SIZES if in_features % g == 0) or 'another scheme'}"
-            " or --keep-indivisible to keep such layers in higher precision"
+            + (" or --keep-indivisible to keep such layers in higher precision" if can_keep else "")
         )
 
 

@@ -56,7 +56,7 @@ def prepare(model: nn.Module, scheme: str, group_size: int = 64, symmetric: bool
     layers = linear_layers(model)
     if bits == 4:
         for name, linear in layers.items():
-            check_group_size(group_size, linear.in_features, name)
+            check_group_size(group_size, linear.in_features, name, can_keep=False)
     return swap_modules(
         model, layers, lambda n, m: QATLinear.wrap(m, bits, group_size if bits == 4 else None, symmetric)
     )

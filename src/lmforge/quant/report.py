@@ -51,11 +51,16 @@ def checkpoint_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for n, t in state.items() if n not in skip)
 
 
-def layer_errors(original: nn.Module, quantized: nn.Module) -> list[dict[str, Any]]:
+def layer_errors(
+    original: nn.Module, quantized: nn.Module, rounded_from: dict[str, torch.Tensor] | None = None
+) -> list[dict[str, Any]]:
+    """Each quantized layer's SQNR against the float weight its codes were rounded from: `rounded_from`
+    where a method rescaled the weights first (SmoothQuant and AWQ fold scales into them, and into what
+    feeds them), else the original's."""
     rows = []
     for name, module in quantized.named_modules():
         if hasattr(module, "dequantize") and name != "tok_emb":
-            reference = original.get_submodule(name).weight
+            reference = (rounded_from or {}).get(name, original.get_submodule(name).weight)
             rows.append(
                 {
                     "layer": name,
@@ -134,6 +139,22 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def _quality_rows(q: dict[str, Any]) -> list[str]:
+    return [
+        f"| perplexity | {q['perplexity_before']:.3f} | {q['perplexity_after']:.3f} | "
+        f"{q['perplexity_change_pct']:+.2f}% |",
+        f"| bits per byte | {q['bits_per_byte_before']:.4f} | {q['bits_per_byte_after']:.4f} | "
+        f"{q['bits_per_byte_after'] - q['bits_per_byte_before']:+.4f} |",
+    ]
+
+
+def _kl_line(q: dict[str, Any]) -> str:
+    return (
+        f"KL(original ‖ quantized) per token: mean {q['kl_mean']:.5f}, max {q['kl_max']:.4f}; "
+        f"same top token {100 * q['top1_agreement']:.1f}% (over the first {q['kl_tokens']} tokens)"
+    )
+
+
 def markdown(card: dict[str, Any]) -> str:
     q, s = card.get("quality"), card.get("speed")
     lines = [f"# Quantization card: {card['model']} → {card['description']}", ""]
@@ -152,10 +173,7 @@ def markdown(card: dict[str, Any]) -> str:
             "",
             "| | before | after | change |",
             "|---|---|---|---|",
-            f"| perplexity | {q['perplexity_before']:.3f} | {q['perplexity_after']:.3f} | "
-            f"{q['perplexity_change_pct']:+.2f}% |",
-            f"| bits per byte | {q['bits_per_byte_before']:.4f} | {q['bits_per_byte_after']:.4f} | "
-            f"{q['bits_per_byte_after'] - q['bits_per_byte_before']:+.4f} |",
+            *_quality_rows(q),
         ]
         if s:
             b, a = s["before"], s["after"]
@@ -171,11 +189,19 @@ def markdown(card: dict[str, Any]) -> str:
                     f"| decode tok/s (`lmforge.load(OUT)`'s default: {a['decode_default_step']} steps) | "
                     f"{b['decode_tokens_per_s']:.1f} (eager) | {rate:.1f} | x{rate / b['decode_tokens_per_s']:.2f} |"
                 )
-        lines += [
-            "",
-            f"KL(original ‖ quantized) per token: mean {q['kl_mean']:.5f}, max {q['kl_max']:.4f}; "
-            f"same top token {100 * q['top1_agreement']:.1f}%",
-        ]
+        lines += ["", _kl_line(q)]
+        wiki = card.get("quality_wikipedia")
+        if wiki:
+            lines += ["", f"Held-out text: {card['text_wikipedia']} ({wiki['scored_tokens']} tokens)", ""]
+            lines += [
+                "| | before | after | change |",
+                "|---|---|---|---|",
+                *_quality_rows(wiki),
+                "",
+                _kl_line(wiki),
+            ]
+        elif card.get("text_wikipedia"):
+            lines += ["", f"Wikipedia excerpt {card['text_wikipedia']}"]
         if s and s.get("machine"):
             lines += ["", f"Speed measured on {s['machine']}."]
     step = card.get("decode_step")

@@ -242,10 +242,13 @@ def wikipedia_path() -> Path:
     return path
 
 
-def wikipedia_articles(max_chars: int = 4000, min_chars: int = 1500) -> list[tuple[str, str]]:
-    """(title, Markdown text) of the excerpt's articles: redirects and stubs left out, wiki markup
-    reduced to text with `## Section` headings, each cut to its first `max_chars` at a paragraph end
-    (the lead and first sections: a corpus small enough to embed on a CPU in about a minute)."""
+def wikipedia_articles(
+    max_chars: int = 4000, min_chars: int = 1500, limit: int | None = None
+) -> list[tuple[str, str]]:
+    """(title, Markdown text) of the excerpt's articles (the first `limit` of them): redirects and
+    stubs left out, wiki markup reduced to text with `## Section` headings, each cut to its first
+    `max_chars` at a paragraph end (the lead and first sections: a corpus small enough to embed on a CPU
+    in about a minute)."""
     import xml.etree.ElementTree as ET
 
     out = []
@@ -266,6 +269,8 @@ def wikipedia_articles(max_chars: int = 4000, min_chars: int = 1500) -> list[tup
                 cut = body.rfind("\n\n", 0, max_chars)
                 body = body[: cut if cut > max_chars // 2 else max_chars]
             out.append((title, f"# {title}\n\n{body.strip()}\n"))
+            if len(out) == limit:
+                break
     return out
 
 
