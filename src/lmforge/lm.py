@@ -162,6 +162,16 @@ class LM:
             "kv_cache_mb_full_context": round(per_token * self.config.max_seq_len / 2**20, 1),
         }
 
+    def _kernel_paths(self) -> str:
+        """Which kernel each kind of quantized layer runs here ("native": lmforge's own; "kernel" or
+        "int_mm": torch's; "dequantize": dequantize-then-matmul, where neither runs on this machine)."""
+        paths = {
+            f"{type(m).__name__} {m.path}"
+            for m in self.model.modules()
+            if isinstance(getattr(m, "path", None), str)
+        }
+        return ", ".join(sorted(paths)) or "none"
+
     def info(self) -> dict[str, Any]:
         from lmforge.quant.convert import describe
         from lmforge.quant.report import memory_bytes
@@ -176,7 +186,7 @@ class LM:
             "kind": "decoder" if c.causal else "encoder",
             "parameters": n,
             "dtype": str(self.dtype).removeprefix("torch."),
-            **({"quantization": describe(record)} if record else {}),
+            **({"quantization": describe(record), "kernels": self._kernel_paths()} if record else {}),
             "memory_mb": round(memory_bytes(self.model) / 2**20, 1),
             "context_length": c.max_seq_len,
             **self._kv_cache_info(),

@@ -63,6 +63,12 @@ def test_quantize_save_load_gives_identical_outputs(tmp_path, family, options):
     info, float_info = loaded.info(), lm.info()
     assert info["parameters"] == float_info["parameters"] == lm.model.num_parameters()
     assert info["quantization"].startswith(options["scheme"]) and "quantization" not in float_info
+    kinds = {
+        type(m).__name__
+        for m in loaded.model.modules()
+        if isinstance(m, (BF16Linear, Int8Linear, Int4Linear))
+    }
+    assert {k.split()[0] for k in info["kernels"].split(", ")} == kinds and kinds
     expected_mb = report.memory_bytes(loaded.model) / 2**20
     assert info["memory_mb"] == round(expected_mb, 1) and 0.1 * float_info["memory_mb"] < expected_mb
     assert expected_mb < (0.6 if options["scheme"] == "bf16" else 0.5) * float_info["memory_mb"]
