@@ -2,14 +2,16 @@
 
 A decode step reads every weight once per token, a few hundred MB for SmolLM2, and with the 4 KiB pages
 a CPU allocation gets by default that walk needs a new TLB entry every 4 KiB. On the Xeon VM this
-project runs on, the bf16 kernel read SmolLM2's linears at 11-13 GB/s from 4 KiB pages and at 15-17 GB/s
-from 2 MiB ones, and bf16 decode ran 1.4x as fast (2 threads; benchmarks/huge_pages.py). An `Arena` is one anonymous mapping that Linux backs with
-transparent huge pages (`madvise(MADV_HUGEPAGE)`, honoured where
-/sys/kernel/mm/transparent_hugepage/enabled says "always" or "madvise"); `lmforge.load` reads a CPU
-model's weights straight into one, and `place(model)` moves a model built in memory. Each tensor keeps a
-storage of its own (tied weights still share theirs), so saving, copying and the AOT runner see the same
-tensors as before, at other addresses. Where huge pages are not to be had (another OS, THP "never", a
-model on a GPU, LMFORGE_HUGE_PAGES=0) nothing changes.
+project runs on, the bf16 kernel read SmolLM2's linears at 11-13 GB/s from 4 KiB pages and at 15-16 GB/s
+from 2 MiB ones, and bf16 decode ran 1.3-1.4x as fast (2 threads; benchmarks/huge_pages.py).
+
+An `Arena` is one anonymous mapping that Linux backs with transparent huge pages
+(`madvise(MADV_HUGEPAGE)`, honoured where /sys/kernel/mm/transparent_hugepage/enabled says "always" or
+"madvise"). `lmforge.load` reads a float checkpoint's weights straight into one and `place`s a quantized
+model once its modules have repacked their codes; `place(model)` moves any model built in memory. Each
+tensor keeps a storage of its own (tied weights still share theirs), so saving, copying and the AOT
+runner see the same tensors as before, at other addresses. Where huge pages are not to be had (another
+OS, THP "never", a model on a GPU, LMFORGE_HUGE_PAGES=0) nothing changes.
 """
 
 from __future__ import annotations
