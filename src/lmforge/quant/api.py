@@ -17,7 +17,7 @@ from lmforge.io.atomic import atomic_write_text
 from lmforge.model import huge_pages
 from lmforge.options import configure
 from lmforge.quant import kernels, native, report
-from lmforge.quant.config import QuantizeConfig
+from lmforge.quant.config import RESCALING, QuantizeConfig
 from lmforge.quant.convert import compute_dtype, describe, plan, quantize_model, rtn_weights
 from lmforge.quant.modules import BF16Linear, is_quantized
 
@@ -57,8 +57,9 @@ def quantize(
     codes = _choose_codes(model_copy, config, original.tokenizer) if config.bits else Codes()
     # SmoothQuant and AWQ round rescaled weights: the card's SQNR is against those (GPTQ leaves its
     # dequantized weights in the copy, so its reference stays the original's)
-    rescaled = config.method in ("awq", "smoothquant")
-    rounded_from = {n: model_copy.get_submodule(n).weight.detach() for n in codes.weights or {} if rescaled}
+    rounded_from = None
+    if config.method in RESCALING:
+        rounded_from = {n: model_copy.get_submodule(n).weight.detach() for n in codes.weights}
     quantize_model(model_copy, config, codes.weights, codes.kept, codes.input_scales)
     if codes.smoothed:
         model_copy.quantization["smoothed"] = codes.smoothed
@@ -135,13 +136,11 @@ def _choose_codes(model, config: QuantizeConfig, tokenizer) -> Codes:
         from lmforge.quant.awq import awq
 
         awq(model, targets, windows, config.group_size, config.symmetric)
-        rounded = None
     if config.method == "smoothquant":
         from lmforge.quant.smoothquant import smooth
 
         codes.smoothed = smooth(model, list(targets), config.alpha, windows)
-        rounded = None
-    if rounded is not None:
+    if rounded is not None and config.method not in RESCALING:  # the weights it rounded still stand
         codes.weights = {name: rounded[name] for name in targets}
     else:
         codes.weights = rtn_weights(model, targets, config)

@@ -13,6 +13,7 @@ Scheme = Literal["bf16", "fp16", "int8", "int4", "w8a8-dynamic", "w8a8-static"]
 SCHEMES: tuple[str, ...] = get_args(Scheme)
 Method = Literal["rtn", "gptq", "awq", "smoothquant", "llm-int8", "hqq"]
 CALIBRATED = ("gptq", "awq", "smoothquant")  # methods that read calibration text
+RESCALING = ("awq", "smoothquant")  # methods that fold scales into the float weights before rounding them
 
 
 @dataclass
